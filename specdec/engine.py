@@ -1,0 +1,287 @@
+"""The decode loop: prefill, draft K, verify all K in one target forward, accept, roll back, repeat.
+
+Invariants between rounds (per row b, L = tokens in the row so far, prompt included):
+  seq[b, :L]            the row's tokens; seq[b, L-1] is the newest and in no KV cache yet
+  target arena length   L - 1
+  draft arena length    L - 2 (see ModelDrafter.rollback)
+Every round appends 1 .. K+1 tokens to each unfinished row; rows finish independently (EOS or
+max_new_tokens) and a finished row simply stops growing while the batch runs on.
+"""
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .arena import Arena
+from .drafters import AdaptiveK, ModelDrafter, PromptLookupDrafter, last_tokens
+from .profiler import Profiler, synchronize
+from .sampling import Sampler, accept_greedy, accept_sampled
+
+MAX_K = 64  # beyond this a draft is never worth it; a bigger k is almost surely a typo
+VERIFY_MODES = ("parallel", "naive")
+
+
+@dataclass
+class Result:
+    tokens: list  # per row, the NEW token ids (prompt excluded), EOS included when it was produced
+    stats: dict = field(default_factory=dict)
+
+
+@torch.inference_mode()
+def generate(target, input_ids, *, draft=None, attention_mask=None, k=4, max_new_tokens=32,
+             temperature=0.0, top_k=None, top_p=None, seed=None, verify="parallel",
+             eos_token_id=None, profile=False, streamer=None) -> Result:
+    """Speculative decoding of `target` with `draft`: a model, "prompt_lookup", a drafter object,
+    or None for the target-only baseline. `k`: an int, "adaptive" or an AdaptiveK policy.
+    `streamer`: a transformers streamer (e.g. TextStreamer), fed row 0's tokens as they are accepted.
+    Greedy output is token-identical to the target alone; sampled output has the target's
+    distribution. See README for the arguments."""
+    rows = prompt_rows(input_ids, attention_mask)
+    policy = None if draft is None else AdaptiveK() if k == "adaptive" else k if isinstance(k, AdaptiveK) else None
+    k_max = policy.high if policy else k
+    check_arguments(target, draft, rows, 0 if draft is None else k_max, max_new_tokens,
+                    temperature, top_k, top_p, verify)
+    if draft is None:
+        drafter = None
+    elif isinstance(draft, torch.nn.Module):
+        drafter = ModelDrafter(draft)
+    elif draft == "prompt_lookup":
+        drafter = PromptLookupDrafter(vocab_size(target))
+    else:
+        drafter = draft
+    sampler = Sampler(temperature, top_k, top_p, seed, target.device)
+    decoder = Decoder(target, drafter, rows, 0 if draft is None else k_max, max_new_tokens, sampler, verify,
+                      eos_ids(target, eos_token_id), profile, policy, streamer)
+    result = decoder.run()
+    result.stats["k"] = 0 if draft is None else "adaptive" if policy else k
+    return result
+
+
+class Decoder:
+    """One generation: owns the token buffer, both arenas and the counters."""
+
+    def __init__(self, target, drafter, rows, k, max_new_tokens, sampler, verify, eos, profile, policy=None,
+                 streamer=None):
+        # k is the largest K this generation may use (it sizes the arenas); an adaptive policy
+        # starts lower and moves within its bounds.
+        self.target, self.drafter, self.sampler, self.policy = target, drafter, sampler, policy
+        self.k = policy.start if policy else k
+        self.verify_mode, self.eos, self.max_new = verify, eos, max_new_tokens
+        self.device = target.device
+        self.batch = len(rows)
+        self.prompt_lengths = [len(r) for r in rows]
+        capacity = max(self.prompt_lengths) + max_new_tokens + k + 1
+        self.seq = torch.zeros(self.batch, capacity, dtype=torch.long, device=self.device)
+        self.seq[:, : max(self.prompt_lengths)] = torch.tensor(
+            [r + [0] * (max(self.prompt_lengths) - len(r)) for r in rows], device=self.device)
+        self.arena = Arena(target, self.batch, capacity)
+        if drafter is not None:
+            drafter.start(self.batch, capacity)
+        self.out = [[] for _ in rows]  # new tokens per row, on the host
+        self.done = [False] * self.batch
+        self.prof = Profiler(self.device, profile)
+        self.streamer = streamer
+        self.counts = dict(proposed=0, accepted=0, target_forwards=0, iterations=0)
+        self.k_per_iteration = []
+
+    def run(self) -> Result:
+        synchronize(self.device)
+        start = time.perf_counter()
+        self.prefill()
+        while not all(self.done):
+            self.step()
+        synchronize(self.device)
+        seconds = time.perf_counter() - start
+        if self.streamer:
+            self.streamer.end()
+        return Result(self.out, self.stats(seconds))
+
+    def prefill(self):
+        with self.prof.phase("prefill"):
+            prompts = self.seq[:, : max(self.prompt_lengths)]
+            logits = self.arena.forward(prompts)
+            self.counts["target_forwards"] += 1
+            last = torch.tensor(self.prompt_lengths, device=self.device) - 1
+            first, _ = self.sampler.pick(logits[torch.arange(self.batch, device=self.device), last])
+            if self.drafter is not None:
+                self.drafter.prefill(prompts)
+            self.lengths = last + 1
+            self.seq.scatter_(1, self.lengths[:, None], first[:, None])
+            self.commit([1] * self.batch, first[:, None].tolist())
+
+    def step(self):
+        k = self.k
+        with self.prof.phase("draft"):
+            if k:
+                drafts, q = self.drafter.propose(self.seq, self.lengths, k, self.sampler)
+            else:
+                drafts, q = self.seq.new_zeros(self.batch, 0), None
+        with self.prof.phase("verify"):
+            block = torch.cat([last_tokens(self.seq, self.lengths, 1), drafts], 1)  # [B, K+1]
+            logits = self.verify(block)
+        with self.prof.phase("accept"):
+            if self.sampler.greedy:
+                accepted, new = accept_greedy(logits, drafts)
+            else:
+                p = self.sampler.probs(logits)
+                if q is None:  # baseline: no drafts, just sample from p
+                    q = p.new_zeros(self.batch, 0, p.shape[-1])
+                accepted, new = accept_sampled(p, q, drafts, self.sampler.generator)
+            # new[b, :accepted[b]+1] are row b's new tokens; the rest is overwritten later.
+            self.seq.scatter_(1, self.lengths[:, None] + torch.arange(k + 1, device=self.device), new)
+            accepted_host, new_host = accepted.tolist(), new.tolist()  # the one sync per round
+            kept = self.commit_counts(accepted_host, new_host)
+        self.counts["iterations"] += 1
+        self.k_per_iteration.append(k)
+        with self.prof.phase("rollback"):
+            self.commit(kept, new_host)
+        if self.policy:
+            active = [a for a, n in zip(accepted_host, kept) if n]
+            self.k = self.policy.next_k(k, active)
+
+    def verify(self, block):
+        """Target logits for every position of `block` [B, K+1]: one forward, or K+1 (naive)."""
+        if self.verify_mode == "parallel" or block.shape[1] == 1:
+            self.counts["target_forwards"] += 1
+            return self.arena.forward(block)
+        logits = []
+        for i in range(block.shape[1]):  # the cost the parallel path avoids: one forward per token
+            logits.append(self.arena.forward(block[:, i : i + 1]))
+            self.arena.advance(1)
+            self.counts["target_forwards"] += 1
+        return torch.cat(logits, 1)
+
+    def commit_counts(self, accepted, new) -> list[int]:
+        """How many of each row's candidate tokens it keeps: accepted + 1, cut at EOS and at
+        max_new_tokens, 0 for finished rows. Also counts proposed/accepted drafts."""
+        kept = []
+        for b in range(self.batch):
+            if self.done[b]:
+                kept.append(0)
+                continue
+            self.counts["proposed"] += self.k
+            self.counts["accepted"] += accepted[b]
+            kept.append(min(accepted[b] + 1, self.max_new - len(self.out[b])))
+        return kept
+
+    def commit(self, kept: list[int], new):
+        """Append kept tokens to each row, mark finished rows, move every pointer."""
+        for b, n in enumerate(kept):
+            before = len(self.out[b])
+            for token in new[b][:n]:
+                self.out[b].append(token)
+                if token in self.eos:
+                    break
+            if self.streamer and b == 0 and len(self.out[0]) > before:
+                self.streamer.put(torch.tensor(self.out[0][before:]))
+            if n and (self.out[b][-1] in self.eos or len(self.out[b]) >= self.max_new):
+                self.done[b] = True
+        # Row lengths from the host copy (exact, so no device read is needed).
+        host_lengths = [p + len(o) for p, o in zip(self.prompt_lengths, self.out)]
+        self.lengths = torch.tensor(host_lengths, device=self.device)
+        longest = max(host_lengths)
+        self.arena.point_to(self.lengths - 1, longest - 1)
+        if self.drafter is not None:
+            self.drafter.rollback(self.lengths, longest)
+
+    def stats(self, seconds) -> dict:
+        c = self.counts
+        new_tokens = sum(len(o) for o in self.out)
+        return dict(
+            c, new_tokens=new_tokens, seconds=seconds, batch_size=self.batch, k_per_iteration=self.k_per_iteration,
+            mean_k=sum(self.k_per_iteration) / max(len(self.k_per_iteration), 1),
+            draft_forwards=getattr(self.drafter, "forwards", 0),
+            acceptance_rate=c["accepted"] / c["proposed"] if c["proposed"] else float("nan"),
+            tokens_per_target_forward=new_tokens / c["target_forwards"],
+            throughput=new_tokens / seconds, **self.prof.stats(),
+        )
+
+
+def prompt_rows(input_ids, attention_mask=None) -> list[list[int]]:
+    """Prompts as plain lists (padding removed): from a [B, P] tensor with an optional
+    left- or right-padded attention_mask, or from a list of lists of different lengths."""
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+            attention_mask = None if attention_mask is None else torch.as_tensor(attention_mask).reshape(1, -1)
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, prompt_len]; got shape {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            return input_ids.tolist()
+        attention_mask = torch.as_tensor(attention_mask)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
+                             f"shape {tuple(input_ids.shape)}; pass the mask the tokenizer returned with these ids")
+        rows = []
+        for b, (ids, mask) in enumerate(zip(input_ids.tolist(), attention_mask.tolist())):
+            real = [i for i, m in enumerate(mask) if m]
+            if real and real[-1] - real[0] + 1 != len(real):
+                raise ValueError(f"attention_mask row {b} has holes; only left or right padding is supported")
+            rows.append([ids[i] for i in real])
+        return rows
+    if attention_mask is not None:
+        raise ValueError("attention_mask is only for tensor input_ids; a list of lists needs no padding")
+    if not isinstance(input_ids, (list, tuple)) or not all(isinstance(r, (list, tuple)) for r in input_ids):
+        raise ValueError("input_ids must be a LongTensor [batch, prompt_len] or a list of lists of token ids")
+    return [[int(t) for t in r] for r in input_ids]
+
+
+def vocab_size(model) -> int:
+    """Size of the model's output distribution (may exceed the tokenizer's length, e.g. Qwen)."""
+    out = model.get_output_embeddings()
+    return out.weight.shape[0] if out is not None else model.config.get_text_config().vocab_size
+
+
+def check_arguments(target, draft, rows, k, max_new_tokens, temperature, top_k, top_p, verify):
+    """Refuse bad input before any model work, with a message that names the fix."""
+    if not rows:
+        raise ValueError("input_ids has no rows; pass at least one prompt")
+    for b, r in enumerate(rows):
+        if not r:
+            raise ValueError(f"prompt row {b} is empty; every row needs at least one token (e.g. BOS)")
+    n_vocab = target.get_input_embeddings().num_embeddings
+    for b, r in enumerate(rows):
+        bad = [t for t in r if not 0 <= t < n_vocab]
+        if bad:
+            raise ValueError(f"prompt row {b} has token ids {bad[:5]} outside the target vocabulary "
+                             f"[0, {n_vocab}); tokenize with the target model's tokenizer")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int; got {max_new_tokens!r}")
+    if draft is not None and not (isinstance(k, int) and 1 <= k <= MAX_K):
+        raise ValueError(f"k={k!r} is out of range: use an int in 1..{MAX_K} (typical: 2..8), or 'adaptive'")
+    if isinstance(draft, str) and draft != "prompt_lookup":
+        raise ValueError(f"draft={draft!r} is unknown; pass a model, 'prompt_lookup', a drafter object or None")
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify={verify!r} is unknown; use one of {VERIFY_MODES}")
+    if temperature is None or temperature < 0:
+        raise ValueError(f"temperature={temperature!r} must be >= 0 (0 means greedy)")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} must be a positive int or None")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1], or None to disable it")
+    models = [("target", target)]
+    if isinstance(draft, torch.nn.Module):
+        models.append(("draft", draft))
+        if draft.device != target.device:
+            raise ValueError(f"target is on {target.device} but draft is on {draft.device}; "
+                             f"move both to one device, e.g. draft.to('{target.device}')")
+        if vocab_size(draft) != vocab_size(target):
+            raise ValueError(f"draft vocabulary ({vocab_size(draft)} tokens) differs from the target's "
+                             f"({vocab_size(target)}); use a draft from the same model family (same tokenizer)")
+    need = max(len(r) for r in rows) + max_new_tokens + k + 1
+    for name, model in models:
+        limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        if limit is not None and need > limit:
+            raise ValueError(f"prompt ({max(len(r) for r in rows)}) + max_new_tokens ({max_new_tokens}) + k ({k}) "
+                             f"+ 1 = {need} exceeds the {name}'s position limit {limit}; "
+                             f"shorten the prompt or lower max_new_tokens")
+
+
+def eos_ids(target, eos_token_id) -> set:
+    """EOS ids to stop on: the given int/list, else the model's generation config (like HF generate)."""
+    if eos_token_id is None:
+        config = getattr(target, "generation_config", None)
+        eos_token_id = getattr(config, "eos_token_id", None)
+    if eos_token_id is None:
+        return set()
+    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)

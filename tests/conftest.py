@@ -1,0 +1,43 @@
+"""Tiny random models built in-process (no files, fixed seeds), float64 so greedy ties cannot differ."""
+import copy
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+VOCAB = 97
+
+
+def tiny_gpt2(layers=3, vocab=VOCAB, seed=0):
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=layers, n_head=4, n_positions=128,
+                        initializer_range=0.3, bos_token_id=0, eos_token_id=1)
+    return GPT2LMHeadModel(config).double().eval()
+
+
+def tiny_llama(layers=3, vocab=VOCAB, seed=0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2,  # grouped-query attention
+                         max_position_embeddings=128, initializer_range=0.3, bos_token_id=0, eos_token_id=1)
+    return LlamaForCausalLM(config).double().eval()
+
+
+def perturbed(model, noise, seed=1):
+    """A draft that mostly agrees with `model`: its weights plus Gaussian noise."""
+    torch.manual_seed(seed)
+    draft = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(noise * p.std() * torch.randn_like(p))
+    return draft
+
+
+BUILDERS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
+
+
+@pytest.fixture(scope="session", params=sorted(BUILDERS))
+def pair(request):
+    """(name, target, draft): a target and a noisy copy of it as draft (partial acceptance)."""
+    target = BUILDERS[request.param]()
+    return request.param, target, perturbed(target, 0.03)

@@ -1,0 +1,139 @@
+"""Greedy losslessness, batching, verification modes and input checks of specdec.generate."""
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import specdec
+from conftest import perturbed, tiny_gpt2, tiny_llama
+
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24], [42]]
+NEW = 24
+
+
+def hf_greedy(model, row, new=NEW, eos=None):
+    """Hugging Face greedy decoding of one row, stopping at `eos` (default: the model's own EOS)."""
+    ids = torch.tensor([row])
+    eos = model.generation_config.eos_token_id if eos is None else eos
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new,
+                         eos_token_id=eos, pad_token_id=0)
+    tokens = out[0, len(row):].tolist()
+    if eos is not None and eos in tokens:  # HF pads after EOS; specdec stops there
+        tokens = tokens[: tokens.index(eos) + 1]
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def references(pair):
+    name, target, _ = pair
+    return {tuple(r): hf_greedy(target, r) for r in PROMPTS}
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 4])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6])
+def test_greedy_matches_target_alone(pair, references, batch, k):
+    _, target, draft = pair
+    rows = PROMPTS[:batch]
+    result = specdec.generate(target, rows, draft=draft, k=k, max_new_tokens=NEW)
+    assert result.tokens == [references[tuple(r)] for r in rows]
+    if batch == len(PROMPTS):
+        assert 0 < result.stats["acceptance_rate"] < 1  # both the accept and the reject paths ran
+    naive = specdec.generate(target, rows, draft=draft, k=k, max_new_tokens=NEW, verify="naive")
+    assert naive.tokens == result.tokens
+    assert naive.stats["target_forwards"] > result.stats["target_forwards"]
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_draft_equal_to_target_accepts_everything(pair, references, k):
+    _, target, _ = pair
+    result = specdec.generate(target, PROMPTS, draft=target, k=k, max_new_tokens=NEW)
+    assert result.stats["acceptance_rate"] == 1.0
+    assert result.tokens == [references[tuple(r)] for r in PROMPTS]
+
+
+def test_baseline_matches_target_alone(pair, references):
+    _, target, _ = pair
+    result = specdec.generate(target, PROMPTS, max_new_tokens=NEW)
+    assert result.tokens == [references[tuple(r)] for r in PROMPTS]
+    assert result.stats["target_forwards"] == NEW  # one token per forward, prefill included
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_tensor_input(pair, references, side):
+    _, target, draft = pair
+    width = max(len(r) for r in PROMPTS)
+    ids = torch.zeros(len(PROMPTS), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, r in enumerate(PROMPTS):
+        span = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+        ids[b, span] = torch.tensor(r)
+        mask[b, span] = 1
+    result = specdec.generate(target, ids, attention_mask=mask, draft=draft, k=3, max_new_tokens=NEW)
+    assert result.tokens == [references[tuple(r)] for r in PROMPTS]
+
+
+def test_rows_stop_at_eos_independently(pair, references):
+    _, target, draft = pair
+    eos = references[tuple(PROMPTS[0])][5]  # a token row 0 produces mid-way
+    result = specdec.generate(target, PROMPTS, draft=draft, k=4, max_new_tokens=NEW, eos_token_id=eos)
+    expected = [hf_greedy(target, r, eos=eos) for r in PROMPTS]
+    assert result.tokens == expected
+    assert result.tokens[0][-1] == eos and len(result.tokens[0]) <= 6
+
+
+def test_max_new_tokens_is_exact(pair):
+    _, target, draft = pair
+    for new in (1, 2, 7):
+        result = specdec.generate(target, PROMPTS, draft=target, k=6, max_new_tokens=new, eos_token_id=[])
+        assert [len(t) for t in result.tokens] == [new] * len(PROMPTS)
+
+
+def test_mixed_precision_draft_float32():
+    """A float32 target with a float32 draft of a different dtype path still matches HF greedy."""
+    target = tiny_llama().float()
+    draft = perturbed(target, 0.03)
+    result = specdec.generate(target, PROMPTS[:2], draft=draft, k=3, max_new_tokens=NEW)
+    assert result.tokens == [hf_greedy(target, r) for r in PROMPTS[:2]]
+
+
+# --- bad input: a clear ValueError before any model work -------------------------------------
+
+def bad_calls(target, draft):
+    other_vocab = tiny_gpt2(vocab=50)
+    yield "vocabulary", dict(draft=other_vocab)
+    yield "out of range", dict(draft=draft, k=0)
+    yield "out of range", dict(draft=draft, k=1000)
+    yield "position limit", dict(draft=draft, max_new_tokens=200)
+    yield "empty", dict(input_ids=[[1, 2], []])
+    yield "outside the target vocabulary", dict(input_ids=[[1, 2, 500]])
+    yield "outside the target vocabulary", dict(input_ids=[[-1, 2]])
+    yield "does not match", dict(input_ids=torch.ones(2, 3, dtype=torch.long),
+                                 attention_mask=torch.ones(2, 4, dtype=torch.long))
+    yield "temperature", dict(temperature=-0.5)
+    yield "top_p", dict(temperature=1.0, top_p=0.0)
+    yield "top_p", dict(temperature=1.0, top_p=1.5)
+    yield "top_k", dict(temperature=1.0, top_k=0)
+    yield "verify", dict(draft=draft, verify="fast")
+    yield "max_new_tokens", dict(max_new_tokens=0)
+    yield "holes", dict(input_ids=torch.ones(1, 3, dtype=torch.long), attention_mask=torch.tensor([[1, 0, 1]]))
+
+
+@pytest.mark.parametrize("case", range(15))
+def test_bad_input_is_refused_before_model_work(case, monkeypatch):
+    target = tiny_gpt2()
+    draft = perturbed(target, 0.03)
+    expected, kwargs = list(bad_calls(target, draft))[case]
+    calls = []
+    monkeypatch.setattr(target, "forward", lambda *a, **k: calls.append(1))
+    kwargs.setdefault("input_ids", [[1, 2, 3]])
+    with pytest.raises(ValueError, match=expected):
+        specdec.generate(target, kwargs.pop("input_ids"), **kwargs)
+    assert not calls
+
+
+def test_draft_on_another_device_is_refused():
+    target = tiny_gpt2()
+    draft = perturbed(target, 0.03)
+    # Pretend the draft lives elsewhere (this machine has one device): only its class reports it.
+    draft.__class__ = type("Elsewhere", (type(draft),), {"device": property(lambda self: torch.device("meta"))})
+    with pytest.raises(ValueError, match="device"):
+        specdec.generate(target, [[1, 2]], draft=draft)
