@@ -2,7 +2,8 @@
 
     prefill(prompt_tokens)                       once, before the first round
     propose(seq, lengths, k, sampler) -> (drafts [B, k], probs [B, k, V] or None)
-    rollback(lengths, longest)                   after each round: rows now hold `lengths` tokens
+    rollback(lengths, longest, behind)           after each round: rows now hold `lengths` tokens;
+                                                 `behind`: some row accepted all its drafts
 
 `seq` [B, capacity] is the engine's token buffer (prompt + accepted tokens), `lengths` [B] the
 number of valid tokens per row; the last token of each row is not yet in any KV cache.
@@ -26,6 +27,7 @@ class ModelDrafter:
     def __init__(self, model):
         self.model = model
         self.arena = None
+        self.feed = 1  # tokens fed at the first draft step of a round (1, or 2 to catch up)
         self.forwards = 0  # draft model forwards in this generation (prefill included)
 
     def start(self, batch_size: int, capacity: int):
@@ -36,14 +38,16 @@ class ModelDrafter:
         self.arena.forward(prompt_tokens, last_only=True)
         self.forwards += 1
 
-    def rollback(self, lengths: torch.Tensor, longest: int):
-        # The draft holds every token but the last two: the last one is new, and the one before
-        # it is missing when the previous round accepted all K drafts (d_K was never fed to the
-        # draft). Feeding both next round catches up; rewriting an existing slot is harmless.
-        self.arena.point_to(lengths - 2, longest - 2)
+    def rollback(self, lengths: torch.Tensor, longest: int, behind: bool):
+        # The draft's cache lacks the newest token, and also the one before it in a row that
+        # accepted all K drafts (d_K was never fed to the draft). If any row is behind, every row
+        # is pointed two back and fed two tokens: rewriting a slot with the same token is harmless,
+        # and one shape for all rows keeps the batch in one forward.
+        self.feed = 2 if behind else 1
+        self.arena.point_to(lengths - self.feed, longest - self.feed)
 
     def propose(self, seq, lengths, k, sampler):
-        tokens = last_tokens(seq, lengths, 2)
+        tokens = last_tokens(seq, lengths, self.feed)
         drafts, probs = [], []
         for _ in range(k):
             logits = self.arena.forward(tokens, last_only=True)[:, -1]
@@ -73,7 +77,7 @@ class PromptLookupDrafter:
     def prefill(self, prompt_tokens):
         pass
 
-    def rollback(self, lengths, longest):
+    def rollback(self, lengths, longest, behind):
         pass
 
     def propose(self, seq, lengths, k, sampler):

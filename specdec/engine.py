@@ -3,7 +3,7 @@
 Invariants between rounds (per row b, L = tokens in the row so far, prompt included):
   seq[b, :L]            the row's tokens; seq[b, L-1] is the newest and in no KV cache yet
   target arena length   L - 1
-  draft arena length    L - 2 (see ModelDrafter.rollback)
+  draft arena length    L - 1, or L - 2 after a round where a row accepted all K (ModelDrafter.rollback)
 Every round appends 1 .. K+1 tokens to each unfinished row; rows finish independently (EOS or
 max_new_tokens) and a finished row simply stops growing while the batch runs on.
 """
@@ -182,7 +182,7 @@ class Decoder:
         longest = max(host_lengths)
         self.arena.point_to(self.lengths - 1, longest - 1)
         if self.drafter is not None:
-            self.drafter.rollback(self.lengths, longest)
+            self.drafter.rollback(self.lengths, longest, behind=self.k + 1 in kept)
 
     def stats(self, seconds) -> dict:
         c = self.counts
