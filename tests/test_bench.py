@@ -1,0 +1,203 @@
+"""Benchmark sweeps on tiny random-weight pairs: the row schema, kill -9 resume, failing cells, HF references."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from specdec import bench
+from specdec.models import load_pair
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = bench.load_prompts(ids=["code-stack-class", "qa-capital-france", "prose-city-morning"])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: two intra-op threads stall each other (or a neighbour's) badly.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return load_pair("tiny-llama", device="cpu")
+
+
+def keys(rows):
+    return [bench.key_of(r) for r in rows]
+
+
+def test_prompt_set():
+    prompts = bench.load_prompts()
+    assert [p["category"] for p in prompts].count("code") == 4
+    assert [p["category"] for p in prompts].count("prose") == 3
+    assert [p["category"] for p in prompts].count("qa") == 3
+    assert len({p["id"] for p in prompts}) == 10
+    assert all(p["text"].startswith("Question:") and p["text"].endswith("Answer:")
+               for p in prompts if p["category"] == "qa")
+    assert [p["id"] for p in bench.load_prompts(ids=["qa-water-boiling", "code-quicksort"])] == \
+        ["qa-water-boiling", "code-quicksort"]
+    with pytest.raises(ValueError, match="unknown prompt categories"):
+        bench.load_prompts(categories=["poetry"])
+    with pytest.raises(FileNotFoundError, match="prompt set not found"):
+        bench.load_prompts(path=REPO / "no-such-file.jsonl")
+
+
+def test_sweep_rows_provenance_and_summary(tmp_path):
+    pair = load_pair("tiny-gpt2", device="cpu")
+    rows = bench.sweep(pair, tmp_path, ks=(1, 2), batch_sizes=(1, 2), max_new_tokens=(6,), prompts=PROMPTS[:2],
+                       iterations=2, progress=False)
+    # per (batch, prompt): 1 baseline + 2 speculative cells; 2 batches x 2 prompts; 2 iterations each
+    assert len(rows) == 2 * 2 * 3 * 2 and (rows["status"] == "ok").all()
+    assert set(bench.COLUMNS) <= set(rows.columns)
+    spec = rows[rows["mode"] == "speculative"]
+    for col in ("new_tokens", "seconds", "throughput", "proposed", "accepted", "acceptance_rate", "target_forwards",
+                "draft_forwards", "iterations", "tokens_per_target_forward", *bench.PHASES, "draft_step_s",
+                "verify_iter_s", "peak_memory_mib"):
+        assert spec[col].notna().all(), col
+    assert (rows[rows["mode"] == "baseline"]["k"] == 0).all()
+    assert set(rows[rows["batch_size"] == 2]["prompt_ids"]) == {"code-stack-class,qa-capital-france",
+                                                                 "qa-capital-france,code-stack-class"}
+    assert (spec["matches_baseline"] == True).all()  # noqa: E712 -- greedy speculative output is lossless
+    assert all(len(json.loads(t)) == b for t, b in zip(rows["tokens"], rows["batch_size"]))
+
+    written = bench.read_rows(tmp_path / "results.jsonl")
+    assert len(written) == len(rows)
+    (prov_file,) = tmp_path.glob("provenance-*.json")
+    prov = json.loads(prov_file.read_text())
+    assert {r["run_id"] for r in written} == {prov["params"]["run_id"]}
+    assert prov["torch"] and prov["device_name"] and prov["params"]["pair"] == "tiny-gpt2"
+
+    cells = bench.summarize(rows)
+    assert len(cells) == 12 and (cells["success_rate"] == 1).all()
+    spec_cells = cells[cells["mode"] == "speculative"]
+    assert spec_cells["speedup"].map(math.isfinite).all()
+    assert spec_cells["predicted_speedup"].map(math.isfinite).all()
+    assert cells[cells["mode"] == "baseline"]["speedup"].isna().all()
+    by = bench.summarize(rows, by=("mode", "k", "batch_size", "max_new_tokens", "verify"))
+    assert len(by) == 6 and (by["prompts"] == 2).all()
+
+
+def test_predicted_speedup():
+    # a = 0: one token per round at cost K c + v; a = 1: K + 1 tokens (the limit, no division by zero)
+    assert bench.predicted_speedup(0.0, 4, 0.1, 1.0) == pytest.approx(1 / 1.4)
+    assert bench.predicted_speedup(1.0, 4, 0.1, 1.0) == pytest.approx(5 / 1.4)
+    assert bench.predicted_speedup(0.5, 2, 0.0, 1.0) == pytest.approx((1 - 0.5**3) / 0.5)
+
+
+def cli(out, *extra):
+    return [sys.executable, "-m", "specdec.bench", "--pair", "tiny-llama", "--k", "1,2", "--max-new-tokens", "16",
+            "--iterations", "2", "--prompts", "qa,prose", "--no-warmup", "--no-progress", "--device", "cpu", "--threads", "1",
+            "--out", str(out), *extra]
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(cli(full), cwd=REPO, check=True, capture_output=True)
+    expected = bench.read_rows(full / "results.jsonl")
+    assert len(expected) == 6 * 3 * 2  # 6 prompts x (baseline + 2 k) x 2 iterations
+
+    proc = subprocess.Popen(cli(killed), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results, deadline = killed / "results.jsonl", time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len(bench.read_rows(results)) >= 3:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    partial = bench.read_rows(results)
+    assert proc.returncode == -signal.SIGKILL and 3 <= len(partial) < len(expected), "not killed mid-sweep"
+    with open(results, "a") as f:  # as if killed mid-write: a torn last line
+        f.write('{"run_id": "torn", "pair": "tiny-ll')
+
+    subprocess.run(cli(killed), cwd=REPO, check=True, capture_output=True)
+    resumed = bench.read_rows(results)
+    assert len(resumed) == len(set(keys(resumed))) == len(expected)  # no duplicates, none missing
+    assert set(keys(resumed)) == set(keys(expected))
+    assert {bench.key_of(r): r["tokens"] for r in resumed} == {bench.key_of(r): r["tokens"] for r in expected}
+    assert len({r["run_id"] for r in resumed}) == 2 and len(list(killed.glob("provenance-*.json"))) == 2
+    bench.main(cli(killed)[3:])  # a third run (in-process: quicker) has nothing left to do, and leaves no trace
+    assert len(bench.read_rows(results)) == len(expected) and len(list(killed.glob("provenance-*.json"))) == 2
+
+
+def test_failing_cell_is_recorded_and_retried(tmp_path, monkeypatch, llama):
+    real = bench.generate
+
+    def flaky(target, input_ids, *, draft=None, k=4, **kw):
+        if draft is not None and k == 2:
+            raise RuntimeError("boom at k=2")
+        return real(target, input_ids, draft=draft, k=k, **kw)
+
+    monkeypatch.setattr(bench, "generate", flaky)
+    kw = dict(ks=(1, 2), max_new_tokens=(4,), prompts=PROMPTS[:2], iterations=2, warmup=False, progress=False)
+    rows = bench.sweep(llama, tmp_path, **kw)
+    failed = rows[rows["status"] == "failed"]
+    assert len(rows) == 2 * 3 * 2
+    assert (failed["k"] == 2).all() and len(failed) == 2 * 2
+    assert failed["error"].str.contains("RuntimeError: boom at k=2").all()
+    assert (rows[rows["k"] != 2]["status"] == "ok").all()
+    cells = bench.summarize(rows)
+    assert (cells[cells["k"] == 2]["success_rate"] == 0).all()
+    assert (cells[cells["k"] != 2]["success_rate"] == 1).all()
+
+    monkeypatch.setattr(bench, "generate", real)  # rerun: only the failed cells run again, now fine
+    rows = bench.sweep(llama, tmp_path, **kw)
+    assert len(rows) == 12 and (rows["status"] == "ok").all()
+    assert len(bench.read_rows(tmp_path / "results.jsonl")) == 12 + 4  # the 4 retried rows were appended
+
+
+def test_hf_references_match_baseline(tmp_path, llama):
+    rows = bench.sweep(llama, tmp_path, modes=bench.MODES, ks=(1, 3), batch_sizes=(1, 2), max_new_tokens=(6,),
+                       prompts=PROMPTS, iterations=2, warmup=False, progress=False)
+    assert (rows["status"] == "ok").all(), rows["error"].unique()
+    hf = rows[rows["mode"] == "hf_assisted"]
+    assert len(hf) == 3 * 2 * 2 and (hf["batch_size"] == 1).all()
+    assert set(rows[rows["batch_size"] == 2]["mode"]) == set(bench.MODES) - {"hf_assisted"}
+    others = rows[rows["mode"] != "baseline"]
+    assert (others["matches_baseline"] == True).all()  # noqa: E712
+    cells = bench.summarize(rows)
+    spec1 = cells[(cells["mode"] == "speculative") & (cells["batch_size"] == 1)]
+    assert spec1["speedup_vs_hf"].map(math.isfinite).all()
+    assert cells[cells["mode"] == "hf_assisted"]["speedup"].map(math.isfinite).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pair", "tiny-llama", "--k", "0"], "must be >= 1"),
+    (["--pair", "tiny-llama", "--modes", "baseline,turbo"], "unknown ['turbo']"),
+    (["--pair", "no-such-pair"], "unknown pair"),
+    (["--pair", "tiny-llama", "--batch", ","], "empty list"),
+    (["--pair", "tiny-llama", "--prompts", "poetry"], "unknown prompt categories"),
+    (["--k", "1"], "give either --pair"),
+])
+def test_bad_arguments_exit_2(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        bench.main([*args, "--out", str(tmp_path)])
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_drafter_modes_run_and_record_their_k(tmp_path):
+    """adaptive and prompt_lookup cells: lossless (match the baseline) and their K is recorded."""
+    from specdec.bench import load_prompts, summarize, sweep
+    from specdec.models import load_pair
+
+    pair = load_pair("tiny-llama")
+    prompts = load_prompts(categories=["code"])[:2]
+    rows = sweep(pair, tmp_path, modes=("baseline", "adaptive", "prompt_lookup"), ks=(2,), max_new_tokens=(8,),
+                 prompts=prompts, iterations=1, warmup=False, progress=False)
+    ok = rows[rows["status"] == "ok"]
+    assert set(ok["mode"]) == {"baseline", "adaptive", "prompt_lookup"} and len(ok) == 6
+    assert ok[ok["mode"] != "baseline"]["matches_baseline"].all()
+    assert (ok[ok["mode"] == "prompt_lookup"]["draft_forwards"] == 0).all()
+    assert (ok[ok["mode"] == "adaptive"]["mean_k"] >= 1).all()
+    cells = summarize(rows)
+    assert cells[cells["mode"] != "baseline"]["speedup"].notna().all()
