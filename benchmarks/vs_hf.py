@@ -3,7 +3,8 @@
     python benchmarks/vs_hf.py [--k 4] [--new-tokens 64] [--hidden 512] [--layers 8] [--draft-layers 2]
 
 Random-weight Llama models big enough that the model dominates; the draft is the target's first
-layers (same embeddings and head), so it agrees with the target often but not always. Greedy,
+layers (same embeddings and head) and the target's deeper layers are damped, so the draft agrees
+with the target often but not always (like a real pair; the acceptance rate is printed). Greedy,
 batch 1. Compares:
   specdec speculative   vs  generate(assistant_model=draft), K fixed (constant schedule)
   specdec baseline      vs  generate()
@@ -18,14 +19,18 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import specdec
 
 
-def models(hidden, layers, draft_layers, vocab=32000, seed=0):
+def models(hidden, layers, draft_layers, deep_scale=0.04, vocab=32000, seed=0):
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 4 // 1,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 4,
                          num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=4,
                          max_position_embeddings=4096)
     target = LlamaForCausalLM(config).eval()
     draft_config = LlamaConfig(**{**config.to_dict(), "num_hidden_layers": draft_layers})
     draft = LlamaForCausalLM(draft_config).eval()
+    with torch.no_grad():  # damp the target's deeper layers so its first layers (the draft) often agree
+        for layer in target.model.layers[draft_layers:]:
+            layer.self_attn.o_proj.weight.mul_(deep_scale)
+            layer.mlp.down_proj.weight.mul_(deep_scale)
     draft.load_state_dict(target.state_dict(), strict=False)  # shared embeddings, head, first layers
     return target, draft
 

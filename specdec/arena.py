@@ -64,8 +64,10 @@ class Arena(Cache):
         self.write_slots = None
         self.kv_length = 0
 
-    def forward(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """Logits [B, T, V] (or [B, 1, V]) for `tokens` [B, T] placed after each row's length.
+    def forward(self, tokens: torch.Tensor, keep=0) -> torch.Tensor:
+        """Logits [B, T, V] for `tokens` [B, T] placed after each row's length; `keep` is passed to the
+        model as logits_to_keep (1: the last position only; a 1-D tensor: those positions), which
+        spares the vocabulary projection of positions nobody reads.
         Writes their keys/values in place; does not move the pointers."""
         num_new = tokens.shape[1]
         self.kv_length = self.longest + num_new
@@ -79,7 +81,7 @@ class Arena(Cache):
         mask.masked_fill_(~visible, torch.finfo(self.model.dtype).min)
         out = self.model(
             input_ids=tokens, position_ids=positions, attention_mask=mask[:, None],
-            cache=self, use_cache=True, logits_to_keep=1 if last_only else 0,
+            cache=self, use_cache=True, logits_to_keep=keep,
         )
         return out.logits
 

@@ -35,7 +35,7 @@ class ModelDrafter:
         self.forwards = 0
 
     def prefill(self, prompt_tokens: torch.Tensor):
-        self.arena.forward(prompt_tokens, last_only=True)
+        self.arena.forward(prompt_tokens, keep=1)  # only the cache matters here
         self.forwards += 1
 
     def rollback(self, lengths: torch.Tensor, longest: int, behind: bool):
@@ -50,7 +50,7 @@ class ModelDrafter:
         tokens = last_tokens(seq, lengths, self.feed)
         drafts, probs = [], []
         for _ in range(k):
-            logits = self.arena.forward(tokens, last_only=True)[:, -1]
+            logits = self.arena.forward(tokens, keep=1)[:, -1]
             self.arena.advance(tokens.shape[1])
             self.forwards += 1
             token, q = sampler.pick(logits)

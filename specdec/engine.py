@@ -99,10 +99,14 @@ class Decoder:
     def prefill(self):
         with self.prof.phase("prefill"):
             prompts = self.seq[:, : max(self.prompt_lengths)]
-            logits = self.arena.forward(prompts)
+            # Logits only at the positions some row's prompt ends (a long prompt's other positions
+            # would cost a vocabulary projection each, for nothing).
+            ends = sorted({p - 1 for p in self.prompt_lengths})
+            logits = self.arena.forward(prompts, keep=torch.tensor(ends, device=self.device))
             self.counts["target_forwards"] += 1
+            column = torch.tensor([ends.index(p - 1) for p in self.prompt_lengths], device=self.device)
+            first, _ = self.sampler.pick(logits[torch.arange(self.batch, device=self.device), column])
             last = torch.tensor(self.prompt_lengths, device=self.device) - 1
-            first, _ = self.sampler.pick(logits[torch.arange(self.batch, device=self.device), last])
             if self.drafter is not None:
                 self.drafter.prefill(prompts)
             self.lengths = last + 1

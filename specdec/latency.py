@@ -1,0 +1,137 @@
+"""Verification latency vs K: one parallel forward over K+1 tokens vs K+1 single-token forwards.
+
+The seed claimed verification time is "approximately constant" in K. This measures exactly that, with
+nothing else in the way: a fixed context of C tokens is prefilled once into an Arena, then for each K
+
+    parallel  one target forward over K+1 tokens (what the engine's verify step does)
+    naive     K+1 single-token forwards, one after the other (what a loop over drafts would do)
+
+and the pointers go back to C after every measurement, so every repeat sees the same context.
+One row per (K, mode, repeat) goes to <out>/results.jsonl (appended and fsynced as it is measured,
+resumable like bench.sweep), with <out>/provenance-<run_id>.json.
+"""
+import json
+import os
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .arena import Arena
+from .bench import model_names, read_rows
+from .profiler import synchronize
+from .provenance import provenance
+
+MODES = ("parallel", "naive")
+SETTING = ("pair", "target", "device", "dtype", "context", "batch_size")  # what makes two rows comparable
+KEY = SETTING + ("k", "mode", "repeat")
+COLUMNS = ("run_id", *KEY, "timing_only", "tokens", "forwards", "seconds", "finished_utc")
+
+
+def append_row(path, row):
+    """One whole line per write, then fsync (as bench.append_row): a kill loses at most the line in flight."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps({c: row.get(c) for c in COLUMNS}) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def context_tokens(model, batch_size, context, seed) -> torch.Tensor:
+    """A fixed [B, C] context of random token ids: the content does not change a forward's cost."""
+    gen = torch.Generator().manual_seed(seed)
+    vocab = min(model.config.get_text_config().vocab_size, 256)  # low ids exist in every vocabulary
+    return torch.randint(vocab, (batch_size, context), generator=gen).to(model.device)
+
+
+def time_verify(arena, block, mode, context) -> float:
+    """Seconds for one verification of `block` [B, K+1] at a context of `context` tokens."""
+    lengths = torch.full_like(arena.lengths, context)
+    arena.point_to(lengths, context)
+    synchronize(arena.device)
+    start = time.perf_counter()
+    if mode == "parallel":
+        arena.forward(block)  # writes slots C..C+K in place; pointers stay at C
+    else:
+        for i in range(block.shape[1]):  # the token-by-token loop the parallel verify replaces
+            arena.forward(block[:, i:i + 1])
+            arena.advance(1)
+    synchronize(arena.device)
+    seconds = time.perf_counter() - start
+    arena.point_to(lengths, context)  # back to the fixed context for the next measurement
+    return seconds
+
+
+@torch.inference_mode()
+def measure(pair, out_dir, *, ks=range(1, 9), modes=MODES, context=64, batch_size=1, repeats=5, warmup=True,
+            seed=0, progress=True, params=None) -> pd.DataFrame:
+    """Time parallel vs naive verification of the pair's target for every K; return all rows of this setting.
+    Repeats are the outer loop (every K and mode once per repeat) so that drift in machine load spreads
+    over all K instead of biasing the last ones."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    ks, modes = [int(k) for k in ks], list(modes)
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown verification modes {sorted(unknown)}; choose from {MODES}")
+    model = pair.target
+    setting = dict(pair=pair.name, target=model_names(pair)[0], device=str(pair.device),
+                   dtype=str(pair.dtype).removeprefix("torch."), context=int(context), batch_size=int(batch_size))
+    plan = [dict(setting, k=k, mode=m, repeat=r) for r in range(repeats) for k in ks for m in modes]
+    done = {tuple(r.get(c) for c in KEY) for r in read_rows(results)}
+    todo = [p for p in plan if tuple(p[c] for c in KEY) not in done]
+
+    if todo:
+        run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+        (out / f"provenance-{run_id}.json").write_text(json.dumps(provenance(
+            run_id=run_id, **setting, timing_only=pair.timing_only, ks=ks, modes=modes, repeats=repeats,
+            warmup=warmup, seed=seed, **(params or {})), indent=1))
+        arena = Arena(model, batch_size, context + max(ks) + 1)
+        prefix = context_tokens(model, batch_size, context + max(ks) + 1, seed)
+        arena.forward(prefix[:, :context])  # prefill once; every measurement reuses this context
+        arena.advance(context)
+        if warmup:  # one untimed forward per shape (T = 1 and every K+1): first calls pay one-off costs
+            for t in sorted({1, *(k + 1 for k in ks)}):
+                time_verify(arena, prefix[:, context:context + t], "parallel", context)
+        start = time.perf_counter()
+        for i, p in enumerate(todo):
+            block = prefix[:, context:context + p["k"] + 1]  # the "drafts": content is irrelevant to cost
+            seconds = time_verify(arena, block, p["mode"], context)
+            append_row(results, dict(p, run_id=run_id, timing_only=pair.timing_only, tokens=p["k"] + 1,
+                                     forwards=1 if p["mode"] == "parallel" else p["k"] + 1, seconds=seconds,
+                                     finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds")))
+            if progress and (i + 1) % max(len(todo) // 10, 1) == 0:
+                print(f"latency: {i + 1}/{len(todo)} measurements, {time.perf_counter() - start:.0f} s", flush=True)
+    mine = {tuple(p[c] for c in KEY) for p in plan}
+    rows = [r for r in read_rows(results) if tuple(r.get(c) for c in KEY) in mine]
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def summarize(rows) -> pd.DataFrame:
+    """Per (K, mode): median, quartiles, min and max of the verification time in ms, and the median
+    relative to the same mode's median at the smallest K (1.0 everywhere = perfectly flat)."""
+    rows = pd.DataFrame(rows).assign(ms=lambda d: d["seconds"] * 1e3)
+    group = rows.groupby(["pair", "target", "device", "dtype", "context", "batch_size", "mode", "k"], sort=True)["ms"]
+    table = group.agg(median_ms="median", q25_ms=lambda s: s.quantile(0.25), q75_ms=lambda s: s.quantile(0.75),
+                      min_ms="min", max_ms="max", repeats="size").reset_index()
+    first = table.sort_values("k").groupby("mode")["median_ms"].transform("first")
+    table["vs_smallest_k"] = table["median_ms"] / first
+    return table
+
+
+def verdict(table, flat_within=1.25) -> dict:
+    """The numbers the notebook states: growth from the smallest to the largest K per mode (of the medians,
+    and of the fastest repeats, which a machine shared with other work disturbs least), and whether the
+    parallel verify's median stayed within `flat_within` x of its smallest-K median (our definition of flat)."""
+    kmin, kmax = table["k"].min(), table["k"].max()
+    def growth(col):
+        return {m: float(t.set_index("k").loc[kmax, col] / t.set_index("k").loc[kmin, col])
+                for m, t in table.groupby("mode")}
+    median = growth("median_ms")
+    return dict(k_min=int(kmin), k_max=int(kmax), growth=median, growth_fastest=growth("min_ms"),
+                flat_within=flat_within, flat=median.get("parallel", float("inf")) <= flat_within)

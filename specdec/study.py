@@ -1,0 +1,319 @@
+"""The study: run every notebook in notebooks/ with papermill for one hardware target.
+
+    python -m specdec.study --target cpu                             # this machine, the offline pair
+    python -m specdec.study --target t4                              # Colab T4 (notebooks/colab_t4.ipynb)
+    python -m specdec.study --target cpu --smoke --out /tmp/smoke    # tiny random models, seconds each
+    python -m specdec.study --target cpu --only 03_verification_latency
+    python -m specdec.study --target cuda -p k_sweep.pair=gpt2-random -p batch_sweep.pair=llama-3.2-random
+
+Parameters: specdec/targets/<target>.yaml has a `common` section (given to every notebook that declares
+the key) and one section per notebook (k_sweep, batch_sweep, ...); --smoke lays targets/smoke.yaml over
+it; `-p [section.]key=value` (value parsed as YAML; no section = common) comes last.
+Outputs, under --out (default: the repository root; with --smoke: <repo>/smoke):
+    data/<target>/<section>/              each notebook's data: results.jsonl + provenance-*.json, rows.csv,
+                                          cells.csv, summary.csv (the table), readout.md (the sentences)
+    data/<target>/notebooks/<nb>.ipynb    the executed notebooks
+    data/<target>/README.md               the summary page (tables, figures, data, provenance, run times)
+    figures/<target>/<section>*.png|svg   the figures
+The runner goes on after a failing notebook, shows the failure on the summary page and exits 1.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .provenance import PACKAGE_DIR, provenance
+
+REPO = PACKAGE_DIR.parent
+NOTEBOOK_DIR = REPO / "notebooks"
+TARGET_DIR = PACKAGE_DIR / "targets"
+REFERENCE = REPO / "data" / "reference" / "seed_results.csv"
+RUNS_FILE = "study-runs.json"  # per notebook: status, seconds, error of its latest run (the summary's source)
+
+
+# -- helpers the notebooks call ---------------------------------------------------------------------------
+
+def load_warm(pair, device="auto", dtype="auto", draft_dtype=None, threads=None, tokens=4):
+    """load_pair, then one short throwaway generation, so that page-in of freshly mapped weights and
+    one-off kernel setup (20 s per model for the 1.5B pair on CPU) land here and not in the first cell."""
+    import torch
+
+    from .engine import generate
+    from .models import load_pair
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    start = time.perf_counter()
+    p = load_pair(pair, device=device, dtype=dtype, draft_dtype=draft_dtype)
+    loaded = time.perf_counter() - start
+    ids = p.tokenizer.encode("def add(a, b):\n    return")
+    generate(p.target, [ids], draft=p.draft, k=2, max_new_tokens=tokens)
+    print(f"{pair}: loaded in {loaded:.1f} s, warmed up in {time.perf_counter() - start - loaded:.1f} s "
+          f"({p.device}, {str(p.dtype).removeprefix('torch.')}, timing_only={p.timing_only})")
+    return p
+
+
+def seed_reference(experiment, devices, out_dir):
+    """The seed's reported numbers for `experiment` on `devices`, copied into out_dir (so the run's data
+    folder holds everything its figures show); None when no device is asked for."""
+    if not devices:
+        return None
+    ref = pd.read_csv(REFERENCE)
+    ref = ref[(ref["experiment"] == experiment) & ref["device"].isin(list(devices))]
+    path = Path(out_dir) / "seed_reference.csv"
+    ref.to_csv(path, index=False)
+    return pd.read_csv(path)
+
+
+def save_tables(rows, out_dir, by=("mode", "k", "batch_size", "max_new_tokens", "verify"), columns=None,
+                extra=None):
+    """rows.csv (this configuration's runs), cells.csv (per cell) and summary.csv (the notebook's table,
+    means over prompts); returns (cells, summary) read back from the files the figures are made from.
+    vs_baseline = throughput / specdec target-only throughput, for every mode (HF ones included).
+    Timing-only pairs (random weights) get no acceptance columns: their acceptance means nothing."""
+    from .bench import summarize
+
+    out = Path(out_dir)
+    rows = pd.DataFrame(rows)
+    rows.to_csv(out / "rows.csv", index=False)
+    cells = summarize(rows)
+    cells["vs_baseline"] = cells["throughput"] / cells["baseline_throughput"]
+    if extra is not None:  # e.g. prompt categories
+        cells = extra(cells)
+    cells.to_csv(out / "cells.csv", index=False)
+    by = list(by)
+    summary = summarize(rows, by=by).merge(
+        cells.groupby(by, dropna=False, sort=False)["vs_baseline"].mean().reset_index(), on=by, how="left")
+    hidden = ("acceptance_rate", "predicted_speedup") if rows["timing_only"].fillna(False).astype(bool).any() else ()
+    summary = summary[[c for c in (columns or summary.columns) if c in summary and c not in hidden]]
+    summary.to_csv(out / "summary.csv", index=False)
+    return pd.read_csv(out / "cells.csv"), pd.read_csv(out / "summary.csv")
+
+
+def readout(out_dir, text):
+    """Show the notebook's reading of its result and keep it for the summary page."""
+    from IPython.display import Markdown, display
+
+    Path(out_dir, "readout.md").write_text(text.strip() + "\n")
+    display(Markdown(text))
+
+
+def hf_plan(rows, pair_name, prompts, max_new_tokens, ks):
+    """What notebook 4 must run itself for one pair: HF generate and assisted generation always; our
+    baseline and speculative cells only where the reused data lacks them (e.g. after --only). Uses the
+    reused batch-1 token count, so the HF cells sit beside the cells they are compared with."""
+    rows = pd.DataFrame(rows)
+    mine = rows[(rows.get("pair") == pair_name) & (rows.get("batch_size") == 1) & (rows.get("status") == "ok")] \
+        if len(rows) else rows
+    n = int(mine["max_new_tokens"].mode().iloc[0]) if len(mine) else int(max_new_tokens)
+    have = set() if not len(mine) else set(zip(mine["mode"], mine["k"].astype(str), mine["prompt_id"],
+                                               mine["max_new_tokens"]))
+    need_base = any(("baseline", "0", p, n) not in have for p in prompts)
+    need_spec = any(("speculative", str(k), p, n) not in have for p in prompts for k in ks)
+    modes = ["baseline"] * need_base + ["speculative"] * need_spec + ["hf_generate", "hf_assisted"]
+    return modes, n
+
+
+def markdown_table(frame, digits=3) -> str:
+    """A GitHub Markdown table (no `tabulate` needed); floats to `digits` significant digits."""
+    def cell(v):
+        if isinstance(v, float):
+            return "" if pd.isna(v) else f"{v:.{digits}g}"
+        return str(v).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+# -- configuration ---------------------------------------------------------------------------------------------
+
+def notebooks() -> dict:
+    """{'01_k_sweep': path, ...} in run order; a notebook's section name drops the number: k_sweep."""
+    if not NOTEBOOK_DIR.is_dir():
+        raise SystemExit(f"no notebooks at {NOTEBOOK_DIR}: the study runs from a source checkout of specdec "
+                         f"(git clone, then pip install -e .)")
+    return {p.stem: p for p in sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))}
+
+
+def section(name) -> str:
+    return name.split("_", 1)[1]
+
+
+def targets() -> list:
+    return sorted(p.stem for p in TARGET_DIR.glob("*.yaml") if p.stem != "smoke")
+
+
+def load_config(target, smoke=False, overrides=()) -> dict:
+    config = yaml.safe_load((TARGET_DIR / f"{target}.yaml").read_text()) or {}
+    layers = [yaml.safe_load((TARGET_DIR / "smoke.yaml").read_text())] if smoke else []
+    layers.append(parse_overrides(overrides))
+    for layer in layers:
+        for sec, values in layer.items():
+            if isinstance(values, dict):
+                config.setdefault(sec, {}).update(values)
+    return config
+
+
+def parse_overrides(items) -> dict:
+    """['k_sweep.pair=gpt2-random', 'iterations=1'] -> {'k_sweep': {'pair': 'gpt2-random'}, 'common': {...}}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"bad -p {item!r}: use [notebook.]key=value, e.g. k_sweep.pair=gpt2-random")
+        sec, _, key = key.rpartition(".")
+        out.setdefault(section(sec) if sec[:2].isdigit() else sec or "common", {})[key] = yaml.safe_load(value)
+    return out
+
+
+def notebook_params(name, path, config, target, data_dir, figures_dir) -> dict:
+    """The parameters papermill injects: common keys the notebook declares, then its section, then paths.
+    A section key the notebook does not declare is a typo, and an error (papermill would only warn)."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(path))
+    params = {k: v for k, v in (config.get("common") or {}).items() if k in declared}
+    sec = config.get(section(name)) or {}
+    unknown = sorted(set(sec) - set(declared))
+    if unknown:
+        raise ValueError(f"{name}: unknown parameter(s) {unknown}; the notebook declares {sorted(declared)}")
+    params.update(sec, target=target, data_dir=str(data_dir), figures_dir=str(figures_dir))
+    return params
+
+
+# -- running -----------------------------------------------------------------------------------------------------
+
+def ensure_kernel():
+    """papermill needs a kernel named python3; a fresh machine (or venv) may lack the spec."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if "python3" not in KernelSpecManager().find_kernel_specs():
+        from ipykernel.kernelspec import install
+        install(user=True)
+
+
+def run_notebook(path, executed, params, cwd, verbose=False) -> tuple:
+    """(status, seconds, error); the executed copy is saved cell by cell, so a failure keeps what ran."""
+    import papermill
+
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(path), str(executed), parameters=params, kernel_name="python3",
+                                   cwd=str(cwd), progress_bar=False, log_output=verbose,
+                                   request_save_on_cell_execute=True)
+        return "ok", time.perf_counter() - start, ""
+    except Exception as e:  # noqa: BLE001 -- one failing notebook must not stop the others
+        error = f"{e.ename}: {e.evalue}" if hasattr(e, "ename") else f"{type(e).__name__}: {e}"
+        return "failed", time.perf_counter() - start, error[:2000]
+
+
+def write_summary(data_dir, figures_dir, target, smoke, record, names):
+    """data/<target>/README.md from the runs file and the files each notebook left behind."""
+    runs = json.loads((data_dir / RUNS_FILE).read_text())
+    rel = lambda p: os.path.relpath(p, data_dir)
+    kind = " (smoke run: tiny random models, the numbers mean nothing)" if smoke else ""
+    params = record.get("params", {})
+    out = [f"# specdec study: target `{target}`{kind}", "",
+           f"- device: {params.get('device')} ({record['device_name']}), dtype: {params.get('dtype')}",
+           f"- date: {record['started_utc']}, git commit: {record['git_commit']}"
+           f"{' (uncommitted changes)' if record['git_dirty'] else ''}",
+           f"- python {record['python']}, torch {record['torch']}, transformers {record['transformers']}, "
+           f"specdec {record['specdec']}, {record['torch_threads']} torch threads",
+           f"- command: `python -m specdec.study {' '.join(params.get('argv', []))}`",
+           f"- provenance: [{rel(data_dir / 'study-provenance.json')}]({rel(data_dir / 'study-provenance.json')})", ""]
+    for name in names:
+        run = runs.get(name)
+        if run is None:
+            continue
+        sec = section(name)
+        out += [f"## {name}: {run['status']} ({run['seconds']:.0f} s, {run['finished_utc']})", ""]
+        if run["status"] != "ok":
+            out += ["```", run["error"], "```", ""]
+        if (data_dir / sec / "readout.md").is_file():
+            out += [(data_dir / sec / "readout.md").read_text().strip(), ""]
+        if (data_dir / sec / "summary.csv").is_file():
+            out += [markdown_table(pd.read_csv(data_dir / sec / "summary.csv")), ""]
+        for png in sorted(figures_dir.glob(f"{sec}*.png")):
+            out += [f"![{png.stem}]({rel(png)})", "", f"Figure: [{rel(png)}]({rel(png)}) "
+                    f"([SVG]({rel(png.with_suffix('.svg'))}))", ""]
+        files = sorted(p for p in (data_dir / sec).glob("*") if p.is_file())
+        out += ["Data: " + ", ".join(f"[{p.name}]({rel(p)})" for p in files), "",
+                f"Executed notebook: [{rel(data_dir / 'notebooks' / (name + '.ipynb'))}]"
+                f"({rel(data_dir / 'notebooks' / (name + '.ipynb'))})", ""]
+    (data_dir / "README.md").write_text("\n".join(out))
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m specdec.study", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n")[2:]))
+    p.add_argument("--target", required=True, help="hardware target: a file in specdec/targets/")
+    p.add_argument("--smoke", action="store_true", help="tiny random models, a few tokens: seconds per notebook")
+    p.add_argument("--only", action="append", default=[], help="notebook(s) to run, e.g. 03_verification_latency")
+    p.add_argument("--out", help="output root (default: the repository; with --smoke: <repo>/smoke)")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="[NOTEBOOK.]KEY=VALUE",
+                   help="override a parameter (YAML value), e.g. -p k_sweep.pair=gpt2-random")
+    p.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
+    return p
+
+
+def main(argv=None) -> int:
+    from .models import resolve_device
+
+    args = parser().parse_args(argv)
+    valid = targets()
+    if args.target not in valid:
+        print(f"error: unknown target {args.target!r}; choose from {', '.join(valid)}", file=sys.stderr)
+        return 2
+    names = notebooks()
+    wanted = [n for n in names if not args.only or any(o in (n, section(n), n[:2], n[:2].lstrip("0"))
+                                                      for o in args.only)]
+    unknown = [o for o in args.only if not any(o in (n, section(n), n[:2], n[:2].lstrip("0")) for n in names)]
+    try:
+        if unknown:
+            raise ValueError(f"unknown notebook(s) {unknown}; choose from {', '.join(names)}")
+        config = load_config(args.target, args.smoke, args.param)
+        device = resolve_device((config.get("common") or {}).get("device", "auto"))
+        out = Path(args.out or (REPO / "smoke" if args.smoke else REPO)).resolve()
+        data_dir, figures_dir = out / "data" / args.target, out / "figures" / args.target
+        params = {n: notebook_params(n, names[n], config, args.target, data_dir, figures_dir) for n in wanted}
+    except ValueError as e:  # bad -p, unknown notebook key, unknown device: say so before any work
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    # The kernels are subprocesses: they inherit this environment, so they import this checkout's specdec.
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    ensure_kernel()
+    (data_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    record = provenance(device=str(device), target=args.target, smoke=args.smoke, argv=list(argv or sys.argv[1:]),
+                        dtype=(config.get("common") or {}).get("dtype", "auto"), notebooks=params)
+    (data_dir / "study-provenance.json").write_text(json.dumps(record, indent=1))
+    runs_path = data_dir / RUNS_FILE
+    runs = json.loads(runs_path.read_text()) if runs_path.is_file() else {}
+    total = time.perf_counter()
+    for i, name in enumerate(wanted, 1):
+        print(f"[{i}/{len(wanted)}] {name}: running", flush=True)
+        status, seconds, error = run_notebook(names[name], data_dir / "notebooks" / f"{name}.ipynb", params[name],
+                                              out, args.verbose)
+        runs[name] = dict(status=status, seconds=seconds, error=error, smoke=args.smoke,
+                          finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        runs_path.write_text(json.dumps(runs, indent=1))
+        print(f"[{i}/{len(wanted)}] {name}: {status} in {seconds:.1f} s" + (f"\n    {error}" if error else ""),
+              flush=True)
+    write_summary(data_dir, figures_dir, args.target, args.smoke, record, list(names))
+    failed = [n for n in wanted if runs[n]["status"] != "ok"]
+    print(f"{len(wanted) - len(failed)}/{len(wanted)} notebooks ok in {time.perf_counter() - total:.0f} s; "
+          f"summary: {data_dir / 'README.md'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
