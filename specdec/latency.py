@@ -11,7 +11,6 @@ One row per (K, mode, repeat) goes to <out>/results.jsonl (appended and fsynced 
 resumable like bench.sweep), with <out>/provenance-<run_id>.json.
 """
 import json
-import os
 import secrets
 import time
 from datetime import datetime, timezone
@@ -21,7 +20,7 @@ import pandas as pd
 import torch
 
 from .arena import Arena
-from .bench import model_names, read_rows
+from .bench import append_row, model_names, read_rows
 from .profiler import synchronize
 from .provenance import provenance
 
@@ -29,16 +28,6 @@ MODES = ("parallel", "naive")
 SETTING = ("pair", "target", "device", "dtype", "context", "batch_size")  # what makes two rows comparable
 KEY = SETTING + ("k", "mode", "repeat")
 COLUMNS = ("run_id", *KEY, "timing_only", "tokens", "forwards", "seconds", "finished_utc")
-
-
-def append_row(path, row):
-    """One whole line per write, then fsync (as bench.append_row): a kill loses at most the line in flight."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps({c: row.get(c) for c in COLUMNS}) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def context_tokens(model, batch_size, context, seed) -> torch.Tensor:
@@ -104,7 +93,8 @@ def measure(pair, out_dir, *, ks=range(1, 9), modes=MODES, context=64, batch_siz
             seconds = time_verify(arena, block, p["mode"], context)
             append_row(results, dict(p, run_id=run_id, timing_only=pair.timing_only, tokens=p["k"] + 1,
                                      forwards=1 if p["mode"] == "parallel" else p["k"] + 1, seconds=seconds,
-                                     finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds")))
+                                     finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                       COLUMNS)
             if progress and (i + 1) % max(len(todo) // 10, 1) == 0:
                 print(f"latency: {i + 1}/{len(todo)} measurements, {time.perf_counter() - start:.0f} s", flush=True)
     mine = {tuple(p[c] for c in KEY) for p in plan}

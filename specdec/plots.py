@@ -232,7 +232,7 @@ def verification_latency(table, target=""):
 
 def config_label(row) -> str:
     head = "target only" if row["mode"] == "hf_generate" else f"K={row['k']}"
-    return f"{head}\nb={row['batch_size']}, {row['max_new_tokens']} tok"
+    return f"{head}, b={row['batch_size']}, {row['max_new_tokens']} tok"
 
 
 def speedup(table, target=""):
@@ -242,8 +242,10 @@ def speedup(table, target=""):
                  hf_assisted="HF assisted generation", hf_generate="HF generate (target only)")
     palette = dict(zip(names.values(), sns.color_palette("deep", len(names))))  # same colours in every panel
     pairs = list(dict.fromkeys(table["pair"]))
-    fig, axes = plt.subplots(len(pairs), 1, figsize=(max(7.0, 0.9 * table.groupby("pair").size().max() + 3),
-                                                     4.2 * len(pairs) + 1.2), squeeze=False)
+    # Horizontal bars: one row per configuration, so many configurations grow the figure downwards and
+    # every label stays readable at the same size.
+    configs = table.groupby("pair").size().max()
+    fig, axes = plt.subplots(len(pairs), 1, figsize=(10, (0.42 * configs + 1.5) * len(pairs) + 1.2), squeeze=False)
     notes = []
     for ax, pair in zip(axes[:, 0], pairs):
         t = table[(table["pair"] == pair) & table["mode"].isin(["speculative", "hf_assisted", "hf_generate"])].copy()
@@ -258,12 +260,12 @@ def speedup(table, target=""):
         long = pd.concat(long, ignore_index=True).dropna(subset=["value"])
         order = list(dict.fromkeys(t.sort_values(["batch_size", "max_new_tokens", "k"])["config"]))
         hue_order = [n for n in names.values() if n in set(long["series"])]
-        sns.barplot(long, x="config", y="value", hue="series", order=order, hue_order=hue_order, ax=ax,
-                    errorbar=None, palette=palette)
-        ax.axhline(1.0, color=BASE_COLOR, ls="--", lw=1, label="specdec target-only baseline (= 1)")
-        ax.set(xlabel="configuration (K, batch size, new tokens per row)",
-               ylabel="speedup over target only (x)", title=describe(t, target) if len(t) else pair)
-        ax.tick_params(axis="x", labelsize=8)
+        sns.barplot(long, y="config", x="value", hue="series", order=order, hue_order=hue_order, ax=ax,
+                    errorbar=None, palette=palette, orient="h")
+        ax.axvline(1.0, color=BASE_COLOR, ls="--", lw=1, label="specdec target-only baseline (= 1)")
+        ax.set(ylabel="configuration (K, batch size, new tokens per row)",
+               xlabel="speedup over target only (x)", title=describe(t, target) if len(t) else pair)
+        ax.set_xlim(0, max(1.1, long["value"].max() * 1.15))  # room for the bar labels
         label_bars(ax, "%.2f")
     return finish(fig, "Speculative vs target-only decoding: measured and predicted speedup", "",
                   notes + ["Speedup = throughput / specdec target-only throughput on the same prompts, same run; "

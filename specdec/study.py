@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from .bench import load_warm  # noqa: F401  (the notebooks call study.load_warm)
 from .provenance import PACKAGE_DIR, provenance
 
 REPO = PACKAGE_DIR.parent
@@ -38,26 +39,6 @@ RUNS_FILE = "study-runs.json"  # per notebook: status, seconds, error of its lat
 
 
 # -- helpers the notebooks call ---------------------------------------------------------------------------
-
-def load_warm(pair, device="auto", dtype="auto", draft_dtype=None, threads=None, tokens=4):
-    """load_pair, then one short throwaway generation, so that page-in of freshly mapped weights and
-    one-off kernel setup (20 s per model for the 1.5B pair on CPU) land here and not in the first cell."""
-    import torch
-
-    from .engine import generate
-    from .models import load_pair
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    start = time.perf_counter()
-    p = load_pair(pair, device=device, dtype=dtype, draft_dtype=draft_dtype)
-    loaded = time.perf_counter() - start
-    ids = p.tokenizer.encode("def add(a, b):\n    return")
-    generate(p.target, [ids], draft=p.draft, k=2, max_new_tokens=tokens)
-    print(f"{pair}: loaded in {loaded:.1f} s, warmed up in {time.perf_counter() - start - loaded:.1f} s "
-          f"({p.device}, {str(p.dtype).removeprefix('torch.')}, timing_only={p.timing_only})")
-    return p
-
 
 def seed_reference(experiment, devices, out_dir):
     """The seed's reported numbers for `experiment` on `devices`, copied into out_dir (so the run's data

