@@ -133,7 +133,8 @@ class Decoder:
                 accepted, new = accept_sampled(p, q, drafts, self.sampler.generator)
             # new[b, :accepted[b]+1] are row b's new tokens; the rest is overwritten later.
             self.seq.scatter_(1, self.lengths[:, None] + torch.arange(k + 1, device=self.device), new)
-            accepted_host, new_host = accepted.tolist(), new.tolist()  # the one sync per round
+            host = torch.cat([accepted[:, None], new], 1).tolist()  # the one device read per round
+            accepted_host, new_host = [r[0] for r in host], [r[1:] for r in host]
             kept = self.commit_counts(accepted_host, new_host)
         self.counts["iterations"] += 1
         self.k_per_iteration.append(k)
