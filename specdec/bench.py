@@ -12,7 +12,6 @@ import json
 import os
 import re
 import resource
-import secrets
 import sys
 import time
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .engine import eos_ids, generate
 from .profiler import synchronize
-from .provenance import PACKAGE_DIR, provenance
+from .provenance import PACKAGE_DIR, start_run
 
 MODES = ("baseline", "speculative", "adaptive", "prompt_lookup", "hf_generate", "hf_assisted")
 DRAFTED = ("speculative", "adaptive", "prompt_lookup", "hf_assisted")  # modes with a speedup over baseline
@@ -282,11 +281,9 @@ def sweep(pair, out_dir, *, modes=("baseline", "speculative"), ks=(1, 2, 4), bat
     todo = [(c, its) for c, its in todo if its]
 
     if todo:  # a run that has nothing left to do leaves no trace
-        run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
-        (out / f"provenance-{run_id}.json").write_text(json.dumps(provenance(
-            run_id=run_id, **context, timing_only=pair.timing_only, modes=modes, ks=ks, batch_sizes=batch_sizes,
-            max_new_tokens=max_new_tokens, verify=verify, iterations=iterations, warmup=warmup, prompts=prompts,
-            **(params or {})), indent=1))
+        run_id = start_run(out, **context, timing_only=pair.timing_only, modes=modes, ks=ks, batch_sizes=batch_sizes,
+                           max_new_tokens=max_new_tokens, verify=verify, iterations=iterations, warmup=warmup,
+                           prompts=prompts, **(params or {}))
         tokenized = {p["id"]: pair.tokenizer.encode(p["text"]) for p in prompts}
         bar = tqdm(todo, disable=not progress, unit="cell", total=len(cells), initial=len(cells) - len(todo))
         for cell, its in bar:

@@ -4,7 +4,6 @@ import argparse
 import logging
 import sys
 
-import torch
 from transformers import TextStreamer
 
 from .engine import MAX_K, generate

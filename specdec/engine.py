@@ -106,10 +106,9 @@ class Decoder:
             self.counts["target_forwards"] += 1
             column = torch.tensor([ends.index(p - 1) for p in self.prompt_lengths], device=self.device)
             first, _ = self.sampler.pick(logits[torch.arange(self.batch, device=self.device), column])
-            last = torch.tensor(self.prompt_lengths, device=self.device) - 1
             if self.drafter is not None:
                 self.drafter.prefill(prompts)
-            self.lengths = last + 1
+            self.lengths = torch.tensor(self.prompt_lengths, device=self.device)
             self.seq.scatter_(1, self.lengths[:, None], first[:, None])
             self.commit([1] * self.batch, first[:, None].tolist())
 

@@ -10,19 +10,16 @@ and the pointers go back to C after every measurement, so every repeat sees the 
 One row per (K, mode, repeat) goes to <out>/results.jsonl (appended and fsynced as it is measured,
 resumable like bench.sweep), with <out>/provenance-<run_id>.json.
 """
-import json
-import secrets
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from .arena import Arena
-from .bench import append_row, model_names, read_rows
+from .bench import append_row, model_names, now, read_rows
 from .profiler import synchronize
-from .provenance import provenance
+from .provenance import start_run
 
 MODES = ("parallel", "naive")
 SETTING = ("pair", "target", "device", "dtype", "context", "batch_size")  # what makes two rows comparable
@@ -76,10 +73,8 @@ def measure(pair, out_dir, *, ks=range(1, 9), modes=MODES, context=64, batch_siz
     todo = [p for p in plan if tuple(p[c] for c in KEY) not in done]
 
     if todo:
-        run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
-        (out / f"provenance-{run_id}.json").write_text(json.dumps(provenance(
-            run_id=run_id, **setting, timing_only=pair.timing_only, ks=ks, modes=modes, repeats=repeats,
-            warmup=warmup, seed=seed, **(params or {})), indent=1))
+        run_id = start_run(out, **setting, timing_only=pair.timing_only, ks=ks, modes=modes, repeats=repeats,
+                           warmup=warmup, seed=seed, **(params or {}))
         arena = Arena(model, batch_size, context + max(ks) + 1)
         prefix = context_tokens(model, batch_size, context + max(ks) + 1, seed)
         arena.forward(prefix[:, :context])  # prefill once; every measurement reuses this context
@@ -93,7 +88,7 @@ def measure(pair, out_dir, *, ks=range(1, 9), modes=MODES, context=64, batch_siz
             seconds = time_verify(arena, block, p["mode"], context)
             append_row(results, dict(p, run_id=run_id, timing_only=pair.timing_only, tokens=p["k"] + 1,
                                      forwards=1 if p["mode"] == "parallel" else p["k"] + 1, seconds=seconds,
-                                     finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                                     finished_utc=now()),
                        COLUMNS)
             if progress and (i + 1) % max(len(todo) // 10, 1) == 0:
                 print(f"latency: {i + 1}/{len(todo)} measurements, {time.perf_counter() - start:.0f} s", flush=True)

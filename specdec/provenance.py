@@ -95,3 +95,14 @@ def provenance(device=None, **params) -> dict:
     )
     json.dumps(record)  # fail here, not in the caller's writer, if something slipped through
     return record
+
+
+def start_run(out_dir, **params) -> str:
+    """A new run id (UTC time + random suffix), its provenance written to <out_dir>/provenance-<run_id>.json;
+    every row the run writes names that id."""
+    import secrets
+
+    run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+    path = Path(out_dir) / f"provenance-{run_id}.json"
+    path.write_text(json.dumps(provenance(run_id=run_id, **params), indent=1))
+    return run_id
