@@ -5,10 +5,13 @@
 Random-weight Llama models big enough that the model dominates; the draft is the target's first
 layers (same embeddings and head) and the target's deeper layers are damped, so the draft agrees
 with the target often but not always (like a real pair; the acceptance rate is printed). Greedy,
-batch 1. Compares:
-  specdec speculative   vs  generate(assistant_model=draft), K fixed (constant schedule)
-  specdec baseline      vs  generate()
-and checks that all four produce the same tokens.
+batch 1. Compares, on the same prompt:
+  target alone          specdec baseline, and HF generate()
+  fixed K               specdec speculative   vs  generate(assistant_model=draft), K fixed (constant schedule)
+  chosen K              specdec k="auto"      vs  generate(assistant_model=draft) at HF's defaults
+                                                  (20 tokens, confidence threshold 0.4: what a user gets)
+and checks that all six produce the same tokens. For the real Qwen pair and the prompt set use
+python -m specdec.bench (modes baseline,speculative,auto,hf_assisted,hf_assisted_default).
 """
 import argparse
 
@@ -53,37 +56,51 @@ def main():
     args = p.parse_args()
 
     target, draft = models(args.hidden, args.layers, args.draft_layers)
-    draft.generation_config.num_assistant_tokens = args.k
-    draft.generation_config.num_assistant_tokens_schedule = "constant"
-    draft.generation_config.assistant_confidence_threshold = 0.0  # never stop drafting early: K is fixed
     torch.manual_seed(1)
     prompt = torch.randint(0, target.config.vocab_size, (1, args.prompt_len))
     mask = torch.ones_like(prompt)
     hf_kw = dict(attention_mask=mask, do_sample=False, max_new_tokens=args.new_tokens,
                  min_new_tokens=args.new_tokens, pad_token_id=0)
     sd_kw = dict(max_new_tokens=args.new_tokens, eos_token_id=[])
+    fixed = dict(num_assistant_tokens=args.k, num_assistant_tokens_schedule="constant",
+                 assistant_confidence_threshold=0.0)  # never stop drafting early: K is fixed
+    defaults = dict(num_assistant_tokens=20, num_assistant_tokens_schedule="constant",
+                    assistant_confidence_threshold=0.4)  # transformers' GenerationConfig defaults
+
+    def hf_assisted(config):
+        def run():
+            draft.generation_config.update(**config)  # reset before each call: HF may adapt it in place
+            return target.generate(prompt, assistant_model=draft, **hf_kw)[0, args.prompt_len:].tolist()
+        return run
 
     runs = {
-        "specdec speculative": lambda: specdec.generate(target, prompt, draft=draft, k=args.k, **sd_kw).tokens[0],
-        "HF assisted": lambda: target.generate(prompt, assistant_model=draft, **hf_kw)[0, args.prompt_len:].tolist(),
+        f"specdec K={args.k}": lambda: specdec.generate(target, prompt, draft=draft, k=args.k, **sd_kw).tokens[0],
+        f"HF assisted K={args.k}": hf_assisted(fixed),
+        "specdec auto": lambda: specdec.generate(target, prompt, draft=draft, k="auto", **sd_kw).tokens[0],
+        "HF assisted default": hf_assisted(defaults),
         "specdec baseline": lambda: specdec.generate(target, prompt, **sd_kw).tokens[0],
         "HF generate": lambda: target.generate(prompt, **hf_kw)[0, args.prompt_len:].tolist(),
     }
     outputs = {name: fn() for name, fn in runs.items()}
     same = all(out == outputs["HF generate"] for out in outputs.values())
     stats = specdec.generate(target, prompt, draft=draft, k=args.k, **sd_kw).stats
+    auto = specdec.generate(target, prompt, draft=draft, k="auto", **sd_kw).stats
     with torch.inference_mode():
         seconds = {name: median_seconds(fn, args.min_run_time) for name, fn in runs.items()}
 
     print(f"target: Llama hidden {args.hidden}, {args.layers} layers; draft: its first {args.draft_layers} layers; "
           f"K={args.k}, {args.new_tokens} new tokens, prompt {args.prompt_len}, greedy, batch 1, "
           f"{torch.get_num_threads()} threads")
-    print(f"acceptance rate {stats['acceptance_rate']:.2f}, outputs identical: {same}")
+    print(f"acceptance rate {stats['acceptance_rate']:.2f} at K={args.k}; auto chose K per round "
+          f"{auto['k_per_iteration']} (mean {auto['mean_k']:.1f}); outputs identical: {same}")
     for name, s in seconds.items():
         print(f"  {name:22s} {s * 1e3:8.1f} ms  {args.new_tokens / s:7.1f} tok/s")
-    print(f"specdec speculative / HF assisted: {seconds['HF assisted'] / seconds['specdec speculative']:.2f}x faster")
-    print(f"specdec baseline / HF generate:    {seconds['HF generate'] / seconds['specdec baseline']:.2f}x faster")
-    print(f"specdec speculative / baseline:    {seconds['specdec baseline'] / seconds['specdec speculative']:.2f}x faster")
+    ratio = lambda a, b: f"{seconds[b] / seconds[a]:.2f}x"
+    print(f"specdec K={args.k} / HF assisted K={args.k}:       {ratio(f'specdec K={args.k}', f'HF assisted K={args.k}')}")
+    print(f"specdec auto / HF assisted default: {ratio('specdec auto', 'HF assisted default')}")
+    print(f"specdec auto / target alone:        {ratio('specdec auto', 'specdec baseline')}")
+    print(f"specdec K={args.k} / target alone:        {ratio(f'specdec K={args.k}', 'specdec baseline')}")
+    print(f"specdec baseline / HF generate:     {ratio('specdec baseline', 'HF generate')}")
     if not same:
         raise SystemExit("outputs differ: see above")
 

@@ -5,19 +5,58 @@ position of a new token is simply its slot. A forward over T new tokens writes t
 slots lengths[b] .. lengths[b]+T-1; the engine then moves the pointers: accepting n tokens is
 `lengths[b] += n`, rejecting is not moving. Stale slots beyond a row's length are hidden by the
 mask and overwritten by the next write. Nothing is concatenated, sliced-and-copied or re-padded.
+
+Masks, the cheapest each forward can take. When every row has the same length ("aligned": batch 1,
+equal prompts, prefill) no slot in the live view is stale, so the model gets attention_mask=None and
+transformers builds its own mask from the cache's sizes: none at all for one token or for prefill
+on SDPA (is_causal; fused kernels and SDPA's native grouped-query attention stay usable), its own
+causal or sliding-window mask otherwise. Ragged rows get one boolean [B, 1, T, S] mask per layer
+type (an additive float mask for eager attention): causal, own length, and the layer's window.
 """
+import inspect
+
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache, CacheLayerMixin, get_layer_types_and_kwargs
+
+SERVED_ATTENTION = ("eager", "sdpa")
+SERVED_LAYERS = ("full_attention", "sliding_attention")
+
+
+def layer_windows(model) -> list:
+    """Per layer: its sliding window (a token sees itself and window-1 earlier ones), or None for full
+    attention. Read by transformers' own rule (`layer_types`, else `sliding_window`)."""
+    types, kwargs = get_layer_types_and_kwargs(model.config.get_text_config(decoder=True))
+    return [kw.get("sliding_window") if t == "sliding_attention" else None for t, kw in zip(types, kwargs)]
+
+
+def unservable(model):
+    """Why the arena cannot serve `model` (a sentence naming what to use instead), or None."""
+    config = model.config.get_text_config(decoder=True)
+    params = inspect.signature(type(model).forward).parameters
+    if "cache" not in params or "position_ids" not in params:
+        return (f"{type(model).__name__} keeps no standard transformers KV cache (recurrent/state-space model); "
+                f"specdec serves attention-only causal LMs: use Hugging Face generate(assistant_model=...) instead")
+    types, _ = get_layer_types_and_kwargs(config)
+    other = sorted(set(types) - set(SERVED_LAYERS))
+    if other:
+        return (f"{type(model).__name__} has {other} layers (recurrent, convolutional or other non-attention "
+                f"state) that a KV arena cannot roll back; specdec serves models whose layers are all "
+                f"{' or '.join(SERVED_LAYERS)}: use Hugging Face generate(assistant_model=...) for this model")
+    impl = config._attn_implementation
+    if impl not in SERVED_ATTENTION:
+        return (f"attn_implementation={impl!r} is not served by the KV arena (it needs per-row boolean/additive "
+                f"masks); load the model with attn_implementation='sdpa' (or 'eager'), "
+                f"e.g. model.set_attn_implementation('sdpa')")
+    return None
 
 
 class ArenaLayer(CacheLayerMixin):
     """Keys/values of one layer, [B, H_kv, capacity, D], allocated on the first (prefill) write."""
 
-    is_sliding = False
-
-    def __init__(self, arena: "Arena"):
+    def __init__(self, arena: "Arena", window=None):
         super().__init__()
         self.arena = arena
+        self.is_sliding = window is not None  # transformers reads this when it builds masks itself
 
     def lazy_initialization(self, key_states, value_states):
         # Allocated from the first write so that heads, head size, dtype and device come from the
@@ -52,14 +91,21 @@ class Arena(Cache):
     tokens at each row's own slots; `point_to` moves the per-row length pointers."""
 
     def __init__(self, model, batch_size: int, capacity: int):
-        num_layers = model.config.get_text_config().num_hidden_layers
-        super().__init__(layers=[ArenaLayer(self) for _ in range(num_layers)])
+        # A window at least as long as the arena never hides anything: such layers are full here.
+        windows = [w if w is not None and w < capacity else None for w in layer_windows(model)]
+        super().__init__(layers=[ArenaLayer(self, w) for w in windows])
         self.model = model
         self.capacity = capacity
         self.device = model.device
+        self.windows = sorted(set(windows), key=lambda w: w or 0)  # None (full) and/or one window
+        # A dict {layer type: mask} only for models mixing layer types (their forward accepts one).
+        self.mixed = len(self.windows) > 1
+        self.eager = model.config.get_text_config(decoder=True)._attn_implementation == "eager"
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=self.device)
-        # Host-side max of `lengths`: it sizes the live views without a device sync per forward.
+        # Host-side facts about `lengths`, so no forward needs a device read: the longest row sizes
+        # the live views; `aligned` (all rows equally long) lets transformers pick the mask.
         self.longest = 0
+        self.aligned = True
         self.slot_ids = torch.arange(capacity, device=self.device)
         self.write_slots = None
         self.kv_length = 0
@@ -75,20 +121,33 @@ class Arena(Cache):
             raise RuntimeError(f"KV arena overflow: {self.kv_length} slots needed, capacity {self.capacity}")
         positions = self.lengths[:, None] + self.slot_ids[:num_new]  # [B, T]; position == slot
         self.write_slots = positions
-        visible = self.slot_ids[: self.kv_length] <= positions[:, :, None]  # [B, T, S] causal + own length
-        # Additive float mask in the model's dtype: both eager and SDPA attention accept it as-is.
-        mask = torch.zeros(visible.shape, dtype=self.model.dtype, device=self.device)
-        mask.masked_fill_(~visible, torch.finfo(self.model.dtype).min)
         out = self.model(
-            input_ids=tokens, position_ids=positions, attention_mask=mask[:, None],
+            input_ids=tokens, position_ids=positions, attention_mask=None if self.aligned else self.masks(positions),
             cache=self, use_cache=True, logits_to_keep=keep,
         )
         return out.logits
 
-    def point_to(self, lengths: torch.Tensor, longest: int):
-        """Set every row's length (the rollback and the accept are both just this)."""
+    def masks(self, positions):
+        """Row b's query at position t sees slots <= t (causal and its own length: stale slots lie
+        beyond) and, in a sliding layer, only slots > t - window. One [B, 1, T, S] mask per type."""
+        slots = self.slot_ids[: self.kv_length]
+        masks = {}
+        for window in self.windows:
+            seen = slots <= positions[:, None, :, None]
+            if window is not None:
+                seen &= slots > positions[:, None, :, None] - window
+            if self.eager:  # eager attention adds its mask to the scores
+                dtype = self.model.dtype
+                seen = torch.full_like(seen, torch.finfo(dtype).min, dtype=dtype).masked_fill_(seen, 0)
+            masks["full_attention" if window is None else "sliding_attention"] = seen
+        return masks if self.mixed else next(iter(masks.values()))
+
+    def point_to(self, lengths: torch.Tensor, longest: int, aligned: bool = False):
+        """Set every row's length (the rollback and the accept are both just this). `aligned`: the
+        caller knows every row has length `longest` (False is always safe)."""
         self.lengths.copy_(lengths)
         self.longest = longest
+        self.aligned = aligned
 
     def advance(self, num_new: int):
         """All rows keep the `num_new` tokens just written (draft steps)."""

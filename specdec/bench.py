@@ -9,27 +9,28 @@ Metrics follow DESIGN.md section 3.
 """
 import argparse
 import json
-import os
-import re
-import resource
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import iqr
 from tqdm.auto import tqdm
 
 from .engine import eos_ids, generate
-from .profiler import synchronize
-from .provenance import PACKAGE_DIR, start_run
+from .profiler import peak_memory_mib, reset_peak_memory, synchronize
+from .provenance import PACKAGE_DIR
+from .results import RESULTS, append_row, done_keys, end_torn_line, latest_by_key, now, read_rows, start_run
 
-MODES = ("baseline", "speculative", "adaptive", "prompt_lookup", "hf_generate", "hf_assisted")
-DRAFTED = ("speculative", "adaptive", "prompt_lookup", "hf_assisted")  # modes with a speedup over baseline
-NEEDS_DRAFT = ("speculative", "adaptive", "hf_assisted")
+MODES = ("baseline", "speculative", "auto", "adaptive", "prompt_lookup", "hf_generate", "hf_assisted",
+         "hf_assisted_default")
+SPECDEC_MODES = ("baseline", "speculative", "auto", "adaptive", "prompt_lookup")  # the rest: HF generate
+NEEDS_DRAFT = ("speculative", "auto", "adaptive", "hf_assisted", "hf_assisted_default")
+AUTO_HIGH = 8  # k recorded for `auto` cells: AutoK's largest K (it picks 0..8 per round)
+# What generate(assistant_model=...) uses when the user sets nothing (transformers GenerationConfig defaults).
+HF_ASSISTED_DEFAULTS = dict(num_assistant_tokens=20, num_assistant_tokens_schedule="constant",
+                            assistant_confidence_threshold=0.4)
 ADAPTIVE_START = 4  # k recorded for `adaptive` cells: AdaptiveK's default start (it moves within 1..16)
 VERIFY_MODES = ("parallel", "naive")
 NO_VERIFY = "-"  # verify column of modes where our verify setting does not apply
@@ -74,15 +75,20 @@ def load_prompts(path=None, categories=None, ids=None) -> list[dict]:
 
 
 def plan_cells(modes, ks, batch_sizes, max_new_tokens, verify, prompts) -> list[dict]:
-    """Every cell of the sweep. The modes of one (batch, max_new, prompt) run back to back, baseline first,
-    so that a machine whose load drifts affects a speculative cell and its baseline alike, and so that the
-    baseline's tokens are known when the other modes' rows are written (matches_baseline)."""
+    """Every cell of the sweep. A batch of size b takes b different prompts, and the groups of one batch size
+    are disjoint (prompts 1..b, b+1..2b, ...), so no row repeats a prompt and no group is a permutation of
+    another; prompts beyond the last full group are left out at that batch size. The modes of one group are
+    listed together, baseline first (run_order decides the order they are timed in)."""
     modes = sorted(set(modes), key=MODES.index)
+    short = [b for b in batch_sizes if b > len(prompts)]
+    if short:
+        raise ValueError(f"batch size {max(short)} needs at least {max(short)} distinct prompts, got {len(prompts)}: "
+                         f"pass more prompts or a smaller batch size")
     cells = []
     for b in batch_sizes:
         for n in max_new_tokens:
-            for i in range(len(prompts)):
-                group = [prompts[(i + j) % len(prompts)]["id"] for j in range(b)]  # cyclic, so lengths differ
+            for i in range(len(prompts) // b):
+                group = [p["id"] for p in prompts[i * b:(i + 1) * b]]
                 base = dict(batch_size=b, max_new_tokens=n, prompt_id=group[0], prompt_ids=",".join(group))
                 for mode in modes:
                     if mode in ("baseline", "hf_generate"):
@@ -93,6 +99,11 @@ def plan_cells(modes, ks, batch_sizes, max_new_tokens, verify, prompts) -> list[
                         cells += [dict(base, mode=mode, k=k, verify=v) for k in ks for v in verify]
                     elif mode == "adaptive":
                         cells += [dict(base, mode=mode, k=ADAPTIVE_START, verify=v) for v in verify]
+                    elif mode == "auto":
+                        cells += [dict(base, mode=mode, k=AUTO_HIGH, verify=v) for v in verify]
+                    elif mode == "hf_assisted_default" and b == 1:
+                        cells.append(dict(base, mode=mode, k=HF_ASSISTED_DEFAULTS["num_assistant_tokens"],
+                                          verify=NO_VERIFY))
     return cells
 
 
@@ -109,7 +120,7 @@ def load_warm(pair, device="auto", dtype="auto", draft_dtype=None, threads=None,
     p = load_pair(pair, draft, device=device, dtype=dtype, draft_dtype=draft_dtype)
     loaded = time.perf_counter() - start
     ids = p.tokenizer.encode("def add(a, b):\n    return")
-    generate(p.target, [ids], draft=p.draft, k=2, max_new_tokens=tokens)
+    generate(p.target, [ids], draft=p.draft, k=2, max_new_tokens=tokens, same_tokenizer=p.same_tokenizer)
     print(f"{pair}: loaded in {loaded:.1f} s, warmed up in {time.perf_counter() - start - loaded:.1f} s "
           f"({p.device}, {str(p.dtype).removeprefix('torch.')}, timing_only={p.timing_only})")
     return p
@@ -119,11 +130,12 @@ def load_warm(pair, device="auto", dtype="auto", draft_dtype=None, threads=None,
 
 def run_specdec(pair, cell, rows, temperature, seed, profile=False) -> tuple[list, dict]:
     mode = cell["mode"]
-    draft = {"speculative": pair.draft, "adaptive": pair.draft, "prompt_lookup": "prompt_lookup"}.get(mode)
-    k = "adaptive" if mode == "adaptive" else cell["k"]
+    draft = {"speculative": pair.draft, "auto": pair.draft, "adaptive": pair.draft,
+             "prompt_lookup": "prompt_lookup"}.get(mode)
+    k = mode if mode in ("adaptive", "auto") else cell["k"]
     verify = cell["verify"] if draft is not None else "parallel"
     r = generate(pair.target, rows, draft=draft, k=k, max_new_tokens=cell["max_new_tokens"],
-                 temperature=temperature, seed=seed, verify=verify, profile=profile)
+                 temperature=temperature, seed=seed, verify=verify, profile=profile, same_tokenizer=pair.same_tokenizer)
     return r.tokens, r.stats
 
 
@@ -137,12 +149,14 @@ def run_hf(pair, cell, rows, temperature, seed) -> tuple[list, dict]:
     if temperature > 0:  # plain temperature sampling, like specdec's (HF's default top_k=50 switched off)
         kw.update(temperature=temperature, top_k=0, top_p=1.0)
         torch.manual_seed(seed or 0)
-    assistant = pair.draft if cell["mode"] == "hf_assisted" else None
-    if assistant is not None:
+    assistant = pair.draft if cell["mode"] in ("hf_assisted", "hf_assisted_default") else None
+    if cell["mode"] == "hf_assisted":
         # HF reads K from the assistant's generation_config (and, by default, adapts it from call to call):
         # set it before every call, with no schedule and no confidence-based early stop, so K is fixed.
         assistant.generation_config.update(num_assistant_tokens=cell["k"], num_assistant_tokens_schedule="constant",
                                            assistant_confidence_threshold=0)
+    elif assistant is not None:  # what a user gets: HF's defaults (reset, as a fixed-K cell may have run before)
+        assistant.generation_config.update(**HF_ASSISTED_DEFAULTS)
     synchronize(device)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -175,71 +189,10 @@ def phase_stats(stats) -> dict:
     return out
 
 
-# -- peak memory (DESIGN.md section 3) --------------------------------------------------------------------
-
-def reset_peak_memory(device):
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    elif device.type == "cpu":
-        try:  # Linux: "5" resets the process's peak RSS (VmHWM) to its current RSS
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass  # then ru_maxrss below is the peak since process start
-
-
-def peak_memory_mib(device) -> float:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    if device.type == "mps":
-        return torch.mps.driver_allocated_memory() / 2**20
-    try:
-        return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
-    except (OSError, AttributeError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
-
-
-# -- the results file -------------------------------------------------------------------------------------
-
-def read_rows(path) -> list[dict]:
-    """Every complete row of a results.jsonl; a torn line (a writer killed mid-line) is skipped."""
-    rows = []
-    if Path(path).is_file():
-        for line in Path(path).read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
-
-def append_row(path, row, columns=COLUMNS):
-    """One row = one write() of one whole line, then fsync: a crash leaves either the line or a torn tail."""
-    null = lambda v: None if isinstance(v, float) and not np.isfinite(v) else v  # JSON has no NaN
-    line = json.dumps({c: null(row.get(c)) for c in columns}) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
+# -- the results file (storage itself: results.py) ---------------------------------------------------------
 
 def key_of(row) -> tuple:
     return tuple(row.get(c) for c in KEY)
-
-
-def latest_by_key(rows) -> dict:
-    """One row per key: an ok row if there is one (failed attempts are retried), else the last failure."""
-    best = {}
-    for row in rows:
-        k = key_of(row)
-        if k not in best or best[k]["status"] != "ok":
-            best[k] = row
-    return best
 
 
 # -- the sweep ------------------------------------------------------------------------------------------------
@@ -252,13 +205,19 @@ def model_names(pair) -> tuple:
     return name(pair.target), name(pair.draft)
 
 
+def weights_of(pair) -> dict:
+    """The weights records (models.weights_record) of the pair's models, for the run's provenance."""
+    return {role: getattr(m, "specdec_source", None) for role, m in (("target", pair.target), ("draft", pair.draft))
+            if m is not None}
+
+
 def sweep(pair, out_dir, *, modes=("baseline", "speculative"), ks=(1, 2, 4), batch_sizes=(1,), max_new_tokens=(64,),
           verify=("parallel",), prompts=None, iterations=3, warmup=True, temperature=0.0, seed=0, progress=True,
           params=None) -> pd.DataFrame:
     """Run every cell not yet complete in out_dir; return the rows of all of this sweep's cells (old and new)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
+    results = out / RESULTS
     prompts = load_prompts() if prompts is None else prompts
     target_name, draft_name = model_names(pair)
     dtype_name = lambda d: None if d is None else str(d).removeprefix("torch.")
@@ -269,132 +228,99 @@ def sweep(pair, out_dir, *, modes=("baseline", "speculative"), ks=(1, 2, 4), bat
     if pair.draft is None and any(c["mode"] in NEEDS_DRAFT for c in cells):
         raise ValueError(f"modes {NEEDS_DRAFT} need a draft model; this pair has none")
 
-    if results.is_file() and results.stat().st_size and not results.read_bytes().endswith(b"\n"):
-        with open(results, "ab") as f:  # end a torn last line (a kill mid-write) so new rows start on their own
-            f.write(b"\n")
-    old = read_rows(results)
-    done = {k for k, r in latest_by_key(old).items() if r["status"] == "ok"}
-    # the baseline's tokens per (batch, max_new, prompt_ids), to set matches_baseline on the other modes' rows
-    baseline_tokens = {(r["batch_size"], r["max_new_tokens"], r["prompt_ids"]): r["tokens"] for r in old
-                       if r["status"] == "ok" and r["mode"] == "baseline" and all(r[c] == context[c] for c in context)}
-    todo = [(c, [i for i in range(iterations) if key_of(dict(c, iteration=i)) not in done]) for c in cells]
-    todo = [(c, its) for c, its in todo if its]
+    end_torn_line(results)
+    done = done_keys(read_rows(results), KEY)
+    # Timed runs in a seeded shuffled order, iteration by iteration (run_order): drift in machine load spreads
+    # over every mode and K instead of lining up with one of them.
+    todo = [(c, i) for c, i in run_order(cells, iterations, seed) if key_of(dict(c, iteration=i)) not in done]
 
     if todo:  # a run that has nothing left to do leaves no trace
-        run_id = start_run(out, **context, timing_only=pair.timing_only, modes=modes, ks=ks, batch_sizes=batch_sizes,
-                           max_new_tokens=max_new_tokens, verify=verify, iterations=iterations, warmup=warmup,
-                           prompts=prompts, **(params or {}))
+        run_id = start_run(out, **context, weights=weights_of(pair), timing_only=pair.timing_only, modes=modes, ks=ks,
+                           batch_sizes=batch_sizes, max_new_tokens=max_new_tokens, verify=verify,
+                           iterations=iterations, warmup=warmup, prompts=prompts, order="run_order", order_seed=seed,
+                           **(params or {}))
         tokenized = {p["id"]: pair.tokenizer.encode(p["text"]) for p in prompts}
-        bar = tqdm(todo, disable=not progress, unit="cell", total=len(cells), initial=len(cells) - len(todo))
-        for cell, its in bar:
+        runner = CellRunner(pair, results, dict(run_id=run_id, timing_only=pair.timing_only), tokenized)
+        if warmup:  # every code path pays its one-off costs (allocations, kernel choice) before any timed run
+            for cell in warmup_cells([c for c, _ in todo]):
+                runner.warm(cell)
+        bar = tqdm(todo, disable=not progress, unit="run", total=len(cells) * iterations,
+                   initial=len(cells) * iterations - len(todo))
+        for cell, i in bar:
             bar.set_description(f"{cell['mode']} k={cell['k']} b={cell['batch_size']} n={cell['max_new_tokens']} "
                                 f"{cell['verify']} {cell['prompt_id']}")
-            run_cell(pair, cell, its, [tokenized[i] for i in cell["prompt_ids"].split(",")], results,
-                     dict(run_id=run_id, timing_only=pair.timing_only), warmup, baseline_tokens)
+            runner.run(cell, i)
     mine = {key_of(dict(c, iteration=i)) for c in cells for i in range(iterations)}
-    rows = [r for k, r in latest_by_key(read_rows(results)).items() if k in mine]
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    rows = pd.DataFrame([r for k, r in latest_by_key(read_rows(results), KEY).items() if k in mine], columns=list(COLUMNS))
+    return mark_matches(rows)
 
 
-def run_cell(pair, cell, todo, rows, results, extra, warmup, baseline_tokens):
-    """Warm-up, one profiled run (specdec modes: the phase times), then the timed runs, each written at once.
-    On CPU profiling costs nothing (no device to synchronise), so the timed runs are profiled themselves.
-    Any exception marks the cell's remaining runs failed; the sweep goes on."""
-    temperature, seed = cell["temperature"], cell["seed"]
-    specdec = cell["mode"] in ("baseline", "speculative", "adaptive", "prompt_lookup")
-    profile_timed = specdec and pair.device.type == "cpu"
-    run = (lambda: run_specdec(pair, cell, rows, temperature, seed, profile=profile_timed)) if specdec else (
-        lambda: run_hf(pair, cell, rows, temperature, seed))
-    written = []
-    try:
-        reset_peak_memory(pair.device)
-        if warmup:
-            run()
-        phases = {}
-        if specdec and not profile_timed:
-            phases = phase_stats(run_specdec(pair, cell, rows, temperature, seed, profile=True)[1])
-        for i in todo:
-            tokens, stats = run()
-            if profile_timed:
-                phases = phase_stats(stats)
-            row = {**stats, **phases, **cell, **extra, "iteration": i, "status": "ok", "error": "",  # the cell's k wins
-                   "tokens": json.dumps(tokens), "peak_memory_mib": peak_memory_mib(pair.device)}
-            group = (cell["batch_size"], cell["max_new_tokens"], cell["prompt_ids"])
-            if cell["mode"] == "baseline":
-                baseline_tokens[group] = row["tokens"]
-            elif temperature == 0 and group in baseline_tokens:  # only greedy output must be identical
-                row["matches_baseline"] = row["tokens"] == baseline_tokens[group]
-            append_row(results, dict(row, finished_utc=now()))
-            written.append(i)
-    except Exception as e:  # noqa: BLE001 -- one bad cell (OOM, a model bug) must not end the sweep
-        if isinstance(e, torch.cuda.OutOfMemoryError):
-            torch.cuda.empty_cache()
-        error = f"{type(e).__name__}: {e}"[:2000]
-        for i in todo:
-            if i not in written:
-                append_row(results, dict(cell, **extra, iteration=i, status="failed", error=error, finished_utc=now()))
+def mark_matches(rows) -> pd.DataFrame:
+    """matches_baseline: whether a greedy row's tokens equal the target-only baseline's on the same prompts
+    (None where there is no baseline row, or when sampling: only greedy output must be identical)."""
+    ok = rows[(rows["status"] == "ok") & (rows["mode"] == "baseline")]
+    group = ["batch_size", "max_new_tokens", "prompt_ids"]
+    base = {tuple(g): t for g, t in zip(ok[group].itertuples(index=False), ok["tokens"])}
+    def match(row):
+        key = (row["batch_size"], row["max_new_tokens"], row["prompt_ids"])
+        if row["status"] != "ok" or row["mode"] == "baseline" or row["temperature"] != 0 or key not in base:
+            return None
+        return row["tokens"] == base[key]
+    rows["matches_baseline"] = rows.apply(match, axis=1) if len(rows) else None
+    return rows
 
 
-def now():
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+class CellRunner:
+    """Times one (cell, iteration) at a time and writes its row at once. specdec modes are profiled in the timed
+    run on CPU (no device to synchronise, so profiling costs nothing there); on a GPU one extra profiled run per
+    cell gives the phase times. Any exception writes a failed row; the sweep goes on."""
+
+    def __init__(self, pair, results, extra, tokenized):
+        self.pair, self.results, self.extra, self.tokenized = pair, results, extra, tokenized
+        self.phases = {}  # per cell, from the profiled run on GPUs
+
+    def generate(self, cell, profile=False):
+        rows = [self.tokenized[i] for i in cell["prompt_ids"].split(",")]
+        if cell["mode"] in SPECDEC_MODES:
+            return run_specdec(self.pair, cell, rows, cell["temperature"], cell["seed"], profile=profile)
+        return run_hf(self.pair, cell, rows, cell["temperature"], cell["seed"])
+
+    def warm(self, cell):
+        self.generate(dict(cell, max_new_tokens=min(cell["max_new_tokens"], 8)))
+
+    def run(self, cell, iteration):
+        specdec, on_cpu = cell["mode"] in SPECDEC_MODES, self.pair.device.type == "cpu"
+        key = key_of(cell)
+        try:
+            if specdec and not on_cpu and key not in self.phases:
+                self.phases[key] = phase_stats(self.generate(cell, profile=True)[1])
+            reset_peak_memory(self.pair.device)
+            tokens, stats = self.generate(cell, profile=specdec and on_cpu)
+            phases = phase_stats(stats) if specdec and on_cpu else self.phases.get(key, {})
+            row = {**stats, **phases, **cell, **self.extra, "iteration": iteration, "status": "ok", "error": "",
+                   "tokens": json.dumps(tokens), "peak_memory_mib": peak_memory_mib(self.pair.device)}
+        except Exception as e:  # noqa: BLE001 -- one bad cell (OOM, a model bug) must not end the sweep
+            if isinstance(e, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            row = dict(cell, **self.extra, iteration=iteration, status="failed", error=f"{type(e).__name__}: {e}"[:2000])
+        append_row(self.results, dict(row, finished_utc=now()), COLUMNS)  # the cell's k wins over the stats'
 
 
-# -- summary ------------------------------------------------------------------------------------------------
+# -- run order ---------------------------------------------------------------------------------------------
 
-MATCH = ("pair", "target", "draft", "device", "dtype", "draft_dtype", "temperature", "seed",
-         "batch_size", "max_new_tokens", "prompt_id", "prompt_ids")
-
-
-def predicted_speedup(a, k, c, v):
-    """Leviathan et al.: expected tokens per round (1 - a^(K+1)) / (1 - a) over the round's cost K c + v,
-    in target steps; at a == 1 the first factor's limit is K + 1."""
-    a, k = np.asarray(a, float), np.asarray(k, float)
-    perfect = np.isclose(a, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tokens = np.where(perfect, k + 1, (1 - a ** (k + 1)) / np.where(perfect, 1.0, 1 - a))
-        return tokens / (k * np.asarray(c, float) + np.asarray(v, float))
+def run_order(cells, iterations, seed=0) -> list[tuple]:
+    """The order a sweep times its (cell, iteration) pairs in: `iterations` blocks, each block every cell once
+    in a seeded random order (a randomised complete block design), so that drift in machine load over the
+    sweep spreads over every mode and K instead of lining up with one of them. Deterministic in `seed`;
+    record the seed (the sweep's seed) with the rows. Returns [(cell, iteration), ...]."""
+    rng = np.random.default_rng([seed, 11])  # its own stream: independent of the sampling seed's uses
+    return [(cells[i], it) for it in range(iterations) for i in rng.permutation(len(cells))]
 
 
-def summarize(rows, by=None) -> pd.DataFrame:
-    """One row per cell (metrics over its ok runs) with speedup, speedup_vs_hf and predicted_speedup;
-    with `by` (e.g. ("mode", "k", "batch_size", "max_new_tokens", "verify")), the mean over prompts of
-    those per-cell numbers."""
-    rows = pd.DataFrame(rows)
-    cell = [c for c in CELL if c in rows]
-    success = rows.groupby(cell, dropna=False, sort=False)["status"].agg(lambda s: (s == "ok").mean())
-    ok = rows[rows["status"] == "ok"].copy()
-    for col in METRICS:  # null-only columns load as object; make every metric numeric
-        ok[col] = pd.to_numeric(ok[col], errors="coerce")
-    matches = lambda s: bool(s.dropna().astype(bool).all()) if s.notna().any() else None
-    agg = dict(runs=("throughput", "size"), throughput=("throughput", "median"),
-               throughput_iqr=("throughput", iqr), throughput_min=("throughput", "min"),
-               throughput_max=("throughput", "max"), seconds=("seconds", "median"),
-               new_tokens=("new_tokens", "median"), acceptance_rate=("acceptance_rate", "mean"),
-               tokens_per_target_forward=("tokens_per_target_forward", "mean"),
-               **{p: (p, "median") for p in (*PHASES, "draft_step_s", "verify_iter_s")},
-               peak_memory_mib=("peak_memory_mib", "max"), timing_only=("timing_only", "first"),
-               matches_baseline=("matches_baseline", matches))
-    metrics = ok.groupby(cell, dropna=False, sort=False).agg(**agg)
-    cells = success.rename("success_rate").to_frame().join(metrics).reset_index()
-    cells["runs"] = cells["runs"].fillna(0).astype(int)
-
-    match = [c for c in MATCH if c in cells]
-    base = cells[cells["mode"] == "baseline"][match + ["throughput", "verify_iter_s"]]
-    cells = cells.merge(base.rename(columns={"throughput": "baseline_throughput", "verify_iter_s": "target_step_s"}),
-                        on=match, how="left")
-    drafted = cells["mode"].isin(DRAFTED)
-    cells["speedup"] = np.where(drafted, cells["throughput"] / cells["baseline_throughput"], np.nan)
-    hf = cells[cells["mode"] == "hf_assisted"][match + ["k", "throughput"]]
-    cells = cells.merge(hf.rename(columns={"throughput": "hf_assisted_throughput"}), on=match + ["k"], how="left")
-    spec = cells["mode"] == "speculative"
-    cells["speedup_vs_hf"] = np.where(spec, cells["throughput"] / cells["hf_assisted_throughput"], np.nan)
-    predicted = predicted_speedup(cells["acceptance_rate"], cells["k"], cells["draft_step_s"] / cells["target_step_s"],
-                                  cells["verify_iter_s"] / cells["target_step_s"])
-    cells["predicted_speedup"] = np.where(spec, predicted, np.nan)
-    if by is None:
-        return cells
-    grouped = cells.groupby(list(by), dropna=False, sort=False)
-    return grouped.mean(numeric_only=True).join(grouped["prompt_id"].nunique().rename("prompts")).reset_index()
+def warmup_cells(cells) -> list[dict]:
+    """One cell per shape (mode, k, verify, batch size, new tokens): what to run once, untimed, before the
+    first block of run_order, so every code path has paid its one-off costs before any timed run."""
+    return list({(c["mode"], c["k"], c["verify"], c["batch_size"], c["max_new_tokens"]): c for c in cells}.values())
 
 
 # -- command line ---------------------------------------------------------------------------------------
@@ -453,6 +379,7 @@ def show(table) -> str:
 
 def main(argv=None):
     from .models import PAIRS
+    from .summary import summarize
 
     p = parser()
     args = p.parse_args(argv)

@@ -13,12 +13,12 @@ DRAFTERS = ("model", "prompt_lookup", "none")
 
 
 def k_value(text):
-    if text == "adaptive":
+    if text in ("auto", "adaptive"):
         return text
     try:
         k = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"k must be an int in 1..{MAX_K} or 'adaptive', not {text!r}")
+        raise argparse.ArgumentTypeError(f"k must be 'auto', 'adaptive' or an int in 1..{MAX_K}, not {text!r}")
     if not 1 <= k <= MAX_K:
         raise argparse.ArgumentTypeError(f"k={k} is out of range 1..{MAX_K}")
     return k
@@ -48,7 +48,9 @@ def parser():
     g.add_argument("--draft", help="draft model (default: the pair's draft)")
     g.add_argument("--drafter", choices=DRAFTERS, default="model",
                    help="model: the draft model; prompt_lookup: n-gram lookup, no model; none: target only")
-    g.add_argument("-k", "--k", type=k_value, default=4, help=f"draft tokens per round, 1..{MAX_K}, or 'adaptive'")
+    g.add_argument("-k", "--k", type=k_value, default="auto",
+                   help=f"draft tokens per round: 'auto' (chosen per round from measured costs, 0 when drafting "
+                        f"does not pay), 'adaptive' (HF's +2/-1 schedule) or a fixed 1..{MAX_K}")
     g.add_argument("--max-new-tokens", type=positive_int, default=64)
     g.add_argument("--temperature", type=non_negative, default=0.0, help="0 = greedy")
     g.add_argument("--top-k", type=positive_int)
@@ -57,6 +59,7 @@ def parser():
     g.add_argument("--verify", choices=("parallel", "naive"), default="parallel")
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto")
+    g.add_argument("--draft-dtype", default="auto", help="auto: float32 or bfloat16, whichever is faster here")
     return p
 
 
@@ -69,7 +72,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         pair = load_pair(args.pair or args.target, args.draft if args.target else None,
-                         device=args.device, dtype=args.dtype)
+                         device=args.device, dtype=args.dtype, draft_dtype=args.draft_dtype)
     except (ValueError, RuntimeError) as e:
         parser().error(str(e))
     if args.drafter == "model" and pair.draft is None:
@@ -81,7 +84,7 @@ def main(argv=None):
     try:
         result = generate(pair.target, [ids], draft=draft, k=args.k, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                          verify=args.verify, streamer=streamer)
+                          verify=args.verify, streamer=streamer, same_tokenizer=pair.same_tokenizer)
     except ValueError as e:
         parser().error(str(e))
     s = result.stats

@@ -1,14 +1,16 @@
-"""Who proposes tokens. A drafter has three methods, called by the engine:
+"""Who proposes tokens. A drafter is any object with these four methods, called by the engine:
 
-    prefill(prompt_tokens)                       once, before the first round
-    propose(seq, lengths, k, sampler) -> (drafts [B, k], probs [B, k, V] or None)
-    rollback(lengths, longest, behind)           after each round: rows now hold `lengths` tokens;
-                                                 `behind`: some row accepted all its drafts
+    start(batch_size, capacity)                  once per generation, before anything else
+    prefill(prompt_tokens)                       once, after the target's prefill: [B, P], right-padded
+    propose(seq, lengths, k, sampler) -> (drafts [B, k], q [B, k, V_draft] or None)
+    rollback(lengths, longest, behind, aligned)  after each round: rows now hold `lengths` tokens
 
-`seq` [B, capacity] is the engine's token buffer (prompt + accepted tokens), `lengths` [B] the
-number of valid tokens per row; the last token of each row is not yet in any KV cache.
-`probs` is the draft distribution q the tokens were sampled from (None when greedy); a drafter
-whose proposals are deterministic returns one-hot q, which keeps sampling lossless.
+`seq` [B, capacity] is the engine's token buffer (prompt + accepted tokens) and `lengths` [B] (on the
+device) the number of valid tokens per row; the last token of each row is not yet in any KV cache.
+`q` is the draft distribution the tokens were sampled from, after the sampler's warpers; None means
+the drafts are a deterministic function of the context (q one-hot at each draft, e.g. prompt lookup),
+and is always fine when greedy. In rollback, `longest` is max(lengths) as a host int, `behind` says some
+row accepted all its drafts, and `aligned` that every row has length `longest` (both host bools).
 """
 import torch
 
@@ -18,7 +20,7 @@ from .arena import Arena
 def last_tokens(seq: torch.Tensor, lengths: torch.Tensor, n: int) -> torch.Tensor:
     """The last `n` tokens of each row: [B, n]."""
     offsets = torch.arange(-n, 0, device=seq.device)
-    return seq.gather(1, lengths[:, None] + offsets)
+    return seq.gather(1, (lengths[:, None] + offsets).clamp_min(0))  # a row shorter than n repeats its slot 0
 
 
 class ModelDrafter:
@@ -26,8 +28,10 @@ class ModelDrafter:
 
     def __init__(self, model):
         self.model = model
+        self.vocab = model.get_input_embeddings().num_embeddings
         self.arena = None
-        self.feed = 1  # tokens fed at the first draft step of a round (1, or 2 to catch up)
+        self.feed = 1  # tokens fed at the first draft step of a round (1, or more to catch up)
+        self.proposed = False  # whether the round that just ended drafted (K=0 rounds do not)
         self.forwards = 0  # draft model forwards in this generation (prefill included)
 
     def start(self, batch_size: int, capacity: int):
@@ -38,16 +42,25 @@ class ModelDrafter:
         self.arena.forward(prompt_tokens, keep=1)  # only the cache matters here
         self.forwards += 1
 
-    def rollback(self, lengths: torch.Tensor, longest: int, behind: bool):
-        # The draft's cache lacks the newest token, and also the one before it in a row that
-        # accepted all K drafts (d_K was never fed to the draft). If any row is behind, every row
-        # is pointed two back and fed two tokens: rewriting a slot with the same token is harmless,
-        # and one shape for all rows keeps the batch in one forward.
-        self.feed = 2 if behind else 1
-        self.arena.point_to(lengths - self.feed, longest - self.feed)
+    def rollback(self, lengths: torch.Tensor, longest: int, behind: bool, aligned: bool = False):
+        # After a drafting round the draft's cache lacks the newest token, and also the one before it
+        # in a row that accepted all K drafts (d_K was never fed to the draft). After a round at K=0
+        # (the target alone) it saw nothing, so every row is one more token behind than before.
+        # Every row is pointed `feed` back and fed `feed` tokens: rewriting a slot with the same token
+        # is harmless, and one shape for all rows keeps the batch in one forward. Host ints only.
+        self.feed = (2 if behind else 1) if self.proposed else self.feed + 1
+        self.proposed = False
+        # A finished row stops growing, so after a long K=0 streak it may be shorter than `feed`: clamp it
+        # at 0. Its draft cache then holds garbage, which is harmless: its drafts are never kept. Every
+        # unfinished row grew by one token per K=0 round, so it is at least `feed` long.
+        self.arena.point_to((lengths - self.feed).clamp_min(0), longest - self.feed, aligned)
 
     def propose(self, seq, lengths, k, sampler):
-        tokens = last_tokens(seq, lengths, self.feed)
+        tokens = last_tokens(seq, lengths, self.feed)  # see rollback
+        # A target with padded output rows (same_tokenizer) could emit an id past the draft's embedding; such a
+        # token has no text, so any stand-in only changes what the draft proposes, never what is kept.
+        tokens = tokens.clamp_max(self.vocab - 1)
+        self.proposed = True
         drafts, probs = [], []
         for _ in range(k):
             logits = self.arena.forward(tokens, keep=1)[:, -1]
@@ -64,10 +77,9 @@ class PromptLookupDrafter:
     """Model-free drafting (prompt lookup decoding): find the most recent earlier occurrence of the
     row's last n-gram in its own context (n from `max_ngram` down to 1) and propose the K tokens
     that followed it. Rows without a match propose their last token repeated, which costs a verify
-    like any proposal but is still lossless. Proposals are deterministic, so q is one-hot."""
+    like any proposal but is still lossless. Proposals are deterministic: q is None (one-hot)."""
 
-    def __init__(self, vocab_size: int, max_ngram: int = 3):
-        self.vocab_size = vocab_size
+    def __init__(self, max_ngram: int = 3):
         self.max_ngram = max_ngram
         self.forwards = 0  # no model: never any draft forwards
 
@@ -77,7 +89,7 @@ class PromptLookupDrafter:
     def prefill(self, prompt_tokens):
         pass
 
-    def rollback(self, lengths, longest, behind):
+    def rollback(self, lengths, longest, behind, aligned=False):
         pass
 
     def propose(self, seq, lengths, k, sampler):
@@ -85,10 +97,7 @@ class PromptLookupDrafter:
         follow = torch.where(follow < 0, lengths - 1, follow)
         # Never read past the row's end (a match near the end has fewer than K successors).
         idx = torch.minimum(follow[:, None] + torch.arange(k, device=seq.device), lengths[:, None] - 1)
-        drafts = seq.gather(1, idx)
-        if sampler.greedy:
-            return drafts, None
-        return drafts, torch.nn.functional.one_hot(drafts, self.vocab_size).to(torch.float32)
+        return seq.gather(1, idx), None
 
     def match(self, seq, lengths):
         """For each row, the index right after the most recent earlier occurrence of its longest
@@ -118,7 +127,9 @@ class AdaptiveK:
             raise ValueError(f"AdaptiveK needs 1 <= low <= start <= high; got low={low}, start={start}, high={high}")
         self.start, self.low, self.high = start, low, high
 
-    def next_k(self, k: int, accepted: list[int]) -> int:
+    def next_k(self, k: int, accepted: list) -> int:
+        """`accepted[b]`: drafts row b accepted in the round just run; None for finished rows."""
+        accepted = [a for a in accepted if a is not None]
         if accepted and all(a == k for a in accepted):
             return min(k + 2, self.high)
         return max(k - 1, self.low)

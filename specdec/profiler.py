@@ -4,9 +4,13 @@ Kernels on CUDA and MPS run asynchronously, so a phase's time is only honest if 
 synchronised at both ends. That sync costs time itself, so it happens only when profiling is on;
 un-profiled runs are timed end to end (one sync at the end) by whoever measures throughput.
 """
+import re
+import resource
+import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -40,3 +44,30 @@ class Profiler:
     def stats(self) -> dict:
         """{"<phase>_s": seconds} for every phase seen."""
         return {f"{name}_s": secs for name, secs in self.seconds.items()}
+
+
+# -- peak memory (DESIGN.md section 3) --------------------------------------------------------------------
+
+def reset_peak_memory(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif device.type == "cpu":
+        try:  # Linux: "5" resets the process's peak RSS (VmHWM) to its current RSS
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass  # then ru_maxrss below is the peak since process start
+
+
+def peak_memory_mib(device) -> float:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux

@@ -4,6 +4,7 @@ Every data file the study writes carries one of these, so a number can always be
 commit, the machine and the settings that produced it. No hostname or user name: the dicts are published.
 """
 import datetime
+import hashlib
 import json
 import platform
 import subprocess
@@ -16,20 +17,39 @@ import torch
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+# What the study writes: a checkout holding fresh results is not "dirty" code. data/prompts and
+# data/reference are inputs, so only the per-target result folders are excluded.
+OUTPUTS = ("figures", "smoke", *(f"data/{t.stem}" for t in (PACKAGE_DIR / "targets").glob("*.yaml")))
+
+
 def git_state(path=PACKAGE_DIR) -> dict:
-    """Commit and dirty flag of the git checkout holding `path`; None for both outside a checkout."""
+    """Commit, dirty flag and a hash of the uncommitted source changes (tracked diff + untracked files, the
+    study's output folders excluded) of the checkout holding `path`; None for all outside a checkout."""
     def git(*args):
-        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10)
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=30)
+    none = dict(git_commit=None, git_dirty=None, git_diff_sha256=None)
     try:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:  # not a checkout (an installed wheel), or a repo with no commit yet
-            inside = git("rev-parse", "--is-inside-work-tree").stdout.strip() == "true"
-            return dict(git_commit=None, git_dirty=True if inside else None)
-        # --porcelain lists modified and untracked files; any line means the tree differs from the commit
-        dirty = bool(git("status", "--porcelain", "--untracked-files=normal").stdout.strip())
-        return dict(git_commit=head.stdout.strip(), git_dirty=dirty)
+            return none
+        top = Path(git("rev-parse", "--show-toplevel").stdout.strip())
+        spec = ["--", ":/", *(f":(exclude,top){o}" for o in OUTPUTS)]
+        diff = git("diff", "HEAD", "--binary", *spec).stdout
+        untracked = git("ls-files", "--others", "--exclude-standard", "--full-name", *spec).stdout.split()
+        if not diff and not untracked:
+            return dict(git_commit=head.stdout.strip(), git_dirty=False, git_diff_sha256=None)
+        digest = hashlib.sha256(diff.encode())
+        for name in sorted(untracked):  # new files are part of the code that ran, too
+            digest.update(name.encode())
+            digest.update((top / name).read_bytes() if (top / name).is_file() else b"")
+        return dict(git_commit=head.stdout.strip(), git_dirty=True, git_diff_sha256=digest.hexdigest())
     except (OSError, subprocess.SubprocessError):  # no git binary
-        return dict(git_commit=None, git_dirty=None)
+        return none
+
+
+# Every package whose version can change a number or a figure of the study.
+PACKAGES = ("transformers", "accelerate", "tokenizers", "huggingface-hub", "safetensors", "gguf", "numpy", "scipy",
+            "pandas", "matplotlib", "seaborn", "papermill")
 
 
 def _version(dist):
@@ -84,8 +104,7 @@ def provenance(device=None, **params) -> dict:
         implementation=sys.implementation.name,
         platform=platform.platform(terse=True),
         torch=torch.__version__,
-        transformers=_version("transformers"),
-        numpy=_version("numpy"),
+        **{name.replace("-", "_"): _version(name) for name in PACKAGES},
         specdec=__version__,
         cuda=torch.version.cuda,
         device_name=device_name(device),
@@ -95,14 +114,3 @@ def provenance(device=None, **params) -> dict:
     )
     json.dumps(record)  # fail here, not in the caller's writer, if something slipped through
     return record
-
-
-def start_run(out_dir, **params) -> str:
-    """A new run id (UTC time + random suffix), its provenance written to <out_dir>/provenance-<run_id>.json;
-    every row the run writes names that id."""
-    import secrets
-
-    run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
-    path = Path(out_dir) / f"provenance-{run_id}.json"
-    path.write_text(json.dumps(provenance(run_id=run_id, **params), indent=1))
-    return run_id

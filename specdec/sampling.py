@@ -38,7 +38,7 @@ class Sampler:
 
     def sample(self, probs: torch.Tensor) -> torch.Tensor:
         """One token per distribution: [B, V] -> [B]."""
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+        return race(probs, self.generator)
 
     def pick(self, logits: torch.Tensor):
         """The next token from [B, V] logits: argmax when greedy, else a sample. Returns (token, probs or None)."""
@@ -60,30 +60,50 @@ def accept_greedy(target_logits: torch.Tensor, drafts: torch.Tensor):
     return accepted, best
 
 
-def accept_sampled(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator: torch.Generator):
+def race(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A sample from each row of `weights` [B, V] (non-negative, any scale): argmax(w / E), E ~ Exp(1).
+    Exact (E_i / w_i ~ Exp(w_i), and the smallest of independent exponentials is i with probability
+    w_i / sum w) and, unlike torch.multinomial, it never synchronises with the host."""
+    noise = torch.empty_like(weights).exponential_(generator=generator)
+    return (weights / noise).argmax(-1)
+
+
+def accept_sampled(p: torch.Tensor, q, drafts: torch.Tensor, generator: torch.Generator):
     """Speculative sampling (Leviathan et al. 2023, Chen et al. 2023), vectorised over rows.
 
-    p: target probs [B, K+1, V]; q: draft probs [B, K, V]; drafts [B, K] sampled from q.
+    p: target probs [B, K+1, V]; drafts [B, K]; q: the draft probs [B, K, V_draft] the drafts were
+    sampled from, or None for deterministic drafts (q one-hot at the draft, e.g. prompt lookup). A draft
+    vocabulary smaller than the target's (padded output rows) is q extended with zeros.
     Draft i is kept with probability min(1, p_i(d_i) / q_i(d_i)); at the first rejection the next
     token is drawn from norm(max(0, p - q)); if all K are kept, the bonus token is drawn from p_{K+1}.
     Returns (accepted [B], new [B, K+1]) like `accept_greedy`.
     """
     batch, k = drafts.shape
+    rows = torch.arange(batch, device=p.device)
+    if k == 0:  # target alone: just sample
+        return torch.zeros_like(rows), race(p[:, 0], generator)[:, None]
     p_draft = p[:, :k].gather(2, drafts[..., None]).squeeze(-1)
-    q_draft = q.gather(2, drafts[..., None]).squeeze(-1)
+    q_draft = 1.0 if q is None else q.gather(2, drafts[..., None]).squeeze(-1)
     r = torch.rand(batch, k, generator=generator, device=p.device, dtype=p.dtype)
     keep = r * q_draft < p_draft  # == r < p/q, without dividing; q_draft > 0 since d was drawn from q
     accepted = keep.long().cumprod(1).sum(1)
 
-    rows = torch.arange(batch, device=p.device)
-    q_padded = F.pad(q, (0, 0, 0, 1))  # a zero row at K: the residual there is p_{K+1} itself (bonus)
+    # The residual at the first rejection; at accepted == K (all kept) q is zero there: p_{K+1} itself.
     p_next = p[rows, accepted]
-    residual = (p_next - q_padded[rows, accepted]).clamp_min(0)
-    total = residual.sum(-1, keepdim=True)
+    at = accepted.clamp_max(k - 1)
+    rejected = (accepted < k)[:, None]
+    if q is None:
+        residual = p_next.scatter(1, drafts[rows, at][:, None], 0.0)  # max(0, p - onehot(d)) is p without d
+        residual = torch.where(rejected, residual, p_next)
+    else:
+        q_next = q[rows, at] * rejected  # [B, V_draft]
+        residual = p_next.clone()
+        residual[:, : q.shape[-1]] -= q_next
+        residual.clamp_min_(0)
     # An all-zero residual needs p == q at a rejected draft, which exact arithmetic rules out;
-    # fall back to p so rounding can never produce an invalid distribution.
-    residual = torch.where(total > 0, residual / total.clamp_min(1e-30), p_next)
-    nxt = torch.multinomial(residual, 1, generator=generator)  # [B, 1]
+    # fall back to p so rounding can never produce an invalid distribution. No need to normalise.
+    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_next)
+    nxt = race(residual, generator)[:, None]  # [B, 1]
 
     slot = torch.arange(k + 1, device=p.device)
     new = torch.where(slot < accepted[:, None], F.pad(drafts, (0, 1)), nxt)

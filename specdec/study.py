@@ -15,7 +15,12 @@ Outputs, under --out (default: the repository root; with --smoke: <repo>/smoke):
     data/<target>/notebooks/<nb>.ipynb    the executed notebooks
     data/<target>/README.md               the summary page (tables, figures, data, provenance, run times)
     figures/<target>/<section>*.png|svg   the figures
-The runner goes on after a failing notebook, shows the failure on the summary page and exits 1.
+A run is a new measurement: it replaces data/<target>/ and figures/<target>/ (with --only, just those notebooks'
+folders). An interrupted run is continued, keeping every finished cell, with --resume, or automatically when it
+was started on the same machine, from the same code and with the same parameters (data/<target>/study-run.json
+records which). A notebook whose models cannot be had here (a gated hub model without HF_TOKEN, no hub access) is
+skipped, and the summary page says what and why. The runner goes on after a failing notebook, shows the failure
+on the summary page and exits 1.
 """
 import argparse
 import json
@@ -30,6 +35,7 @@ import yaml
 
 from .bench import load_warm  # noqa: F401  (the notebooks call study.load_warm)
 from .provenance import PACKAGE_DIR, provenance
+from .results import STATE as STATE_FILE, close_study_run, describe_runs, fingerprint, open_study_run, read_rows, scrub_paths
 
 REPO = PACKAGE_DIR.parent
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -56,23 +62,29 @@ def save_tables(rows, out_dir, by=("mode", "k", "batch_size", "max_new_tokens", 
                 extra=None):
     """rows.csv (this configuration's runs), cells.csv (per cell) and summary.csv (the notebook's table,
     means over prompts); returns (cells, summary) read back from the files the figures are made from.
-    vs_baseline = throughput / specdec target-only throughput, for every mode (HF ones included).
+    vs_baseline = throughput / specdec target-only throughput on the same prompts, for every mode (HF ones
+    included), with its paired 95% interval vs_baseline_lo/_hi; every listed column that has an interval
+    (throughput, decode_throughput, vs_baseline) is followed by its _lo and _hi columns.
     Timing-only pairs (random weights) get no acceptance columns: their acceptance means nothing."""
-    from .bench import summarize
+    from .summary import summarize
 
     out = Path(out_dir)
     rows = pd.DataFrame(rows)
     rows.to_csv(out / "rows.csv", index=False)
-    cells = summarize(rows)
-    cells["vs_baseline"] = cells["throughput"] / cells["baseline_throughput"]
+
+    def with_ratio(t):  # vs_baseline: the speedup of every non-baseline mode, 1 for the baseline itself
+        base = t["mode"] == "baseline"
+        return t.assign(vs_baseline=t["speedup"].where(~base, 1.0), vs_baseline_lo=t["speedup_lo"].where(~base, 1.0),
+                        vs_baseline_hi=t["speedup_hi"].where(~base, 1.0))
+    cells = with_ratio(summarize(rows))
     if extra is not None:  # e.g. prompt categories
         cells = extra(cells)
     cells.to_csv(out / "cells.csv", index=False)
-    by = list(by)
-    summary = summarize(rows, by=by).merge(
-        cells.groupby(by, dropna=False, sort=False)["vs_baseline"].mean().reset_index(), on=by, how="left")
+    summary = with_ratio(summarize(rows, by=list(by)))
     hidden = ("acceptance_rate", "predicted_speedup") if rows["timing_only"].fillna(False).astype(bool).any() else ()
-    summary = summary[[c for c in (columns or summary.columns) if c in summary and c not in hidden]]
+    wanted = [c for c in (columns or summary.columns) if c in summary and c not in hidden]
+    wanted = [x for c in wanted for x in ([c, f"{c}_lo", f"{c}_hi"] if f"{c}_lo" in summary and columns else [c])]
+    summary = summary[list(dict.fromkeys(wanted))]
     summary.to_csv(out / "summary.csv", index=False)
     return pd.read_csv(out / "cells.csv"), pd.read_csv(out / "summary.csv")
 
@@ -85,10 +97,12 @@ def readout(out_dir, text):
     display(Markdown(text))
 
 
-def hf_plan(rows, pair_name, prompts, max_new_tokens, ks):
-    """What notebook 4 must run itself for one pair: HF generate and assisted generation always; our
-    baseline and speculative cells only where the reused data lacks them (e.g. after --only). Uses the
-    reused batch-1 token count, so the HF cells sit beside the cells they are compared with."""
+def hf_plan(rows, pair_name, prompts, max_new_tokens, ks, hf_modes=("hf_generate", "hf_assisted")):
+    """What notebook 4 must run itself for one pair: the HF reference modes always (those of `hf_modes` this
+    specdec.bench has); our baseline and speculative cells only where the reused data lacks them (e.g. after
+    --only). Uses the reused batch-1 token count, so the HF cells sit beside the cells they are compared with."""
+    from .bench import MODES
+
     rows = pd.DataFrame(rows)
     mine = rows[(rows.get("pair") == pair_name) & (rows.get("batch_size") == 1) & (rows.get("status") == "ok")] \
         if len(rows) else rows
@@ -97,7 +111,7 @@ def hf_plan(rows, pair_name, prompts, max_new_tokens, ks):
                                                mine["max_new_tokens"]))
     need_base = any(("baseline", "0", p, n) not in have for p in prompts)
     need_spec = any(("speculative", str(k), p, n) not in have for p in prompts for k in ks)
-    modes = ["baseline"] * need_base + ["speculative"] * need_spec + ["hf_generate", "hf_assisted"]
+    modes = ["baseline"] * need_base + ["speculative"] * need_spec + [m for m in hf_modes if m in MODES]
     return modes, n
 
 
@@ -194,27 +208,30 @@ def run_notebook(path, executed, params, cwd, verbose=False) -> tuple:
         return "failed", time.perf_counter() - start, error[:2000]
 
 
-def write_summary(data_dir, figures_dir, target, smoke, record, names):
-    """data/<target>/README.md from the runs file and the files each notebook left behind."""
+def write_summary(data_dir, figures_dir, target, smoke, state, names):
+    """data/<target>/README.md from the runs file and the files each notebook left behind. The machine, commit
+    and date under each heading are those of the runs that measured that notebook's rows (their run ids)."""
     runs = json.loads((data_dir / RUNS_FILE).read_text())
     rel = lambda p: os.path.relpath(p, data_dir)
     kind = " (smoke run: tiny random models, the numbers mean nothing)" if smoke else ""
-    params = record.get("params", {})
     out = [f"# specdec study: target `{target}`{kind}", "",
-           f"- device: {params.get('device')} ({record['device_name']}), dtype: {params.get('dtype')}",
-           f"- date: {record['started_utc']}, git commit: {record['git_commit']}"
-           f"{' (uncommitted changes)' if record['git_dirty'] else ''}",
-           f"- python {record['python']}, torch {record['torch']}, transformers {record['transformers']}, "
-           f"specdec {record['specdec']}, {record['torch_threads']} torch threads",
-           f"- command: `python -m specdec.study {' '.join(params.get('argv', []))}`",
-           f"- provenance: [{rel(data_dir / 'study-provenance.json')}]({rel(data_dir / 'study-provenance.json')})", ""]
+           f"Study run {state['run_id']}, started {state['started_utc']}, {state['status']}. Every section names the "
+           "machine, commit and date of the rows it shows (from the rows' own run ids; the provenance-*.json files "
+           "beside them hold the package versions and every parameter). Conclusions hold for that machine only.",
+           f"Invocation: [{STATE_FILE}]({STATE_FILE}), [study-provenance.json](study-provenance.json).", ""]
+    skipped = {n: r for n, r in runs.items() if r.get("skipped")}
+    if skipped:
+        out += ["## Skipped here", ""] + [f"- {n}: {'; '.join(r['skipped'])}" for n, r in skipped.items()] + [""]
     for name in names:
         run = runs.get(name)
         if run is None:
             continue
         sec = section(name)
         out += [f"## {name}: {run['status']} ({run['seconds']:.0f} s, {run['finished_utc']})", ""]
-        if run["status"] != "ok":
+        rows = read_rows(data_dir / sec / "results.jsonl")
+        if rows:
+            out += [f"Rows: {len(rows)}, {describe_runs(data_dir / sec, rows)}.", ""]
+        if run["status"] not in ("ok", "skipped"):
             out += ["```", run["error"], "```", ""]
         if (data_dir / sec / "readout.md").is_file():
             out += [(data_dir / sec / "readout.md").read_text().strip(), ""]
@@ -224,10 +241,30 @@ def write_summary(data_dir, figures_dir, target, smoke, record, names):
             out += [f"![{png.stem}]({rel(png)})", "", f"Figure: [{rel(png)}]({rel(png)}) "
                     f"([SVG]({rel(png.with_suffix('.svg'))}))", ""]
         files = sorted(p for p in (data_dir / sec).glob("*") if p.is_file())
-        out += ["Data: " + ", ".join(f"[{p.name}]({rel(p)})" for p in files), "",
-                f"Executed notebook: [{rel(data_dir / 'notebooks' / (name + '.ipynb'))}]"
-                f"({rel(data_dir / 'notebooks' / (name + '.ipynb'))})", ""]
+        if files:
+            out += ["Data: " + ", ".join(f"[{p.name}]({rel(p)})" for p in files), ""]
+        if run["status"] != "skipped":
+            out += [f"Executed notebook: [{rel(data_dir / 'notebooks' / (name + '.ipynb'))}]"
+                    f"({rel(data_dir / 'notebooks' / (name + '.ipynb'))})", ""]
     (data_dir / "README.md").write_text("\n".join(out))
+
+
+def drop_unavailable(name, params) -> list:
+    """Remove the pairs this machine cannot load from a notebook's parameters (in place); the reasons why.
+    A notebook left with no pair is skipped by the caller."""
+    from .models import unavailable
+
+    pairs = params.get("pair")
+    if pairs is None:
+        return []
+    listed = isinstance(pairs, list)
+    reasons = {p: unavailable(p) for p in (pairs if listed else [pairs])}
+    kept = [p for p, why in reasons.items() if why is None]
+    if listed:
+        params["pair"] = kept
+    elif not kept:
+        params["pair"] = None
+    return [f"pair {p}: {why}" for p, why in reasons.items() if why]
 
 
 def parser():
@@ -240,6 +277,8 @@ def parser():
     p.add_argument("--out", help="output root (default: the repository; with --smoke: <repo>/smoke)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="[NOTEBOOK.]KEY=VALUE",
                    help="override a parameter (YAML value), e.g. -p k_sweep.pair=gpt2-random")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the output folder (keeps every finished cell) instead of a new one")
     p.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
     return p
 
@@ -256,42 +295,61 @@ def main(argv=None) -> int:
     wanted = [n for n in names if not args.only or any(o in (n, section(n), n[:2], n[:2].lstrip("0"))
                                                       for o in args.only)]
     unknown = [o for o in args.only if not any(o in (n, section(n), n[:2], n[:2].lstrip("0")) for n in names)]
+    out = Path(args.out or (REPO / "smoke" if args.smoke else REPO)).resolve()
+    # Paths given to the notebooks are relative to `out` (their working folder): no machine's absolute paths
+    # end up in the executed notebooks that are published.
+    data_rel, figures_rel = Path("data") / args.target, Path("figures") / args.target
+    data_dir, figures_dir = out / data_rel, out / figures_rel
     try:
         if unknown:
             raise ValueError(f"unknown notebook(s) {unknown}; choose from {', '.join(names)}")
         config = load_config(args.target, args.smoke, args.param)
         device = resolve_device((config.get("common") or {}).get("device", "auto"))
-        out = Path(args.out or (REPO / "smoke" if args.smoke else REPO)).resolve()
-        data_dir, figures_dir = out / "data" / args.target, out / "figures" / args.target
-        params = {n: notebook_params(n, names[n], config, args.target, data_dir, figures_dir) for n in wanted}
+        params = {n: notebook_params(n, names[n], config, args.target, data_rel, figures_rel) for n in wanted}
     except ValueError as e:  # bad -p, unknown notebook key, unknown device: say so before any work
         print(f"error: {e}", file=sys.stderr)
         return 2
+    skipped = {n: drop_unavailable(n, params[n]) for n in wanted}
+    for name, reasons in skipped.items():
+        for why in reasons:
+            print(f"{name}: skipping {why}", flush=True)
 
     # The kernels are subprocesses: they inherit this environment, so they import this checkout's specdec.
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     os.environ.setdefault("MPLBACKEND", "Agg")
     ensure_kernel()
+    state, decided = open_study_run(data_dir, figures_dir, [section(n) for n in wanted],
+                                    fingerprint(str(device), dict(target=args.target, smoke=args.smoke, params=params)),
+                                    resume=args.resume)
+    print(decided, flush=True)
     (data_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
     record = provenance(device=str(device), target=args.target, smoke=args.smoke, argv=list(argv or sys.argv[1:]),
-                        dtype=(config.get("common") or {}).get("dtype", "auto"), notebooks=params)
+                        study_run=state["run_id"], dtype=(config.get("common") or {}).get("dtype", "auto"),
+                        notebooks=params)
     (data_dir / "study-provenance.json").write_text(json.dumps(record, indent=1))
     runs_path = data_dir / RUNS_FILE
     runs = json.loads(runs_path.read_text()) if runs_path.is_file() else {}
     total = time.perf_counter()
     for i, name in enumerate(wanted, 1):
-        print(f"[{i}/{len(wanted)}] {name}: running", flush=True)
-        status, seconds, error = run_notebook(names[name], data_dir / "notebooks" / f"{name}.ipynb", params[name],
-                                              out, args.verbose)
-        runs[name] = dict(status=status, seconds=seconds, error=error, smoke=args.smoke,
-                          finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        executed = data_dir / "notebooks" / f"{name}.ipynb"
+        if params[name].get("pair") in (None, []):
+            status, seconds, error = "skipped", 0.0, ""
+            executed.unlink(missing_ok=True)
+        else:
+            print(f"[{i}/{len(wanted)}] {name}: running", flush=True)
+            status, seconds, error = run_notebook(names[name], executed, params[name], out, args.verbose)
+        runs[name] = dict(status=status, seconds=seconds, error=error, smoke=args.smoke, skipped=skipped[name],
+                          study_run=state["run_id"], finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         runs_path.write_text(json.dumps(runs, indent=1))
         print(f"[{i}/{len(wanted)}] {name}: {status} in {seconds:.1f} s" + (f"\n    {error}" if error else ""),
               flush=True)
-    write_summary(data_dir, figures_dir, args.target, args.smoke, record, list(names))
-    failed = [n for n in wanted if runs[n]["status"] != "ok"]
-    print(f"{len(wanted) - len(failed)}/{len(wanted)} notebooks ok in {time.perf_counter() - total:.0f} s; "
+    failed = [n for n in wanted if runs[n]["status"] == "failed"]
+    state = close_study_run(data_dir, state, "failed" if failed else "complete")
+    write_summary(data_dir, figures_dir, args.target, args.smoke, state, list(names))
+    publishable = [*data_dir.rglob("*.ipynb"), *data_dir.rglob("*.md"), *data_dir.glob("*.json")]
+    scrub_paths(publishable, {out: ".", REPO: "<specdec>", sys.prefix: "<python>", Path.home(): "~"})
+    print(f"{len(wanted) - len(failed)}/{len(wanted)} notebooks ok or skipped in {time.perf_counter() - total:.0f} s; "
           f"summary: {data_dir / 'README.md'}")
     return 1 if failed else 0
 

@@ -1,18 +1,25 @@
-"""Tiny random models built in-process (no files, fixed seeds), float64 so greedy ties cannot differ."""
+"""Tiny random models built in-process (no files, fixed seeds), float64 so greedy ties cannot differ.
+
+SPECDEC_TEST_DEVICE=cuda builds them on that device instead of the cpu (scripts/gpu_check.sh runs the suite so).
+"""
 import copy
+import os
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 VOCAB = 97
+DEVICE = torch.device(os.environ.get("SPECDEC_TEST_DEVICE", "cpu"))
+if DEVICE.type != "cpu":  # the tests' own tensors (prompts, masks) then land on the models' device too
+    torch.set_default_device(DEVICE)
 
 
 def tiny_gpt2(layers=3, vocab=VOCAB, seed=0):
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=layers, n_head=4, n_positions=128,
                         initializer_range=0.3, bos_token_id=0, eos_token_id=1)
-    return GPT2LMHeadModel(config).double().eval()
+    return GPT2LMHeadModel(config).double().to(DEVICE).eval()
 
 
 def tiny_llama(layers=3, vocab=VOCAB, seed=0):
@@ -20,7 +27,7 @@ def tiny_llama(layers=3, vocab=VOCAB, seed=0):
     config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2,  # grouped-query attention
                          max_position_embeddings=128, initializer_range=0.3, bos_token_id=0, eos_token_id=1)
-    return LlamaForCausalLM(config).double().eval()
+    return LlamaForCausalLM(config).double().to(DEVICE).eval()
 
 
 def perturbed(model, noise, seed=1):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from specdec import bench
+from specdec import bench, results, summary
 from specdec.models import load_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,8 +56,8 @@ def test_sweep_rows_provenance_and_summary(tmp_path):
     pair = load_pair("tiny-gpt2", device="cpu")
     rows = bench.sweep(pair, tmp_path, ks=(1, 2), batch_sizes=(1, 2), max_new_tokens=(6,), prompts=PROMPTS[:2],
                        iterations=2, progress=False)
-    # per (batch, prompt): 1 baseline + 2 speculative cells; 2 batches x 2 prompts; 2 iterations each
-    assert len(rows) == 2 * 2 * 3 * 2 and (rows["status"] == "ok").all()
+    # per prompt group: 1 baseline + 2 speculative cells; batch 1: 2 groups, batch 2: 1 group; 2 iterations each
+    assert len(rows) == (2 + 1) * 3 * 2 and (rows["status"] == "ok").all()
     assert set(bench.COLUMNS) <= set(rows.columns)
     spec = rows[rows["mode"] == "speculative"]
     for col in ("new_tokens", "seconds", "throughput", "proposed", "accepted", "acceptance_rate", "target_forwards",
@@ -65,33 +65,33 @@ def test_sweep_rows_provenance_and_summary(tmp_path):
                 "verify_iter_s", "peak_memory_mib"):
         assert spec[col].notna().all(), col
     assert (rows[rows["mode"] == "baseline"]["k"] == 0).all()
-    assert set(rows[rows["batch_size"] == 2]["prompt_ids"]) == {"code-stack-class,qa-capital-france",
-                                                                 "qa-capital-france,code-stack-class"}
+    assert set(rows[rows["batch_size"] == 2]["prompt_ids"]) == {"code-stack-class,qa-capital-france"}  # no permutation
     assert (spec["matches_baseline"] == True).all()  # noqa: E712 -- greedy speculative output is lossless
     assert all(len(json.loads(t)) == b for t, b in zip(rows["tokens"], rows["batch_size"]))
 
-    written = bench.read_rows(tmp_path / "results.jsonl")
+    written = results.read_rows(tmp_path / "results.jsonl")
     assert len(written) == len(rows)
     (prov_file,) = tmp_path.glob("provenance-*.json")
     prov = json.loads(prov_file.read_text())
     assert {r["run_id"] for r in written} == {prov["params"]["run_id"]}
     assert prov["torch"] and prov["device_name"] and prov["params"]["pair"] == "tiny-gpt2"
 
-    cells = bench.summarize(rows)
-    assert len(cells) == 12 and (cells["success_rate"] == 1).all()
+    cells = summary.summarize(rows)
+    assert len(cells) == 9 and (cells["success_rate"] == 1).all()
     spec_cells = cells[cells["mode"] == "speculative"]
     assert spec_cells["speedup"].map(math.isfinite).all()
     assert spec_cells["predicted_speedup"].map(math.isfinite).all()
     assert cells[cells["mode"] == "baseline"]["speedup"].isna().all()
-    by = bench.summarize(rows, by=("mode", "k", "batch_size", "max_new_tokens", "verify"))
-    assert len(by) == 6 and (by["prompts"] == 2).all()
+    by = summary.summarize(rows, by=("mode", "k", "batch_size", "max_new_tokens", "verify"))
+    by = by.sort_values(["batch_size", "mode", "k"])  # the sweep ran in a shuffled order
+    assert len(by) == 6 and list(by["prompts"]) == [2, 2, 2, 1, 1, 1]
 
 
 def test_predicted_speedup():
     # a = 0: one token per round at cost K c + v; a = 1: K + 1 tokens (the limit, no division by zero)
-    assert bench.predicted_speedup(0.0, 4, 0.1, 1.0) == pytest.approx(1 / 1.4)
-    assert bench.predicted_speedup(1.0, 4, 0.1, 1.0) == pytest.approx(5 / 1.4)
-    assert bench.predicted_speedup(0.5, 2, 0.0, 1.0) == pytest.approx((1 - 0.5**3) / 0.5)
+    assert summary.predicted_speedup(0.0, 4, 0.1, 1.0) == pytest.approx(1 / 1.4)
+    assert summary.predicted_speedup(1.0, 4, 0.1, 1.0) == pytest.approx(5 / 1.4)
+    assert summary.predicted_speedup(0.5, 2, 0.0, 1.0) == pytest.approx((1 - 0.5**3) / 0.5)
 
 
 def cli(out, *extra):
@@ -103,30 +103,30 @@ def cli(out, *extra):
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(cli(full), cwd=REPO, check=True, capture_output=True)
-    expected = bench.read_rows(full / "results.jsonl")
+    expected = results.read_rows(full / "results.jsonl")
     assert len(expected) == 6 * 3 * 2  # 6 prompts x (baseline + 2 k) x 2 iterations
 
     proc = subprocess.Popen(cli(killed), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results, deadline = killed / "results.jsonl", time.time() + 120
+    path, deadline = killed / "results.jsonl", time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if len(bench.read_rows(results)) >= 3:
+        if len(results.read_rows(path)) >= 3:
             os.kill(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.02)
     proc.wait()
-    partial = bench.read_rows(results)
+    partial = results.read_rows(path)
     assert proc.returncode == -signal.SIGKILL and 3 <= len(partial) < len(expected), "not killed mid-sweep"
-    with open(results, "a") as f:  # as if killed mid-write: a torn last line
+    with open(path, "a") as f:  # as if killed mid-write: a torn last line
         f.write('{"run_id": "torn", "pair": "tiny-ll')
 
     subprocess.run(cli(killed), cwd=REPO, check=True, capture_output=True)
-    resumed = bench.read_rows(results)
+    resumed = results.read_rows(path)
     assert len(resumed) == len(set(keys(resumed))) == len(expected)  # no duplicates, none missing
     assert set(keys(resumed)) == set(keys(expected))
     assert {bench.key_of(r): r["tokens"] for r in resumed} == {bench.key_of(r): r["tokens"] for r in expected}
     assert len({r["run_id"] for r in resumed}) == 2 and len(list(killed.glob("provenance-*.json"))) == 2
     bench.main(cli(killed)[3:])  # a third run (in-process: quicker) has nothing left to do, and leaves no trace
-    assert len(bench.read_rows(results)) == len(expected) and len(list(killed.glob("provenance-*.json"))) == 2
+    assert len(results.read_rows(path)) == len(expected) and len(list(killed.glob("provenance-*.json"))) == 2
 
 
 def test_failing_cell_is_recorded_and_retried(tmp_path, monkeypatch, llama):
@@ -145,14 +145,14 @@ def test_failing_cell_is_recorded_and_retried(tmp_path, monkeypatch, llama):
     assert (failed["k"] == 2).all() and len(failed) == 2 * 2
     assert failed["error"].str.contains("RuntimeError: boom at k=2").all()
     assert (rows[rows["k"] != 2]["status"] == "ok").all()
-    cells = bench.summarize(rows)
+    cells = summary.summarize(rows)
     assert (cells[cells["k"] == 2]["success_rate"] == 0).all()
     assert (cells[cells["k"] != 2]["success_rate"] == 1).all()
 
     monkeypatch.setattr(bench, "generate", real)  # rerun: only the failed cells run again, now fine
     rows = bench.sweep(llama, tmp_path, **kw)
     assert len(rows) == 12 and (rows["status"] == "ok").all()
-    assert len(bench.read_rows(tmp_path / "results.jsonl")) == 12 + 4  # the 4 retried rows were appended
+    assert len(results.read_rows(tmp_path / "results.jsonl")) == 12 + 4  # the 4 retried rows were appended
 
 
 def test_hf_references_match_baseline(tmp_path, llama):
@@ -161,10 +161,10 @@ def test_hf_references_match_baseline(tmp_path, llama):
     assert (rows["status"] == "ok").all(), rows["error"].unique()
     hf = rows[rows["mode"] == "hf_assisted"]
     assert len(hf) == 3 * 2 * 2 and (hf["batch_size"] == 1).all()
-    assert set(rows[rows["batch_size"] == 2]["mode"]) == set(bench.MODES) - {"hf_assisted"}
+    assert set(rows[rows["batch_size"] == 2]["mode"]) == set(bench.MODES) - {"hf_assisted", "hf_assisted_default"}
     others = rows[rows["mode"] != "baseline"]
     assert (others["matches_baseline"] == True).all()  # noqa: E712
-    cells = bench.summarize(rows)
+    cells = summary.summarize(rows)
     spec1 = cells[(cells["mode"] == "speculative") & (cells["batch_size"] == 1)]
     assert spec1["speedup_vs_hf"].map(math.isfinite).all()
     assert cells[cells["mode"] == "hf_assisted"]["speedup"].map(math.isfinite).all()
@@ -187,7 +187,8 @@ def test_bad_arguments_exit_2(args, message, tmp_path, capsys):
 
 def test_drafter_modes_run_and_record_their_k(tmp_path):
     """adaptive and prompt_lookup cells: lossless (match the baseline) and their K is recorded."""
-    from specdec.bench import load_prompts, summarize, sweep
+    from specdec.bench import load_prompts, sweep
+    from specdec.summary import summarize
     from specdec.models import load_pair
 
     pair = load_pair("tiny-llama")

@@ -62,7 +62,7 @@ def test_prompt_lookup_finds_a_planted_repetition():
                         [4, 5, 7, 1, 4, 5, 8, 2, 4, 5, 0, 0]])    # most recent "4 5" wins: 8 2 4
     lengths = torch.tensor([10, 6, 10])
     seq[1, 5] = 8
-    drafts, probs = PromptLookupDrafter(vocab_size=16).propose(seq, lengths, 3, Sampler())
+    drafts, probs = PromptLookupDrafter().propose(seq, lengths, 3, Sampler())
     assert drafts[0].tolist() == [4, 5, 9]
     assert drafts[1].tolist() == [8, 8, 8]   # no match: the last token repeated
     assert drafts[2].tolist() == [8, 2, 4]

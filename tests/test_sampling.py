@@ -121,3 +121,16 @@ def test_prompt_lookup_sampling_has_the_target_distribution(models):
     assert 0.01 < result.stats["acceptance_rate"] < 0.99
     joint = exact_joint(target, 1.0, None, prompt=PROMPT * 3)
     assert chi_square_pvalue(result.tokens, joint) > 1e-3
+
+
+def test_padded_vocabulary_pair_has_the_target_distribution():
+    """Target with 2 padding output rows (never predicted, like a trained model's), draft without them:
+    the draft's q is extended with zeros over those rows and sampling stays exact."""
+    target = tiny_llama(layers=2, vocab=V, seed=5)
+    target.resize_token_embeddings(V + 2, mean_resizing=False)
+    target.lm_head.register_forward_hook(lambda m, i, out: out.index_fill(-1, torch.tensor([V, V + 1]), -torch.inf))
+    draft = tiny_gpt2(layers=1, vocab=V, seed=6)
+    result = specdec.generate(target, [PROMPT] * ROWS, draft=draft, k=2, max_new_tokens=NEW, temperature=1.0,
+                              seed=4, eos_token_id=[], same_tokenizer=True)
+    assert 0.01 < result.stats["acceptance_rate"] < 0.95
+    assert chi_square_pvalue(result.tokens, exact_joint(target, 1.0, None)) > 1e-3

@@ -1,0 +1,152 @@
+"""k="auto": the K of each round chosen from what a round costs on this machine and how well rows accept.
+
+Model of one round at batch B with K drafts: it costs K * draft_s + verify_s[K+1] (a draft step, and a
+target forward over K+1 tokens per row) and row b gains on average 1 + a_b + a_b^2 + ... + a_b^K tokens,
+where a_b is the row's acceptance probability per draft. The round picks the K in 0..high maximising
+(sum of expected tokens) / (round cost); K = 0 is the target alone for that round, chosen when no K pays.
+
+Costs: measured once per (machine, model, dtype, batch, linear path) by timing a few cache-free forwards
+(target over T = 1, 2, 3, 5, 9, ... tokens, interpolated between; draft over 1 token) and cached in JSON
+under specdec.models.cache_root(). Why not online from the rounds' wall time: a round only measures the
+K it ran, so the curve for the other K's would need exploration rounds that cost real tokens; a one-off
+calibration of ~15 forwards gives the whole curve before the first round, and the plan cache makes it
+cost nothing on the next run. The calibration runs outside the timed generation (in Decoder.__init__).
+
+Acceptance: per row an exponentially weighted count of accepted drafts over drafts tried (a prior of
+PRIOR worth PRIOR_WEIGHT drafts), updated from rounds where the row drafted. A batch at K=0 learns
+nothing, so after PROBE_EVERY such rounds it drafts one token (a probe), unless no K could pay even
+with every draft accepted.
+"""
+import json
+import time
+
+import torch
+
+from .linear import machine_key, mode
+
+PRIOR, PRIOR_WEIGHT = 0.6, 2.0  # a draft from the same family accepts roughly this often before any evidence
+DECAY = 0.7                     # weight of past rounds per round: a row's acceptance moves within ~3 rounds
+PROBE_EVERY = 8
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Tokens a row gains in a round of K drafts, each accepted with probability alpha (the first
+    rejection ends the row's round; the target's own token always comes)."""
+    return sum(alpha**i for i in range(k + 1))
+
+
+def best_k(alphas, verify_s, draft_s, high) -> int:
+    """The K in 0..high with the most expected tokens per second over the rows' `alphas`."""
+    rate = lambda k: sum(expected_tokens(a, k) for a in alphas) / (k * draft_s + verify_s[k + 1])
+    return max(range(high + 1), key=rate)
+
+
+def cost_points(high):
+    points, t = [], 1
+    while t < high + 1:
+        points.append(t)
+        t = 2 * t - 1 if t > 1 else 2  # 1, 2, 3, 5, 9, 17: dense where the curve bends
+    return points + [high + 1]
+
+
+def time_forward(model, batch, tokens, keep, reps=3) -> float:
+    ids = torch.zeros(batch, tokens, dtype=torch.long, device=model.device)
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        model(input_ids=ids, use_cache=False, logits_to_keep=keep)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def model_key(model) -> str:
+    c = model.config.get_text_config()
+    shape = [getattr(c, n, None) for n in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")]
+    return f"{type(model).__name__} {shape} {model.dtype} {model.device.type}"
+
+
+def measure_costs(target, draft, batch, high) -> dict:
+    """{"verify_s": {T: s}, "draft_s": s} for this batch size, from a cache file when present."""
+    from .models import cache_root
+
+    path = cache_root() / "autok-costs.json"
+    key = f"{machine_key()} | {model_key(target)} | {None if draft is None else model_key(draft)} | " \
+          f"batch {batch} | linear {mode()} | high {high}"
+    try:
+        everything = json.loads(path.read_text())
+    except (OSError, ValueError):
+        everything = {}
+    if key not in everything:
+        with torch.inference_mode():
+            time_forward(target, batch, 1, 1, reps=1)  # warm-up: page-in, kernel selection
+            draft_s, points = float("inf"), dict.fromkeys(cost_points(high), float("inf"))
+            for _ in range(3):  # interleaved, min of 3: a load spike on a shared machine hits all points alike
+                for t in points:
+                    points[t] = min(points[t], time_forward(target, batch, t, 0, reps=1))
+                draft_s = 0.0 if draft is None else min(draft_s, time_forward(draft, batch, 1, 1, reps=2))
+        everything[key] = dict(verify_s=points, draft_s=draft_s)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(everything, indent=1))
+    entry = everything[key]
+    points = {int(t): s for t, s in entry["verify_s"].items()}
+    # A forward over more tokens is never cheaper: a point above a later one is load noise (a spike), so
+    # each point is lowered to the cheapest at or after it.
+    points = {t: min(s for u, s in points.items() if u >= t) for t in points}
+    return dict(verify_s=interpolate(points, high + 1), draft_s=entry["draft_s"])
+
+
+def interpolate(points: dict, last: int) -> list:
+    """verify_s[T] for T = 0..last (index 0 unused), linear between measured points."""
+    xs = sorted(points)
+    out = [0.0]
+    for t in range(1, last + 1):
+        lo = max(x for x in xs if x <= t)
+        hi = min(x for x in xs if x >= t)
+        w = 0 if hi == lo else (t - lo) / (hi - lo)
+        out.append(points[lo] * (1 - w) + points[hi] * w)
+    return out
+
+
+class AutoK:
+    """The cost-based K policy (see the module docstring). `costs` skips the measurement (tests, or a
+    caller that measured already): {"verify_s": [unused, T=1, T=2, ...], "draft_s": seconds}."""
+
+    def __init__(self, high: int = 8, costs: dict | None = None):
+        if not 1 <= high <= 64:
+            raise ValueError(f"AutoK needs 1 <= high <= 64 (the largest K it may pick); got high={high}")
+        self.high, self.costs, self.start = high, costs, None
+
+    def begin(self, target, drafter, batch: int):
+        """Measure (or load) the costs and pick the first round's K from the prior."""
+        if self.costs is None:
+            self.costs = measure_costs(target, getattr(drafter, "model", None), batch, self.high)
+        if len(self.costs["verify_s"]) < self.high + 2:
+            raise ValueError(f"costs['verify_s'] needs entries for T = 1..{self.high + 1} (index 0 unused)")
+        self.accepted = [PRIOR * PRIOR_WEIGHT] * batch
+        self.tried = [PRIOR_WEIGHT] * batch
+        self.idle_rounds = 0
+        self.chosen = []
+        self.start = self.pick(range(batch))
+        return self.start
+
+    def alpha(self, b) -> float:
+        return self.accepted[b] / self.tried[b]
+
+    def pick(self, rows, alpha=None) -> int:
+        alphas = [self.alpha(b) if alpha is None else alpha for b in rows]
+        return best_k(alphas, self.costs["verify_s"], self.costs["draft_s"], self.high) if alphas else 0
+
+    def next_k(self, k: int, accepted: list) -> int:
+        """`accepted[b]`: drafts row b accepted in the round just run at K=k; None for finished rows."""
+        rows = [b for b, a in enumerate(accepted) if a is not None]
+        if k:
+            for b in rows:  # drafts tried: up to and including the first rejection
+                self.accepted[b] = DECAY * self.accepted[b] + accepted[b]
+                self.tried[b] = DECAY * self.tried[b] + min(accepted[b] + 1, k)
+        choice = self.pick(rows)
+        self.idle_rounds = self.idle_rounds + 1 if choice == 0 else 0
+        if self.idle_rounds >= PROBE_EVERY and self.pick(rows, alpha=1.0) > 0:
+            choice, self.idle_rounds = 1, 0  # probe: a row's acceptance may have recovered
+        return choice

@@ -1,0 +1,253 @@
+"""Few-row float32 linears on CPU, by measurement: the path that makes verification near-constant in K.
+
+On CPU the default float32 GEMM behind `F.linear` can cost ~rows x the 1-row cost for 2..8 rows, while the
+same product written another way (`W @ x.T`, or `x @ Wt` against a weight transposed once) hits a kernel
+whose cost stays flat. Which path wins differs from CPU to CPU (DESIGN.md section 6), so nothing is fixed in
+code: for each (out, in) shape and row count 1..MAX_ROWS the three exact float32 paths are timed once,
+and the plan is cached per machine (CPU model, torch version, threads) under specdec.models.cache_root().
+
+    with fast_linears([target, draft]):   # entered by engine.generate(); restores every module on exit
+        ...
+
+Switch: SPECDEC_LINEAR=off (default path), =auto (measured, the default), or =linear/wxt/xwt (force one
+path: tests use this so tiny models exercise every path). CPU float32 only; other devices/dtypes and
+calls with more than MAX_ROWS rows take the default `F.linear`.
+
+`python -m specdec.linear` prints the per-path timings (torch.utils.benchmark) for Qwen2.5-1.5B's shapes.
+"""
+import contextlib
+import json
+import os
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+MAX_ROWS = 16
+PATHS = ("linear", "wxt", "xwt")
+WIN_MARGIN = 0.9  # the transposed copy costs memory: keep it only when it beats the best other path by 10%
+
+
+def run_path(path, x2, weight, weight_t, bias):
+    """x2 [rows, in] -> [rows, out] by one of PATHS; all three are exact float32 products."""
+    if path == "linear":
+        return F.linear(x2, weight, bias)
+    if path == "wxt":
+        out = (weight @ x2.T).T
+    else:
+        out = x2 @ weight_t
+    return (out if bias is None else out + bias).contiguous()  # callers .view() it
+
+
+def time_paths(weight, weight_t, rows, reps) -> dict:
+    """{path: seconds}, min over `reps` calls after one warm-up; paths interleaved so drifting load hits all."""
+    x = torch.randn(rows, weight.shape[1])
+    best = dict.fromkeys(PATHS, float("inf"))
+    for rep in range(reps + 1):
+        for path in PATHS:
+            t = time.perf_counter()
+            run_path(path, x, weight, weight_t, None)
+            if rep:  # rep 0 is the warm-up (first touch of the weight, kernel selection)
+                best[path] = min(best[path], time.perf_counter() - t)
+    return best
+
+
+def pick(times) -> str:
+    """The default path unless another wins clearly (noise must not flip it); the transposed copy costs
+    memory, so it must beat both others by WIN_MARGIN."""
+    ok = {"linear": times["linear"]}
+    if times["wxt"] < 0.95 * times["linear"]:
+        ok["wxt"] = times["wxt"]
+    if times["xwt"] < WIN_MARGIN * min(times["linear"], times["wxt"]):
+        ok["xwt"] = times["xwt"]
+    return min(ok, key=ok.get)
+
+
+def measure_shape(weight, max_rows=MAX_ROWS) -> dict:
+    """{rows: path} for one weight [out, in], measured at a few row counts; a row count between two
+    measured ones takes the plan of the next measured one up."""
+    weight = weight.detach()
+    weight_t = weight.T.contiguous()
+    big = weight.numel() >= 2**25  # an LM head: ~0.1 s per call, so fewer points and repetitions
+    points = (1, 2, 4, 8, 16) if big else (1, 2, 3, 4, 6, 8, 12, 16)
+    measured = {r: pick(time_paths(weight, weight_t, r, 1 if big else 2)) for r in points if r <= max_rows}
+    return {r: measured[min(p for p in measured if p >= r)] for r in range(1, max_rows + 1)}
+
+
+def machine_key() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def cache_file():
+    from .models import cache_root
+    return cache_root() / "linear-plans.json"
+
+
+class Plans:
+    """Per-machine plans, measured on first use of a shape and kept in a JSON file."""
+
+    def __init__(self):
+        self.table = None
+
+    def load(self):
+        if self.table is None:
+            try:
+                self.table = json.loads(cache_file().read_text()).get(machine_key(), {})
+            except (OSError, ValueError):
+                self.table = {}
+        return self.table
+
+    def get(self, weight) -> dict:
+        key = "{}x{}".format(*weight.shape)
+        table = self.load()
+        if key not in table:
+            table[key] = measure_shape(weight)
+            self.save()
+        return {int(r): p for r, p in table[key].items()}
+
+    def save(self):
+        path = cache_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            everything = json.loads(path.read_text())
+        except (OSError, ValueError):
+            everything = {}
+        everything[machine_key()] = self.table
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(everything, indent=1, sort_keys=True))
+        tmp.replace(path)  # atomic: a second process never reads half a file
+
+
+PLANS = Plans()
+
+
+def mode() -> str:
+    value = os.environ.get("SPECDEC_LINEAR", "auto").lower()
+    if value not in ("auto", "off", *PATHS):
+        raise ValueError(f"SPECDEC_LINEAR={value!r} is unknown; use auto, off, or one of {', '.join(PATHS)}")
+    return value
+
+
+def planned_forward(module, plan):
+    """A forward for one nn.Linear that follows `plan` ({rows: path}) for CPU float32 calls."""
+    weight, bias = module.weight, module.bias
+    weight_t = transposed(module) if "xwt" in plan.values() else None
+
+    def forward(x):
+        rows = x.numel() // x.shape[-1] if x.dim() else 0
+        path = plan.get(rows)
+        if path is None or x.dtype != torch.float32 or x.device.type != "cpu":
+            return F.linear(x, weight, bias)
+        out = run_path(path, x.reshape(rows, x.shape[-1]), weight, weight_t, bias)
+        return out.reshape(*x.shape[:-1], weight.shape[0])
+    return forward
+
+
+def transposed(module):
+    """The module's weight transposed once and kept on the module (not a parameter or buffer, so not in
+    its state_dict) for the next generations; remade if the weight was changed in place or replaced."""
+    weight, cached = module.weight, module.__dict__.get("_specdec_weight_t")
+    stamp = (weight.data_ptr(), weight._version)
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, weight.detach().T.contiguous())
+        module.__dict__["_specdec_weight_t"] = cached
+    return cached[1]
+
+
+def linears(models):
+    for model in models:
+        if isinstance(model, torch.nn.Module):
+            for module in model.modules():
+                if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32 \
+                        and module.weight.device.type == "cpu":
+                    yield module
+
+
+@contextlib.contextmanager
+def fast_linears(models):
+    """Within the block, every CPU float32 nn.Linear of `models` takes its measured path per row count.
+    Restores the modules' own forward on exit, so code outside (an HF reference in the same process)
+    is not changed."""
+    choice = mode()
+    patched = []
+    try:
+        if choice != "off":
+            for module in linears(models):
+                if "forward" in module.__dict__:
+                    continue  # already patched (the target is also the draft) or patched by someone else
+                if choice == "auto":
+                    plan = PLANS.get(module.weight)
+                else:
+                    plan = {r: choice for r in range(1, MAX_ROWS + 1)}
+                module.forward = planned_forward(module, plan)
+                patched.append(module)
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
+# -- draft dtype --------------------------------------------------------------------------------------------
+
+def faster_draft_dtype(shape=(4864, 896)) -> torch.dtype:
+    """float32 or bfloat16, whichever runs a 1-row product of a representative draft MLP shape (Qwen2.5-0.5B's
+    up-projection by default) faster on this CPU; float32 at its best measured path. Cached per machine."""
+    table = PLANS.load()
+    key = f"draft-dtype {shape[0]}x{shape[1]}"
+    if key not in table:
+        weight = torch.randn(*shape)
+        f32 = min(time_paths(weight, weight.T.contiguous(), 1, reps=20).values())
+        b16 = _time_bf16(weight)
+        table[key] = dict(float32_s=f32, bfloat16_s=b16, choice="bfloat16" if b16 < f32 else "float32")
+        PLANS.save()
+    return getattr(torch, table[key]["choice"])
+
+
+def _time_bf16(weight, reps=20) -> float:
+    weight = weight.to(torch.bfloat16)
+    x = torch.randn(1, weight.shape[1], dtype=torch.bfloat16)
+    F.linear(x, weight)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        F.linear(x, weight)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+# -- the measurement table ------------------------------------------------------------------------------------
+
+QWEN_1_5B_SHAPES = ((1536, 1536), (256, 1536), (8960, 1536), (1536, 8960), (151936, 1536))
+
+
+def table(shapes=QWEN_1_5B_SHAPES, rows=(1, 2, 4, 8), min_run_time=0.3):
+    from torch.utils.benchmark import Timer
+
+    print(f"{machine_key()}\nms per call (median, torch.utils.benchmark); plan = what fast_linears picks")
+    print("| shape (out x in) | rows | F.linear | W @ x.T | x @ Wt | bf16 F.linear | plan |")
+    print("|---|---|---|---|---|---|---|")
+    for out_f, in_f in shapes:
+        weight = torch.randn(out_f, in_f)
+        weight_t, w16 = weight.T.contiguous(), weight.to(torch.bfloat16)
+        plan = PLANS.get(weight)
+        for r in rows:
+            x = torch.randn(r, in_f)
+            env = dict(run_path=run_path, x=x, w=weight, wt=weight_t, w16=w16, x16=x.to(torch.bfloat16), F=F)
+            ms = lambda stmt: 1e3 * Timer(stmt, globals=env, num_threads=torch.get_num_threads()).blocked_autorange(
+                min_run_time=min_run_time).median
+            t = [ms(f"run_path('{p}', x, w, wt, None)") for p in PATHS] + [ms("F.linear(x16, w16)")]
+            print(f"| {out_f}x{in_f} | {r} | " + " | ".join(f"{v:.2f}" for v in t) + f" | {plan[r]} |")
+        del weight, weight_t, w16
+
+
+if __name__ == "__main__":
+    table()

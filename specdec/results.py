@@ -1,0 +1,196 @@
+"""Run storage: where measurements live, and what run each one came from.
+
+An experiment folder holds
+    results.jsonl               one JSON row per measurement, appended and fsynced as it is measured
+    provenance-<run_id>.json    one per process that wrote rows: commit, machine, versions, parameters
+Every row names its run_id, so the provenance of a row is always the file of its own run, never that of
+whoever last touched the folder. Resuming means: a row whose key is already recorded as ok is not measured
+again. bench (sweeps), latency (verification timing) and the study runner all store runs through here.
+"""
+import datetime
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .provenance import provenance
+
+RESULTS = "results.jsonl"
+
+
+def new_run_id() -> str:
+    """UTC time + a random suffix: sorts by start time, unique across machines."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+
+
+def start_run(out_dir, **params) -> str:
+    """A new run id, with its provenance written to <out_dir>/provenance-<run_id>.json."""
+    run_id = new_run_id()
+    path = Path(out_dir) / f"provenance-{run_id}.json"
+    path.write_text(json.dumps(provenance(run_id=run_id, **params), indent=1))
+    return run_id
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_rows(path) -> list[dict]:
+    """Every complete row of a results.jsonl; a torn line (a writer killed mid-line) is skipped."""
+    rows = []
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def end_torn_line(path):
+    """After a kill mid-write the file may end inside a line: end it, so new rows start on their own."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        with open(path, "ab") as f:
+            f.write(b"\n")
+
+
+def append_row(path, row, columns):
+    """One row = one write() of one whole line, then fsync: a crash leaves either the line or a torn tail."""
+    null = lambda v: None if isinstance(v, float) and not np.isfinite(v) else v  # JSON has no NaN
+    line = json.dumps({c: null(row.get(c)) for c in columns}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def latest_by_key(rows, key) -> dict:
+    """One row per key (a tuple of column names): an ok row if there is one (failed attempts are retried),
+    else the last failure. Rows without a status (e.g. latency timings) count as ok."""
+    best = {}
+    for row in rows:
+        k = tuple(row.get(c) for c in key)
+        if k not in best or best[k].get("status", "ok") != "ok":
+            best[k] = row
+    return best
+
+
+def done_keys(rows, key) -> set:
+    """Keys already measured successfully: what a resumed run skips."""
+    return {k for k, r in latest_by_key(rows, key).items() if r.get("status", "ok") == "ok"}
+
+
+# -- which runs a table was drawn from ----------------------------------------------------------------------
+
+def run_records(folder, run_ids) -> dict:
+    """{run_id: provenance dict} for the given ids, read from <folder>/provenance-<run_id>.json."""
+    records = {}
+    for run_id in sorted({r for r in run_ids if r}):
+        path = Path(folder) / f"provenance-{run_id}.json"
+        records[run_id] = json.loads(path.read_text()) if path.is_file() else None
+    return records
+
+
+def describe_runs(folder, rows) -> str:
+    """One line naming the machine, threads, dtype, commit and date of the runs that produced `rows`
+    (a DataFrame or list of dicts with run_id): what every table and figure caption states."""
+    ids = list(rows["run_id"]) if hasattr(rows, "columns") else [r.get("run_id") for r in rows]
+    records = run_records(folder, ids)
+    if not records:
+        return "no measurements"
+    parts = []
+    for key in ("device_name", "commit", "date"):
+        values = []
+        for run_id, rec in records.items():
+            if rec is None:
+                value = f"run {run_id} (provenance file missing)"
+            elif key == "device_name":  # on a CPU the thread count shapes every timing
+                on_cpu = str(rec.get("params", {}).get("device", "cpu")).startswith("cpu")
+                threads = rec["torch_threads"]
+                value = rec["device_name"] + (f" ({threads} thread{'s' * (threads != 1)})" if on_cpu else "")
+            elif key == "commit":
+                value = f"commit {(rec.get('git_commit') or 'unknown')[:10]}" + (" (uncommitted changes)"
+                                                                                   if rec.get("git_dirty") else "")
+            else:
+                value = rec["started_utc"][:10]
+            values.append(value)
+        parts.append(" / ".join(dict.fromkeys(values)))  # one entry when every run agrees
+    return f"measured on {parts[0]}, {parts[1]}, {parts[2]}"
+
+
+# -- a study run: fresh by default, resumed only on purpose ----------------------------------------------------
+
+STATE = "study-run.json"  # in data/<target>/: the run there, its status, and what resuming it requires
+
+
+def fingerprint(device, params) -> dict:
+    """What must be equal for an interrupted run to be continued automatically: the machine (device name and
+    thread count), the code (commit and uncommitted diff) and every parameter."""
+    import torch
+
+    from .provenance import device_name, git_state
+    git = git_state()
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return dict(machine=f"{device_name(device)} ({torch.get_num_threads()} threads)", commit=git["git_commit"],
+                diff=git["git_diff_sha256"], params_sha256=hashlib.sha256(blob).hexdigest())
+
+
+def open_study_run(data_dir, figures_dir, sections, fingerprint_now, resume=False) -> tuple[dict, str]:
+    """Decide between a new run and continuing the one in data_dir; returns (state, what was decided).
+
+    New run: the outputs of `sections` (data folders and figures) are removed, so every cell is measured
+    anew. Continue: nothing is removed; sweeps measure only the cells their results.jsonl lacks. An unfinished
+    run that may not be continued (another machine, other code or parameters) is moved aside, never deleted."""
+    data_dir, figures_dir = Path(data_dir), Path(figures_dir)
+    path = data_dir / STATE
+    old = json.loads(path.read_text()) if path.is_file() else None
+    unfinished = old is not None and old.get("status") != "complete"
+    changed = [k for k in fingerprint_now if old and old.get("fingerprint", {}).get(k) != fingerprint_now[k]]
+    same = unfinished and not changed
+    if old is not None and (resume or same):
+        why = "--resume" if resume else "same machine, code and parameters"
+        note = f"; differs in {', '.join(changed)}: rows keep their own run ids and provenance" if changed else ""
+        state = dict(old, status="running", resumed_utc=now())
+        message = (f"resuming run {old['run_id']} (started {old['started_utc']}, {old.get('status')}; {why}{note}): "
+                   f"finished cells are kept, only missing ones are measured")
+    else:
+        message = "new run: every cell is measured anew" + (" (--resume: nothing to resume here)" if resume else "")
+        if unfinished:  # finished cells of a run we may not continue are kept, aside
+            aside = data_dir.with_name(f"{data_dir.name}.interrupted-{old['run_id']}")
+            shutil.move(str(data_dir), str(aside))
+            message += (f"; the unfinished run {old['run_id']} (other {', '.join(changed)}) was moved to {aside} "
+                        f"with its finished cells")
+        for sec in sections:
+            shutil.rmtree(data_dir / sec, ignore_errors=True)
+            for fig in figures_dir.glob(f"{sec}.*"):
+                fig.unlink()
+        state = dict(run_id=new_run_id(), started_utc=now(), status="running", fingerprint=fingerprint_now)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=1))
+    return state, message
+
+
+def close_study_run(data_dir, state, status):
+    state = dict(state, status=status, finished_utc=now())
+    (Path(data_dir) / STATE).write_text(json.dumps(state, indent=1))
+    return state
+
+
+def scrub_paths(files, replacements):
+    """Replace machine-specific absolute paths (the output root, the checkout, the venv, the home folder) in
+    text files about to be published, longest first so a path inside another is replaced whole."""
+    pairs = sorted(((str(a), b) for a, b in replacements.items() if str(a) not in ("", "/")), key=lambda p: -len(p[0]))
+    for f in files:
+        text = Path(f).read_text()
+        new = text
+        for old, repl in pairs:
+            new = new.replace(old, repl)
+        if new != text:
+            Path(f).write_text(new)

@@ -1,0 +1,124 @@
+"""95% intervals for the study's numbers, and the only sentences the readouts may draw from them.
+
+Intervals are percentile bootstraps (scipy.stats.bootstrap) stratified by prompt: the runs (repeats) of each
+prompt are resampled separately and the statistic is the mean over prompts of a per-prompt number, so an
+interval says how much the result would move if the repeats were run again on the same prompts. Speedups
+are paired: each prompt's speculative runs are divided by the same prompt's baseline runs.
+With 3 repeats per prompt a bootstrap interval is on the narrow side (it cannot see noise the runs did not
+show); the readouts stay conservative by claiming a difference only when two intervals do not overlap.
+"""
+from typing import NamedTuple
+
+import numpy as np
+from scipy.stats import bootstrap
+
+LEVEL = 0.95
+RESAMPLES = 2000
+NO_DIFFERENCE = "no clear difference"
+
+
+class Estimate(NamedTuple):
+    est: float
+    lo: float
+    hi: float
+
+
+NAN = Estimate(np.nan, np.nan, np.nan)
+
+
+# -- intervals --------------------------------------------------------------------------------------------
+
+def _mean_of_means(*samples, axis=-1):
+    return np.mean([s.mean(axis=axis) for s in samples], axis=0)
+
+
+def _mean_of_ratios(*samples, axis=-1):
+    """samples = (num_1, den_1, num_2, den_2, ...): the mean over prompts of mean(num_p) / mean(den_p)."""
+    return np.mean([n.mean(axis=axis) / d.mean(axis=axis) for n, d in zip(samples[0::2], samples[1::2])], axis=0)
+
+
+def _interval(samples, statistic, seed) -> Estimate:
+    samples = [np.asarray(s, float) for s in samples]
+    samples = [s[np.isfinite(s)] for s in samples]
+    if not samples or any(len(s) == 0 for s in samples):
+        return NAN
+    est = float(statistic(*samples))
+    if any(len(s) < 2 for s in samples):  # one run of a prompt: nothing to resample, no interval
+        return Estimate(est, np.nan, np.nan)
+    if all(np.ptp(s) == 0 for s in samples):  # identical runs (e.g. acceptance under greedy decoding)
+        return Estimate(est, est, est)
+    ci = bootstrap(samples, statistic, n_resamples=RESAMPLES, confidence_level=LEVEL, method="percentile",
+                   vectorized=True, paired=False, rng=np.random.default_rng(seed)).confidence_interval
+    return Estimate(est, float(ci.low), float(ci.high))
+
+
+def mean_interval(strata, seed=0) -> Estimate:
+    """Mean over strata (prompts) of each stratum's mean over its runs, with a 95% interval from resampling
+    the runs within each stratum. `strata`: a list of arrays, or one array (a single prompt)."""
+    strata = [strata] if np.ndim(strata[0]) == 0 else strata
+    return _interval(strata, _mean_of_means, seed)
+
+
+def ratio_interval(pairs, seed=0) -> Estimate:
+    """Paired speedup: mean over prompts of mean(num runs) / mean(den runs) of the same prompt, with a 95%
+    interval. `pairs`: a list of (numerator runs, denominator runs), one per prompt."""
+    return _interval([x for pair in pairs for x in pair], _mean_of_ratios, seed)
+
+
+# -- readouts -----------------------------------------------------------------------------------------------
+
+def separated(a, b) -> int:
+    """+1 when a's interval lies wholly above b's, -1 when wholly below, 0 when they overlap or one is
+    unknown (no interval means no claim)."""
+    a, b = Estimate(*a), Estimate(*b)
+    if a.lo > b.hi:
+        return 1
+    if a.hi < b.lo:
+        return -1
+    return 0
+
+
+def fmt(e, digits=2, unit="") -> str:
+    """'1.20x [1.10, 1.31]' (unit 'x'), or '4.2 [4.0, 4.4] tok/s'; no interval: '1.20x (no interval)'."""
+    e = Estimate(*e)
+    tight = unit == "x" or unit == "%"
+    scale = 100 if unit == "%" else 1
+    head = f"{e.est * scale:.{digits}f}{unit if tight else ''}"
+    tail = "" if tight or not unit else f" {unit}"
+    if not (np.isfinite(e.lo) and np.isfinite(e.hi)):
+        return f"{head}{tail} (no interval)"
+    return f"{head} [{e.lo * scale:.{digits}f}, {e.hi * scale:.{digits}f}]{tail}"
+
+
+def compare(name_a, a, name_b, b, higher="beats") -> str:
+    """'A beats B' only when the 95% intervals separate; otherwise 'no clear difference between A and B'."""
+    s = separated(a, b)
+    if s > 0:
+        return f"{name_a} {higher} {name_b}"
+    if s < 0:
+        return f"{name_b} {higher} {name_a}"
+    return f"{NO_DIFFERENCE} between {name_a} and {name_b}"
+
+
+def versus_one(name, e, reference="the target-only baseline", unit="x") -> str:
+    """A speedup against 1: faster / slower only when the interval excludes 1."""
+    s = separated(e, (1.0, 1.0, 1.0))
+    verdict = {1: "faster than", -1: "slower than", 0: f"{NO_DIFFERENCE} from"}[s]
+    return f"{name} {fmt(e, unit=unit)}: {verdict} {reference}"
+
+
+def best(names, estimates, unit="", higher="beats") -> str:
+    """Which of several configurations is highest, claimed only as far as the intervals allow: the top
+    estimate, and either 'beats every other' or the configurations it shows no clear difference from."""
+    items = [(n, Estimate(*e)) for n, e in zip(names, estimates) if np.isfinite(Estimate(*e).est)]
+    if not items:
+        return "nothing was measured"
+    items.sort(key=lambda x: -x[1].est)
+    (top, e), rest = items[0], items[1:]
+    head = f"highest: {top} {fmt(e, unit=unit)}"
+    if not rest:
+        return head
+    tied = [n for n, r in rest if separated(e, r) <= 0]
+    if not tied:
+        return f"{head}; it {higher} every other configuration (intervals separate)"
+    return f"{head}; {NO_DIFFERENCE} from {', '.join(tied)} (intervals overlap)"

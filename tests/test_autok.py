@@ -1,0 +1,157 @@
+"""k="auto": the cost model picks K (0 included), rows re-probe, and it stays lossless."""
+import json
+
+import pytest
+
+import specdec
+from specdec import autok
+from specdec.autok import AutoK, best_k, expected_tokens
+from conftest import tiny_gpt2
+from test_engine import PROMPTS, hf_greedy
+from test_sampling import NEW, PROMPT, ROWS, chi_square_pvalue, exact_joint, models  # noqa: F401 (fixture)
+
+FLAT = dict(verify_s=[0.0] + [1.0] * 9, draft_s=0.05)                        # constant-time verification
+LINEAR = dict(verify_s=[0.0] + [1.0 * t for t in range(1, 10)], draft_s=0.3)  # verify cost grows with T
+
+
+class Scripted:
+    """A K schedule fixed in advance (0 = target alone), to force catch-up after K=0 rounds."""
+
+    def __init__(self, ks, high=4):
+        self.ks, self.high, self.start, self.i = ks, high, ks[0], 0
+
+    def next_k(self, k, accepted):
+        self.i += 1
+        return self.ks[self.i % len(self.ks)]
+
+
+def test_expected_tokens():
+    assert expected_tokens(0.0, 5) == 1
+    assert expected_tokens(1.0, 4) == 5
+    assert expected_tokens(0.5, 2) == pytest.approx(1.75)
+
+
+def test_cost_picks_k():
+    assert best_k([0.95], FLAT["verify_s"], FLAT["draft_s"], 8) >= 6   # cheap rounds, high acceptance: long
+    assert best_k([0.1], FLAT["verify_s"], FLAT["draft_s"], 8) <= 1
+    assert best_k([0.6] * 4, LINEAR["verify_s"], LINEAR["draft_s"], 8) == 0  # nothing pays: target alone
+
+
+def test_acceptance_moves_k_and_a_row_at_zero_reprobes():
+    policy = AutoK(high=8, costs=FLAT)
+    start = policy.begin(None, None, 1)
+    assert start > 0
+    k = start
+    for _ in range(6):  # every draft rejected: acceptance falls, K falls to 0
+        k = policy.next_k(k, [0]) if k else policy.next_k(0, [0])
+    assert k <= 1
+    ks = []
+    for _ in range(2 * autok.PROBE_EVERY):
+        k = policy.next_k(k, [0])
+        ks.append(k)
+    assert 0 in ks
+    # a round at K=0 teaches nothing, so it must probe again within PROBE_EVERY rounds at 0
+    zeros = max(len(run) for run in "".join("0" if k == 0 else "x" for k in ks).split("x"))
+    assert zeros <= autok.PROBE_EVERY
+    for _ in range(2 * autok.PROBE_EVERY):  # acceptance recovered: a probe sees it and K grows again
+        k = policy.next_k(k, [k])
+    assert k > 1
+
+
+def test_no_probe_when_nothing_could_pay():
+    policy = AutoK(high=8, costs=dict(verify_s=[0.0] + [1.0 * t for t in range(1, 10)], draft_s=5.0))
+    assert policy.begin(None, None, 2) == 0
+    assert all(policy.next_k(0, [0, 0]) == 0 for _ in range(3 * autok.PROBE_EVERY))
+
+
+@pytest.mark.parametrize("ks", [[0, 3, 0, 0, 2, 4, 0], [2, 0, 1, 0, 0, 0, 3]])
+def test_catch_up_after_target_alone_rounds_is_lossless(pair, ks):
+    _, target, draft = pair
+    result = specdec.generate(target, PROMPTS, draft=draft, k=Scripted(ks), max_new_tokens=24)
+    assert result.tokens == [hf_greedy(target, r) for r in PROMPTS]
+    assert 0 in result.stats["k_per_iteration"] and max(result.stats["k_per_iteration"]) > 0
+
+
+@pytest.mark.parametrize("costs", [FLAT, LINEAR, None])
+def test_auto_is_lossless_and_records_k(pair, costs, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path))
+    _, target, draft = pair
+    k = "auto" if costs is None else AutoK(costs=costs)  # None: measured on this machine
+    result = specdec.generate(target, PROMPTS, draft=draft, k=k, max_new_tokens=24)
+    assert result.tokens == [hf_greedy(target, r) for r in PROMPTS]
+    assert result.stats["k"] == "auto"
+    assert all(0 <= x <= 8 for x in result.stats["k_per_iteration"])
+    if costs is LINEAR:
+        assert set(result.stats["k_per_iteration"]) <= {0, 1}  # only probes
+
+
+def test_sampling_with_zero_rounds_has_the_target_distribution(models):  # noqa: F811
+    target, draft = models
+    result = specdec.generate(target, [PROMPT] * ROWS, draft=draft, k=Scripted([0, 2], high=2),
+                              max_new_tokens=NEW + 1, temperature=1.0, seed=0, eos_token_id=[])
+    assert result.stats["k_per_iteration"][:2] == [0, 2]
+    first = [row[:NEW] for row in result.tokens]  # t1 prefill, t2 at K=0, t3 from a round after catch-up
+    assert chi_square_pvalue(first, exact_joint(target, 1.0, None)) > 1e-3
+
+
+def test_costs_are_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path))
+    target, draft = tiny_gpt2(layers=2), tiny_gpt2(layers=1)
+    calls = []
+    forward = autok.time_forward
+    monkeypatch.setattr(autok, "time_forward", lambda *a, **kw: calls.append(a[2]) or forward(*a, **kw))
+    costs = autok.measure_costs(target, draft, 2, 8)
+    assert len(costs["verify_s"]) == 10 and costs["draft_s"] > 0
+    n = len(calls)
+    assert sorted(set(calls)) == [1, 2, 3, 5, 9]
+    assert autok.measure_costs(target, draft, 2, 8) == costs and len(calls) == n
+    assert json.loads((tmp_path / "autok-costs.json").read_text())
+
+
+def test_bad_high_is_refused():
+    with pytest.raises(ValueError, match="high"):
+        AutoK(high=0)
+
+
+def test_bench_plans_auto_and_hf_defaults_cells():
+    from specdec import bench
+    prompts = [dict(id="a", category="code", text="x"), dict(id="b", category="qa", text="y")]
+    cells = bench.plan_cells(["baseline", "auto", "hf_assisted", "hf_assisted_default"], [2], [1, 2], [8],
+                             ["parallel"], prompts)
+    modes = {(c["mode"], c["batch_size"], c["k"]) for c in cells}
+    assert ("auto", 1, bench.AUTO_HIGH) in modes and ("auto", 2, bench.AUTO_HIGH) in modes
+    assert ("hf_assisted_default", 1, 20) in modes and ("hf_assisted", 1, 2) in modes
+    assert not any(c["mode"].startswith("hf_assisted") and c["batch_size"] == 2 for c in cells)  # HF: batch 1
+
+
+def test_hf_default_mode_resets_what_the_fixed_k_mode_overrode(pair):
+    """hf_assisted_default must be what a user gets: HF's defaults, even after a fixed-K cell ran."""
+    from types import SimpleNamespace
+
+    import torch
+    from specdec import bench
+    _, target, draft = pair
+    seen = []
+
+    def fake_generate(ids, assistant_model=None, **kw):
+        seen.append(dict(assistant_model.generation_config.to_dict()))
+        return torch.cat([ids, ids[:, -1:]], 1)
+
+    p = SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0), device=torch.device("cpu"),
+                        target=SimpleNamespace(generate=fake_generate, generation_config=target.generation_config),
+                        draft=draft)
+    for mode, k in (("hf_assisted", 3), ("hf_assisted_default", 20)):
+        bench.run_hf(p, dict(mode=mode, k=k, max_new_tokens=1), [[5, 6]], 0.0, 0)
+    assert (seen[0]["num_assistant_tokens"], seen[0]["assistant_confidence_threshold"]) == (3, 0)
+    assert {k: seen[1][k] for k in bench.HF_ASSISTED_DEFAULTS} == bench.HF_ASSISTED_DEFAULTS
+
+
+def test_catch_up_survives_a_row_finished_before_a_long_target_alone_streak(pair):
+    """A finished row stops growing; a catch-up longer than that row must not break the batch."""
+    _, target, draft = pair
+    short = PROMPTS[3]  # one token
+    eos = hf_greedy(target, short)[1]  # the short row stops after its second token
+    result = specdec.generate(target, PROMPTS, draft=draft, k=Scripted([1] + [0] * 12 + [3, 2]),
+                              max_new_tokens=24, eos_token_id=eos)
+    assert result.tokens == [hf_greedy(target, r, eos=eos) for r in PROMPTS]
+    assert len(result.tokens[3]) <= 2 and 3 in result.stats["k_per_iteration"]

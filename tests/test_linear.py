@@ -1,0 +1,110 @@
+"""The measured few-row linear path (specdec.linear): exact, scoped, switchable, cached per machine."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import specdec
+import specdec.engine
+from specdec import linear
+from conftest import perturbed, tiny_llama
+from test_engine import PROMPTS, hf_greedy
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path))
+    monkeypatch.setattr(linear, "PLANS", linear.Plans())
+
+
+@pytest.fixture(scope="module")
+def float32_pair():
+    """float32 on purpose: the path applies to CPU float32 linears only (conftest's models are float64)."""
+    target = tiny_llama(layers=3).float()
+    return target, perturbed(target, 0.03)
+
+
+@pytest.mark.parametrize("path", linear.PATHS)
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_every_path_computes_the_linear(path, rows):
+    weight, bias, x = torch.randn(48, 32), torch.randn(48), torch.randn(rows, 32)
+    for b in (None, bias):
+        out = linear.run_path(path, x, weight, weight.T.contiguous(), b)
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, F.linear(x, weight, b))
+
+
+@pytest.mark.parametrize("path", ["auto", *linear.PATHS])
+def test_greedy_is_lossless_on_every_path(float32_pair, monkeypatch, path):
+    target, draft = float32_pair
+    references = [hf_greedy(target, r) for r in PROMPTS]  # plain HF, outside the patched scope
+    monkeypatch.setenv("SPECDEC_LINEAR", path)
+    used = []
+    run_path = linear.run_path
+    monkeypatch.setattr(linear, "run_path", lambda p, *a: used.append(p) or run_path(p, *a))
+    for k in (1, 4):
+        result = specdec.generate(target, PROMPTS, draft=draft, k=k, max_new_tokens=24)
+        assert result.tokens == references
+    assert used  # the tiny models really went through the patched forward
+    if path != "auto":
+        assert set(used) == {path}
+    assert not any("forward" in m.__dict__ for m in target.modules())  # scope restored on exit
+
+
+def test_off_leaves_the_models_alone(float32_pair, monkeypatch):
+    target, draft = float32_pair
+    monkeypatch.setenv("SPECDEC_LINEAR", "off")
+    monkeypatch.setattr(linear, "run_path", lambda *a: pytest.fail("the path must not run when off"))
+    specdec.generate(target, PROMPTS[:1], draft=draft, k=2, max_new_tokens=4)
+
+
+def test_float64_and_non_linear_modules_take_the_default(monkeypatch):
+    model = tiny_llama(layers=1)  # float64
+    monkeypatch.setenv("SPECDEC_LINEAR", "wxt")
+    assert not list(linear.linears([model]))
+
+
+def test_unknown_mode_is_refused_before_model_work(float32_pair, monkeypatch):
+    target, draft = float32_pair
+    monkeypatch.setenv("SPECDEC_LINEAR", "fastest")
+    monkeypatch.setattr(specdec.engine, "Decoder", lambda *a, **kw: pytest.fail("model work before the check"))
+    with pytest.raises(ValueError, match="SPECDEC_LINEAR"):
+        specdec.generate(target, PROMPTS[:1], draft=draft, k=2, max_new_tokens=4)
+
+
+def test_plans_are_measured_once_and_cached_per_machine(tmp_path, monkeypatch):
+    calls = []
+    measure = linear.measure_shape
+    monkeypatch.setattr(linear, "measure_shape", lambda w: calls.append(w.shape) or measure(w))
+    weight = torch.randn(40, 24)
+    plan = linear.PLANS.get(weight)
+    assert set(plan) == set(range(1, linear.MAX_ROWS + 1)) and set(plan.values()) <= set(linear.PATHS)
+    linear.PLANS.get(weight)
+    linear.Plans().get(weight)  # a new process reads the file
+    assert calls == [(40, 24)]
+    saved = json.loads((tmp_path / "linear-plans.json").read_text())
+    assert saved[linear.machine_key()]["40x24"]
+
+
+def test_pick_keeps_the_default_unless_another_path_wins_clearly():
+    assert linear.pick(dict(linear=1.0, wxt=0.97, xwt=0.96)) == "linear"
+    assert linear.pick(dict(linear=1.0, wxt=0.5, xwt=0.48)) == "wxt"   # the copy must win by 10% more
+    assert linear.pick(dict(linear=1.0, wxt=0.5, xwt=0.3)) == "xwt"
+
+
+def test_draft_dtype_choice_is_recorded():
+    dtype = linear.faster_draft_dtype(shape=(64, 32))
+    entry = linear.PLANS.load()["draft-dtype 64x32"]
+    assert dtype == getattr(torch, entry["choice"])
+    assert entry["choice"] == ("bfloat16" if entry["bfloat16_s"] < entry["float32_s"] else "float32")
+
+
+def test_the_transposed_weight_is_made_once_and_follows_weight_updates():
+    module = torch.nn.Linear(8, 6)
+    first = linear.transposed(module)
+    assert linear.transposed(module) is first
+    assert "_specdec_weight_t" not in module.state_dict()
+    with torch.no_grad():
+        module.weight.add_(1.0)
+    torch.testing.assert_close(linear.transposed(module), module.weight.T)

@@ -1,0 +1,127 @@
+"""Intervals (specdec.stats) and the readouts drawn from them, on synthetic data with a known answer."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from specdec import bench, stats, summary
+
+
+def test_interval_is_deterministic_with_a_seed_and_contains_the_estimate():
+    x = np.random.default_rng(1).normal(10, 1, 20)
+    a, b = stats.mean_interval(x, seed=3), stats.mean_interval(x, seed=3)
+    assert a == b and a.lo < a.est < a.hi
+    assert stats.mean_interval(x, seed=4) != a  # the seed is what makes it repeatable
+
+
+def test_interval_coverage_is_near_95_percent():
+    rng = np.random.default_rng(0)
+    hits = [stats.mean_interval(rng.normal(5.0, 2.0, 40), seed=i) for i in range(200)]
+    coverage = np.mean([e.lo <= 5.0 <= e.hi for e in hits])
+    assert 0.88 <= coverage <= 0.99, coverage  # percentile bootstrap, n=40: a little under 95%
+
+
+def test_strata_are_prompts_and_ratios_are_paired():
+    # two prompts with very different speeds: the interval reflects the repeats, not the gap between prompts
+    e = stats.mean_interval([np.array([1.0, 1.1, 0.9]), np.array([9.0, 9.1, 8.9])])
+    assert e.est == pytest.approx(5.0) and e.hi - e.lo < 0.3
+    # speculative 2x the baseline on each prompt, whatever the prompt's own speed
+    r = stats.ratio_interval([(np.array([2.0, 2.2, 1.8]), np.array([1.0, 1.1, 0.9])),
+                              (np.array([18.0, 18.2, 17.8]), np.array([9.0, 9.1, 8.9]))])
+    assert r.lo < 2.0 < r.hi and r.hi - r.lo < 0.5
+
+
+def test_one_run_has_no_interval_and_identical_runs_a_zero_width_one():
+    assert np.isnan(stats.mean_interval(np.array([3.0])).lo)
+    assert stats.mean_interval(np.array([0.5, 0.5, 0.5])) == (0.5, 0.5, 0.5)
+
+
+def test_readout_says_no_clear_difference_when_intervals_overlap():
+    rng = np.random.default_rng(2)
+    a = stats.mean_interval(rng.normal(4.20, 0.3, 5), seed=0)  # 1.20x vs 1.18x: the committed run's "win"
+    b = stats.mean_interval(rng.normal(4.13, 0.3, 5), seed=0)
+    assert stats.separated(a, b) == 0
+    assert stats.compare("K=1", a, "K=2", b) == "no clear difference between K=1 and K=2"
+    said = stats.best(["K=1", "K=2"], [a, b], unit="tok/s")
+    assert "no clear difference from K=" in said and "beats" not in said
+    assert "no clear difference from" in stats.versus_one("K=1", (1.02, 0.95, 1.09))
+
+
+def test_readout_names_the_winner_when_intervals_separate():
+    rng = np.random.default_rng(3)
+    a = stats.mean_interval(rng.normal(5.0, 0.1, 5), seed=0)
+    b = stats.mean_interval(rng.normal(4.0, 0.1, 5), seed=0)
+    assert stats.compare("K=2", b, "K=1", a) == "K=1 beats K=2"
+    assert "beats every other configuration" in stats.best(["K=2", "K=1"], [b, a])
+    assert stats.best(["K=2", "K=1"], [b, a]).startswith("highest: K=1")
+    assert "slower than" in stats.versus_one("K=6", (0.8, 0.75, 0.85))
+    assert "faster than" in stats.versus_one("K=1", (1.2, 1.1, 1.3))
+    assert stats.fmt((1.2, 1.1, 1.3), unit="x") == "1.20x [1.10, 1.30]"
+
+
+def test_no_interval_means_no_claim():
+    assert stats.separated((5.0, np.nan, np.nan), (1.0, 0.9, 1.1)) == 0
+    assert "no interval" in stats.fmt((5.0, np.nan, np.nan), unit="tok/s")
+
+
+def synthetic_rows(spec_speed, prompts=("p1", "p2"), repeats=4, seed=0):
+    """Rows as a sweep writes them: baseline at ~1 tok/s x prompt factor, speculative at spec_speed x that."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for j, p in enumerate(prompts):
+        for mode, k, speed in (("baseline", 0, 1.0), ("speculative", 2, spec_speed)):
+            for it in range(repeats):
+                tp = speed * (1 + j) * rng.normal(1, 0.02)
+                rows.append(dict(pair="x", target="t", draft="d", device="cpu", dtype="float32", draft_dtype="float32",
+                                 temperature=0.0, seed=0, mode=mode, k=k, batch_size=1, max_new_tokens=16,
+                                 verify="parallel" if k else "-", prompt_id=p, prompt_ids=p, iteration=it,
+                                 status="ok", timing_only=False, new_tokens=16, seconds=16 / tp, throughput=tp,
+                                 prefill_s=3 / tp, accepted=10 if k else None, proposed=14 if k else None,
+                                 iterations=7 if k else 16, acceptance_rate=0.7 if k else None, mean_k=k or None,
+                                 draft_step_s=0.05 if k else None, verify_iter_s=(0.3 if k else 0.25)))
+    return pd.DataFrame(rows).reindex(columns=list(bench.COLUMNS))  # every column a sweep writes
+
+
+def test_summarize_has_interval_columns_around_the_paired_speedup():
+    rows = synthetic_rows(1.5)
+    cells = summary.summarize(rows)
+    spec = cells[cells["mode"] == "speculative"]
+    assert ((spec["speedup_lo"] < spec["speedup"]) & (spec["speedup"] < spec["speedup_hi"])).all()
+    assert (spec["speedup_lo"] > 1.4).all() and (spec["speedup_hi"] < 1.6).all()
+    assert ((cells["throughput_lo"] <= cells["throughput"]) & (cells["throughput"] <= cells["throughput_hi"])).all()
+    assert (cells["decode_throughput"] > cells["throughput"]).all()  # a slow prefill (3 token-times) is left out
+    by = summary.summarize(rows, by=("mode", "k"))
+    s = by[by["mode"] == "speculative"].iloc[0]
+    assert s["prompts"] == 2 and s["speedup_lo"] < 1.5 < s["speedup_hi"]
+
+
+def test_plan_cells_gives_every_batch_row_its_own_prompt():
+    prompts = bench.load_prompts()[:5]
+    cells = bench.plan_cells(["baseline"], [1], [2, 4], [8], ["parallel"], prompts)
+    groups = [c["prompt_ids"].split(",") for c in cells]
+    assert [len(g) for g in groups] == [2, 2, 4]
+    assert all(len(set(g)) == len(g) for g in groups)
+    assert len({frozenset(g) for g in groups}) == len(groups)  # no group is a permutation of another
+    with pytest.raises(ValueError, match="needs at least 8 distinct prompts"):
+        bench.plan_cells(["baseline"], [1], [8], [8], ["parallel"], prompts)
+
+
+def test_run_order_is_seeded_blocked_and_complete():
+    cells = [dict(mode="m", k=i, verify="-", batch_size=1, max_new_tokens=8) for i in range(6)]
+    order = bench.run_order(cells, 3, seed=5)
+    assert order == bench.run_order(cells, 3, seed=5) != bench.run_order(cells, 3, seed=6)
+    assert sorted((c["k"], i) for c, i in order) == [(k, i) for k in range(6) for i in range(3)]
+    blocks = [[c["k"] for c, i in order if i == it] for it in range(3)]
+    assert all(sorted(b) == list(range(6)) for b in blocks) and blocks[0] != list(range(6))
+    assert len(bench.warmup_cells(cells + cells)) == 6
+
+
+def test_calibrated_prediction_recovers_known_parameters():
+    # a = 0.5 at K=2: accepted per round a(1-a^2)/(1-a) = 0.75; c = 0.05/0.25 = 0.2; v = 0.3/0.25 = 1.2
+    rows = synthetic_rows(1.0).assign(accepted=lambda d: np.where(d["k"] > 0, 3.0, np.nan),
+                                      iterations=lambda d: np.where(d["k"] > 0, 4, 16))
+    pred = summary.calibrated_prediction(rows, ks=[2]).iloc[0]
+    assert pred["a"] == pytest.approx(0.5, abs=1e-6) and pred["c"] == pytest.approx(0.2)
+    assert pred["v"] == pytest.approx(1.2)
+    assert pred["predicted_speedup"] == pytest.approx(summary.predicted_speedup(0.5, 2, 0.2, 1.2))
+    with pytest.raises(ValueError, match="calibration needs"):
+        summary.calibrated_prediction(rows[rows["mode"] == "baseline"], ks=[2])
