@@ -18,11 +18,10 @@ nothing, so after PROBE_EVERY such rounds it drafts one token (a probe), unless 
 with every draft accepted.
 """
 import json
-import time
 
 import torch
 
-from .linear import machine_key, mode
+from .linear import machine_key, mode, time_forward
 
 PRIOR, PRIOR_WEIGHT = 0.6, 2.0  # a draft from the same family accepts roughly this often before any evidence
 DECAY = 0.7                     # weight of past rounds per round: a row's acceptance moves within ~3 rounds
@@ -49,18 +48,6 @@ def cost_points(high):
     return points + [high + 1]
 
 
-def time_forward(model, batch, tokens, keep, reps=3) -> float:
-    ids = torch.zeros(batch, tokens, dtype=torch.long, device=model.device)
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        model(input_ids=ids, use_cache=False, logits_to_keep=keep)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize(model.device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def model_key(model) -> str:
     c = model.config.get_text_config()
     shape = [getattr(c, n, None) for n in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")]
@@ -80,12 +67,12 @@ def measure_costs(target, draft, batch, high) -> dict:
         everything = {}
     if key not in everything:
         with torch.inference_mode():
-            time_forward(target, batch, 1, 1, reps=1)  # warm-up: page-in, kernel selection
+            time_forward(target, 1, batch, 1, reps=0)  # warm-up only: page-in, kernel selection
             draft_s, points = float("inf"), dict.fromkeys(cost_points(high), float("inf"))
             for _ in range(3):  # interleaved, min of 3: a load spike on a shared machine hits all points alike
                 for t in points:
-                    points[t] = min(points[t], time_forward(target, batch, t, 0, reps=1))
-                draft_s = 0.0 if draft is None else min(draft_s, time_forward(draft, batch, 1, 1, reps=2))
+                    points[t] = min(points[t], time_forward(target, t, batch, 0, reps=1, warmup=False))
+                draft_s = 0.0 if draft is None else min(draft_s, time_forward(draft, 1, batch, 1, reps=2, warmup=False))
         everything[key] = dict(verify_s=points, draft_s=draft_s)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(everything, indent=1))

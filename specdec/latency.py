@@ -18,11 +18,12 @@ import torch
 
 from .arena import Arena
 from .bench import model_names, weights_of
+from .linear import fast_linears, mode as linear_mode
 from .profiler import synchronize
 from .results import RESULTS, append_row, done_keys, now, read_rows, start_run
 
 MODES = ("parallel", "naive")
-SETTING = ("pair", "target", "device", "dtype", "context", "batch_size")  # what makes two rows comparable
+SETTING = ("pair", "target", "device", "dtype", "linear", "context", "batch_size")  # what makes two rows comparable
 KEY = SETTING + ("k", "mode", "repeat")
 COLUMNS = ("run_id", *KEY, "timing_only", "tokens", "forwards", "seconds", "finished_utc")
 
@@ -66,35 +67,45 @@ def measure(pair, out_dir, *, ks=range(1, 9), modes=MODES, context=64, batch_siz
     if unknown:
         raise ValueError(f"unknown verification modes {sorted(unknown)}; choose from {MODES}")
     model = pair.target
+    # `linear`: the few-row linear path the engine itself uses inside generate (specdec.linear; "off" is torch's
+    # default), so that this curve is the verification cost the engine pays.
     setting = dict(pair=pair.name, target=model_names(pair)[0], device=str(pair.device),
-                   dtype=str(pair.dtype).removeprefix("torch."), context=int(context), batch_size=int(batch_size))
+                   dtype=str(pair.dtype).removeprefix("torch."), linear=linear_mode(), context=int(context),
+                   batch_size=int(batch_size))
     plan = [dict(setting, k=k, mode=m, repeat=r) for r in range(repeats) for k in ks for m in modes]
     done = done_keys(read_rows(results), KEY)
     todo = [p for p in plan if tuple(p[c] for c in KEY) not in done]
 
     if todo:
-        run_id = start_run(out, **setting, weights=weights_of(pair), timing_only=pair.timing_only, ks=ks, modes=modes, repeats=repeats,
-                           warmup=warmup, seed=seed, **(params or {}))
-        arena = Arena(model, batch_size, context + max(ks) + 1)
-        prefix = context_tokens(model, batch_size, context + max(ks) + 1, seed)
-        arena.forward(prefix[:, :context])  # prefill once; every measurement reuses this context
-        arena.advance(context)
-        if warmup:  # one untimed forward per shape (T = 1 and every K+1): first calls pay one-off costs
-            for t in sorted({1, *(k + 1 for k in ks)}):
-                time_verify(arena, prefix[:, context:context + t], "parallel", context)
-        start = time.perf_counter()
-        for i, p in enumerate(todo):
-            block = prefix[:, context:context + p["k"] + 1]  # the "drafts": content is irrelevant to cost
-            seconds = time_verify(arena, block, p["mode"], context)
-            append_row(results, dict(p, run_id=run_id, timing_only=pair.timing_only, tokens=p["k"] + 1,
-                                     forwards=1 if p["mode"] == "parallel" else p["k"] + 1, seconds=seconds,
-                                     finished_utc=now()),
-                       COLUMNS)
-            if progress and (i + 1) % max(len(todo) // 10, 1) == 0:
-                print(f"latency: {i + 1}/{len(todo)} measurements, {time.perf_counter() - start:.0f} s", flush=True)
+        run_id = start_run(out, **setting, weights=weights_of(pair), timing_only=pair.timing_only, ks=ks, modes=modes,
+                           repeats=repeats, warmup=warmup, seed=seed, **(params or {}))
+        with fast_linears([model]):
+            time_all(pair, todo, ks, context, batch_size, warmup, seed, results, run_id, progress)
     mine = {tuple(p[c] for c in KEY) for p in plan}
     rows = [r for r in read_rows(results) if tuple(r.get(c) for c in KEY) in mine]
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def time_all(pair, todo, ks, context, batch_size, warmup, seed, results, run_id, progress):
+    """Prefill the fixed context once, warm every shape, then time `todo` in order, one row each."""
+    model = pair.target
+    arena = Arena(model, batch_size, context + max(ks) + 1)
+    prefix = context_tokens(model, batch_size, context + max(ks) + 1, seed)
+    arena.forward(prefix[:, :context])  # prefill once; every measurement reuses this context
+    arena.advance(context)
+    if warmup:  # one untimed forward per shape (T = 1 and every K+1): first calls pay one-off costs
+        for t in sorted({1, *(k + 1 for k in ks)}):
+            time_verify(arena, prefix[:, context:context + t], "parallel", context)
+    start = time.perf_counter()
+    for i, p in enumerate(todo):
+        block = prefix[:, context:context + p["k"] + 1]  # the "drafts": content is irrelevant to cost
+        seconds = time_verify(arena, block, p["mode"], context)
+        append_row(results, dict(p, run_id=run_id, timing_only=pair.timing_only, tokens=p["k"] + 1,
+                                 forwards=1 if p["mode"] == "parallel" else p["k"] + 1, seconds=seconds,
+                                 finished_utc=now()),
+                   COLUMNS)
+        if progress and (i + 1) % max(len(todo) // 10, 1) == 0:
+            print(f"latency: {i + 1}/{len(todo)} measurements, {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def summarize(rows) -> pd.DataFrame:

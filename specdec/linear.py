@@ -193,29 +193,38 @@ def fast_linears(models):
 
 # -- draft dtype --------------------------------------------------------------------------------------------
 
-def faster_draft_dtype(shape=(4864, 896)) -> torch.dtype:
-    """float32 or bfloat16, whichever runs a 1-row product of a representative draft MLP shape (Qwen2.5-0.5B's
-    up-projection by default) faster on this CPU; float32 at its best measured path. Cached per machine."""
+def faster_draft_dtype(load_draft, key) -> torch.dtype:
+    """float32 or bfloat16, whichever runs the draft model's own forwards faster on this CPU: one token (most
+    draft steps) plus two tokens (a round's first step after a fully accepted round), float32 at its measured
+    linear path. Whole forwards, not one product: measured here, a bfloat16 Qwen2.5-0.5B runs one token 2x
+    faster than float32 but two tokens 2x slower (its vocabulary projection leaves the fast bfloat16 kernel).
+    `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per machine and model."""
     table = PLANS.load()
-    key = f"draft-dtype {shape[0]}x{shape[1]}"
+    key = f"draft-dtype {key}"
     if key not in table:
-        weight = torch.randn(*shape)
-        f32 = min(time_paths(weight, weight.T.contiguous(), 1, reps=20).values())
-        b16 = _time_bf16(weight)
-        table[key] = dict(float32_s=f32, bfloat16_s=b16, choice="bfloat16" if b16 < f32 else "float32")
+        seconds = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            model = load_draft(dtype)
+            with torch.inference_mode(), fast_linears([model]):
+                seconds[str(dtype).removeprefix("torch.")] = sum(time_forward(model, t) for t in (1, 2))
+            del model
+        table[key] = dict(**{f"{d}_s": s for d, s in seconds.items()}, choice=min(seconds, key=seconds.get))
         PLANS.save()
     return getattr(torch, table[key]["choice"])
 
 
-def _time_bf16(weight, reps=20) -> float:
-    weight = weight.to(torch.bfloat16)
-    x = torch.randn(1, weight.shape[1], dtype=torch.bfloat16)
-    F.linear(x, weight)
+def time_forward(model, tokens, batch=1, keep=1, reps=3, warmup=True) -> float:
+    """Seconds of the fastest of `reps` cache-free forwards over [batch, tokens] (logits of the last `keep`
+    positions; 0: all), the device synchronised."""
+    ids = torch.zeros(batch, tokens, dtype=torch.long, device=model.device)
     best = float("inf")
-    for _ in range(reps):
+    for rep in range(reps + warmup):  # the warm-up pays page-in and kernel choice
         t = time.perf_counter()
-        F.linear(x, weight)
-        best = min(best, time.perf_counter() - t)
+        model(input_ids=ids, use_cache=False, logits_to_keep=keep)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        if rep >= warmup:
+            best = min(best, time.perf_counter() - t)
     return best
 
 

@@ -371,17 +371,17 @@ def load_pair(target, draft=None, device="auto", dtype="auto", draft_dtype=None)
     name, pair = ("custom", {}) if draft is not None or target not in PAIRS else (target, PAIRS[target])
     device = resolve_device(device)
     t_dtype = resolve_dtype(pair.get("dtype", "auto") if dtype in (None, "auto") else dtype, device)
-    if draft_dtype == "auto" and device.type == "cpu" and t_dtype == torch.float32:
+    if pair:
+        target, draft = pair["target"], pair["draft"]
+    if draft is not None and draft_dtype == "auto" and device.type == "cpu" and t_dtype == torch.float32:
         # The draft only proposes, so its precision is free: the faster of float32 / bfloat16 on this CPU,
-        # measured once on a representative 1-row product and cached (specdec.linear.faster_draft_dtype).
+        # measured once on the draft's own forwards and cached (specdec.linear.faster_draft_dtype).
         from .linear import faster_draft_dtype
-        d_dtype = faster_draft_dtype()
+        d_dtype = faster_draft_dtype(lambda dt: _load(draft, device, dt)[0], str(draft))
         log.info("draft dtype: %s (auto: measured faster on this CPU)", str(d_dtype).removeprefix("torch."))
     else:
         d_dtype = resolve_dtype(t_dtype if draft_dtype == "auto" else draft_dtype or pair.get("draft_dtype", t_dtype),
                                 device)
-    if pair:
-        target, draft = pair["target"], pair["draft"]
     t_model, tok, t_timing = _load(target, device, t_dtype)
     if draft is None:
         return Pair(name, t_model, None, tok, device, t_dtype, t_timing, None)

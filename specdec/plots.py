@@ -117,21 +117,27 @@ def has(ref):
     return ref is not None and len(ref) > 0
 
 
+def sweep_panels(cells, reference, width, height):
+    """The sweeps' panel grid, two per row: throughput, speedup, acceptance (not for timing-only pairs, whose
+    acceptance means nothing) and the seed's reported numbers (only when given). Returns (fig, {name: axes})."""
+    panels = ["throughput", "speedup"] + ([] if timing_only(cells) else ["acceptance"]) + (["seed"] if has(reference)
+                                                                                               else [])
+    cols = 2 if len(panels) > 2 else len(panels)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + 1.2), squeeze=False)
+    for extra in list(axes.flat)[len(panels):]:
+        extra.remove()
+    return fig, dict(zip(panels, axes.flat))
+
+
 # -- 1. K sweep -------------------------------------------------------------------------------------------
 
 def k_sweep(cells, table, reference=None, target=""):
     """Throughput and speedup vs K (speculative; mean over prompts with 95% intervals), the target-only
     baseline as a band, acceptance vs K (unless timing-only), and the seed's reported series in its own panel."""
     spec, base = table[table["mode"] == "speculative"].sort_values("k"), table[table["mode"] == "baseline"]
-    hide_acceptance = timing_only(cells)
-    panels = ["throughput", "speedup"] + ([] if hide_acceptance else ["acceptance"]) + (["seed"] if has(reference)
-                                                                                           else [])
-    cols = 2 if len(panels) > 2 else len(panels)
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.2 * rows + 1.2), squeeze=False)
-    ax = dict(zip(panels, axes.flat))
-    for extra in list(axes.flat)[len(panels):]:
-        extra.remove()
+    fig, ax = sweep_panels(cells, reference, 6, 4.2)
+    hide_acceptance = "acceptance" not in ax
     nprompts = int(spec["prompts"].max()) if len(spec) else 0
     interval_line(ax["throughput"], spec, "k", "throughput", f"specdec speculative (mean of {nprompts} prompts)")
     if len(base):
@@ -143,7 +149,7 @@ def k_sweep(cells, table, reference=None, target=""):
                   color="tab:green")
     ax["speedup"].axhline(1.0, color=BASE_COLOR, ls="--", lw=1)
     ax["speedup"].set(xlabel="K (draft tokens per round)", ylabel="speedup (x)", title="Speedup over target only")
-    if not hide_acceptance:
+    if "acceptance" in ax:
         ok = cells[(cells["runs"] > 0) & (cells["mode"] == "speculative")]
         ax["acceptance"].scatter(ok["k"], ok["acceptance_rate"] * 100, color="tab:blue", alpha=0.5, s=18,
                                  label="acceptance, one prompt")
@@ -194,15 +200,8 @@ def batch_sweep(cells, table, reference=None, target=""):
     order = ["target only (baseline)"] + [f"speculative K={k}" for k in sorted(t.loc[t["mode"] == "speculative", "k"]
                                                                                 .unique())]
     palette = dict(zip(order, sns.color_palette("deep", len(order))))
-    hide_acceptance = timing_only(cells)
-    panels = ["throughput", "speedup"] + ([] if hide_acceptance else ["acceptance"]) + (["seed"] if has(reference)
-                                                                                           else [])
-    cols = 2 if len(panels) > 2 else len(panels)
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.4 * rows + 1.2), squeeze=False)
-    ax = dict(zip(panels, axes.flat))
-    for extra in list(axes.flat)[len(panels):]:
-        extra.remove()
+    fig, ax = sweep_panels(cells, reference, 6.5, 4.4)
+    hide_acceptance = "acceptance" not in ax
     xs = grouped_bars(ax["throughput"], t, "where", "throughput", "series", order, palette)
     ax["throughput"].set_xticks(range(len(xs)), xs)
     ax["throughput"].set(xlabel="batch size (new tokens per row)", ylabel="throughput (tokens/s, all rows)",
@@ -213,7 +212,7 @@ def batch_sweep(cells, table, reference=None, target=""):
     ax["speedup"].axhline(1.0, color=BASE_COLOR, ls="--", lw=1)
     ax["speedup"].set(xlabel="batch size (new tokens per row)", ylabel="speedup over target only (x)",
                       title="Speedup (paired by prompt group)")
-    if not hide_acceptance:
+    if "acceptance" in ax:
         for k, s in spec.groupby("k"):
             ax["acceptance"].plot(s["where"], s["acceptance_rate"] * 100, marker="o", label=f"speculative K={k}",
                                   color=palette[f"speculative K={k}"])

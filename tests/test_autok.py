@@ -99,7 +99,7 @@ def test_costs_are_measured_once_and_cached(tmp_path, monkeypatch):
     target, draft = tiny_gpt2(layers=2), tiny_gpt2(layers=1)
     calls = []
     forward = autok.time_forward
-    monkeypatch.setattr(autok, "time_forward", lambda *a, **kw: calls.append(a[2]) or forward(*a, **kw))
+    monkeypatch.setattr(autok, "time_forward", lambda *a, **kw: calls.append(a[1]) or forward(*a, **kw))  # a[1]: tokens
     costs = autok.measure_costs(target, draft, 2, 8)
     assert len(costs["verify_s"]) == 10 and costs["draft_s"] > 0
     n = len(calls)

@@ -93,11 +93,18 @@ def test_pick_keeps_the_default_unless_another_path_wins_clearly():
     assert linear.pick(dict(linear=1.0, wxt=0.5, xwt=0.3)) == "xwt"
 
 
-def test_draft_dtype_choice_is_recorded():
-    dtype = linear.faster_draft_dtype(shape=(64, 32))
-    entry = linear.PLANS.load()["draft-dtype 64x32"]
+def test_draft_dtype_is_chosen_by_timing_the_draft_itself_and_recorded():
+    from specdec.models import load
+    loaded = []
+    def load_draft(dtype):
+        loaded.append(dtype)
+        return load("tiny-llama-draft", device="cpu", dtype=dtype)[0]
+    dtype = linear.faster_draft_dtype(load_draft, "tiny-llama-draft (test)")
+    assert loaded == [torch.float32, torch.bfloat16]  # both dtypes timed, whole forwards
+    entry = linear.PLANS.load()["draft-dtype tiny-llama-draft (test)"]
     assert dtype == getattr(torch, entry["choice"])
     assert entry["choice"] == ("bfloat16" if entry["bfloat16_s"] < entry["float32_s"] else "float32")
+    assert linear.faster_draft_dtype(load_draft, "tiny-llama-draft (test)") == dtype and len(loaded) == 2  # cached
 
 
 def test_the_transposed_weight_is_made_once_and_follows_weight_updates():
