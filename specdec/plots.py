@@ -69,10 +69,18 @@ def finish(fig, title, subtitle, notes=(), ncol=3, legend_title=None):
     return fig
 
 
-def save(fig, figures_dir, name) -> list[Path]:
-    """<figures_dir>/<name>.png and .svg; returns the paths."""
+def save(fig, figures_dir, name, data_dir=None) -> list[Path]:
+    """<figures_dir>/<name>.png and .svg; returns the paths. The figure's last line names the machine, commit
+    and date of the rows it was drawn from (their run ids), read from <data_dir>/<name>/ (default: the study's
+    layout, data/<target>/ beside figures/<target>/)."""
+    from .results import RESULTS, describe_runs, read_rows
+
     out = Path(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
+    folder = Path(data_dir or out.parent.parent / "data" / out.name) / name
+    rows = read_rows(folder / RESULTS)
+    if rows:
+        fig.text(0.01, -0.02, f"Data: {describe_runs(folder, rows)}.", fontsize=8, color="0.35", va="top")
     paths = [out / f"{name}.png", out / f"{name}.svg"]
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight")
