@@ -78,14 +78,19 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
     cells["predicted_speedup"] = np.where(spec, predicted, np.nan)
 
     runs = {k: g for k, g in ok.groupby("_cell", sort=False)}
-    base_runs = {k: g["throughput"].to_numpy(float) for k, g in ok[ok["mode"] == "baseline"].groupby("_match")}
+    runs_of = lambda mode: {k: g["throughput"].to_numpy(float) for k, g in ok[ok["mode"] == mode].groupby("_match")}
+    base_runs, hf_default_runs = runs_of("baseline"), runs_of("hf_assisted_default")
     col = lambda c, name: [runs[k][name].to_numpy(float) if k in runs else np.array([np.nan]) for k in c["_cell"]]
-    pairs = lambda c: [(t, base_runs[m]) for t, m, mode in zip(col(c, "throughput"), c["_match"], c["mode"])
-                       if mode != "baseline" and m in base_runs]
+    # (this cell's runs, the reference's runs on the same prompts) for the cells of `modes`: paired ratios
+    pairs = lambda c, ref, modes: [(t, ref[m]) for t, m, mode in zip(col(c, "throughput"), c["_match"], c["mode"])
+                                   if mode in modes and m in ref]
+    paired = lambda c, ref, modes: stats.ratio_interval(pairs(c, ref, modes), seed) if pairs(c, ref, modes) \
+        else stats.NAN
+    drafted = set(ok["mode"]) - {"baseline"}
     intervals = lambda c: dict(
         throughput=stats.mean_interval(col(c, "throughput"), seed),
         decode_throughput=stats.mean_interval(col(c, "decode_throughput"), seed),
-        speedup=stats.ratio_interval(pairs(c), seed) if len(pairs(c)) else stats.NAN)
+        speedup=paired(c, base_runs, drafted), speedup_vs_hf_default=paired(c, hf_default_runs, {"auto"}))
     if by is None:
         found = [intervals(cells.iloc[[i]]) for i in range(len(cells))]
         out = cells
@@ -93,7 +98,7 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
         grouped = cells.groupby(list(by), dropna=False, sort=False)
         found = [intervals(g) for _, g in grouped]
         out = grouped.mean(numeric_only=True).join(grouped["prompt_id"].nunique().rename("prompts")).reset_index()
-    for name in ("throughput", "decode_throughput", "speedup"):
+    for name in ("throughput", "decode_throughput", "speedup", "speedup_vs_hf_default"):
         out[f"{name}_lo"] = [f[name].lo for f in found]
         out[f"{name}_hi"] = [f[name].hi for f in found]
     return out.drop(columns=["_cell", "_match"], errors="ignore")

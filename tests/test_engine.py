@@ -1,7 +1,6 @@
 """Greedy losslessness, batching, verification modes and input checks of specdec.generate."""
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import specdec
 from conftest import perturbed, tiny_gpt2, tiny_llama

@@ -125,3 +125,14 @@ def test_calibrated_prediction_recovers_known_parameters():
     assert pred["predicted_speedup"] == pytest.approx(summary.predicted_speedup(0.5, 2, 0.2, 1.2))
     with pytest.raises(ValueError, match="calibration needs"):
         summary.calibrated_prediction(rows[rows["mode"] == "baseline"], ks=[2])
+
+
+def test_auto_against_hf_defaults_gets_its_own_paired_interval():
+    rows = synthetic_rows(1.5)
+    as_mode = lambda mode, k: rows[rows["mode"] == "speculative"].assign(mode=mode, k=k)
+    auto, hf = as_mode("auto", 8), as_mode("hf_assisted_default", 20)
+    hf = hf.assign(throughput=hf["throughput"] / 1.2, seconds=hf["seconds"] * 1.2)  # auto is 1.2x HF's defaults
+    cells = summary.summarize(pd.concat([rows, auto, hf], ignore_index=True))
+    a = cells[cells["mode"] == "auto"]
+    assert ((a["speedup_vs_hf_default_lo"] < 1.2) & (1.2 < a["speedup_vs_hf_default_hi"])).all()
+    assert cells[cells["mode"] != "auto"]["speedup_vs_hf_default_lo"].isna().all()
