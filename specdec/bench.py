@@ -26,7 +26,8 @@ from .results import RESULTS, append_row, done_keys, end_torn_line, latest_by_ke
 MODES = ("baseline", "speculative", "auto", "adaptive", "prompt_lookup", "hf_generate", "hf_assisted",
          "hf_assisted_default")
 SPECDEC_MODES = ("baseline", "speculative", "auto", "adaptive", "prompt_lookup")  # the rest: HF generate
-NEEDS_DRAFT = ("speculative", "auto", "adaptive", "hf_assisted", "hf_assisted_default")
+HF_ASSISTED = ("hf_assisted", "hf_assisted_default")
+NEEDS_DRAFT = ("speculative", "auto", "adaptive", *HF_ASSISTED)
 AUTO_HIGH = 8  # k recorded for `auto` cells: AutoK's largest K (it picks 0..8 per round)
 # What generate(assistant_model=...) uses when the user sets nothing (transformers GenerationConfig defaults).
 HF_ASSISTED_DEFAULTS = dict(num_assistant_tokens=20, num_assistant_tokens_schedule="constant",
@@ -149,7 +150,7 @@ def run_hf(pair, cell, rows, temperature, seed) -> tuple[list, dict]:
     if temperature > 0:  # plain temperature sampling, like specdec's (HF's default top_k=50 switched off)
         kw.update(temperature=temperature, top_k=0, top_p=1.0)
         torch.manual_seed(seed or 0)
-    assistant = pair.draft if cell["mode"] in ("hf_assisted", "hf_assisted_default") else None
+    assistant = pair.draft_in_target_dtype() if cell["mode"] in HF_ASSISTED else None
     if cell["mode"] == "hf_assisted":
         # HF reads K from the assistant's generation_config (and, by default, adapts it from call to call):
         # set it before every call, with no schedule and no confidence-based early stop, so K is fixed.
@@ -225,6 +226,9 @@ def sweep(pair, out_dir, *, modes=("baseline", "speculative"), ks=(1, 2, 4), bat
                    dtype=dtype_name(pair.dtype), draft_dtype=dtype_name(getattr(pair, "draft_dtype", None)),
                    temperature=float(temperature), seed=seed)
     cells = [dict(context, **c) for c in plan_cells(modes, ks, batch_sizes, max_new_tokens, verify, prompts)]
+    for cell in cells:
+        if cell["mode"] in HF_ASSISTED:  # HF assisted generation gets the draft in the target's dtype (run_hf)
+            cell["draft_dtype"] = context["dtype"]
     if pair.draft is None and any(c["mode"] in NEEDS_DRAFT for c in cells):
         raise ValueError(f"modes {NEEDS_DRAFT} need a draft model; this pair has none")
 
@@ -362,7 +366,7 @@ def parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--draft-dtype", default=None, help="default: the pair's, else the target's")
+    p.add_argument("--draft-dtype", default=None, help="default: the pair's, else auto (the faster of float32/bfloat16 on a CPU float32 target)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument("--no-progress", action="store_true")

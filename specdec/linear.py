@@ -1,17 +1,27 @@
-"""Few-row float32 linears on CPU, by measurement: the path that makes verification near-constant in K.
+"""Few-row linears on CPU, by measurement: the path that makes verification near-constant in K.
 
 On CPU the default float32 GEMM behind `F.linear` can cost ~rows x the 1-row cost for 2..8 rows, while the
-same product written another way (`W @ x.T`, or `x @ Wt` against a weight transposed once) hits a kernel
-whose cost stays flat. Which path wins differs from CPU to CPU (DESIGN.md section 6), so nothing is fixed in
-code: for each (out, in) shape and row count 1..MAX_ROWS the three exact float32 paths are timed once,
-and the plan is cached per machine (CPU model, torch version, threads) under specdec.models.cache_root().
+same product computed another way hits a kernel whose cost stays flat. The candidates, all exact products
+in the weight's dtype (float32, or bfloat16 for a draft loaded in it):
+  linear  F.linear (PyTorch's default; MKL on x86)
+  wxt     W @ x.T
+  xwt     x @ Wt, against a weight transposed once (a copy)
+  onednn  oneDNN's matmul on the weight as it is (torch.ops.mkldnn._linear_pointwise, what Inductor calls)
+  packed  the same, against a weight reordered once into oneDNN's blocked layout (a copy)
+Which path wins differs from CPU to CPU (DESIGN.md section 6), so nothing is fixed in code: for each
+(out, in) shape, dtype and row count 1..MAX_ROWS the paths are timed once, and the plan is cached per machine
+(CPU model, torch version, threads) under specdec.models.cache_root().
+
+A copy costs the weight's memory again (kept on the module for the next generations). A copy path must beat
+the best in-place path by 10%, and a copy is made only while the machine keeps MEMORY_FLOOR of its RAM
+free; past that a module takes its best in-place path (the plan's "lean" half).
 
     with fast_linears([target, draft]):   # entered by engine.generate(); restores every module on exit
         ...
 
-Switch: SPECDEC_LINEAR=off (default path), =auto (measured, the default), or =linear/wxt/xwt (force one
-path: tests use this so tiny models exercise every path). CPU float32 only; other devices/dtypes and
-calls with more than MAX_ROWS rows take the default `F.linear`.
+Switch: SPECDEC_LINEAR=off (default path), =auto (measured, the default), or one of PATHS (force one path:
+tests use this so tiny models exercise every path). CPU float32 and bfloat16 only; other devices and dtypes,
+and calls with more than MAX_ROWS rows, take the default `F.linear`.
 
 `python -m specdec.linear` prints the per-path timings (torch.utils.benchmark) for Qwen2.5-1.5B's shapes.
 """
@@ -20,66 +30,89 @@ import json
 import os
 import time
 
+import psutil
 import torch
 import torch.nn.functional as F
 
-MAX_ROWS = 16
-PATHS = ("linear", "wxt", "xwt")
-WIN_MARGIN = 0.9  # the transposed copy costs memory: keep it only when it beats the best other path by 10%
+MAX_ROWS = 64                 # a verify over K+1 <= 9 tokens at batch <= 4 (and then some)
+PACK_ROWS = 16                # the row count oneDNN lays a packed weight out for
+COPIES = ("xwt", "packed")    # paths that keep a second copy of the weight
+WIN_MARGIN = 0.9              # a copy must beat the best in-place path by 10%
+MEMORY_FLOOR = 0.2            # make no copy that would leave less than this share of RAM available
+DTYPES = (torch.float32, torch.bfloat16)
 
 
-def run_path(path, x2, weight, weight_t, bias):
-    """x2 [rows, in] -> [rows, out] by one of PATHS; all three are exact float32 products."""
+def onednn_available() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and callable(torch.ops.mkldnn._linear_pointwise)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+PATHS = ("linear", "wxt", "xwt", *(("onednn", "packed") if onednn_available() else ()))
+
+
+def prepare(path, weight):
+    """The weight operand `path` multiplies by: the weight itself, or its copy made once."""
+    if path == "xwt":
+        return weight.T.contiguous()
+    if path == "packed":  # the blocked layout oneDNN picks for PACK_ROWS rows (measured: as good up to 64)
+        return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
+    return weight
+
+
+def run_path(path, x2, weight, bias):
+    """x2 [rows, in] -> [rows, out] by one of PATHS, `weight` as prepare(path, W) made it."""
     if path == "linear":
         return F.linear(x2, weight, bias)
-    if path == "wxt":
-        out = (weight @ x2.T).T
-    else:
-        out = x2 @ weight_t
+    if path in ("onednn", "packed"):
+        return torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "none", [], "")
+    out = (weight @ x2.T).T if path == "wxt" else x2 @ weight
     return (out if bias is None else out + bias).contiguous()  # callers .view() it
 
 
-def time_paths(weight, weight_t, rows, reps) -> dict:
+def time_paths(weight, rows, reps) -> dict:
     """{path: seconds}, min over `reps` calls after one warm-up; paths interleaved so drifting load hits all."""
-    x = torch.randn(rows, weight.shape[1])
+    x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
+    operands = {path: prepare(path, weight) for path in PATHS}
     best = dict.fromkeys(PATHS, float("inf"))
     for rep in range(reps + 1):
         for path in PATHS:
             t = time.perf_counter()
-            run_path(path, x, weight, weight_t, None)
+            run_path(path, x, operands[path], None)
             if rep:  # rep 0 is the warm-up (first touch of the weight, kernel selection)
                 best[path] = min(best[path], time.perf_counter() - t)
     return best
 
 
-def pick(times) -> str:
-    """The default path unless another wins clearly (noise must not flip it); the transposed copy costs
-    memory, so it must beat both others by WIN_MARGIN."""
-    ok = {"linear": times["linear"]}
-    if times["wxt"] < 0.95 * times["linear"]:
-        ok["wxt"] = times["wxt"]
-    if times["xwt"] < WIN_MARGIN * min(times["linear"], times["wxt"]):
-        ok["xwt"] = times["xwt"]
-    return min(ok, key=ok.get)
+def pick(times, lean=False) -> str:
+    """The default path unless another wins clearly (noise must not flip it); a copy must also beat the
+    best in-place path by WIN_MARGIN. `lean`: in-place paths only."""
+    in_place = [p for p in times if p not in COPIES and times[p] < 0.95 * times["linear"]]
+    best = min(in_place, key=times.get, default="linear")
+    copies = [p for p in times if p in COPIES and times[p] < WIN_MARGIN * times[best]]
+    return best if lean or not copies else min(copies, key=times.get)
 
 
 def measure_shape(weight, max_rows=MAX_ROWS) -> dict:
-    """{rows: path} for one weight [out, in], measured at a few row counts; a row count between two
-    measured ones takes the plan of the next measured one up."""
+    """{"fast": {rows: path}, "lean": {rows: path}} for one weight [out, in], measured at a few row counts;
+    a row count between two measured ones takes the plan of the next measured one up."""
     weight = weight.detach()
-    weight_t = weight.T.contiguous()
     big = weight.numel() >= 2**25  # an LM head: ~0.1 s per call, so fewer points and repetitions
-    points = (1, 2, 4, 8, 16) if big else (1, 2, 3, 4, 6, 8, 12, 16)
+    points = (1, 2, 4, 8, 16, 32, 64) if big else (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
     # Small products take well under a millisecond, where one disturbed call decides a min of two: give
     # them more repetitions (the whole measurement stays within a second or so per shape).
     reps = 1 if big else 3 if weight.numel() >= 2**23 else 12
-    measured = {r: pick(time_paths(weight, weight_t, r, reps)) for r in points if r <= max_rows}
-    return {r: measured[min(p for p in measured if p >= r)] for r in range(1, max_rows + 1)}
+    times = {r: time_paths(weight, r, reps) for r in points if r <= max_rows}
+    up = lambda r: min(p for p in times if p >= r)
+    return {half: {r: pick(times[up(r)], lean=half == "lean") for r in range(1, max_rows + 1)}
+            for half in ("fast", "lean")}
 
 
 def machine_key() -> str:
+    """Where a measured plan or cost holds: this CPU, torch and thread count, and the candidate paths."""
     from .provenance import cpu_name
-    return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {'/'.join(PATHS)}"
 
 
 def cache_file():
@@ -102,12 +135,13 @@ class Plans:
         return self.table
 
     def get(self, weight) -> dict:
-        key = "{}x{}".format(*weight.shape)
+        """{"fast": {rows: path}, "lean": {rows: path}} for this weight's shape and dtype."""
+        key = "{}x{} {}".format(*weight.shape, str(weight.dtype).removeprefix("torch."))
         table = self.load()
         if key not in table:
             table[key] = measure_shape(weight)
             self.save()
-        return {int(r): p for r, p in table[key].items()}
+        return {half: {int(r): p for r, p in plan.items()} for half, plan in table[key].items()}
 
     def save(self):
         path = cache_file()
@@ -133,43 +167,52 @@ def mode() -> str:
 
 
 def planned_forward(module, plan):
-    """A forward for one nn.Linear that follows `plan` ({rows: path}) for CPU float32 calls."""
+    """A forward for one nn.Linear that follows `plan` ({rows: path}) for CPU calls in the weight's dtype."""
     weight, bias = module.weight, module.bias
-    weight_t = transposed(module) if "xwt" in plan.values() else None
+    operands = {path: prepared(module, path) for path in set(plan.values())}
 
     def forward(x):
         rows = x.numel() // x.shape[-1] if x.dim() else 0
         path = plan.get(rows)
-        if path is None or x.dtype != torch.float32 or x.device.type != "cpu":
+        if path is None or x.dtype != weight.dtype or x.device.type != "cpu":
             return F.linear(x, weight, bias)
-        out = run_path(path, x.reshape(rows, x.shape[-1]), weight, weight_t, bias)
+        out = run_path(path, x.reshape(rows, x.shape[-1]), operands[path], bias)
         return out.reshape(*x.shape[:-1], weight.shape[0])
     return forward
 
 
-def transposed(module):
-    """The module's weight transposed once and kept on the module (not a parameter or buffer, so not in
-    its state_dict) for the next generations; remade if the weight was changed in place or replaced."""
-    weight, cached = module.weight, module.__dict__.get("_specdec_weight_t")
+def prepared(module, path):
+    """prepare(path, weight), made once and kept on the module (not a parameter or buffer, so not in its
+    state_dict) for the next generations; remade if the weight was changed in place or replaced."""
+    if path not in COPIES:
+        return module.weight
+    weight, copies = module.weight, module.__dict__.setdefault("_specdec_weights", {})
     stamp = (weight.data_ptr(), weight._version)
-    if cached is None or cached[0] != stamp:
-        cached = (stamp, weight.detach().T.contiguous())
-        module.__dict__["_specdec_weight_t"] = cached
-    return cached[1]
+    if copies.get(path, (None,))[0] != stamp:
+        copies[path] = (stamp, prepare(path, weight.detach()))
+    return copies[path][1]
+
+
+def room_for_copy(module) -> bool:
+    """A copy exists already, or making one leaves MEMORY_FLOOR of the RAM available."""
+    if module.__dict__.get("_specdec_weights"):
+        return True
+    memory = psutil.virtual_memory()
+    return memory.available - module.weight.nbytes > MEMORY_FLOOR * memory.total
 
 
 def linears(models):
     for model in models:
         if isinstance(model, torch.nn.Module):
             for module in model.modules():
-                if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32 \
+                if type(module) is torch.nn.Linear and module.weight.dtype in DTYPES \
                         and module.weight.device.type == "cpu":
                     yield module
 
 
 @contextlib.contextmanager
 def fast_linears(models):
-    """Within the block, every CPU float32 nn.Linear of `models` takes its measured path per row count.
+    """Within the block, every CPU float32/bfloat16 nn.Linear of `models` takes its measured path per row count.
     Restores the modules' own forward on exit, so code outside (an HF reference in the same process)
     is not changed."""
     choice = mode()
@@ -180,7 +223,9 @@ def fast_linears(models):
                 if "forward" in module.__dict__:
                     continue  # already patched (the target is also the draft) or patched by someone else
                 if choice == "auto":
-                    plan = PLANS.get(module.weight)
+                    plans = PLANS.get(module.weight)
+                    copies = set(plans["fast"].values()) & set(COPIES)
+                    plan = plans["fast"] if not copies or room_for_copy(module) else plans["lean"]
                 else:
                     plan = {r: choice for r in range(1, MAX_ROWS + 1)}
                 module.forward = planned_forward(module, plan)
@@ -195,9 +240,10 @@ def fast_linears(models):
 
 def faster_draft_dtype(load_draft, key) -> torch.dtype:
     """float32 or bfloat16, whichever runs the draft model's own forwards faster on this CPU: one token (most
-    draft steps) plus two tokens (a round's first step after a fully accepted round), float32 at its measured
-    linear path. Whole forwards, not one product: measured here, a bfloat16 Qwen2.5-0.5B runs one token 2x
-    faster than float32 but two tokens 2x slower (its vocabulary projection leaves the fast bfloat16 kernel).
+    draft steps) plus two tokens (a round's first step after a fully accepted round), each dtype at its
+    measured linear paths. Whole forwards, not one product: with PyTorch's default path a bfloat16
+    Qwen2.5-0.5B ran one token 2x faster than float32 but two tokens 2x slower (its vocabulary projection
+    left the fast bfloat16 kernel), and CPUs without native bfloat16 run it slower throughout.
     `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per machine and model."""
     table = PLANS.load()
     key = f"draft-dtype {key}"
@@ -237,20 +283,21 @@ def table(shapes=QWEN_1_5B_SHAPES, rows=(1, 2, 4, 8), min_run_time=0.3):
     from torch.utils.benchmark import Timer
 
     print(f"{machine_key()}\nms per call (median, torch.utils.benchmark); plan = what fast_linears picks")
-    print("| shape (out x in) | rows | F.linear | W @ x.T | x @ Wt | bf16 F.linear | plan |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| shape (out x in) | rows | {' | '.join(PATHS)} | bf16 F.linear | plan |")
+    print("|---|---|" + "---|" * (len(PATHS) + 2))
     for out_f, in_f in shapes:
         weight = torch.randn(out_f, in_f)
-        weight_t, w16 = weight.T.contiguous(), weight.to(torch.bfloat16)
-        plan = PLANS.get(weight)
+        operands = {path: prepare(path, weight) for path in PATHS}
+        w16 = weight.to(torch.bfloat16)
+        plan = PLANS.get(weight)["fast"]
         for r in rows:
             x = torch.randn(r, in_f)
-            env = dict(run_path=run_path, x=x, w=weight, wt=weight_t, w16=w16, x16=x.to(torch.bfloat16), F=F)
+            env = dict(run_path=run_path, x=x, w=operands, w16=w16, x16=x.to(torch.bfloat16), F=F)
             ms = lambda stmt: 1e3 * Timer(stmt, globals=env, num_threads=torch.get_num_threads()).blocked_autorange(
                 min_run_time=min_run_time).median
-            t = [ms(f"run_path('{p}', x, w, wt, None)") for p in PATHS] + [ms("F.linear(x16, w16)")]
+            t = [ms(f"run_path('{p}', x, w['{p}'], None)") for p in PATHS] + [ms("F.linear(x16, w16)")]
             print(f"| {out_f}x{in_f} | {r} | " + " | ".join(f"{v:.2f}" for v in t) + f" | {plan[r]} |")
-        del weight, weight_t, w16
+        del weight, operands, w16
 
 
 if __name__ == "__main__":

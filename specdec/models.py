@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -48,7 +48,7 @@ RANDOM = {
                                               num_attention_heads=32, head_dim=64)),
 }
 
-# Named pairs. `dtype`/`draft_dtype` are the pair's defaults when the caller says "auto"/None.
+# Named pairs. `dtype`/`draft_dtype` are the pair's defaults when the caller says "auto"/None (see load_pair).
 PAIRS = {
     "qwen2.5-coder": dict(target="qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b"),
     # The same weights twice: float32 target, bfloat16 draft. A fast real pair with a few real rejections.
@@ -74,6 +74,18 @@ class Pair:
     timing_only: bool  # random weights of a real architecture: forward times are real, acceptance is not
     draft_dtype: torch.dtype | None = None
     same_tokenizer: bool = False  # checked by load_pair: pass it to specdec.generate(..., same_tokenizer=...)
+    draft_spec: str | None = None
+    hf_draft: PreTrainedModel | None = field(default=None, repr=False)
+
+    def draft_in_target_dtype(self):
+        """The draft as a user of Hugging Face assisted generation loads it: in the target's dtype. A bfloat16
+        draft is the engine's measured choice for its own linear path; on PyTorch's default path a bfloat16
+        draft can be slower than float32 (DESIGN.md section 6). Loaded once, on first use."""
+        if self.draft is None or self.draft_dtype == self.dtype:
+            return self.draft
+        if self.hf_draft is None:
+            self.hf_draft = _load(self.draft_spec, self.device, self.dtype)[0]
+        return self.hf_draft
 
 
 class ByteTokenizer:
@@ -367,27 +379,30 @@ def check_same_vocab(target_tokenizer, draft_tokenizer, target_model=None, draft
 
 
 def load_pair(target, draft=None, device="auto", dtype="auto", draft_dtype=None) -> Pair:
-    """A named pair (`target` in PAIRS, no `draft`), or any two specs; draft=None with a spec: target only."""
+    """A named pair (`target` in PAIRS, no `draft`), or any two specs; draft=None with a spec: target only.
+    `draft_dtype` None: the pair's, else "auto" (on CPU with a float32 target: float32 or bfloat16, whichever
+    runs the draft faster here; elsewhere the target's dtype)."""
     name, pair = ("custom", {}) if draft is not None or target not in PAIRS else (target, PAIRS[target])
     device = resolve_device(device)
     t_dtype = resolve_dtype(pair.get("dtype", "auto") if dtype in (None, "auto") else dtype, device)
     if pair:
         target, draft = pair["target"], pair["draft"]
+    draft_dtype = draft_dtype or pair.get("draft_dtype", "auto")
     if draft is not None and draft_dtype == "auto" and device.type == "cpu" and t_dtype == torch.float32:
         # The draft only proposes, so its precision is free: the faster of float32 / bfloat16 on this CPU,
         # measured once on the draft's own forwards and cached (specdec.linear.faster_draft_dtype).
         from .linear import faster_draft_dtype
         d_dtype = faster_draft_dtype(lambda dt: _load(draft, device, dt)[0], str(draft))
         log.info("draft dtype: %s (auto: measured faster on this CPU)", str(d_dtype).removeprefix("torch."))
-    else:
-        d_dtype = resolve_dtype(t_dtype if draft_dtype == "auto" else draft_dtype or pair.get("draft_dtype", t_dtype),
-                                device)
+    else:  # "auto" off a float32 CPU target: the target's dtype
+        d_dtype = resolve_dtype(t_dtype if draft_dtype == "auto" else draft_dtype, device)
     t_model, tok, t_timing = _load(target, device, t_dtype)
     if draft is None:
         return Pair(name, t_model, None, tok, device, t_dtype, t_timing, None)
     d_model, d_tok, d_timing = _load(draft, device, d_dtype)
     check_same_vocab(tok, d_tok, t_model, d_model)
-    return Pair(name, t_model, d_model, tok, device, t_dtype, t_timing or d_timing, d_dtype, same_tokenizer=True)
+    return Pair(name, t_model, d_model, tok, device, t_dtype, t_timing or d_timing, d_dtype, same_tokenizer=True,
+                draft_spec=draft)
 
 
 # -- command line -------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ from scipy.stats import iqr
 
 from .bench import CELL, METRICS, PHASES
 
-MATCH = ("pair", "target", "draft", "device", "dtype", "draft_dtype", "temperature", "seed",
+# What makes two cells comparable (a mode against the baseline, or HF's defaults, on the same prompts). Not the
+# draft's dtype: the baseline does not use the draft, and HF assisted generation gets it in the target's dtype.
+MATCH = ("pair", "target", "draft", "device", "dtype", "temperature", "seed",
          "batch_size", "max_new_tokens", "prompt_id", "prompt_ids")
 
 

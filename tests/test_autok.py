@@ -139,7 +139,7 @@ def test_hf_default_mode_resets_what_the_fixed_k_mode_overrode(pair):
 
     p = SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0), device=torch.device("cpu"),
                         target=SimpleNamespace(generate=fake_generate, generation_config=target.generation_config),
-                        draft=draft)
+                        draft=draft, draft_in_target_dtype=lambda: draft)
     for mode, k in (("hf_assisted", 3), ("hf_assisted_default", 20)):
         bench.run_hf(p, dict(mode=mode, k=k, max_new_tokens=1), [[5, 6]], 0.0, 0)
     assert (seen[0]["num_assistant_tokens"], seen[0]["assistant_confidence_threshold"]) == (3, 0)

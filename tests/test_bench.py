@@ -202,3 +202,17 @@ def test_drafter_modes_run_and_record_their_k(tmp_path):
     assert (ok[ok["mode"] == "adaptive"]["mean_k"] >= 1).all()
     cells = summarize(rows)
     assert cells[cells["mode"] != "baseline"]["speedup"].notna().all()
+
+
+def test_hf_assisted_gets_the_draft_in_the_targets_dtype(tmp_path):
+    # A bfloat16 draft is the engine's choice for its own linear path; HF assisted generation is timed with the
+    # draft as its users load it, in the target's dtype, and its rows say so. The pairing with the baseline holds.
+    pair = load_pair("tiny-llama", device="cpu", draft_dtype="bfloat16")
+    rows = bench.sweep(pair, tmp_path, modes=("baseline", "speculative", "hf_assisted"), ks=(2,), batch_sizes=(1,),
+                       max_new_tokens=(6,), prompts=PROMPTS[:1], iterations=1, progress=False)
+    by_mode = rows.set_index("mode")["draft_dtype"]
+    assert by_mode["speculative"] == "bfloat16" and by_mode["hf_assisted"] == "float32"
+    assert pair.hf_draft.dtype == torch.float32 and pair.draft.dtype == torch.bfloat16
+    assert pair.draft_in_target_dtype() is pair.hf_draft  # loaded once
+    cells = summary.summarize(rows)
+    assert cells.set_index("mode").loc["hf_assisted", "speedup"] > 0  # found its baseline

@@ -30,7 +30,7 @@ def float32_pair():
 def test_every_path_computes_the_linear(path, rows):
     weight, bias, x = torch.randn(48, 32), torch.randn(48), torch.randn(rows, 32)
     for b in (None, bias):
-        out = linear.run_path(path, x, weight, weight.T.contiguous(), b)
+        out = linear.run_path(path, x, linear.prepare(path, weight), b)
         assert out.is_contiguous()
         torch.testing.assert_close(out, F.linear(x, weight, b))
 
@@ -78,19 +78,46 @@ def test_plans_are_measured_once_and_cached_per_machine(tmp_path, monkeypatch):
     measure = linear.measure_shape
     monkeypatch.setattr(linear, "measure_shape", lambda w: calls.append(w.shape) or measure(w))
     weight = torch.randn(40, 24)
-    plan = linear.PLANS.get(weight)
-    assert set(plan) == set(range(1, linear.MAX_ROWS + 1)) and set(plan.values()) <= set(linear.PATHS)
+    plans = linear.PLANS.get(weight)
+    for half in ("fast", "lean"):
+        assert set(plans[half]) == set(range(1, linear.MAX_ROWS + 1)) and set(plans[half].values()) <= set(linear.PATHS)
+    assert not set(plans["lean"].values()) & set(linear.COPIES)
     linear.PLANS.get(weight)
     linear.Plans().get(weight)  # a new process reads the file
     assert calls == [(40, 24)]
     saved = json.loads((tmp_path / "linear-plans.json").read_text())
-    assert saved[linear.machine_key()]["40x24"]
+    assert saved[linear.machine_key()]["40x24 float32"]
 
 
 def test_pick_keeps_the_default_unless_another_path_wins_clearly():
     assert linear.pick(dict(linear=1.0, wxt=0.97, xwt=0.96)) == "linear"
     assert linear.pick(dict(linear=1.0, wxt=0.5, xwt=0.48)) == "wxt"   # the copy must win by 10% more
     assert linear.pick(dict(linear=1.0, wxt=0.5, xwt=0.3)) == "xwt"
+    assert linear.pick(dict(linear=1.0, wxt=0.5, xwt=0.3), lean=True) == "wxt"
+    assert linear.pick(dict(linear=1.0, wxt=0.6, onednn=0.5, packed=0.3, xwt=0.4)) == "packed"
+    assert linear.pick(dict(linear=1.0, wxt=0.6, onednn=0.5, packed=0.3, xwt=0.4), lean=True) == "onednn"
+
+
+@pytest.mark.skipif("packed" not in linear.PATHS, reason="this torch build has no oneDNN")
+def test_without_room_for_a_copy_a_module_takes_its_in_place_path(float32_pair, monkeypatch):
+    target, draft = float32_pair
+    module = next(linear.linears([target]))
+    monkeypatch.setattr(linear.PLANS, "get", lambda w: dict(fast={r: "packed" for r in range(1, 17)},
+                                                           lean={r: "onednn" for r in range(1, 17)}))
+    monkeypatch.setattr(linear, "MEMORY_FLOOR", 1.0)  # no machine has more than all of its RAM free
+    used = []
+    run_path = linear.run_path
+    monkeypatch.setattr(linear, "run_path", lambda p, *a: used.append(p) or run_path(p, *a))
+    for m in linear.linears([target]):
+        m.__dict__.pop("_specdec_weights", None)  # copies left by the tests above
+    with linear.fast_linears([target]):
+        target(torch.tensor([[1, 2, 3]]))
+    assert set(used) == {"onednn"} and not module.__dict__.get("_specdec_weights")
+    monkeypatch.setattr(linear, "MEMORY_FLOOR", 0.0)
+    used.clear()
+    with linear.fast_linears([target]):
+        target(torch.tensor([[1, 2, 3]]))
+    assert set(used) == {"packed"} and "packed" in module.__dict__["_specdec_weights"]
 
 
 def test_draft_dtype_is_chosen_by_timing_the_draft_itself_and_recorded():
@@ -107,11 +134,15 @@ def test_draft_dtype_is_chosen_by_timing_the_draft_itself_and_recorded():
     assert linear.faster_draft_dtype(load_draft, "tiny-llama-draft (test)") == dtype and len(loaded) == 2  # cached
 
 
-def test_the_transposed_weight_is_made_once_and_follows_weight_updates():
+@pytest.mark.parametrize("path", linear.COPIES)
+def test_a_copy_is_made_once_and_follows_weight_updates(path):
+    if path not in linear.PATHS:
+        pytest.skip("this torch build has no oneDNN")
     module = torch.nn.Linear(8, 6)
-    first = linear.transposed(module)
-    assert linear.transposed(module) is first
-    assert "_specdec_weight_t" not in module.state_dict()
+    first = linear.prepared(module, path)
+    assert linear.prepared(module, path) is first
+    assert not any("specdec" in k for k in module.state_dict())
     with torch.no_grad():
         module.weight.add_(1.0)
-    torch.testing.assert_close(linear.transposed(module), module.weight.T)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(linear.run_path(path, x, linear.prepared(module, path), module.bias), module(x))
