@@ -30,13 +30,16 @@ class ModelDrafter:
         self.model = model
         self.vocab = model.get_input_embeddings().num_embeddings
         self.arena = None
-        self.feed = 1  # tokens fed at the first draft step of a round (1, or more to catch up)
+        self.feed = 0  # tokens fed at the first draft step of a round (1, or more to catch up); see start
         self.proposed = False  # whether the round that just ended drafted (K=0 rounds do not)
         self.forwards = 0  # draft model forwards in this generation (prefill included)
 
     def start(self, batch_size: int, capacity: int):
         self.arena = Arena(self.model, batch_size, capacity)
         self.forwards = 0
+        # Per generation: the rollback after prefill then feeds just the first new token (the prompt is cached),
+        # and a drafter reused across generations does not carry the last one's catch-up into the next.
+        self.feed, self.proposed = 0, False
 
     def prefill(self, prompt_tokens: torch.Tensor):
         self.arena.forward(prompt_tokens, keep=1)  # only the cache matters here
