@@ -114,7 +114,6 @@ class AutoK:
         self.accepted = [PRIOR * PRIOR_WEIGHT] * batch
         self.tried = [PRIOR_WEIGHT] * batch
         self.idle_rounds = 0
-        self.chosen = []
         self.start = self.pick(range(batch))
         return self.start
 

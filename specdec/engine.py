@@ -263,7 +263,8 @@ def vocab_size(model) -> int:
 
 def check_arguments(target, draft, rows, k, max_new_tokens, temperature, top_k, top_p, verify, same_tokenizer=False):
     """Refuse bad input before any model work, with a message that names the fix."""
-    for name, model in [("target", target)] + ([("draft", draft)] if isinstance(draft, torch.nn.Module) else []):
+    models = [("target", target)] + ([("draft", draft)] if isinstance(draft, torch.nn.Module) else [])
+    for name, model in models:
         why = unservable(model)
         if why:
             raise ValueError(f"the {name} cannot be served: {why}")
@@ -292,9 +293,7 @@ def check_arguments(target, draft, rows, k, max_new_tokens, temperature, top_k, 
         raise ValueError(f"top_k={top_k!r} must be a positive int or None")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p!r} must be in (0, 1], or None to disable it")
-    models = [("target", target)]
     if isinstance(draft, torch.nn.Module):
-        models.append(("draft", draft))
         if draft.device != target.device:
             raise ValueError(f"target is on {target.device} but draft is on {draft.device}; "
                              f"move both to one device, e.g. draft.to('{target.device}')")

@@ -87,12 +87,6 @@ def save(fig, figures_dir, name, data_dir=None) -> list[Path]:
     return paths
 
 
-def label_bars(ax, fmt):
-    for container in ax.containers:
-        if hasattr(container, "patches"):
-            ax.bar_label(container, fmt=fmt, fontsize=7, padding=2)
-
-
 def yerr(t, y):
     """Asymmetric error-bar lengths from the <y>_lo / <y>_hi interval columns (0 where there is none)."""
     lo, hi = t.get(f"{y}_lo"), t.get(f"{y}_hi")
@@ -245,7 +239,7 @@ def verification_latency(table, target=""):
     style = dict(parallel="-", naive="--")
     names = dict(parallel="1 forward over K+1 tokens", naive="K+1 single-token forwards")
     for (model, mode), t in table.sort_values("k").groupby(["target", "mode"], sort=False):
-        random = "timing_only" in t and t["timing_only"].fillna(False).astype(bool).any()
+        random = timing_only(t)
         label = f"{model}{' (random weights)' if random else ''}: {names.get(mode, mode)}"
         axes[0].plot(t["k"], t["median_ms"], marker="o", ls=style.get(mode), color=colors[model], label=label)
         axes[0].fill_between(t["k"], t["q25_ms"], t["q75_ms"], color=colors[model], alpha=0.2)
@@ -265,7 +259,7 @@ def verification_latency(table, target=""):
            f"{first['batch_size']}, {int(table['repeats'].min())}-{int(table['repeats'].max())} repeats")
     notes = ["Models marked random weights (timing-only) are the seed's architectures with random weights: their "
              "forward times are real; nothing about acceptance can be read from them."] \
-        if "timing_only" in table and table["timing_only"].fillna(False).astype(bool).any() else []
+        if timing_only(table) else []
     return finish(fig, "Verification latency vs K: parallel vs naive", sub, notes, ncol=2)
 
 

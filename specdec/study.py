@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +34,7 @@ import yaml
 
 from .bench import load_warm  # noqa: F401  (the notebooks call study.load_warm)
 from .provenance import PACKAGE_DIR, provenance
-from .results import STATE as STATE_FILE, close_study_run, describe_runs, fingerprint, open_study_run, read_rows, scrub_paths
+from .results import RESULTS, STATE as STATE_FILE, close_study_run, describe_runs, fingerprint, now, open_study_run, read_rows, scrub_paths
 
 REPO = PACKAGE_DIR.parent
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -228,7 +227,7 @@ def write_summary(data_dir, figures_dir, target, smoke, state, names):
             continue
         sec = section(name)
         out += [f"## {name}: {run['status']} ({run['seconds']:.0f} s, {run['finished_utc']})", ""]
-        rows = read_rows(data_dir / sec / "results.jsonl")
+        rows = read_rows(data_dir / sec / RESULTS)
         if rows:
             out += [f"Rows: {len(rows)}, {describe_runs(data_dir / sec, rows)}.", ""]
         if run["status"] not in ("ok", "skipped"):
@@ -340,7 +339,7 @@ def main(argv=None) -> int:
             print(f"[{i}/{len(wanted)}] {name}: running", flush=True)
             status, seconds, error = run_notebook(names[name], executed, params[name], out, args.verbose)
         runs[name] = dict(status=status, seconds=seconds, error=error, smoke=args.smoke, skipped=skipped[name],
-                          study_run=state["run_id"], finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                          study_run=state["run_id"], finished_utc=now())
         runs_path.write_text(json.dumps(runs, indent=1))
         print(f"[{i}/{len(wanted)}] {name}: {status} in {seconds:.1f} s" + (f"\n    {error}" if error else ""),
               flush=True)

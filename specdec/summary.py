@@ -86,8 +86,7 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
     # (this cell's runs, the reference's runs on the same prompts) for the cells of `modes`: paired ratios
     pairs = lambda c, ref, modes: [(t, ref[m]) for t, m, mode in zip(col(c, "throughput"), c["_match"], c["mode"])
                                    if mode in modes and m in ref]
-    paired = lambda c, ref, modes: stats.ratio_interval(pairs(c, ref, modes), seed) if pairs(c, ref, modes) \
-        else stats.NAN
+    paired = lambda c, ref, modes: stats.ratio_interval(pairs(c, ref, modes), seed)  # no pairs: stats.NAN
     drafted = set(ok["mode"]) - {"baseline"}
     intervals = lambda c: dict(
         throughput=stats.mean_interval(col(c, "throughput"), seed),
