@@ -11,7 +11,7 @@ batch 1. Compares, on the same prompt:
   chosen K              specdec k="auto"      vs  generate(assistant_model=draft) at HF's defaults
                                                   (20 tokens, confidence threshold 0.4: what a user gets)
 and checks that all six produce the same tokens. For the real Qwen pair and the prompt set use
-python -m specdec.bench (modes baseline,speculative,auto,hf_assisted,hf_assisted_default).
+python -m specdec.study.bench (modes baseline,speculative,auto,hf_assisted,hf_assisted_default).
 """
 import argparse
 

@@ -3,8 +3,8 @@
     python scripts/gpu_timings.py --pair llama-3.2-random --device cuda --dtype bfloat16 --out OUT/llama-bf16
     python scripts/gpu_timings.py --pair tiny-llama --device cpu --dtype float16 --out OUT/x --tiny
 
-The pair is loaded once; then specdec.latency.measure (one (K+1)-token forward vs K+1 one-token forwards)
-and specdec.bench.sweep (target alone vs speculative) write their raw rows and provenance under --out, and
+The pair is loaded once; then specdec.study.latency.measure (one (K+1)-token forward vs K+1 one-token forwards)
+and specdec.study.bench.sweep (target alone vs speculative) write their raw rows and provenance under --out, and
 this script adds latency.csv and sweep.csv (the summaries) and prints both. Random-weight pairs are
 timing only: acceptance means nothing there, forward times and memory are real.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from specdec import bench, latency, summary
+from specdec.study import bench, latency, summary
 
 # (latency ks, context, repeats), (sweep ks, batch sizes, max new tokens, iterations)
 SIZES = dict(full=(dict(ks=[1, 2, 4, 8, 16], context=256, repeats=10),

@@ -12,8 +12,8 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   # Pinned on purpose: here this is the CPU build; an unpinned torch pulls a multi-GB CUDA build.
   "$PY" -m pip install -q "torch==2.13.0"
 fi
-# Every other dependency comes from pyproject.toml (environment.yml lists the same ones), so the three agree.
-"$PY" -m pip install -q -e ".[test]"
+# Every other dependency comes from pyproject.toml: the engine, the study extra, the test extra (environment.yml lists the same ones), so the three agree.
+"$PY" -m pip install -q -e ".[study,test]"
 pairs=("$@")
 [ ${#pairs[@]} -eq 0 ] && pairs=(qwen2.5-coder smollm2-135m)
 if [ "${pairs[0]}" != "none" ]; then

@@ -106,6 +106,7 @@ class Arena(Cache):
         # the live views; `aligned` (all rows equally long) lets transformers pick the mask.
         self.longest = 0
         self.aligned = True
+        self.host = [0] * batch_size  # `lengths` as host ints when the caller said so (point_to's host), else None
         self.slot_ids = torch.arange(capacity, device=self.device)
         self.write_slots = None
         self.kv_length = 0
@@ -142,17 +143,21 @@ class Arena(Cache):
             masks["full_attention" if window is None else "sliding_attention"] = seen
         return masks if self.mixed else next(iter(masks.values()))
 
-    def point_to(self, lengths: torch.Tensor, longest: int, aligned: bool = False):
+    def point_to(self, lengths: torch.Tensor, longest: int, aligned: bool = False, host: list | None = None):
         """Set every row's length (the rollback and the accept are both just this). `aligned`: the
-        caller knows every row has length `longest` (False is always safe)."""
+        caller knows every row has length `longest` (False is always safe). `host`: the same lengths as
+        host ints, if the caller has them (kept in `self.host`, so an owner can read them without a device read)."""
         self.lengths.copy_(lengths)
         self.longest = longest
         self.aligned = aligned
+        self.host = None if host is None else list(host)
 
     def advance(self, num_new: int):
         """All rows keep the `num_new` tokens just written (draft steps)."""
         self.lengths += num_new
         self.longest += num_new
+        if self.host is not None:
+            self.host = [n + num_new for n in self.host]
 
     def storage_pointers(self) -> list[int]:
         """data_ptr() of every buffer: tests check these never change during a generation."""

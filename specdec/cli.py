@@ -6,7 +6,8 @@ import sys
 
 from transformers import TextStreamer
 
-from .engine import MAX_K, generate
+from .engine import VERIFY_MODES, generate
+from .policy import MAX_K
 from .models import PAIRS, load_pair
 
 DRAFTERS = ("model", "prompt_lookup", "none")
@@ -56,7 +57,7 @@ def parser():
     g.add_argument("--top-k", type=positive_int)
     g.add_argument("--top-p", type=float)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--verify", choices=("parallel", "naive"), default="parallel")
+    g.add_argument("--verify", choices=VERIFY_MODES, default="parallel")
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto")
     g.add_argument("--draft-dtype", default="auto", help="auto: float32 or bfloat16, whichever is faster here")

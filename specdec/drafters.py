@@ -3,14 +3,15 @@
     start(batch_size, capacity)                  once per generation, before anything else
     prefill(prompt_tokens)                       once, after the target's prefill: [B, P], right-padded
     propose(seq, lengths, k, sampler) -> (drafts [B, k], q [B, k, V_draft] or None)
-    rollback(lengths, longest, behind, aligned)  after each round: rows now hold `lengths` tokens
+    rollback(lengths, host_lengths, done)        after the prefill and after each round
 
 `seq` [B, capacity] is the engine's token buffer (prompt + accepted tokens) and `lengths` [B] (on the
 device) the number of valid tokens per row; the last token of each row is not yet in any KV cache.
 `q` is the draft distribution the tokens were sampled from, after the sampler's warpers; None means
 the drafts are a deterministic function of the context (q one-hot at each draft, e.g. prompt lookup),
-and is always fine when greedy. In rollback, `longest` is max(lengths) as a host int, `behind` says some
-row accepted all its drafts, and `aligned` that every row has length `longest` (both host bools).
+and is always fine when greedy. In rollback, rows now hold `lengths` tokens; `host_lengths` are the same
+numbers as host ints and `done[b]` says row b has finished (host bools), both from the engine's one read of the
+round, so a drafter never needs a device read of its own.
 """
 import torch
 
@@ -30,40 +31,38 @@ class ModelDrafter:
         self.model = model
         self.vocab = model.get_input_embeddings().num_embeddings
         self.arena = None
-        self.feed = 0  # tokens fed at the first draft step of a round (1, or more to catch up); see start
-        self.proposed = False  # whether the round that just ended drafted (K=0 rounds do not)
+        self.feed = 1  # tokens the next propose feeds first: set by every rollback from the arena's lengths
         self.forwards = 0  # draft model forwards in this generation (prefill included)
 
     def start(self, batch_size: int, capacity: int):
         self.arena = Arena(self.model, batch_size, capacity)
         self.forwards = 0
-        # Per generation: the rollback after prefill then feeds just the first new token (the prompt is cached),
-        # and a drafter reused across generations does not carry the last one's catch-up into the next.
-        self.feed, self.proposed = 0, False
 
     def prefill(self, prompt_tokens: torch.Tensor):
         self.arena.forward(prompt_tokens, keep=1)  # only the cache matters here
+        # Every row now holds P slots; past a row's own prompt they hold padding, which rollback never keeps.
+        self.arena.advance(prompt_tokens.shape[1])
         self.forwards += 1
 
-    def rollback(self, lengths: torch.Tensor, longest: int, behind: bool, aligned: bool = False):
-        # After a drafting round the draft's cache lacks the newest token, and also the one before it
-        # in a row that accepted all K drafts (d_K was never fed to the draft). After a round at K=0
-        # (the target alone) it saw nothing, so every row is one more token behind than before.
-        # Every row is pointed `feed` back and fed `feed` tokens: rewriting a slot with the same token
-        # is harmless, and one shape for all rows keeps the batch in one forward. Host ints only.
-        self.feed = (2 if behind else 1) if self.proposed else self.feed + 1
-        self.proposed = False
-        # A finished row stops growing, so after a long K=0 streak it may be shorter than `feed`: clamp it
-        # at 0. Its draft cache then holds garbage, which is harmless: its drafts are never kept. Every
-        # unfinished row grew by one token per K=0 round, so it is at least `feed` long.
-        self.arena.point_to((lengths - self.feed).clamp_min(0), longest - self.feed, aligned)
+    def rollback(self, lengths: torch.Tensor, host_lengths: list, done: list):
+        # Row b's draft cache holds arena.host[b] tokens, of which the first min(held, L - 1) are right: the
+        # target's newest token is in no cache, and every token the draft fed before it was an accepted draft
+        # (the first rejected one sits at L - 1). Its gap L - right is 1 after a round that rejected a draft,
+        # 2 after one that accepted all K (d_K was never fed), one more per K=0 round (the draft saw nothing).
+        # Every row is pointed back by the largest gap among unfinished rows and re-fed that many tokens:
+        # rewriting a slot with the same token is harmless, and one shape keeps the batch in one forward.
+        # A finished row may be shorter than that: clamped at 0, its draft cache then holds garbage, which
+        # is harmless (its drafts are never kept).
+        gaps = [n - min(held, n - 1) for n, held, d in zip(host_lengths, self.arena.host, done) if not d]
+        self.feed = max(gaps, default=1)
+        host = [max(n - self.feed, 0) for n in host_lengths]
+        self.arena.point_to((lengths - self.feed).clamp_min(0), max(host), len(set(host)) == 1, host=host)
 
     def propose(self, seq, lengths, k, sampler):
         tokens = last_tokens(seq, lengths, self.feed)  # see rollback
         # A target with padded output rows (same_tokenizer) could emit an id past the draft's embedding; such a
         # token has no text, so any stand-in only changes what the draft proposes, never what is kept.
         tokens = tokens.clamp_max(self.vocab - 1)
-        self.proposed = True
         drafts, probs = [], []
         for _ in range(k):
             logits = self.arena.forward(tokens, keep=1)[:, -1]
@@ -92,7 +91,7 @@ class PromptLookupDrafter:
     def prefill(self, prompt_tokens):
         pass
 
-    def rollback(self, lengths, longest, behind, aligned=False):
+    def rollback(self, lengths, host_lengths, done):
         pass
 
     def propose(self, seq, lengths, k, sampler):
@@ -119,20 +118,3 @@ class PromptLookupDrafter:
             latest = torch.where(hit, start, -1).max(1).values
             found = torch.where((found < 0) & (latest >= 0), latest + n, found)
         return found
-
-
-class AdaptiveK:
-    """Dynamic K, Hugging Face's heuristic schedule per batch: +2 after a round in which every
-    unfinished row accepted all K drafts, -1 (not below `low`) after any other round."""
-
-    def __init__(self, start: int = 4, low: int = 1, high: int = 16):
-        if not 1 <= low <= start <= high:
-            raise ValueError(f"AdaptiveK needs 1 <= low <= start <= high; got low={low}, start={start}, high={high}")
-        self.start, self.low, self.high = start, low, high
-
-    def next_k(self, k: int, accepted: list) -> int:
-        """`accepted[b]`: drafts row b accepted in the round just run; None for finished rows."""
-        accepted = [a for a in accepted if a is not None]
-        if accepted and all(a == k for a in accepted):
-            return min(k + 2, self.high)
-        return max(k - 1, self.low)

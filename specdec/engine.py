@@ -3,9 +3,11 @@
 Invariants between rounds (per row b, L = tokens in the row so far, prompt included):
   seq[b, :L]            the row's tokens; seq[b, L-1] is the newest and in no KV cache yet
   target arena length   L - 1
-  draft arena length    L - 1, or L - 2 after a round where a row accepted all K (ModelDrafter.rollback)
-Every round appends 1 .. K+1 tokens to each unfinished row; rows finish independently (EOS or
-max_new_tokens) and a finished row simply stops growing while the batch runs on.
+  draft arena length    L - feed, the same `feed` >= 1 for every unfinished row: the tokens the draft's next
+                        step feeds (1 after a round that rejected a draft, 2 after one that accepted all K,
+                        one more per K=0 round; ModelDrafter.rollback derives it from its arena's lengths)
+Every round appends 1 .. K+1 tokens to each unfinished row (K may be 0: the target alone for that round); rows
+finish independently (EOS or max_new_tokens) and a finished row simply stops growing while the batch runs on.
 """
 import operator
 import time
@@ -14,14 +16,13 @@ from dataclasses import dataclass, field
 import torch
 
 from .arena import Arena, unservable
-from .autok import AutoK
-from .drafters import AdaptiveK, ModelDrafter, PromptLookupDrafter, last_tokens
+from .drafters import ModelDrafter, PromptLookupDrafter, last_tokens
 from .linear import fast_linears
+from .policy import resolve
 from .profiler import Profiler, synchronize
 from .sampling import Sampler, accept_greedy, accept_sampled
 
-MAX_K = 64  # beyond this a draft is never worth it; a bigger k is almost surely a typo
-VERIFY_MODES = ("parallel", "naive")
+VERIFY_MODES = ("parallel", "naive")  # one (K+1)-token target forward per round, or K+1 one-token forwards
 
 
 @dataclass
@@ -36,19 +37,17 @@ def generate(target, input_ids, *, draft=None, attention_mask=None, k=4, max_new
              eos_token_id=None, profile=False, streamer=None, same_tokenizer=False) -> Result:
     """Speculative decoding of `target` with `draft`: a model, "prompt_lookup", a drafter object
     (the protocol in specdec.drafters: start, prefill, propose, rollback), or None for the target-only
-    baseline. `k`: an int, "adaptive" or an AdaptiveK policy.
+    baseline. `k`: how K is chosen (specdec.policy.resolve): an int 1..64, "auto" (per round, from measured
+    costs and acceptance; 0 = the target alone for that round), "adaptive" (HF's +2/-1 schedule), or a policy.
     `streamer`: a transformers streamer (e.g. TextStreamer), fed row 0's prompt, then its tokens as
     they are accepted. `same_tokenizer=True`: you know draft and target share one tokenizer
     (load_pair checks it: pass pair.same_tokenizer), so output sizes may differ by padding rows.
     Greedy output is token-identical to the target alone (in float32/64; see README for half
     precision); sampled output has the target's distribution. See README for the arguments."""
     rows = prompt_rows(input_ids, attention_mask)
-    # k: an int; "adaptive" (HF's +2/-1 schedule); "auto" (cost-based, specdec.autok); or a policy object.
-    policy = None if draft is None else AdaptiveK() if k == "adaptive" else AutoK() if k == "auto" \
-        else k if hasattr(k, "next_k") else None
-    k_max = policy.high if policy else k
-    check_arguments(target, draft, rows, 0 if draft is None else k_max, max_new_tokens,
-                    temperature, top_k, top_p, verify, same_tokenizer)
+    policy = resolve(k, drafting=draft is not None)
+    check_arguments(target, draft, rows, policy.k_max, max_new_tokens, temperature, top_k, top_p, verify,
+                    same_tokenizer)
     if draft is None:
         drafter = None
     elif isinstance(draft, torch.nn.Module):
@@ -59,10 +58,12 @@ def generate(target, input_ids, *, draft=None, attention_mask=None, k=4, max_new
         drafter = draft
     sampler = Sampler(temperature, top_k, top_p, seed, target.device)
     with fast_linears([target, draft]):  # the measured few-row linear path (specdec.linear), CPU only
-        decoder = Decoder(target, drafter, rows, 0 if draft is None else k_max, max_new_tokens, sampler, verify,
-                          eos_ids(target, eos_token_id), profile, policy, streamer)
+        decoder = Decoder(target, drafter, rows, max_new_tokens, sampler, verify, eos_ids(target, eos_token_id),
+                          profile, policy, streamer)
         result = decoder.run()
-    result.stats["k"] = 0 if draft is None else ("auto" if isinstance(policy, AutoK) else "adaptive") if policy else k
+    # k: the fixed K, else the policy's label; policy and k_max: which policy chose K, up to what
+    result.stats.update(k=policy.k_max if policy.label == "fixed" else policy.label, policy=policy.label,
+                        k_max=policy.k_max)
     return result
 
 
@@ -75,14 +76,12 @@ def read_host(tensor: torch.Tensor) -> list:
 class Decoder:
     """One generation: owns the token buffer, both arenas and the counters."""
 
-    def __init__(self, target, drafter, rows, k, max_new_tokens, sampler, verify, eos, profile, policy=None,
-                 streamer=None):
-        # k is the largest K this generation may use (it sizes the arenas); an adaptive policy
-        # starts lower and moves within its bounds.
+    def __init__(self, target, drafter, rows, max_new_tokens, sampler, verify, eos, profile, policy, streamer=None):
+        # policy.k_max, the largest K this generation may use, sizes the arenas; the policy picks each round's K.
         self.target, self.drafter, self.sampler, self.policy = target, drafter, sampler, policy
-        # AutoK measures its costs here, outside the timed run (cached per machine after the first time).
-        self.k = (policy.begin(target, drafter, len(rows)) if hasattr(policy, "begin") else policy.start) \
-            if policy else k
+        k = policy.k_max
+        # begin() runs outside the timed run: "auto" measures its costs there (cached per machine after the first time).
+        self.k = policy.begin(target, drafter, len(rows))
         self.verify_mode, self.eos, self.max_new = verify, eos, max_new_tokens
         self.device = target.device
         self.batch = len(rows)
@@ -158,8 +157,7 @@ class Decoder:
         self.k_per_iteration.append(k)
         with self.prof.phase("rollback"):
             accepted_host, kept = self.commit(accepted, new, proposed=k)
-        if self.policy:
-            self.k = self.policy.next_k(k, [a if n else None for a, n in zip(accepted_host, kept)])
+        self.k = self.policy.next_k(k, [a if n else None for a, n in zip(accepted_host, kept)])
 
     def verify(self, block):
         """Target logits for every position of `block` [B, K+1]: one forward, or K+1 (naive)."""
@@ -204,7 +202,7 @@ class Decoder:
         longest, aligned = max(host_lengths), len(set(host_lengths)) == 1
         self.arena.point_to(self.lengths - 1, longest - 1, aligned)
         if self.drafter is not None:
-            self.drafter.rollback(self.lengths, longest, behind=self.k + 1 in kept_host, aligned=aligned)
+            self.drafter.rollback(self.lengths, host_lengths, self.done)
         return accepted_host, kept_host
 
     def stats(self, seconds) -> dict:
@@ -281,8 +279,6 @@ def check_arguments(target, draft, rows, k, max_new_tokens, temperature, top_k, 
                              f"[0, {n_vocab}); tokenize with the target model's tokenizer")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int; got {max_new_tokens!r}")
-    if draft is not None and not (isinstance(k, int) and 1 <= k <= MAX_K):
-        raise ValueError(f"k={k!r} is out of range: use an int in 1..{MAX_K} (typical: 2..8), or 'adaptive'")
     if isinstance(draft, str) and draft != "prompt_lookup":
         raise ValueError(f"draft={draft!r} is unknown; pass a model, 'prompt_lookup', a drafter object or None")
     if verify not in VERIFY_MODES:

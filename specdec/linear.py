@@ -10,7 +10,7 @@ in the weight's dtype (float32, or bfloat16 for a draft loaded in it):
   packed  the same, against a weight reordered once into oneDNN's blocked layout (a copy)
 Which path wins differs from CPU to CPU (DESIGN.md section 6), so nothing is fixed in code: for each
 (out, in) shape, dtype and row count 1..MAX_ROWS the paths are timed once, and the plan is cached per machine
-(CPU model, torch version, threads) under specdec.models.cache_root().
+(CPU model, torch version, threads) under specdec.machine.cache_root().
 
 A copy costs the weight's memory again (kept on the module for the next generations). A copy path must beat
 the best in-place path by 10%, and a copy is made only while the machine keeps MEMORY_FLOOR of its RAM
@@ -25,14 +25,17 @@ and calls with more than MAX_ROWS rows, take the default `F.linear`.
 
 `python -m specdec.linear` prints the per-path timings (torch.utils.benchmark) for Qwen2.5-1.5B's shapes.
 """
+import argparse
 import contextlib
-import json
 import os
 import time
 
 import psutil
 import torch
 import torch.nn.functional as F
+from torch.utils.benchmark import Timer
+
+from .machine import machine_key, read_cache, write_cache
 
 MAX_ROWS = 64                 # a verify over K+1 <= 9 tokens at batch <= 4 (and then some)
 PACK_ROWS = 16                # the row count oneDNN lays a packed weight out for
@@ -109,15 +112,12 @@ def measure_shape(weight, max_rows=MAX_ROWS) -> dict:
             for half in ("fast", "lean")}
 
 
-def machine_key() -> str:
+def plan_key() -> str:
     """Where a measured plan or cost holds: this CPU, torch and thread count, and the candidate paths."""
-    from .provenance import cpu_name
-    return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {'/'.join(PATHS)}"
+    return f"{machine_key()} | {'/'.join(PATHS)}"
 
 
-def cache_file():
-    from .models import cache_root
-    return cache_root() / "linear-plans.json"
+CACHE = "linear-plans.json"
 
 
 class Plans:
@@ -128,10 +128,7 @@ class Plans:
 
     def load(self):
         if self.table is None:
-            try:
-                self.table = json.loads(cache_file().read_text()).get(machine_key(), {})
-            except (OSError, ValueError):
-                self.table = {}
+            self.table = read_cache(CACHE).get(plan_key(), {})
         return self.table
 
     def get(self, weight) -> dict:
@@ -140,20 +137,11 @@ class Plans:
         table = self.load()
         if key not in table:
             table[key] = measure_shape(weight)
-            self.save()
+            self.save(key)
         return {half: {int(r): p for r, p in plan.items()} for half, plan in table[key].items()}
 
-    def save(self):
-        path = cache_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            everything = json.loads(path.read_text())
-        except (OSError, ValueError):
-            everything = {}
-        everything[machine_key()] = self.table
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(everything, indent=1, sort_keys=True))
-        tmp.replace(path)  # atomic: a second process never reads half a file
+    def save(self, key):
+        write_cache(CACHE, plan_key(), {key: self.table[key]})
 
 
 PLANS = Plans()
@@ -236,53 +224,13 @@ def fast_linears(models):
             del module.forward
 
 
-# -- draft dtype --------------------------------------------------------------------------------------------
-
-def faster_draft_dtype(load_draft, key) -> torch.dtype:
-    """float32 or bfloat16, whichever runs the draft model's own forwards faster on this CPU: one token (most
-    draft steps) plus two tokens (a round's first step after a fully accepted round), each dtype at its
-    measured linear paths. Whole forwards, not one product: with PyTorch's default path a bfloat16
-    Qwen2.5-0.5B ran one token 2x faster than float32 but two tokens 2x slower (its vocabulary projection
-    left the fast bfloat16 kernel), and CPUs without native bfloat16 run it slower throughout.
-    `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per machine and model."""
-    table = PLANS.load()
-    key = f"draft-dtype {key}"
-    if key not in table:
-        seconds = {}
-        for dtype in (torch.float32, torch.bfloat16):
-            model = load_draft(dtype)
-            with torch.inference_mode(), fast_linears([model]):
-                seconds[str(dtype).removeprefix("torch.")] = sum(time_forward(model, t) for t in (1, 2))
-            del model
-        table[key] = dict(**{f"{d}_s": s for d, s in seconds.items()}, choice=min(seconds, key=seconds.get))
-        PLANS.save()
-    return getattr(torch, table[key]["choice"])
-
-
-def time_forward(model, tokens, batch=1, keep=1, reps=3, warmup=True) -> float:
-    """Seconds of the fastest of `reps` cache-free forwards over [batch, tokens] (logits of the last `keep`
-    positions; 0: all), the device synchronised."""
-    ids = torch.zeros(batch, tokens, dtype=torch.long, device=model.device)
-    best = float("inf")
-    for rep in range(reps + warmup):  # the warm-up pays page-in and kernel choice
-        t = time.perf_counter()
-        model(input_ids=ids, use_cache=False, logits_to_keep=keep)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize(model.device)
-        if rep >= warmup:
-            best = min(best, time.perf_counter() - t)
-    return best
-
-
 # -- the measurement table ------------------------------------------------------------------------------------
 
 QWEN_1_5B_SHAPES = ((1536, 1536), (256, 1536), (8960, 1536), (1536, 8960), (151936, 1536))
 
 
 def table(shapes=QWEN_1_5B_SHAPES, rows=(1, 2, 4, 8), min_run_time=0.3):
-    from torch.utils.benchmark import Timer
-
-    print(f"{machine_key()}\nms per call (median, torch.utils.benchmark); plan = what fast_linears picks")
+    print(f"{plan_key()}\nms per call (median, torch.utils.benchmark); plan = what fast_linears picks")
     print(f"| shape (out x in) | rows | {' | '.join(PATHS)} | bf16 F.linear | plan |")
     print("|---|---|" + "---|" * (len(PATHS) + 2))
     for out_f, in_f in shapes:
@@ -301,7 +249,6 @@ def table(shapes=QWEN_1_5B_SHAPES, rows=(1, 2, 4, 8), min_run_time=0.3):
 
 
 if __name__ == "__main__":
-    import argparse
     argparse.ArgumentParser(prog="python -m specdec.linear",
                             description="Time every linear path on Qwen2.5-1.5B's shapes on this machine "
                                         "(the plan column is what fast_linears picks; measured on first use "

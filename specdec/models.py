@@ -16,13 +16,19 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlparse
 
+import huggingface_hub
+import huggingface_hub.constants as hc
 import torch
+from huggingface_hub.errors import GatedRepoError
 from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding, GPT2Config, LlamaConfig, PreTrainedModel
 
-from .weights import OFFLINE, _installed, _load_gguf, _pip_names, cache_root, ensure_cached, install
+from .devices import faster_draft_dtype, resolve_device, resolve_dtype
+from .machine import cache_root
+from .weights import OFFLINE, _installed, _load_gguf, _pip_names, ensure_cached, install
 
 log = logging.getLogger("specdec")
 
@@ -134,69 +140,6 @@ class ByteTokenizer:
         return BatchEncoding({"input_ids": ids, "attention_mask": mask}, tensor_type=return_tensors)
 
 
-# -- device and dtype -------------------------------------------------------------------------------------
-
-DEVICES = "auto, cpu, cuda, cuda:<index>, mps"
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64,
-          "fp64": torch.float64}
-
-
-def _mps_available():
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
-def resolve_device(device="auto") -> torch.device:
-    name = str(device).strip().lower()
-    if name == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
-        log.info("device: auto -> %s (cuda first, then mps, then cpu)", dev)
-        return dev
-    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unknown device {device!r}: choose one of {DEVICES}")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"malformed device {device!r}: choose one of {DEVICES}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-        best = "mps" if _mps_available() else "cpu"
-        raise ValueError(f"device {device!r} was requested but {why}; use device='{best}' (or 'auto')")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    if dev.type == "mps" and not _mps_available():
-        raise ValueError(f"device {device!r} was requested but MPS (Apple GPU) is not available; use 'cpu' or 'auto'")
-    return dev
-
-
-def resolve_dtype(dtype, device) -> torch.dtype:
-    device = torch.device(device)
-    cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    if dtype is None or dtype == "auto":
-        if cap is not None:  # bfloat16 is native from Ampere (8.x) on; a T4 (7.5) only has float16
-            chosen = torch.bfloat16 if cap >= (8, 0) else torch.float16
-            why = f"auto: CUDA compute capability {cap[0]}.{cap[1]}"
-        else:  # half precision is slow or emulated on most CPUs; MPS is fastest in float16
-            chosen = torch.float16 if device.type == "mps" else torch.float32
-            why = f"auto: {device.type}"
-    elif isinstance(dtype, torch.dtype):
-        chosen, why = dtype, "requested"
-    elif str(dtype).lower().removeprefix("torch.") in DTYPES:
-        chosen, why = DTYPES[str(dtype).lower().removeprefix("torch.")], "requested"
-    else:
-        raise ValueError(f"unknown dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
-    if chosen not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise ValueError(f"dtype {chosen} is not a floating-point type a model can run in")
-    if device.type == "mps" and chosen == torch.float64:
-        raise ValueError("float64 cannot run on mps (Apple GPUs have no float64): use float32, or device='cpu'")
-    if device.type == "cpu" and chosen == torch.float16:
-        log.warning("float16 on cpu runs but is slow; float32 (or bfloat16) is faster here")
-    if cap is not None and cap < (8, 0) and chosen == torch.bfloat16:
-        log.warning("bfloat16 on a compute capability %d.%d GPU is emulated and slow; float16 is native", *cap)
-    log.info("dtype: %s on %s (%s)", str(chosen).removeprefix("torch."), device, why)
-    return chosen
-
-
 # -- loading ------------------------------------------------------------------------------------------------
 
 def _build_random(name, device, dtype):
@@ -212,7 +155,6 @@ def _build_random(name, device, dtype):
 
 
 def _hub_reachable(timeout=3.0):
-    import huggingface_hub.constants as hc
     if hc.HF_HUB_OFFLINE:
         return False
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
@@ -226,7 +168,6 @@ def _hub_reachable(timeout=3.0):
 
 
 def _is_auth_error(e):
-    from huggingface_hub.errors import GatedRepoError
     while e is not None:
         status = getattr(getattr(e, "response", None), "status_code", None)
         if isinstance(e, GatedRepoError) or status in (401, 403) or "gated repo" in str(e).lower():
@@ -243,7 +184,6 @@ def _from_dir(path, device, dtype, **kw):
 
 
 def _from_hub(name, device, dtype):
-    import huggingface_hub
     gated = name.startswith("meta-llama/")
     reachable, token = _hub_reachable(), huggingface_hub.get_token()
     try:  # unreachable, or gated without a token: only a copy already in the local hub cache can work
@@ -299,7 +239,6 @@ def unavailable(name) -> str | None:
             if not ((cache_root() / spec / "specdec.json").is_file() or _installed(spec)):
                 return f"{spec}: offline weights not installed (python -m specdec.models fetch {name})"
             continue
-        import huggingface_hub
         if isinstance(huggingface_hub.try_to_load_from_cache(spec, "config.json"), str):
             continue  # in the local hub cache: loads without the network
         if not _hub_reachable():
@@ -323,13 +262,11 @@ def weights_record(spec, model) -> dict:
                     packages={n: _dist_version(n) for n in _pip_names(spec)[:1]})
     if Path(spec).exists():
         return dict(record, source="local file or folder")
-    from huggingface_hub import try_to_load_from_cache
-    config = try_to_load_from_cache(spec, "config.json")  # .../snapshots/<commit>/config.json
+    config = huggingface_hub.try_to_load_from_cache(spec, "config.json")  # .../snapshots/<commit>/config.json
     return dict(record, source="hub", revision=Path(config).parent.name if isinstance(config, str) else None)
 
 
 def _dist_version(name):
-    from importlib import metadata
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -390,8 +327,7 @@ def load_pair(target, draft=None, device="auto", dtype="auto", draft_dtype=None)
     draft_dtype = draft_dtype or pair.get("draft_dtype", "auto")
     if draft is not None and draft_dtype == "auto" and device.type == "cpu" and t_dtype == torch.float32:
         # The draft only proposes, so its precision is free: the faster of float32 / bfloat16 on this CPU,
-        # measured once on the draft's own forwards and cached (specdec.linear.faster_draft_dtype).
-        from .linear import faster_draft_dtype
+        # measured once on the draft's own forwards and cached (specdec.devices.faster_draft_dtype).
         d_dtype = faster_draft_dtype(lambda dt: _load(draft, device, dt)[0], str(draft))
         log.info("draft dtype: %s (auto: measured faster on this CPU)", str(d_dtype).removeprefix("torch."))
     else:  # "auto" off a float32 CPU target: the target's dtype

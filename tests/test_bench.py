@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from specdec import bench, results, summary
+from specdec.study import bench, modes, results, summary
 from specdec.models import load_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,10 +58,10 @@ def test_sweep_rows_provenance_and_summary(tmp_path):
                        iterations=2, progress=False)
     # per prompt group: 1 baseline + 2 speculative cells; batch 1: 2 groups, batch 2: 1 group; 2 iterations each
     assert len(rows) == (2 + 1) * 3 * 2 and (rows["status"] == "ok").all()
-    assert set(bench.COLUMNS) <= set(rows.columns)
+    assert set(results.COLUMNS) <= set(rows.columns)
     spec = rows[rows["mode"] == "speculative"]
     for col in ("new_tokens", "seconds", "throughput", "proposed", "accepted", "acceptance_rate", "target_forwards",
-                "draft_forwards", "iterations", "tokens_per_target_forward", *bench.PHASES, "draft_step_s",
+                "draft_forwards", "iterations", "tokens_per_target_forward", *results.PHASES, "draft_step_s",
                 "verify_iter_s", "peak_memory_mib"):
         assert spec[col].notna().all(), col
     assert (rows[rows["mode"] == "baseline"]["k"] == 0).all()
@@ -95,7 +95,7 @@ def test_predicted_speedup():
 
 
 def cli(out, *extra):
-    return [sys.executable, "-m", "specdec.bench", "--pair", "tiny-llama", "--k", "1,2", "--max-new-tokens", "16",
+    return [sys.executable, "-m", "specdec.study.bench", "--pair", "tiny-llama", "--k", "1,2", "--max-new-tokens", "16",
             "--iterations", "2", "--prompts", "qa,prose", "--no-warmup", "--no-progress", "--device", "cpu", "--threads", "1",
             "--out", str(out), *extra]
 
@@ -156,12 +156,12 @@ def test_failing_cell_is_recorded_and_retried(tmp_path, monkeypatch, llama):
 
 
 def test_hf_references_match_baseline(tmp_path, llama):
-    rows = bench.sweep(llama, tmp_path, modes=bench.MODES, ks=(1, 3), batch_sizes=(1, 2), max_new_tokens=(6,),
+    rows = bench.sweep(llama, tmp_path, modes=modes.NAMES, ks=(1, 3), batch_sizes=(1, 2), max_new_tokens=(6,),
                        prompts=PROMPTS, iterations=2, warmup=False, progress=False)
     assert (rows["status"] == "ok").all(), rows["error"].unique()
     hf = rows[rows["mode"] == "hf_assisted"]
     assert len(hf) == 3 * 2 * 2 and (hf["batch_size"] == 1).all()
-    assert set(rows[rows["batch_size"] == 2]["mode"]) == set(bench.MODES) - {"hf_assisted", "hf_assisted_default"}
+    assert set(rows[rows["batch_size"] == 2]["mode"]) == {m for m in modes.NAMES if not modes.MODES[m].batch1_only}
     others = rows[rows["mode"] != "baseline"]
     assert (others["matches_baseline"] == True).all()  # noqa: E712
     cells = summary.summarize(rows)
@@ -187,8 +187,8 @@ def test_bad_arguments_exit_2(args, message, tmp_path, capsys):
 
 def test_drafter_modes_run_and_record_their_k(tmp_path):
     """adaptive and prompt_lookup cells: lossless (match the baseline) and their K is recorded."""
-    from specdec.bench import load_prompts, sweep
-    from specdec.summary import summarize
+    from specdec.study.bench import load_prompts, sweep
+    from specdec.study.summary import summarize
     from specdec.models import load_pair
 
     pair = load_pair("tiny-llama")

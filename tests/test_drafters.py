@@ -4,7 +4,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import specdec
-from specdec.drafters import AdaptiveK, PromptLookupDrafter
+from specdec.drafters import PromptLookupDrafter
+from specdec.policy import AdaptiveK
 from specdec.sampling import Sampler
 from test_engine import NEW, PROMPTS, hf_greedy
 

@@ -16,7 +16,8 @@ def name(requirement):
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    declared = {name(r): r for r in project["dependencies"] + project["optional-dependencies"]["test"]}
+    extras = project["optional-dependencies"]
+    declared = {name(r): r for r in project["dependencies"] + extras["study"] + extras["test"]}
     pip = next(d["pip"] for d in yaml.safe_load((REPO / "environment.yml").read_text())["dependencies"]
                if isinstance(d, dict))
     env = {name(r): r for r in pip if not r.startswith("-e")}
@@ -24,6 +25,18 @@ def test_environment_yml_matches_pyproject():
     for dep in set(declared) - {"torch"}:  # torch: unpinned in pyproject (Colab keeps its own), pinned in the env
         assert env[dep].replace(" ", "") == declared[dep].split("#")[0].replace(" ", ""), dep
     assert "jupyterlab" not in declared and "accelerate" in declared
+
+
+def test_the_engine_needs_none_of_the_study_stack():
+    """`import specdec` (and its model loading) stays light: the study's packages are an extra."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    study = {name(r) for r in project["optional-dependencies"]["study"]}
+    assert {"pandas", "scipy", "matplotlib", "seaborn", "papermill"} <= study
+    assert not study & {name(r) for r in project["dependencies"]}
+    probe = "import sys, specdec, specdec.engine; print(sorted(m for m in %r if m in sys.modules))" % sorted(
+        {"pandas", "matplotlib", "seaborn", "papermill", "scipy"})
+    run = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
 
 
 def test_floor_in_pyproject_is_the_one_checked_at_import():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import specdec
 import specdec.engine
-from specdec import linear
+from specdec import devices, linear
 from conftest import perturbed, tiny_llama
 from test_engine import PROMPTS, hf_greedy
 
@@ -86,7 +86,7 @@ def test_plans_are_measured_once_and_cached_per_machine(tmp_path, monkeypatch):
     linear.Plans().get(weight)  # a new process reads the file
     assert calls == [(40, 24)]
     saved = json.loads((tmp_path / "linear-plans.json").read_text())
-    assert saved[linear.machine_key()]["40x24 float32"]
+    assert saved[linear.plan_key()]["40x24 float32"]
 
 
 def test_pick_keeps_the_default_unless_another_path_wins_clearly():
@@ -120,18 +120,18 @@ def test_without_room_for_a_copy_a_module_takes_its_in_place_path(float32_pair, 
     assert set(used) == {"packed"} and "packed" in module.__dict__["_specdec_weights"]
 
 
-def test_draft_dtype_is_chosen_by_timing_the_draft_itself_and_recorded():
+def test_draft_dtype_is_chosen_by_timing_the_draft_itself_and_recorded(tmp_path):
     from specdec.models import load
     loaded = []
     def load_draft(dtype):
         loaded.append(dtype)
         return load("tiny-llama-draft", device="cpu", dtype=dtype)[0]
-    dtype = linear.faster_draft_dtype(load_draft, "tiny-llama-draft (test)")
+    dtype = devices.faster_draft_dtype(load_draft, "tiny-llama-draft (test)")
     assert loaded == [torch.float32, torch.bfloat16]  # both dtypes timed, whole forwards
-    entry = linear.PLANS.load()["draft-dtype tiny-llama-draft (test)"]
+    entry = json.loads((tmp_path / devices.DRAFT_DTYPES).read_text())[linear.plan_key()]["tiny-llama-draft (test)"]
     assert dtype == getattr(torch, entry["choice"])
     assert entry["choice"] == ("bfloat16" if entry["bfloat16_s"] < entry["float32_s"] else "float32")
-    assert linear.faster_draft_dtype(load_draft, "tiny-llama-draft (test)") == dtype and len(loaded) == 2  # cached
+    assert devices.faster_draft_dtype(load_draft, "tiny-llama-draft (test)") == dtype and len(loaded) == 2  # cached
 
 
 @pytest.mark.parametrize("path", linear.COPIES)

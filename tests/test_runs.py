@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from specdec import results
-from specdec.provenance import git_state
+from specdec.study import results
+from specdec.study.provenance import git_state
 
 REPO = Path(__file__).resolve().parents[1]
 

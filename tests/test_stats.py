@@ -1,9 +1,9 @@
-"""Intervals (specdec.stats) and the readouts drawn from them, on synthetic data with a known answer."""
+"""Intervals (specdec.study.stats) and the readouts drawn from them, on synthetic data with a known answer."""
 import numpy as np
 import pandas as pd
 import pytest
 
-from specdec import bench, stats, summary
+from specdec.study import bench, results, stats, summary
 
 
 def test_interval_is_deterministic_with_a_seed_and_contains_the_estimate():
@@ -78,7 +78,7 @@ def synthetic_rows(spec_speed, prompts=("p1", "p2"), repeats=4, seed=0):
                                  prefill_s=3 / tp, accepted=10 if k else None, proposed=14 if k else None,
                                  iterations=7 if k else 16, acceptance_rate=0.7 if k else None, mean_k=k or None,
                                  draft_step_s=0.05 if k else None, verify_iter_s=(0.3 if k else 0.25)))
-    return pd.DataFrame(rows).reindex(columns=list(bench.COLUMNS))  # every column a sweep writes
+    return pd.DataFrame(rows).reindex(columns=list(results.COLUMNS))  # every column a sweep writes
 
 
 def test_summarize_has_interval_columns_around_the_paired_speedup():

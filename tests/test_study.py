@@ -10,7 +10,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from specdec import latency, study
+from specdec.study import latency, runner
 from specdec.models import load_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,20 +121,22 @@ def test_bad_parameter_and_unknown_device_exit_2_before_any_work(tmp_path):
 
 @pytest.mark.parametrize("target", ["cpu", "t4", "mps", "cuda"])
 def test_every_target_gives_every_notebook_valid_parameters(target, tmp_path):
-    config = study.load_config(target)
-    names = study.notebooks()
+    config = runner.load_config(target)
+    names = runner.notebooks(REPO)
     assert list(names) == NOTEBOOKS
+    inputs = dict(prompts_file="p.jsonl", reference_file="r.csv")
     for name, path in names.items():
-        assert study.section(name) in config, f"{target}.yaml has no {study.section(name)} section"
-        params = study.notebook_params(name, path, config, target, tmp_path / "d", tmp_path / "f")
+        assert runner.section(name) in config, f"{target}.yaml has no {runner.section(name)} section"
+        params = runner.notebook_params(name, path, config, target, tmp_path / "d", tmp_path / "f", inputs)
         assert params["target"] == target and params["data_dir"] == str(tmp_path / "d")
+        assert params.get("prompts_file", "p.jsonl") == "p.jsonl"
 
 
 def test_overrides_are_yaml_and_go_to_a_section_or_common():
-    assert study.parse_overrides(["k_sweep.pair=gpt2-random", "iterations=2", "04_speculative_vs_baseline.pair=[a, b]"]) \
+    assert runner.parse_overrides(["k_sweep.pair=gpt2-random", "iterations=2", "04_speculative_vs_baseline.pair=[a, b]"]) \
         == {"k_sweep": {"pair": "gpt2-random"}, "common": {"iterations": 2}, "speculative_vs_baseline": {"pair": ["a", "b"]}}
     with pytest.raises(ValueError):
-        study.parse_overrides(["k_sweep.pair"])
+        runner.parse_overrides(["k_sweep.pair"])
 
 
 def test_source_notebooks_are_clean_and_parameterised():

@@ -18,6 +18,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from .modes import BASELINE, MODES, SPECULATIVE, label  # noqa: E402
+from .results import RESULTS, describe_runs, read_rows  # noqa: E402
+
 sns.set_theme(style="whitegrid", context="notebook")
 SEED_COLOR, BASE_COLOR = "0.55", "0.15"
 TIMING_ONLY_NOTE = ("Acceptance is not shown: this pair has random weights (timing-only), so only its forward "
@@ -73,8 +76,6 @@ def save(fig, figures_dir, name, data_dir=None) -> list[Path]:
     """<figures_dir>/<name>.png and .svg; returns the paths. The figure's last line names the machine, commit
     and date of the rows it was drawn from (their run ids), read from <data_dir>/<name>/ (default: the study's
     layout, data/<target>/ beside figures/<target>/)."""
-    from .results import RESULTS, describe_runs, read_rows
-
     out = Path(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
     folder = Path(data_dir or out.parent.parent / "data" / out.name) / name
@@ -137,7 +138,7 @@ def sweep_panels(cells, reference, width, height):
 def k_sweep(cells, table, reference=None, target=""):
     """Throughput and speedup vs K (speculative; mean over prompts with 95% intervals), the target-only
     baseline as a band, acceptance vs K (unless timing-only), and the seed's reported series in its own panel."""
-    spec, base = table[table["mode"] == "speculative"].sort_values("k"), table[table["mode"] == "baseline"]
+    spec, base = table[table["mode"] == SPECULATIVE].sort_values("k"), table[table["mode"] == BASELINE]
     fig, ax = sweep_panels(cells, reference, 6, 4.2)
     hide_acceptance = "acceptance" not in ax
     nprompts = int(spec["prompts"].max()) if len(spec) else 0
@@ -152,7 +153,7 @@ def k_sweep(cells, table, reference=None, target=""):
     ax["speedup"].axhline(1.0, color=BASE_COLOR, ls="--", lw=1)
     ax["speedup"].set(xlabel="K (draft tokens per round)", ylabel="speedup (x)", title="Speedup over target only")
     if "acceptance" in ax:
-        ok = cells[(cells["runs"] > 0) & (cells["mode"] == "speculative")]
+        ok = cells[(cells["runs"] > 0) & (cells["mode"] == SPECULATIVE)]
         ax["acceptance"].scatter(ok["k"], ok["acceptance_rate"] * 100, color="tab:blue", alpha=0.5, s=18,
                                  label="acceptance, one prompt")
         ax["acceptance"].plot(spec["k"], spec["acceptance_rate"] * 100, marker="o", color="tab:blue",
@@ -172,12 +173,6 @@ def k_sweep(cells, table, reference=None, target=""):
 
 # -- 2. batch sweep -----------------------------------------------------------------------------------------
 
-def series_label(row) -> str:
-    if row["mode"] == "baseline":
-        return "target only (baseline)"
-    return f"speculative K={row['k']}"
-
-
 def grouped_bars(ax, t, x, y, series, order, palette, fmt="%.2f"):
     """Bars of `y` per category `x` and `series`, with 95% interval error bars; only the series present at
     each x share its slot, so every bar sits over its own label."""
@@ -196,11 +191,10 @@ def batch_sweep(cells, table, reference=None, target=""):
     """Throughput and speedup per batch size (baseline and each K; 95% intervals), acceptance per batch size,
     and the seed's reported values in their own panel, labelled with their own token counts."""
     t = table.copy()
-    t["series"] = t.apply(series_label, axis=1)
+    t["series"] = t.apply(label, axis=1)
     t = t.sort_values(["batch_size", "mode", "k"])
     t["where"] = t["batch_size"].astype(str) + "\n(" + t["max_new_tokens"].astype(str) + " tok/row)"
-    order = ["target only (baseline)"] + [f"speculative K={k}" for k in sorted(t.loc[t["mode"] == "speculative", "k"]
-                                                                                .unique())]
+    order = list(dict.fromkeys(t.sort_values(["k"])["series"]))  # the target alone (K=0) first, then K ascending
     palette = dict(zip(order, sns.color_palette("deep", len(order))))
     fig, ax = sweep_panels(cells, reference, 6.5, 4.4)
     hide_acceptance = "acceptance" not in ax
@@ -208,16 +202,16 @@ def batch_sweep(cells, table, reference=None, target=""):
     ax["throughput"].set_xticks(range(len(xs)), xs)
     ax["throughput"].set(xlabel="batch size (new tokens per row)", ylabel="throughput (tokens/s, all rows)",
                          title="Throughput")
-    spec = t[t["mode"] == "speculative"]
-    xs = grouped_bars(ax["speedup"], spec, "where", "vs_baseline", "series", order[1:], palette)
+    spec = t[t["mode"] == SPECULATIVE]
+    xs = grouped_bars(ax["speedup"], spec, "where", "vs_baseline", "series", [o for o in order if o in set(spec["series"])],
+                      palette)
     ax["speedup"].set_xticks(range(len(xs)), xs)
     ax["speedup"].axhline(1.0, color=BASE_COLOR, ls="--", lw=1)
     ax["speedup"].set(xlabel="batch size (new tokens per row)", ylabel="speedup over target only (x)",
                       title="Speedup (paired by prompt group)")
     if "acceptance" in ax:
-        for k, s in spec.groupby("k"):
-            ax["acceptance"].plot(s["where"], s["acceptance_rate"] * 100, marker="o", label=f"speculative K={k}",
-                                  color=palette[f"speculative K={k}"])
+        for series, s in spec.groupby("series", sort=False):
+            ax["acceptance"].plot(s["where"], s["acceptance_rate"] * 100, marker="o", label=series, color=palette[series])
         ax["acceptance"].set(xlabel="batch size (new tokens per row)", ylabel="acceptance rate (%)",
                              title="Acceptance (mean over prompt groups)", ylim=(0, 105))
     if has(reference):
@@ -266,13 +260,20 @@ def verification_latency(table, target=""):
 # -- 4. speculative vs baseline -----------------------------------------------------------------------------------
 
 def config_label(row) -> str:
-    head = "target only" if row["mode"] in ("hf_generate", "baseline") else f"K={row['k']}"
+    """A configuration in words: the target alone, a fixed K, or a K chosen per round (with the mean K chosen,
+    where the rows record it, and the cap)."""
+    mode, mean_k = MODES[row["mode"]], row.get("mean_k")
+    if mode.policy in ("none", "fixed"):
+        head = "target only" if mode.policy == "none" else f"K={int(row['k'])}"
+    else:
+        chosen = f"mean K {mean_k:.1f}, " if isinstance(mean_k, float) and mean_k == mean_k else ""
+        head = f"K chosen per round ({chosen}up to {mode.k_max})"
     return f"{head}, b={row['batch_size']}, {row['max_new_tokens']} tok"
 
 
-SPEEDUP_SERIES = dict(speculative="specdec measured", predicted="predicted (Leviathan, calibration pass)",
-                      hf_assisted="HF assisted generation", hf_assisted_default="HF assisted, its defaults",
-                      auto="specdec auto K", hf_generate="HF generate (target only)")
+PREDICTED = "predicted (Leviathan, calibration pass)"
+# Every mode but the baseline (it is the line at 1), then the prediction beside the speculative bars.
+SPEEDUP_SERIES = {**{m: mode.label for m, mode in MODES.items() if m != BASELINE}, "predicted": PREDICTED}
 
 
 def speedup(table, target=""):
@@ -286,7 +287,7 @@ def speedup(table, target=""):
     long = [t.assign(series=t["mode"].map(SPEEDUP_SERIES), value=t["vs_baseline"], lo=t["vs_baseline_lo"],
                      hi=t["vs_baseline_hi"])]
     if "predicted_lo" in t:
-        s = t[(t["mode"] == "speculative") & t["predicted_speedup"].notna()]
+        s = t[(t["mode"] == SPECULATIVE) & t["predicted_speedup"].notna()]
         long.append(s.assign(series=SPEEDUP_SERIES["predicted"], value=s["predicted_speedup"], lo=s["predicted_lo"],
                              hi=s["predicted_hi"]))
     long = pd.concat(long, ignore_index=True).dropna(subset=["value"])
@@ -325,30 +326,16 @@ def speedup(table, target=""):
 
 # -- 5. drafters ------------------------------------------------------------------------------------------------------
 
-def drafter_label(row) -> str:
-    if row["mode"] == "baseline":
-        return "none (target only)"
-    if row["mode"] == "adaptive" or str(row["k"]) == "adaptive":
-        return "draft model, adaptive K"
-    if row["mode"] == "prompt_lookup":
-        return f"prompt lookup, K={row['k']}"
-    if row["mode"] in ("auto", "hf_assisted_default"):  # they choose their own K
-        return SPEEDUP_SERIES[row["mode"]]
-    if row["mode"] in ("hf_assisted", "hf_generate"):
-        return f"{SPEEDUP_SERIES[row['mode']]}, K={row['k']}"
-    return f"draft model, K={row['k']}"
-
-
 def drafters(cells, table, target=""):
     """Speedup over target only per drafter and prompt category (95% intervals), and acceptance per drafter."""
     t = table.copy()
-    t["drafter"] = t.apply(drafter_label, axis=1)
+    t["drafter"] = t.apply(label, axis=1)
     hide_acceptance = timing_only(cells)
     fig, axes = plt.subplots(1, 1 if hide_acceptance else 2, figsize=(7 if hide_acceptance else 13, 5.8),
                              squeeze=False)
     cats = sorted(t["category"].dropna().unique()) if "category" in t else []
     palette = dict(zip(cats, sns.color_palette("deep", len(cats))))
-    drafted = t[t["mode"] != "baseline"]
+    drafted = t[t["mode"] != BASELINE]
     xs = grouped_bars(axes[0, 0], drafted, "drafter", "vs_baseline", "category", cats, palette)
     axes[0, 0].set_xticks(range(len(xs)), [textwrap.fill(x, 14) for x in xs], fontsize=8)
     axes[0, 0].axhline(1.0, color=BASE_COLOR, ls="--", lw=1)

@@ -16,13 +16,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .arena import Arena
+from ..arena import Arena
+from ..engine import VERIFY_MODES
 from .bench import model_names, weights_of
-from .linear import fast_linears, mode as linear_mode
-from .profiler import synchronize
+from ..linear import fast_linears, mode as linear_mode
+from ..profiler import synchronize
 from .results import RESULTS, append_row, done_keys, now, read_rows, start_run
 
-MODES = ("parallel", "naive")
+MODES = VERIFY_MODES  # the engine's: one (K+1)-token forward, or K+1 one-token forwards
 SETTING = ("pair", "target", "device", "dtype", "linear", "context", "batch_size")  # what makes two rows comparable
 KEY = SETTING + ("k", "mode", "repeat")
 COLUMNS = ("run_id", *KEY, "timing_only", "tokens", "forwards", "seconds", "finished_utc")

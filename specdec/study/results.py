@@ -16,10 +16,24 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .provenance import provenance
+from .provenance import device_name, git_state, provenance
 
 RESULTS = "results.jsonl"
+
+# The row schema of a sweep (specdec.study.bench), read by the summaries. Metrics follow DESIGN.md section 3.
+PHASES = ("prefill_s", "draft_s", "verify_s", "accept_s", "rollback_s")
+# What makes a row unique: the measurement setting (model, device, sampling), the cell and the timed run. `k`,
+# `policy` and `k_max`: see specdec.study.modes.
+CELL = ("pair", "target", "draft", "device", "dtype", "draft_dtype", "temperature", "seed",
+        "mode", "k", "policy", "k_max", "batch_size", "max_new_tokens", "verify", "prompt_id", "prompt_ids")
+KEY = CELL + ("iteration",)
+METRICS = ("new_tokens", "seconds", "throughput", "proposed", "accepted", "acceptance_rate", "target_forwards",
+           "draft_forwards", "iterations", "tokens_per_target_forward", "mean_k", *PHASES, "draft_step_s", "verify_iter_s",
+           "peak_memory_mib")
+COLUMNS = ("run_id", *CELL, "timing_only", "iteration", "status", "error", *METRICS, "matches_baseline",
+           "tokens", "finished_utc")
 
 
 def new_run_id() -> str:
@@ -133,9 +147,6 @@ STATE = "study-run.json"  # in data/<target>/: the run there, its status, and wh
 def fingerprint(device, params) -> dict:
     """What must be equal for an interrupted run to be continued automatically: the machine (device name and
     thread count), the code (commit and uncommitted diff) and every parameter."""
-    import torch
-
-    from .provenance import device_name, git_state
     git = git_state()
     blob = json.dumps(params, sort_keys=True, default=str).encode()
     return dict(machine=f"{device_name(device)} ({torch.get_num_threads()} threads)", commit=git["git_commit"],

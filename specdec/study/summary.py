@@ -4,9 +4,12 @@ separate calibration pass in `calibrated_prediction`). Metrics follow docs/DESIG
 """
 import numpy as np
 import pandas as pd
+from scipy.optimize import brentq
 from scipy.stats import iqr
 
-from .bench import CELL, METRICS, PHASES
+from . import stats
+from .modes import BASELINE, SPECULATIVE, VS_HF, VS_HF_DEFAULT
+from .results import CELL, METRICS, PHASES
 
 # What makes two cells comparable (a mode against the baseline, or HF's defaults, on the same prompts). Not the
 # draft's dtype: the baseline does not use the draft, and HF assisted generation gets it in the target's dtype.
@@ -32,12 +35,11 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
     95% intervals (specdec.stats, stratified by prompt, paired for ratios): throughput_lo/_hi,
     decode_throughput_lo/_hi and speedup_lo/_hi. decode_throughput = (new tokens - one per row) /
     (seconds - prefill_s): the decode phase alone, without the time to first token (specdec modes only)."""
-    from . import stats
 
     rows = pd.DataFrame(rows)
     cell = [c for c in CELL if c in rows]
     match = [c for c in MATCH if c in rows]
-    key = lambda cols: rows[cols].astype(str).agg("|".join, axis=1)  # NaN-proof join keys
+    key = lambda cols: rows[cols].map(str).agg("|".join, axis=1)  # NaN-proof join keys (NaN -> "nan")
     rows = rows.assign(_cell=key(cell), _match=key(match))
     keys = cell + ["_cell", "_match"]
     success = rows.groupby(keys, dropna=False, sort=False)["status"].agg(lambda s: (s == "ok").mean())
@@ -61,19 +63,20 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
     cells = success.rename("success_rate").to_frame().join(metrics).reset_index()
     cells["runs"] = cells["runs"].fillna(0).astype(int)
 
-    base = cells[cells["mode"] == "baseline"][match + ["throughput", "verify_iter_s"]]
+    base = cells[cells["mode"] == BASELINE][match + ["throughput", "verify_iter_s"]]
     cells = cells.merge(base.rename(columns={"throughput": "baseline_throughput", "verify_iter_s": "target_step_s"}),
                         on=match, how="left")
-    others = cells["mode"] != "baseline"
+    others = cells["mode"] != BASELINE
     cells["speedup"] = np.where(others, cells["throughput"] / cells["baseline_throughput"], np.nan)
-    hf = cells[cells["mode"] == "hf_assisted"][match + ["k", "throughput"]]
+    hf = cells[cells["mode"] == VS_HF[1]][match + ["k", "throughput"]]
     cells = cells.merge(hf.rename(columns={"throughput": "hf_assisted_throughput"}), on=match + ["k"], how="left")
-    spec = cells["mode"] == "speculative"
-    cells["speedup_vs_hf"] = np.where(spec, cells["throughput"] / cells["hf_assisted_throughput"], np.nan)
+    spec = cells["mode"] == SPECULATIVE
+    cells["speedup_vs_hf"] = np.where(cells["mode"] == VS_HF[0], cells["throughput"] / cells["hf_assisted_throughput"],
+                                      np.nan)
     # what a user would otherwise get: generate(assistant_model=...) at HF's own defaults, vs specdec's auto K
-    hf_default = cells[cells["mode"] == "hf_assisted_default"][match + ["throughput"]]
+    hf_default = cells[cells["mode"] == VS_HF_DEFAULT[1]][match + ["throughput"]]
     cells = cells.merge(hf_default.rename(columns={"throughput": "hf_default_throughput"}), on=match, how="left")
-    auto = cells["mode"] == "auto"
+    auto = cells["mode"] == VS_HF_DEFAULT[0]
     cells["speedup_vs_hf_default"] = np.where(auto, cells["throughput"] / cells["hf_default_throughput"], np.nan)
     predicted = predicted_speedup(cells["acceptance_rate"], cells["k"], cells["draft_step_s"] / cells["target_step_s"],
                                   cells["verify_iter_s"] / cells["target_step_s"])
@@ -81,17 +84,17 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
 
     runs = {k: g for k, g in ok.groupby("_cell", sort=False)}
     runs_of = lambda mode: {k: g["throughput"].to_numpy(float) for k, g in ok[ok["mode"] == mode].groupby("_match")}
-    base_runs, hf_default_runs = runs_of("baseline"), runs_of("hf_assisted_default")
+    base_runs, hf_default_runs = runs_of(BASELINE), runs_of(VS_HF_DEFAULT[1])
     col = lambda c, name: [runs[k][name].to_numpy(float) if k in runs else np.array([np.nan]) for k in c["_cell"]]
     # (this cell's runs, the reference's runs on the same prompts) for the cells of `modes`: paired ratios
     pairs = lambda c, ref, modes: [(t, ref[m]) for t, m, mode in zip(col(c, "throughput"), c["_match"], c["mode"])
                                    if mode in modes and m in ref]
     paired = lambda c, ref, modes: stats.ratio_interval(pairs(c, ref, modes), seed)  # no pairs: stats.NAN
-    drafted = set(ok["mode"]) - {"baseline"}
+    drafted = set(ok["mode"]) - {BASELINE}
     intervals = lambda c: dict(
         throughput=stats.mean_interval(col(c, "throughput"), seed),
         decode_throughput=stats.mean_interval(col(c, "decode_throughput"), seed),
-        speedup=paired(c, base_runs, drafted), speedup_vs_hf_default=paired(c, hf_default_runs, {"auto"}))
+        speedup=paired(c, base_runs, drafted), speedup_vs_hf_default=paired(c, hf_default_runs, {VS_HF_DEFAULT[0]}))
     if by is None:
         found = [intervals(cells.iloc[[i]]) for i in range(len(cells))]
         out = cells
@@ -111,13 +114,9 @@ def calibrated_prediction(calibration, ks, seed=0) -> pd.DataFrame:
     solved from its accepted tokens per round, E = a (1 - a^K) / (1 - a); c = draft step / target step,
     v = verify round (at that K, interpolated between calibrated K) / target step. Interval: bootstrap over
     the calibration runs (each quantity's runs resampled). Columns: k, predicted_speedup, _lo, _hi, a, c, v."""
-    from scipy.optimize import brentq
-
-    from . import stats
-
     cal = pd.DataFrame(calibration)
     cal = cal[(cal["status"] == "ok") & (cal["batch_size"] == 1)]
-    spec, base = cal[cal["mode"] == "speculative"], cal[cal["mode"] == "baseline"]
+    spec, base = cal[cal["mode"] == SPECULATIVE], cal[cal["mode"] == BASELINE]
     if not len(spec) or not len(base):
         raise ValueError("calibration needs ok baseline and speculative rows at batch 1: run the calibration pass")
 

@@ -14,15 +14,20 @@ from pathlib import Path
 
 import torch
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+from .. import __version__
+from ..machine import cpu_name
+
+CODE_DIR = Path(__file__).resolve().parent  # the code that runs: its checkout's commit is what provenance records
+TARGET_DIR = CODE_DIR / "targets"          # one YAML per hardware target
 
 
-# What the study writes: a checkout holding fresh results is not "dirty" code. data/prompts and
-# data/reference are inputs, so only the per-target result folders are excluded.
-OUTPUTS = ("figures", "smoke", *(f"data/{t.stem}" for t in (PACKAGE_DIR / "targets").glob("*.yaml")))
+def outputs() -> tuple:
+    """What the study writes: a checkout holding fresh results is not "dirty" code. data/prompts and
+    data/reference are inputs, so only the per-target result folders are excluded."""
+    return ("figures", "smoke", *(f"data/{t.stem}" for t in TARGET_DIR.glob("*.yaml")))
 
 
-def git_state(path=PACKAGE_DIR) -> dict:
+def git_state(path=CODE_DIR) -> dict:
     """Commit, dirty flag and a hash of the uncommitted source changes (tracked diff + untracked files, the
     study's output folders excluded) of the checkout holding `path`; None for all outside a checkout."""
     def git(*args):
@@ -33,7 +38,7 @@ def git_state(path=PACKAGE_DIR) -> dict:
         if head.returncode != 0:  # not a checkout (an installed wheel), or a repo with no commit yet
             return none
         top = Path(git("rev-parse", "--show-toplevel").stdout.strip())
-        spec = ["--", ":/", *(f":(exclude,top){o}" for o in OUTPUTS)]
+        spec = ["--", ":/", *(f":(exclude,top){o}" for o in outputs())]
         diff = git("diff", "HEAD", "--binary", *spec).stdout
         untracked = git("ls-files", "--others", "--exclude-standard", "--full-name", *spec).stdout.split()
         if not diff and not untracked:
@@ -71,16 +76,6 @@ def device_name(device=None) -> str:
     return cpu_name()
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def _jsonable(value):
     """Parameters as JSON values: tuples to lists, torch dtypes/devices and other objects to strings."""
     if isinstance(value, dict):
@@ -95,8 +90,6 @@ def _jsonable(value):
 def provenance(device=None, **params) -> dict:
     """A JSON-serialisable record of this process's code, environment and the given parameters.
     `device` (optional) picks which device's name is recorded; it is kept among the params too."""
-    from . import __version__
-
     record = dict(
         started_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **git_state(),

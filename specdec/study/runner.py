@@ -25,93 +25,36 @@ on the summary page and exits 1.
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+import papermill
 import yaml
+from ipykernel.kernelspec import install as install_kernel
+from jupyter_client.kernelspec import KernelSpecManager
 
-from .bench import load_warm  # noqa: F401  (the notebooks call study.load_warm)
-from .provenance import PACKAGE_DIR, provenance
+from ..devices import resolve_device
+from ..models import unavailable
+from .provenance import TARGET_DIR, provenance
 from .results import RESULTS, STATE as STATE_FILE, close_study_run, describe_runs, fingerprint, now, open_study_run, read_rows, scrub_paths
 
-REPO = PACKAGE_DIR.parent
-NOTEBOOK_DIR = REPO / "notebooks"
-TARGET_DIR = PACKAGE_DIR / "targets"
-REFERENCE = REPO / "data" / "reference" / "seed_results.csv"
 RUNS_FILE = "study-runs.json"  # per notebook: status, seconds, error of its latest run (the summary's source)
+# The study's inputs in a checkout: given to the notebooks as parameters (relative to their working folder).
+PROMPTS, REFERENCE = Path("data/prompts/prompts.jsonl"), Path("data/reference/seed_results.csv")
 
 
-# -- helpers the notebooks call ---------------------------------------------------------------------------
-
-def seed_reference(experiment, devices, out_dir):
-    """The seed's reported numbers for `experiment` on `devices`, copied into out_dir (so the run's data
-    folder holds everything its figures show); None when no device is asked for."""
-    if not devices:
-        return None
-    ref = pd.read_csv(REFERENCE)
-    ref = ref[(ref["experiment"] == experiment) & ref["device"].isin(list(devices))]
-    path = Path(out_dir) / "seed_reference.csv"
-    ref.to_csv(path, index=False)
-    return pd.read_csv(path)
-
-
-def save_tables(rows, out_dir, by=("mode", "k", "batch_size", "max_new_tokens", "verify"), columns=None,
-                extra=None):
-    """rows.csv (this configuration's runs), cells.csv (per cell) and summary.csv (the notebook's table,
-    means over prompts); returns (cells, summary) read back from the files the figures are made from.
-    vs_baseline = throughput / specdec target-only throughput on the same prompts, for every mode (HF ones
-    included), with its paired 95% interval vs_baseline_lo/_hi; every listed column that has an interval
-    (throughput, decode_throughput, vs_baseline) is followed by its _lo and _hi columns.
-    Timing-only pairs (random weights) get no acceptance columns: their acceptance means nothing."""
-    from .summary import summarize
-
-    out = Path(out_dir)
-    rows = pd.DataFrame(rows)
-    rows.to_csv(out / "rows.csv", index=False)
-
-    def with_ratio(t):  # vs_baseline: the speedup of every non-baseline mode, 1 for the baseline itself
-        base = t["mode"] == "baseline"
-        return t.assign(vs_baseline=t["speedup"].where(~base, 1.0), vs_baseline_lo=t["speedup_lo"].where(~base, 1.0),
-                        vs_baseline_hi=t["speedup_hi"].where(~base, 1.0))
-    cells = with_ratio(summarize(rows))
-    if extra is not None:  # e.g. prompt categories
-        cells = extra(cells)
-    cells.to_csv(out / "cells.csv", index=False)
-    summary = with_ratio(summarize(rows, by=list(by)))
-    hidden = ("acceptance_rate", "predicted_speedup") if rows["timing_only"].fillna(False).astype(bool).any() else ()
-    wanted = [c for c in (columns or summary.columns) if c in summary and c not in hidden]
-    wanted = [x for c in wanted for x in ([c, f"{c}_lo", f"{c}_hi"] if f"{c}_lo" in summary and columns else [c])]
-    summary = summary[list(dict.fromkeys(wanted))]
-    summary.to_csv(out / "summary.csv", index=False)
-    return pd.read_csv(out / "cells.csv"), pd.read_csv(out / "summary.csv")
-
-
-def readout(out_dir, text):
-    """Show the notebook's reading of its result and keep it for the summary page."""
-    from IPython.display import Markdown, display
-
-    Path(out_dir, "readout.md").write_text(text.strip() + "\n")
-    display(Markdown(text))
-
-
-def hf_plan(rows, pair_name, prompts, max_new_tokens, ks, hf_modes=("hf_generate", "hf_assisted")):
-    """What notebook 4 must run itself for one pair: the HF reference modes always (those of `hf_modes` this
-    specdec.bench has); our baseline and speculative cells only where the reused data lacks them (e.g. after
-    --only). Uses the reused batch-1 token count, so the HF cells sit beside the cells they are compared with."""
-    from .bench import MODES
-
-    rows = pd.DataFrame(rows)
-    mine = rows[(rows.get("pair") == pair_name) & (rows.get("batch_size") == 1) & (rows.get("status") == "ok")] \
-        if len(rows) else rows
-    n = int(mine["max_new_tokens"].mode().iloc[0]) if len(mine) else int(max_new_tokens)
-    have = set() if not len(mine) else set(zip(mine["mode"], mine["k"].astype(str), mine["prompt_id"],
-                                               mine["max_new_tokens"]))
-    need_base = any(("baseline", "0", p, n) not in have for p in prompts)
-    need_spec = any(("speculative", str(k), p, n) not in have for p in prompts for k in ks)
-    modes = ["baseline"] * need_base + ["speculative"] * need_spec + [m for m in hf_modes if m in MODES]
-    return modes, n
+def checkout(start=".") -> Path:
+    """The specdec checkout the study runs from: the git top level of `start` (the current folder), else `start`.
+    The notebooks, prompts and the seed's reference numbers are read from there."""
+    try:
+        top = subprocess.run(["git", "-C", str(start), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        top = ""
+    return Path(top or start).resolve()
 
 
 def markdown_table(frame, digits=3) -> str:
@@ -127,12 +70,13 @@ def markdown_table(frame, digits=3) -> str:
 
 # -- configuration ---------------------------------------------------------------------------------------------
 
-def notebooks() -> dict:
+def notebooks(repo) -> dict:
     """{'01_k_sweep': path, ...} in run order; a notebook's section name drops the number: k_sweep."""
-    if not NOTEBOOK_DIR.is_dir():
-        raise SystemExit(f"no notebooks at {NOTEBOOK_DIR}: the study runs from a source checkout of specdec "
-                         f"(git clone, then pip install -e .)")
-    return {p.stem: p for p in sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))}
+    folder = Path(repo) / "notebooks"
+    if not folder.is_dir():
+        raise SystemExit(f"no notebooks at {folder}: run the study from a source checkout of specdec (git clone, "
+                         f"then bash scripts/setup.sh), or pass --repo")
+    return {p.stem: p for p in sorted(folder.glob("[0-9][0-9]_*.ipynb"))}
 
 
 def section(name) -> str:
@@ -166,11 +110,10 @@ def parse_overrides(items) -> dict:
     return out
 
 
-def notebook_params(name, path, config, target, data_dir, figures_dir) -> dict:
-    """The parameters papermill injects: common keys the notebook declares, then its section, then paths.
+def notebook_params(name, path, config, target, data_dir, figures_dir, inputs) -> dict:
+    """The parameters papermill injects: common keys the notebook declares, then its section, then paths
+    (`inputs`: the prompt and reference files, for the notebooks that declare them).
     A section key the notebook does not declare is a typo, and an error (papermill would only warn)."""
-    import papermill
-
     declared = papermill.inspect_notebook(str(path))
     params = {k: v for k, v in (config.get("common") or {}).items() if k in declared}
     sec = config.get(section(name)) or {}
@@ -178,6 +121,7 @@ def notebook_params(name, path, config, target, data_dir, figures_dir) -> dict:
     if unknown:
         raise ValueError(f"{name}: unknown parameter(s) {unknown}; the notebook declares {sorted(declared)}")
     params.update(sec, target=target, data_dir=str(data_dir), figures_dir=str(figures_dir))
+    params.update({k: str(v) for k, v in inputs.items() if k in declared})
     return params
 
 
@@ -185,17 +129,12 @@ def notebook_params(name, path, config, target, data_dir, figures_dir) -> dict:
 
 def ensure_kernel():
     """papermill needs a kernel named python3; a fresh machine (or venv) may lack the spec."""
-    from jupyter_client.kernelspec import KernelSpecManager
-
     if "python3" not in KernelSpecManager().find_kernel_specs():
-        from ipykernel.kernelspec import install
-        install(user=True)
+        install_kernel(user=True)
 
 
 def run_notebook(path, executed, params, cwd, verbose=False) -> tuple:
     """(status, seconds, error); the executed copy is saved cell by cell, so a failure keeps what ran."""
-    import papermill
-
     start = time.perf_counter()
     try:
         papermill.execute_notebook(str(path), str(executed), parameters=params, kernel_name="python3",
@@ -251,8 +190,6 @@ def write_summary(data_dir, figures_dir, target, smoke, state, names):
 def drop_unavailable(name, params) -> list:
     """Remove the pairs this machine cannot load from a notebook's parameters (in place); the reasons why.
     A notebook left with no pair is skipped by the caller."""
-    from .models import unavailable
-
     pairs = params.get("pair")
     if pairs is None:
         return []
@@ -273,7 +210,9 @@ def parser():
     p.add_argument("--target", required=True, help="hardware target: a file in specdec/targets/")
     p.add_argument("--smoke", action="store_true", help="tiny random models, a few tokens: seconds per notebook")
     p.add_argument("--only", action="append", default=[], help="notebook(s) to run, e.g. 03_verification_latency")
-    p.add_argument("--out", help="output root (default: the repository; with --smoke: <repo>/smoke)")
+    p.add_argument("--out", help="output root (default: the checkout; with --smoke: <checkout>/smoke)")
+    p.add_argument("--repo", help="the specdec checkout whose notebooks and data/ inputs to use (default: the "
+                                  "git checkout of the current folder)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="[NOTEBOOK.]KEY=VALUE",
                    help="override a parameter (YAML value), e.g. -p k_sweep.pair=gpt2-random")
     p.add_argument("--resume", action="store_true",
@@ -283,18 +222,17 @@ def parser():
 
 
 def main(argv=None) -> int:
-    from .models import resolve_device
-
     args = parser().parse_args(argv)
     valid = targets()
     if args.target not in valid:
         print(f"error: unknown target {args.target!r}; choose from {', '.join(valid)}", file=sys.stderr)
         return 2
-    names = notebooks()
+    repo = checkout(args.repo or ".")
+    names = notebooks(repo)
     wanted = [n for n in names if not args.only or any(o in (n, section(n), n[:2], n[:2].lstrip("0"))
                                                       for o in args.only)]
     unknown = [o for o in args.only if not any(o in (n, section(n), n[:2], n[:2].lstrip("0")) for n in names)]
-    out = Path(args.out or (REPO / "smoke" if args.smoke else REPO)).resolve()
+    out = Path(args.out or (repo / "smoke" if args.smoke else repo)).resolve()
     # Paths given to the notebooks are relative to `out` (their working folder): no machine's absolute paths
     # end up in the executed notebooks that are published.
     data_rel, figures_rel = Path("data") / args.target, Path("figures") / args.target
@@ -304,7 +242,9 @@ def main(argv=None) -> int:
             raise ValueError(f"unknown notebook(s) {unknown}; choose from {', '.join(names)}")
         config = load_config(args.target, args.smoke, args.param)
         device = resolve_device((config.get("common") or {}).get("device", "auto"))
-        params = {n: notebook_params(n, names[n], config, args.target, data_rel, figures_rel) for n in wanted}
+        inputs = dict(prompts_file=os.path.relpath(repo / PROMPTS, out),
+                      reference_file=os.path.relpath(repo / REFERENCE, out))
+        params = {n: notebook_params(n, names[n], config, args.target, data_rel, figures_rel, inputs) for n in wanted}
     except ValueError as e:  # bad -p, unknown notebook key, unknown device: say so before any work
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -314,7 +254,7 @@ def main(argv=None) -> int:
             print(f"{name}: skipping {why}", flush=True)
 
     # The kernels are subprocesses: they inherit this environment, so they import this checkout's specdec.
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(repo)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     os.environ.setdefault("MPLBACKEND", "Agg")
     ensure_kernel()
     state, decided = open_study_run(data_dir, figures_dir, [section(n) for n in wanted],
@@ -347,7 +287,7 @@ def main(argv=None) -> int:
     state = close_study_run(data_dir, state, "failed" if failed else "complete")
     write_summary(data_dir, figures_dir, args.target, args.smoke, state, list(names))
     publishable = [*data_dir.rglob("*.ipynb"), *data_dir.rglob("*.md"), *data_dir.glob("*.json")]
-    scrub_paths(publishable, {out: ".", REPO: "<specdec>", sys.prefix: "<python>", Path.home(): "~"})
+    scrub_paths(publishable, {out: ".", repo: "<specdec>", sys.prefix: "<python>", Path.home(): "~"})
     print(f"{len(wanted) - len(failed)}/{len(wanted)} notebooks ok or skipped in {time.perf_counter() - total:.0f} s; "
           f"summary: {data_dir / 'README.md'}")
     return 1 if failed else 0

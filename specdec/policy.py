@@ -1,4 +1,13 @@
-"""k="auto": the K of each round chosen from what a round costs on this machine and how well rows accept.
+"""How K is chosen: the one protocol every K policy follows, the three policies, and `resolve`, the only place
+where the user's `k` (an int, "adaptive", "auto" or a policy object) becomes a policy.
+
+    begin(target, drafter, batch) -> k    once per generation, before the timed run: the first round's K
+    next_k(k, accepted) -> k              after each round; accepted[b]: drafts row b accepted, None if finished
+    k_max                                 the largest K it may return (sizes the arenas)
+    label                                 "fixed", "adaptive" or "auto": what results call it
+
+FixedK is a constant K. AdaptiveK is Hugging Face's heuristic schedule. AutoK ("auto") picks the K of each
+round from what a round costs on this machine and how well rows accept:
 
 Model of one round at batch B with K drafts: it costs K * draft_s + verify_s[K+1] (a draft step, and a
 target forward over K+1 tokens per row) and row b gains on average 1 + a_b + a_b^2 + ... + a_b^K tokens,
@@ -7,26 +16,82 @@ where a_b is the row's acceptance probability per draft. The round picks the K i
 
 Costs: measured once per (machine, model, dtype, batch, linear path) by timing a few cache-free forwards
 (target over T = 1, 2, 3, 5, 9, ... tokens, interpolated between; draft over 1 token) and cached in JSON
-under specdec.models.cache_root(). Why not online from the rounds' wall time: a round only measures the
+under specdec.machine.cache_root(). Why not online from the rounds' wall time: a round only measures the
 K it ran, so the curve for the other K's would need exploration rounds that cost real tokens; a one-off
-calibration of ~15 forwards gives the whole curve before the first round, and the plan cache makes it
-cost nothing on the next run. The calibration runs outside the timed generation (in Decoder.__init__).
+calibration of ~15 forwards gives the whole curve before the first round, and the cache makes it cost
+nothing on the next run. The calibration runs in begin(), outside the timed generation.
 
 Acceptance: per row an exponentially weighted count of accepted drafts over drafts tried (a prior of
 PRIOR worth PRIOR_WEIGHT drafts), updated from rounds where the row drafted. A batch at K=0 learns
 nothing, so after PROBE_EVERY such rounds it drafts one token (a probe), unless no K could pay even
 with every draft accepted.
 """
-import json
-
 import torch
 
-from .linear import machine_key, mode, time_forward
+from .linear import mode, plan_key
+from .machine import read_cache, write_cache
+from .profiler import time_forward
 
+MAX_K = 64  # beyond this a draft is never worth it; a bigger k is almost surely a typo
 PRIOR, PRIOR_WEIGHT = 0.6, 2.0  # a draft from the same family accepts roughly this often before any evidence
 DECAY = 0.7                     # weight of past rounds per round: a row's acceptance moves within ~3 rounds
 PROBE_EVERY = 8
+COSTS = "autok-costs.json"  # under specdec.machine.cache_root()
 
+
+def resolve(k, drafting=True):
+    """The policy for `k`: an int 1..MAX_K, "adaptive", "auto", or an object that follows the protocol.
+    Without a drafter (`drafting` False) K is 0 whatever `k` says: the target alone."""
+    if not drafting:
+        return FixedK(0)
+    if k == "auto":
+        return AutoK()
+    if k == "adaptive":
+        return AdaptiveK()
+    if all(hasattr(k, name) for name in ("begin", "next_k", "k_max", "label")):
+        return k
+    if isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_K:
+        return FixedK(k)
+    raise ValueError(f"k={k!r} is out of range: use an int in 1..{MAX_K} (typical: 2..8), 'auto' (chosen per round "
+                     f"from measured costs), 'adaptive' (HF's +2/-1 schedule), or a policy object (specdec.policy)")
+
+
+class FixedK:
+    """The same K every round."""
+    label = "fixed"
+
+    def __init__(self, k: int):
+        self.k_max = k
+
+    def begin(self, target, drafter, batch: int) -> int:
+        return self.k_max
+
+    def next_k(self, k: int, accepted: list) -> int:
+        return self.k_max
+
+
+class AdaptiveK:
+    """Dynamic K, Hugging Face's heuristic schedule per batch: +2 after a round in which every
+    unfinished row accepted all K drafts, -1 (not below `low`) after any other round."""
+    label = "adaptive"
+
+    def __init__(self, start: int = 4, low: int = 1, high: int = 16):
+        if not 1 <= low <= start <= high <= MAX_K:
+            raise ValueError(f"AdaptiveK needs 1 <= low <= start <= high <= {MAX_K}; got low={low}, start={start}, "
+                             f"high={high}")
+        self.start, self.low, self.k_max = start, low, high
+
+    def begin(self, target, drafter, batch: int) -> int:
+        return self.start
+
+    def next_k(self, k: int, accepted: list) -> int:
+        accepted = [a for a in accepted if a is not None]
+        if accepted and all(a == k for a in accepted):
+            return min(k + 2, self.k_max)
+        return max(k - 1, self.low)
+
+
+# -- auto: the cost model ------------------------------------------------------------------------------------
 
 def expected_tokens(alpha: float, k: int) -> float:
     """Tokens a row gains in a round of K drafts, each accepted with probability alpha (the first
@@ -56,16 +121,10 @@ def model_key(model) -> str:
 
 def measure_costs(target, draft, batch, high) -> dict:
     """{"verify_s": {T: s}, "draft_s": s} for this batch size, from a cache file when present."""
-    from .models import cache_root
-
-    path = cache_root() / "autok-costs.json"
-    key = f"{machine_key()} | {model_key(target)} | {None if draft is None else model_key(draft)} | " \
+    key = f"{plan_key()} | {model_key(target)} | {None if draft is None else model_key(draft)} | " \
           f"batch {batch} | linear {mode()} | high {high}"
-    try:
-        everything = json.loads(path.read_text())
-    except (OSError, ValueError):
-        everything = {}
-    if key not in everything:
+    entry = read_cache(COSTS).get(key)
+    if entry is None:
         with torch.inference_mode():
             time_forward(target, 1, batch, 1, reps=0)  # warm-up only: page-in, kernel selection
             draft_s, points = float("inf"), dict.fromkeys(cost_points(high), float("inf"))
@@ -73,10 +132,8 @@ def measure_costs(target, draft, batch, high) -> dict:
                 for t in points:
                     points[t] = min(points[t], time_forward(target, t, batch, 0, reps=1, warmup=False))
                 draft_s = 0.0 if draft is None else min(draft_s, time_forward(draft, 1, batch, 1, reps=2, warmup=False))
-        everything[key] = dict(verify_s=points, draft_s=draft_s)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(everything, indent=1))
-    entry = everything[key]
+        entry = dict(verify_s=points, draft_s=draft_s)
+        write_cache(COSTS, key, entry)
     points = {int(t): s for t, s in entry["verify_s"].items()}
     # A forward over more tokens is never cheaper: a point above a later one is load noise (a spike), so
     # each point is lowered to the cheapest at or after it.
@@ -99,33 +156,32 @@ def interpolate(points: dict, last: int) -> list:
 class AutoK:
     """The cost-based K policy (see the module docstring). `costs` skips the measurement (tests, or a
     caller that measured already): {"verify_s": [unused, T=1, T=2, ...], "draft_s": seconds}."""
+    label = "auto"
 
     def __init__(self, high: int = 8, costs: dict | None = None):
-        if not 1 <= high <= 64:
-            raise ValueError(f"AutoK needs 1 <= high <= 64 (the largest K it may pick); got high={high}")
-        self.high, self.costs, self.start = high, costs, None
+        if not 1 <= high <= MAX_K:
+            raise ValueError(f"AutoK needs 1 <= high <= {MAX_K} (the largest K it may pick); got high={high}")
+        self.k_max, self.costs = high, costs
 
-    def begin(self, target, drafter, batch: int):
+    def begin(self, target, drafter, batch: int) -> int:
         """Measure (or load) the costs and pick the first round's K from the prior."""
         if self.costs is None:
-            self.costs = measure_costs(target, getattr(drafter, "model", None), batch, self.high)
-        if len(self.costs["verify_s"]) < self.high + 2:
-            raise ValueError(f"costs['verify_s'] needs entries for T = 1..{self.high + 1} (index 0 unused)")
+            self.costs = measure_costs(target, getattr(drafter, "model", None), batch, self.k_max)
+        if len(self.costs["verify_s"]) < self.k_max + 2:
+            raise ValueError(f"costs['verify_s'] needs entries for T = 1..{self.k_max + 1} (index 0 unused)")
         self.accepted = [PRIOR * PRIOR_WEIGHT] * batch
         self.tried = [PRIOR_WEIGHT] * batch
         self.idle_rounds = 0
-        self.start = self.pick(range(batch))
-        return self.start
+        return self.pick(range(batch))
 
     def alpha(self, b) -> float:
         return self.accepted[b] / self.tried[b]
 
     def pick(self, rows, alpha=None) -> int:
         alphas = [self.alpha(b) if alpha is None else alpha for b in rows]
-        return best_k(alphas, self.costs["verify_s"], self.costs["draft_s"], self.high) if alphas else 0
+        return best_k(alphas, self.costs["verify_s"], self.costs["draft_s"], self.k_max) if alphas else 0
 
     def next_k(self, k: int, accepted: list) -> int:
-        """`accepted[b]`: drafts row b accepted in the round just run at K=k; None for finished rows."""
         rows = [b for b, a in enumerate(accepted) if a is not None]
         if k:
             for b in rows:  # drafts tried: up to and including the first rejection

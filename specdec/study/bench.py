@@ -1,6 +1,6 @@
 """Benchmark sweeps: (mode, K, batch, max_new_tokens, verify, prompt) cells -> one tidy row per timed run.
 
-    python -m specdec.bench --pair tiny-llama --k 1,2,4 --batch 1,2 --max-new-tokens 64 --out runs/x
+    python -m specdec.study.bench --pair tiny-llama --k 1,2,4 --batch 1,2 --max-new-tokens 64 --out runs/x
 
 Rows go to <out>/results.jsonl as they are produced (one write + fsync per row), so a killed sweep loses
 nothing finished, and rerunning the same command skips every (cell, iteration) already recorded as ok.
@@ -18,45 +18,27 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .engine import eos_ids, generate
-from .profiler import peak_memory_mib, reset_peak_memory, synchronize
-from .provenance import PACKAGE_DIR
-from .results import RESULTS, append_row, done_keys, end_torn_line, latest_by_key, now, read_rows, start_run
+from ..engine import VERIFY_MODES, eos_ids, generate
+from ..models import PAIRS, load_pair
+from ..profiler import peak_memory_mib, reset_peak_memory, synchronize
+from .modes import BASELINE, DEFAULT_SWEEP, HF_ASSISTED_DEFAULTS, MODES, NAMES, cells_for
+from .results import (COLUMNS, KEY, PHASES, RESULTS, append_row, done_keys, end_torn_line, latest_by_key, now,
+                      read_rows, start_run)
+from .summary import summarize
 
-MODES = ("baseline", "speculative", "auto", "adaptive", "prompt_lookup", "hf_generate", "hf_assisted",
-         "hf_assisted_default")
-SPECDEC_MODES = ("baseline", "speculative", "auto", "adaptive", "prompt_lookup")  # the rest: HF generate
-HF_ASSISTED = ("hf_assisted", "hf_assisted_default")
-NEEDS_DRAFT = ("speculative", "auto", "adaptive", *HF_ASSISTED)
-AUTO_HIGH = 8  # k recorded for `auto` cells: AutoK's largest K (it picks 0..8 per round)
-# What generate(assistant_model=...) uses when the user sets nothing (transformers GenerationConfig defaults).
-HF_ASSISTED_DEFAULTS = dict(num_assistant_tokens=20, num_assistant_tokens_schedule="constant",
-                            assistant_confidence_threshold=0.4)
-ADAPTIVE_START = 4  # k recorded for `adaptive` cells: AdaptiveK's default start (it moves within 1..16)
-VERIFY_MODES = ("parallel", "naive")
-NO_VERIFY = "-"  # verify column of modes where our verify setting does not apply
-PROMPTS_FILE = PACKAGE_DIR.parent / "data" / "prompts" / "prompts.jsonl"
-PHASES = ("prefill_s", "draft_s", "verify_s", "accept_s", "rollback_s")
-# What makes a row unique: the measurement setting (model, device, sampling), the cell and the timed run.
-CELL = ("pair", "target", "draft", "device", "dtype", "draft_dtype", "temperature", "seed",
-        "mode", "k", "batch_size", "max_new_tokens", "verify", "prompt_id", "prompt_ids")
-KEY = CELL + ("iteration",)
-METRICS = ("new_tokens", "seconds", "throughput", "proposed", "accepted", "acceptance_rate", "target_forwards",
-           "draft_forwards", "iterations", "tokens_per_target_forward", "mean_k", *PHASES, "draft_step_s", "verify_iter_s",
-           "peak_memory_mib")
-COLUMNS = ("run_id", *CELL, "timing_only", "iteration", "status", "error", *METRICS, "matches_baseline",
-           "tokens", "finished_utc")
+PROMPTS_FILE = Path("data") / "prompts" / "prompts.jsonl"  # relative to the checkout the study runs from
 
 
 # -- prompts -------------------------------------------------------------------------------------------
 
 def load_prompts(path=None, categories=None, ids=None) -> list[dict]:
     """The fixed prompt set ({"id", "category", "text"} per line), optionally filtered by category or id
-    (ids keep the order given). The file lives in the repository checkout, not inside the package."""
+    (ids keep the order given). The file lives in the repository checkout, not inside the package: by default
+    data/prompts/prompts.jsonl under the current folder."""
     path = Path(path or PROMPTS_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"prompt set not found at {path}: run from a source checkout of specdec "
-                                f"(data/prompts/prompts.jsonl), or pass path=")
+                                f"(data/prompts/prompts.jsonl), or pass its path")
     prompts = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if categories is not None:
         unknown = set(categories) - {p["category"] for p in prompts}
@@ -80,7 +62,7 @@ def plan_cells(modes, ks, batch_sizes, max_new_tokens, verify, prompts) -> list[
     are disjoint (prompts 1..b, b+1..2b, ...), so no row repeats a prompt and no group is a permutation of
     another; prompts beyond the last full group are left out at that batch size. The modes of one group are
     listed together, baseline first (run_order decides the order they are timed in)."""
-    modes = sorted(set(modes), key=MODES.index)
+    modes = sorted(set(modes), key=NAMES.index)
     short = [b for b in batch_sizes if b > len(prompts)]
     if short:
         raise ValueError(f"batch size {max(short)} needs at least {max(short)} distinct prompts, got {len(prompts)}: "
@@ -92,19 +74,7 @@ def plan_cells(modes, ks, batch_sizes, max_new_tokens, verify, prompts) -> list[
                 group = [p["id"] for p in prompts[i * b:(i + 1) * b]]
                 base = dict(batch_size=b, max_new_tokens=n, prompt_id=group[0], prompt_ids=",".join(group))
                 for mode in modes:
-                    if mode in ("baseline", "hf_generate"):
-                        cells.append(dict(base, mode=mode, k=0, verify=NO_VERIFY))
-                    elif mode == "hf_assisted" and b == 1:  # HF assisted generation is batch 1 only
-                        cells += [dict(base, mode=mode, k=k, verify=NO_VERIFY) for k in ks]
-                    elif mode in ("speculative", "prompt_lookup"):
-                        cells += [dict(base, mode=mode, k=k, verify=v) for k in ks for v in verify]
-                    elif mode == "adaptive":
-                        cells += [dict(base, mode=mode, k=ADAPTIVE_START, verify=v) for v in verify]
-                    elif mode == "auto":
-                        cells += [dict(base, mode=mode, k=AUTO_HIGH, verify=v) for v in verify]
-                    elif mode == "hf_assisted_default" and b == 1:
-                        cells.append(dict(base, mode=mode, k=HF_ASSISTED_DEFAULTS["num_assistant_tokens"],
-                                          verify=NO_VERIFY))
+                    cells += cells_for(MODES[mode], base, ks, verify)
     return cells
 
 
@@ -113,7 +83,6 @@ def plan_cells(modes, ks, batch_sizes, max_new_tokens, verify, prompts) -> list[
 def load_warm(pair, device="auto", dtype="auto", draft_dtype=None, threads=None, tokens=4, draft=None):
     """load_pair, then one short throwaway generation, so that page-in of freshly mapped weights and
     one-off kernel setup (20 s per model for the 1.5B pair on CPU) land here and not in the first cell."""
-    from .models import load_pair
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -130,10 +99,9 @@ def load_warm(pair, device="auto", dtype="auto", draft_dtype=None, threads=None,
 # -- running one generation ------------------------------------------------------------------------------
 
 def run_specdec(pair, cell, rows, temperature, seed, profile=False) -> tuple[list, dict]:
-    mode = cell["mode"]
-    draft = {"speculative": pair.draft, "auto": pair.draft, "adaptive": pair.draft,
-             "prompt_lookup": "prompt_lookup"}.get(mode)
-    k = mode if mode in ("adaptive", "auto") else cell["k"]
+    mode = MODES[cell["mode"]]
+    draft = {"model": pair.draft, "prompt_lookup": "prompt_lookup", None: None}[mode.drafter]
+    k = mode.engine_k or cell["k"]
     verify = cell["verify"] if draft is not None else "parallel"
     r = generate(pair.target, rows, draft=draft, k=k, max_new_tokens=cell["max_new_tokens"],
                  temperature=temperature, seed=seed, verify=verify, profile=profile, same_tokenizer=pair.same_tokenizer)
@@ -150,8 +118,9 @@ def run_hf(pair, cell, rows, temperature, seed) -> tuple[list, dict]:
     if temperature > 0:  # plain temperature sampling, like specdec's (HF's default top_k=50 switched off)
         kw.update(temperature=temperature, top_k=0, top_p=1.0)
         torch.manual_seed(seed or 0)
-    assistant = pair.draft_in_target_dtype() if cell["mode"] in HF_ASSISTED else None
-    if cell["mode"] == "hf_assisted":
+    mode = MODES[cell["mode"]]
+    assistant = pair.draft_in_target_dtype() if mode.needs_draft else None
+    if mode.policy == "fixed":
         # HF reads K from the assistant's generation_config (and, by default, adapts it from call to call):
         # set it before every call, with no schedule and no confidence-based early stop, so K is fixed.
         assistant.generation_config.update(num_assistant_tokens=cell["k"], num_assistant_tokens_schedule="constant",
@@ -199,7 +168,6 @@ def key_of(row) -> tuple:
 # -- the sweep ------------------------------------------------------------------------------------------------
 
 def model_names(pair) -> tuple:
-    from .models import PAIRS
     if pair.name in PAIRS:
         return PAIRS[pair.name]["target"], PAIRS[pair.name]["draft"]
     name = lambda m: None if m is None else (getattr(m, "name_or_path", "") or type(m).__name__)
@@ -212,7 +180,7 @@ def weights_of(pair) -> dict:
             if m is not None}
 
 
-def sweep(pair, out_dir, *, modes=("baseline", "speculative"), ks=(1, 2, 4), batch_sizes=(1,), max_new_tokens=(64,),
+def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,), max_new_tokens=(64,),
           verify=("parallel",), prompts=None, iterations=3, warmup=True, temperature=0.0, seed=0, progress=True,
           params=None) -> pd.DataFrame:
     """Run every cell not yet complete in out_dir; return the rows of all of this sweep's cells (old and new)."""
@@ -227,10 +195,11 @@ def sweep(pair, out_dir, *, modes=("baseline", "speculative"), ks=(1, 2, 4), bat
                    temperature=float(temperature), seed=seed)
     cells = [dict(context, **c) for c in plan_cells(modes, ks, batch_sizes, max_new_tokens, verify, prompts)]
     for cell in cells:
-        if cell["mode"] in HF_ASSISTED:  # HF assisted generation gets the draft in the target's dtype (run_hf)
+        if MODES[cell["mode"]].hf and MODES[cell["mode"]].needs_draft:  # HF assisted: the target's dtype (run_hf)
             cell["draft_dtype"] = context["dtype"]
-    if pair.draft is None and any(c["mode"] in NEEDS_DRAFT for c in cells):
-        raise ValueError(f"modes {NEEDS_DRAFT} need a draft model; this pair has none")
+    needs_draft = sorted({c["mode"] for c in cells if MODES[c["mode"]].needs_draft})
+    if pair.draft is None and needs_draft:
+        raise ValueError(f"modes {needs_draft} need a draft model; this pair has none")
 
     end_torn_line(results)
     done = done_keys(read_rows(results), KEY)
@@ -262,12 +231,12 @@ def sweep(pair, out_dir, *, modes=("baseline", "speculative"), ks=(1, 2, 4), bat
 def mark_matches(rows) -> pd.DataFrame:
     """matches_baseline: whether a greedy row's tokens equal the target-only baseline's on the same prompts
     (None where there is no baseline row, or when sampling: only greedy output must be identical)."""
-    ok = rows[(rows["status"] == "ok") & (rows["mode"] == "baseline")]
+    ok = rows[(rows["status"] == "ok") & (rows["mode"] == BASELINE)]
     group = ["batch_size", "max_new_tokens", "prompt_ids"]
     base = {tuple(g): t for g, t in zip(ok[group].itertuples(index=False), ok["tokens"])}
     def match(row):
         key = (row["batch_size"], row["max_new_tokens"], row["prompt_ids"])
-        if row["status"] != "ok" or row["mode"] == "baseline" or row["temperature"] != 0 or key not in base:
+        if row["status"] != "ok" or row["mode"] == BASELINE or row["temperature"] != 0 or key not in base:
             return None
         return row["tokens"] == base[key]
     rows["matches_baseline"] = rows.apply(match, axis=1) if len(rows) else None
@@ -285,7 +254,7 @@ class CellRunner:
 
     def generate(self, cell, profile=False):
         rows = [self.tokenized[i] for i in cell["prompt_ids"].split(",")]
-        if cell["mode"] in SPECDEC_MODES:
+        if not MODES[cell["mode"]].hf:
             return run_specdec(self.pair, cell, rows, cell["temperature"], cell["seed"], profile=profile)
         return run_hf(self.pair, cell, rows, cell["temperature"], cell["seed"])
 
@@ -293,7 +262,7 @@ class CellRunner:
         self.generate(dict(cell, max_new_tokens=min(cell["max_new_tokens"], 8)))
 
     def run(self, cell, iteration):
-        specdec, on_cpu = cell["mode"] in SPECDEC_MODES, self.pair.device.type == "cpu"
+        specdec, on_cpu = not MODES[cell["mode"]].hf, self.pair.device.type == "cpu"
         key = key_of(cell)
         try:
             if specdec and not on_cpu and key not in self.phases:
@@ -349,7 +318,7 @@ def csv_list(cast=str, choices=None):
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="python -m specdec.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m specdec.study.bench", description=__doc__.split("\n")[0])
     p.add_argument("--pair", help="a named pair (python -m specdec.models list)")
     p.add_argument("--target", help="instead of --pair: a target model spec (hub name, directory, .gguf)")
     p.add_argument("--draft", help="the draft model spec, with --target")
@@ -357,11 +326,12 @@ def parser():
     p.add_argument("--batch", type=csv_list(int), default=[1], help="batch sizes, e.g. 1,2")
     p.add_argument("--max-new-tokens", type=csv_list(int), default=[64])
     p.add_argument("--iterations", type=int, default=3, help="timed runs per cell")
-    p.add_argument("--modes", type=csv_list(choices=MODES), default=["baseline", "speculative"])
+    p.add_argument("--modes", type=csv_list(choices=NAMES), default=list(DEFAULT_SWEEP))
     p.add_argument("--verify", type=csv_list(choices=VERIFY_MODES), default=["parallel"])
     which = p.add_mutually_exclusive_group()
     which.add_argument("--prompts", type=csv_list(), help="prompt categories, e.g. code,prose,qa")
     which.add_argument("--prompt-ids", type=csv_list(), help="prompt ids, e.g. code-quicksort")
+    p.add_argument("--prompts-file", default=str(PROMPTS_FILE), help="the prompt set (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -382,9 +352,6 @@ def show(table) -> str:
 
 
 def main(argv=None):
-    from .models import PAIRS
-    from .summary import summarize
-
     p = parser()
     args = p.parse_args(argv)
     if (args.pair is None) == (args.target is None):
@@ -400,14 +367,15 @@ def main(argv=None):
     if args.threads is not None:  # recorded in the provenance (torch_threads)
         torch.set_num_threads(args.threads)
     try:
-        prompts = load_prompts(categories=args.prompts, ids=args.prompt_ids)
+        prompts = load_prompts(args.prompts_file, categories=args.prompts, ids=args.prompt_ids)
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     # Warmed once here, so that with --no-warmup the first cell does not pay the weights' page-in.
     pair = load_warm(args.pair or args.target, device=args.device, dtype=args.dtype, draft_dtype=args.draft_dtype,
                      draft=None if args.pair else args.draft)
-    if pair.draft is None and set(NEEDS_DRAFT) & set(args.modes):
-        p.error(f"modes {NEEDS_DRAFT} need a draft model: pass --draft or a --pair")
+    needs_draft = [m for m in args.modes if MODES[m].needs_draft]
+    if pair.draft is None and needs_draft:
+        p.error(f"modes {needs_draft} need a draft model: pass --draft or a --pair")
     rows = sweep(pair, args.out, modes=args.modes, ks=args.k, batch_sizes=args.batch,
                  max_new_tokens=args.max_new_tokens, verify=args.verify, prompts=prompts,
                  iterations=args.iterations, warmup=not args.no_warmup, temperature=args.temperature,

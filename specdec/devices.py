@@ -1,0 +1,94 @@
+"""Which device and dtype a model runs on: names, the defaults per device, and the draft's dtype on CPU, chosen by
+measuring the draft's own forwards."""
+import logging
+
+import torch
+
+from .linear import fast_linears, plan_key
+from .machine import read_cache, write_cache
+from .profiler import time_forward
+
+log = logging.getLogger("specdec")
+
+DEVICES = "auto, cpu, cuda, cuda:<index>, mps"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64,
+          "fp64": torch.float64}
+
+
+def _mps_available():
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def resolve_device(device="auto") -> torch.device:
+    name = str(device).strip().lower()
+    if name == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
+        log.info("device: auto -> %s (cuda first, then mps, then cpu)", dev)
+        return dev
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {device!r}: choose one of {DEVICES}")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"malformed device {device!r}: choose one of {DEVICES}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        best = "mps" if _mps_available() else "cpu"
+        raise ValueError(f"device {device!r} was requested but {why}; use device='{best}' (or 'auto')")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if dev.type == "mps" and not _mps_available():
+        raise ValueError(f"device {device!r} was requested but MPS (Apple GPU) is not available; use 'cpu' or 'auto'")
+    return dev
+
+
+def resolve_dtype(dtype, device) -> torch.dtype:
+    device = torch.device(device)
+    cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    if dtype is None or dtype == "auto":
+        if cap is not None:  # bfloat16 is native from Ampere (8.x) on; a T4 (7.5) only has float16
+            chosen = torch.bfloat16 if cap >= (8, 0) else torch.float16
+            why = f"auto: CUDA compute capability {cap[0]}.{cap[1]}"
+        else:  # half precision is slow or emulated on most CPUs; MPS is fastest in float16
+            chosen = torch.float16 if device.type == "mps" else torch.float32
+            why = f"auto: {device.type}"
+    elif isinstance(dtype, torch.dtype):
+        chosen, why = dtype, "requested"
+    elif str(dtype).lower().removeprefix("torch.") in DTYPES:
+        chosen, why = DTYPES[str(dtype).lower().removeprefix("torch.")], "requested"
+    else:
+        raise ValueError(f"unknown dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
+    if chosen not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"dtype {chosen} is not a floating-point type a model can run in")
+    if device.type == "mps" and chosen == torch.float64:
+        raise ValueError("float64 cannot run on mps (Apple GPUs have no float64): use float32, or device='cpu'")
+    if device.type == "cpu" and chosen == torch.float16:
+        log.warning("float16 on cpu runs but is slow; float32 (or bfloat16) is faster here")
+    if cap is not None and cap < (8, 0) and chosen == torch.bfloat16:
+        log.warning("bfloat16 on a compute capability %d.%d GPU is emulated and slow; float16 is native", *cap)
+    log.info("dtype: %s on %s (%s)", str(chosen).removeprefix("torch."), device, why)
+    return chosen
+
+
+DRAFT_DTYPES = "draft-dtypes.json"  # under specdec.machine.cache_root()
+
+
+def faster_draft_dtype(load_draft, key) -> torch.dtype:
+    """float32 or bfloat16, whichever runs the draft model's own forwards faster on this CPU: one token (most
+    draft steps) plus two tokens (a round's first step after a fully accepted round), each dtype at its
+    measured linear paths. Whole forwards, not one product: with PyTorch's default path a bfloat16
+    Qwen2.5-0.5B ran one token 2x faster than float32 but two tokens 2x slower (its vocabulary projection
+    left the fast bfloat16 kernel), and CPUs without native bfloat16 run it slower throughout.
+    `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per machine and model."""
+    entry = read_cache(DRAFT_DTYPES).get(plan_key(), {}).get(key)
+    if entry is None:
+        seconds = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            model = load_draft(dtype)
+            with torch.inference_mode(), fast_linears([model]):
+                seconds[str(dtype).removeprefix("torch.")] = sum(time_forward(model, t) for t in (1, 2))
+            del model
+        entry = dict(**{f"{d}_s": s for d, s in seconds.items()}, choice=min(seconds, key=seconds.get))
+        write_cache(DRAFT_DTYPES, plan_key(), {key: entry})
+    return getattr(torch, entry["choice"])

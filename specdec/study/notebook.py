@@ -1,0 +1,77 @@
+"""The helpers every study notebook calls: load a pair warm, the seed's reference numbers, the notebook's tables
+(from its rows, through specdec.study.summary) and its readout. Paths come from the notebook's parameters."""
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from .bench import load_warm  # noqa: F401  (the notebooks call notebook.load_warm)
+from .modes import BASELINE, MODES, SPECULATIVE
+from .summary import summarize
+
+
+def seed_reference(experiment, devices, out_dir, reference_file):
+    """The seed's reported numbers for `experiment` on `devices`, from `reference_file` (the checkout's
+    data/reference/seed_results.csv), copied into out_dir (so the run's data folder holds everything its
+    figures show); None when no device is asked for."""
+    if not devices:
+        return None
+    ref = pd.read_csv(reference_file)
+    ref = ref[(ref["experiment"] == experiment) & ref["device"].isin(list(devices))]
+    path = Path(out_dir) / "seed_reference.csv"
+    ref.to_csv(path, index=False)
+    return pd.read_csv(path)
+
+
+def save_tables(rows, out_dir, by=("mode", "k", "batch_size", "max_new_tokens", "verify"), columns=None,
+                extra=None):
+    """rows.csv (this configuration's runs), cells.csv (per cell) and summary.csv (the notebook's table,
+    means over prompts); returns (cells, summary) read back from the files the figures are made from.
+    vs_baseline = throughput / specdec target-only throughput on the same prompts, for every mode (HF ones
+    included), with its paired 95% interval vs_baseline_lo/_hi; every listed column that has an interval
+    (throughput, decode_throughput, vs_baseline) is followed by its _lo and _hi columns.
+    Timing-only pairs (random weights) get no acceptance columns: their acceptance means nothing."""
+    out = Path(out_dir)
+    rows = pd.DataFrame(rows)
+    rows.to_csv(out / "rows.csv", index=False)
+
+    def with_ratio(t):  # vs_baseline: the speedup of every non-baseline mode, 1 for the baseline itself
+        base = t["mode"] == BASELINE
+        return t.assign(vs_baseline=t["speedup"].where(~base, 1.0), vs_baseline_lo=t["speedup_lo"].where(~base, 1.0),
+                        vs_baseline_hi=t["speedup_hi"].where(~base, 1.0))
+    cells = with_ratio(summarize(rows))
+    if extra is not None:  # e.g. prompt categories
+        cells = extra(cells)
+    cells.to_csv(out / "cells.csv", index=False)
+    summary = with_ratio(summarize(rows, by=list(by)))
+    hidden = ("acceptance_rate", "predicted_speedup") if rows["timing_only"].fillna(False).astype(bool).any() else ()
+    wanted = [c for c in (columns or summary.columns) if c in summary and c not in hidden]
+    wanted = [x for c in wanted for x in ([c, f"{c}_lo", f"{c}_hi"] if f"{c}_lo" in summary and columns else [c])]
+    summary = summary[list(dict.fromkeys(wanted))]
+    summary.to_csv(out / "summary.csv", index=False)
+    return pd.read_csv(out / "cells.csv"), pd.read_csv(out / "summary.csv")
+
+
+def readout(out_dir, text):
+    """Show the notebook's reading of its result and keep it for the summary page."""
+    Path(out_dir, "readout.md").write_text(text.strip() + "\n")
+    display(Markdown(text))
+
+
+def hf_plan(rows, pair_name, prompts, max_new_tokens, ks, hf_modes):
+    """What notebook 4 must run itself for one pair: the HF reference modes always; our baseline and speculative
+    cells only where the reused data lacks them (e.g. after --only). Uses the reused batch-1 token count, so the
+    HF cells sit beside the cells they are compared with."""
+    rows = pd.DataFrame(rows)
+    mine = rows[(rows.get("pair") == pair_name) & (rows.get("batch_size") == 1) & (rows.get("status") == "ok")] \
+        if len(rows) else rows
+    n = int(mine["max_new_tokens"].mode().iloc[0]) if len(mine) else int(max_new_tokens)
+    have = set() if not len(mine) else set(zip(mine["mode"], mine["k"].astype(str), mine["prompt_id"],
+                                               mine["max_new_tokens"]))
+    need_base = any((BASELINE, "0", p, n) not in have for p in prompts)
+    need_spec = any((SPECULATIVE, str(k), p, n) not in have for p in prompts for k in ks)
+    unknown = [m for m in hf_modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"hf_modes {unknown} are not study modes; choose from {', '.join(MODES)}")
+    modes = [BASELINE] * need_base + [SPECULATIVE] * need_spec + list(hf_modes)
+    return modes, n
