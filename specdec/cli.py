@@ -1,14 +1,19 @@
-"""`python -m specdec generate "prompt" --pair qwen2.5-coder -k 4`: one generation, streamed,
-with a one-line summary of how speculation went."""
+"""`python -m specdec generate "prompt" --pair qwen2.5-coder -k 4`: one generation, streamed, with a
+summary of how speculation went and what the run paid before it (load, one-off calibration).
+
+A model whose tokenizer has a chat template is asked (the prompt becomes the user's turn; --system adds
+a system turn); one without is continued. --chat / --raw override. The prompt comes from the argument,
+from stdin ('-') or from --prompt-file."""
 import argparse
 import logging
 import sys
-
-from transformers import TextStreamer
+import time
+from pathlib import Path
 
 from .engine import VERIFY_MODES, generate
-from .policy import MAX_K
+from .machine import cache_root
 from .models import PAIRS, load_pair
+from .policy import MAX_K
 
 DRAFTERS = ("model", "prompt_lookup", "none")
 
@@ -40,10 +45,18 @@ def positive_int(text):
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="python -m specdec", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m specdec", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate text from one prompt, streamed")
-    g.add_argument("prompt")
+    g.add_argument("prompt", nargs="?", help="the prompt text, or - to read it from stdin")
+    g.add_argument("--prompt-file", help="read the prompt from this file instead")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--chat", action="store_true",
+                      help="ask: the prompt as the user's turn of the chat template (default when there is one)")
+    mode.add_argument("--raw", action="store_true",
+                      help="continue the prompt text as it is (default when the tokenizer has no chat template)")
+    g.add_argument("--system", help="a system message for chat mode")
     g.add_argument("--pair", help=f"a named pair: {', '.join(PAIRS)}")
     g.add_argument("--target", help="target model: hub name, local dir, .gguf file or named model")
     g.add_argument("--draft", help="draft model (default: the pair's draft)")
@@ -64,32 +77,151 @@ def parser():
     return p
 
 
+def read_prompt(args, p):
+    """The prompt text from the argument, stdin or --prompt-file; refuses none, both, or an empty one."""
+    if args.prompt is not None and args.prompt_file:
+        p.error("give the prompt either as an argument or with --prompt-file, not both")
+    if args.prompt_file:
+        try:
+            text, source = Path(args.prompt_file).read_text(encoding="utf-8"), f"--prompt-file {args.prompt_file}"
+        except (OSError, UnicodeDecodeError) as e:
+            p.error(f"cannot read --prompt-file: {e}; pass a readable UTF-8 text file")
+    elif args.prompt == "-":
+        text, source = sys.stdin.read(), "stdin"
+    elif args.prompt is None:
+        p.error("give a prompt: as an argument, '-' to read it from stdin, or --prompt-file PATH")
+    else:
+        text, source = args.prompt, "the prompt argument"
+    if not text.strip():
+        p.error(f"the prompt is empty ({source}); give some text to ask about or continue")
+    return text
+
+
+def chat_mode(args, tokenizer, p) -> bool:
+    """Chat when asked, or by default when the tokenizer has a template: a base model has none and
+    is meant to be continued, an instruct model continued instead of asked rambles on from the prompt."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if args.chat and not has_template:
+        p.error("--chat needs a chat template and this tokenizer has none (a base model?): "
+                "drop --chat (or pass --raw) to continue the text")
+    chat = args.chat or (has_template and not args.raw)
+    if args.system and not chat:  # (--system with --raw is refused before loading)
+        p.error("--system needs a chat template and this tokenizer has none: put the instruction in the prompt")
+    return chat
+
+
+def prompt_ids(tokenizer, text, chat, system=None) -> list:
+    if not chat:
+        return tokenizer.encode(text, add_special_tokens=False)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    # return_dict=False: the plain id list in transformers 4 and 5 alike (5 returns a BatchEncoding by default)
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False))
+
+
+class Streamer:
+    """Prints row 0's new tokens as the engine accepts them and notes when the first one came.
+    The engine's first put is the prompt (as in HF generate): skipped, main printed it already.
+    All tokens so far are decoded each time, not piece by piece, so the printed text is exactly
+    tokenizer.decode(tokens); a trailing U+FFFD (a character split between tokens) waits for the rest."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.printed = tokenizer, None, 0
+        self.first_token = self.ended = None
+
+    def put(self, tokens):
+        if self.ids is None:  # the prompt
+            self.ids = []
+            return
+        self.first_token = self.first_token or time.perf_counter()
+        self.ids += tokens.tolist()
+        self.show(self.text().rstrip("\ufffd"))
+
+    def end(self):
+        self.ended = time.perf_counter()  # the engine's timed run (stats["seconds"]) ended just before
+        self.show(self.text())
+        print(flush=True)
+
+    def text(self):
+        return self.tokenizer.decode(self.ids or [], skip_special_tokens=True)
+
+    def show(self, text):
+        print(text[self.printed:], end="", flush=True)
+        self.printed = max(self.printed, len(text))
+
+
+def duration(seconds) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def cache_state():
+    """The measurement caches (linear plans, auto-K costs, draft dtype) change only when something
+    was measured: comparing them before and after tells a first run from a later one."""
+    return {p.name: p.stat().st_mtime_ns for p in cache_root().glob("*.json")}
+
+
+def summary(s, args, ttft) -> str:
+    n = s["new_tokens"]
+    decode = f"decode {(n - 1) / max(s['seconds'] - ttft, 1e-9):.1f} tok/s" if n > 1 else "no decode step"
+    if args.drafter == "none":
+        drafts = "target alone (--drafter none)"
+    elif s["proposed"]:
+        drafts = f"acceptance {s['acceptance_rate']:.0%} ({s['accepted']}/{s['proposed']} drafts)"
+    elif not s["k_per_iteration"]:
+        drafts = "no drafts: the answer ended at its first token"
+    elif s["policy"] == "auto" and not any(s["k_per_iteration"]):
+        drafts = "no drafts: auto chose the target alone in every round (by its measured costs drafting did not pay)"
+    else:
+        drafts = "no drafts counted (the generation ended before any was verified)"
+    k = f"K {s['k']}" if s["policy"] == "fixed" else f"mean K {s['mean_k']:.1f} ({s['policy']}, up to {s['k_max']})"
+    return (f"[{n} new token{'s' * (n != 1)}, {decode}, first token after {duration(ttft)}; {drafts}; "
+            f"{s['tokens_per_target_forward']:.2f} tokens per target forward; {k}; drafter={args.drafter}]")
+
+
+def setup_line(load_s, calibration_s, measured_in_load, measured_in_generate) -> str:
+    if not (measured_in_load or measured_in_generate):
+        return f"[load {duration(load_s)}; calibration reused from {cache_root()}]"
+    load = f"load {duration(load_s)}" + (" (with measuring the draft's dtype)" if measured_in_load else "")
+    return (f"[first run of these models on this machine: {load}, calibration {duration(calibration_s)} "
+            f"(cached in {cache_root()}: later runs skip it)]")
+
+
 def main(argv=None):
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if bool(args.pair) == bool(args.target):
-        parser().error("give either --pair NAME or --target MODEL (with --draft MODEL for a draft model)")
+        p.error("give either --pair NAME or --target MODEL (with --draft MODEL for a draft model)")
     if args.top_p is not None and not 0 < args.top_p <= 1:
-        parser().error(f"--top-p must be in (0, 1], not {args.top_p}")
+        p.error(f"--top-p must be in (0, 1], not {args.top_p}")
+    if args.system and args.raw:
+        p.error("--system needs chat mode: drop --raw")
+    text = read_prompt(args, p)  # before loading: a bad prompt should not wait for the models
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    before, start = cache_state(), time.perf_counter()
     try:
         pair = load_pair(args.pair or args.target, args.draft if args.target else None,
                          device=args.device, dtype=args.dtype, draft_dtype=args.draft_dtype)
     except (ValueError, RuntimeError) as e:
-        parser().error(str(e))
+        p.error(str(e))
+    load_s, loaded = time.perf_counter() - start, cache_state()
     if args.drafter == "model" and pair.draft is None:
-        parser().error("this target has no draft model: pass --draft MODEL or --drafter prompt_lookup")
+        p.error("this target has no draft model: pass --draft MODEL or --drafter prompt_lookup")
     draft = {"model": pair.draft, "prompt_lookup": "prompt_lookup", "none": None}[args.drafter]
-    ids = pair.tokenizer.encode(args.prompt, add_special_tokens=False)
-    print(args.prompt, end="", flush=True)
-    streamer = TextStreamer(pair.tokenizer, skip_special_tokens=True)
+    chat = chat_mode(args, pair.tokenizer, p)
+    text = text.strip() if chat else text  # raw: exactly the text to continue, a file's last newline too
+    ids = prompt_ids(pair.tokenizer, text, chat, args.system)
+    # Chat: the question as a header line, then only the answer. Raw: the text, continued in place.
+    print(text, end="\n" if chat else "", flush=True)
+    streamer = Streamer(pair.tokenizer)
+    called = time.perf_counter()
     try:
         result = generate(pair.target, [ids], draft=draft, k=args.k, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                           verify=args.verify, streamer=streamer, same_tokenizer=pair.same_tokenizer)
     except ValueError as e:
-        parser().error(str(e))
+        p.error(str(e))
     s = result.stats
-    print(f"\n[{s['new_tokens']} tokens in {s['seconds']:.2f} s: {s['throughput']:.1f} tok/s, "
-          f"acceptance {s['acceptance_rate']:.0%}, {s['tokens_per_target_forward']:.2f} tokens per target forward, "
-          f"k={s['k']}, drafter={args.drafter}]")
+    # generate() measures (or reads from the cache) linear plans and auto-K costs before its timed run.
+    run_start = streamer.ended - s["seconds"]
+    print(summary(s, args, (streamer.first_token or streamer.ended) - run_start))
+    print(setup_line(load_s, run_start - called, loaded != before, cache_state() != loaded))
     return 0
