@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from . import calibrate
 from .engine import VERIFY_MODES, generate
 from .machine import cache_root
 from .models import PAIRS, load_pair
@@ -74,7 +77,28 @@ def parser():
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto")
     g.add_argument("--draft-dtype", default="auto", help="auto: float32 or bfloat16, whichever is faster here")
+    c = sub.add_parser("calibrate", help="measure this machine's linear plans and auto-K costs for a pair")
+    c.add_argument("--pair", default="qwen2.5-coder", help=f"a named pair (default: %(default)s): {', '.join(PAIRS)}")
+    c.add_argument("--batch", default="1", help="batch sizes for auto's cost curves, e.g. 1,2,4 (default: 1)")
+    c.add_argument("--force", action="store_true", help="measure again even what is cached")
+    c.add_argument("--threads", type=positive_int, help="torch threads (plans hold per thread count; default: torch's)")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--dtype", default="auto")
     return p
+
+
+def calibrate_main(args, p):
+    try:
+        batches = [positive_int(b) for b in args.batch.split(",")]
+    except (ValueError, argparse.ArgumentTypeError):
+        p.error(f"--batch must be comma-separated positive ints, e.g. 1,2,4; not {args.batch!r}")
+    if args.pair not in PAIRS:
+        p.error(f"unknown pair {args.pair!r}; choose from {', '.join(PAIRS)}")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    calibrate.run(args.pair, batches, args.force, args.device, args.dtype)
+    return 0
 
 
 def read_prompt(args, p):
@@ -188,6 +212,8 @@ def setup_line(load_s, calibration_s, measured_in_load, measured_in_generate) ->
 def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
+    if args.command == "calibrate":
+        return calibrate_main(args, p)
     if bool(args.pair) == bool(args.target):
         p.error("give either --pair NAME or --target MODEL (with --draft MODEL for a draft model)")
     if args.top_p is not None and not 0 < args.top_p <= 1:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import calibration
 from .arena import Arena, unservable
 from .drafters import ModelDrafter, PromptLookupDrafter, last_tokens
-from .linear import fast_linears
-from .policy import resolve
+from .linear import fast_linears, mode as linear_mode, plans_in_use, remeasure
+from .policy import cached_costs, cost_prefix, predict, remeasure_costs, resolve
 from .profiler import Profiler, synchronize
 from .sampling import Sampler, accept_greedy, accept_sampled
 
@@ -57,6 +58,9 @@ def generate(target, input_ids, *, draft=None, attention_mask=None, k=4, max_new
     else:
         drafter = draft
     sampler = Sampler(temperature, top_k, top_p, seed, target.device)
+    draft_model = draft if isinstance(draft, torch.nn.Module) else None
+    judged = cost_prefix(target, draft_model, len(rows))  # what the calibration check is about (specdec.calibration)
+    recalibrate_if_stale(judged, target, draft_model, len(rows))
     with fast_linears([target, draft]):  # the measured few-row linear path (specdec.linear), CPU only
         decoder = Decoder(target, drafter, rows, max_new_tokens, sampler, verify, eos_ids(target, eos_token_id),
                           profile, policy, streamer)
@@ -64,7 +68,22 @@ def generate(target, input_ids, *, draft=None, attention_mask=None, k=4, max_new
     # k: the fixed K, else the policy's label; policy and k_max: which policy chose K, up to what
     result.stats.update(k=policy.k_max if policy.label == "fixed" else policy.label, policy=policy.label,
                         k_max=policy.k_max)
+    predicted = predict(target, draft_model, len(rows), result.stats["k_per_iteration"])
+    result.stats.update(calibration.check(judged, predicted, result.stats["decode_seconds"]))
     return result
+
+
+def recalibrate_if_stale(key, target, draft, batch):
+    """Before a generation, never inside one: measure the plans and cost curves of these models again when
+    generations ran consistently slower than they predict, or they were measured on a busy machine."""
+    models = [m for m in (target, draft) if m is not None]
+    in_use = plans_in_use(models) + [("costs", k) for k, _ in cached_costs(target, draft, batch)]
+    name = " + ".join(type(m).__name__ for m in models) + f", batch {batch}"
+    if calibration.stale(key, in_use) and calibration.may_remeasure(key, name):
+        if linear_mode() == "auto":
+            remeasure(models)
+        remeasure_costs(target, draft, batch)
+        calibration.healed(key)
 
 
 def read_host(tensor: torch.Tensor) -> list:
@@ -110,13 +129,14 @@ class Decoder:
         synchronize(self.device)
         start = time.perf_counter()
         self.prefill()
+        decode_start = time.perf_counter()  # prefill's own read of the device waited for it: no extra sync
         while not all(self.done):
             self.step()
         synchronize(self.device)
-        seconds = time.perf_counter() - start
+        end = time.perf_counter()
         if self.streamer:
             self.streamer.end()
-        return Result(self.out, self.stats(seconds))
+        return Result(self.out, dict(self.stats(end - start), decode_seconds=end - decode_start))
 
     def prefill(self):
         with self.prof.phase("prefill"):

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.benchmark import Timer
 
+from . import calibration
 from .machine import machine_key, read_cache, write_cache
 
 MAX_ROWS = 64                 # a verify over K+1 <= 9 tokens at batch <= 4 (and then some)
@@ -120,6 +121,10 @@ def plan_key() -> str:
 CACHE = "linear-plans.json"
 
 
+def shape_key(weight) -> str:
+    return "{}x{} {}".format(*weight.shape, str(weight.dtype).removeprefix("torch."))
+
+
 class Plans:
     """Per-machine plans, measured on first use of a shape and kept in a JSON file."""
 
@@ -131,14 +136,17 @@ class Plans:
             self.table = read_cache(CACHE).get(plan_key(), {})
         return self.table
 
-    def get(self, weight) -> dict:
-        """{"fast": {rows: path}, "lean": {rows: path}} for this weight's shape and dtype."""
-        key = "{}x{} {}".format(*weight.shape, str(weight.dtype).removeprefix("torch."))
+    def get(self, weight, fresh=False) -> dict:
+        """{"fast": {rows: path}, "lean": {rows: path}} for this weight's shape and dtype; `fresh`: measured
+        again even if cached."""
+        key = shape_key(weight)
         table = self.load()
-        if key not in table:
-            table[key] = measure_shape(weight)
+        measured = fresh or key not in table
+        if measured:
+            table[key] = calibration.stamp(measure_shape(weight))
             self.save(key)
-        return {half: {int(r): p for r, p in plan.items()} for half, plan in table[key].items()}
+        calibration.note("linear", key, table[key], measured)
+        return {half: {int(r): p for r, p in table[key][half].items()} for half in ("fast", "lean")}
 
     def save(self, key):
         write_cache(CACHE, plan_key(), {key: self.table[key]})
@@ -187,6 +195,29 @@ def room_for_copy(module) -> bool:
         return True
     memory = psutil.virtual_memory()
     return memory.available - module.weight.nbytes > MEMORY_FLOOR * memory.total
+
+
+def plan_ranges(plan: dict) -> str:
+    """{rows: path} as runs of row counts: '1-3 packed, 4-64 onednn'."""
+    runs, rows = [], sorted(plan, key=int)
+    for r in rows:
+        if runs and runs[-1][2] == plan[r]:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r, plan[r]])
+    return ", ".join(f"{a}-{b} {p}" if a != b else f"{a} {p}" for a, b, p in runs)
+
+
+def plans_in_use(models) -> list:
+    """[("linear", shape key)] of every linear `fast_linears` plans for these models."""
+    return sorted({("linear", shape_key(m.weight)) for m in linears(models)})
+
+
+def remeasure(models):
+    """Measure the plans of these models' linears again (outside any timed run)."""
+    for key in sorted({shape_key(m.weight) for m in linears(models)}):
+        weight = next(m.weight for m in linears(models) if shape_key(m.weight) == key)
+        PLANS.get(weight, fresh=True)
 
 
 def linears(models):

@@ -5,8 +5,10 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import torch
 
 try:
@@ -30,9 +32,52 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+# The CPU features that decide which kernels run (and how fast): two CPUs with one model name can differ in them.
+FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_features() -> str:
+    """The FEATURES this CPU has, from /proc/cpuinfo; elsewhere torch's own reading of the vector unit."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in FEATURES if f in flags) or "none of " + "/".join(FEATURES)
+    except OSError:
+        pass
+    return f"torch: {torch.backends.cpu.get_cpu_capability()}"
+
+
 def machine_key() -> str:
-    """Where a measured linear plan or cost holds: this CPU, torch version and thread count."""
-    return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    """Where a measured linear plan or cost holds: this CPU (model, kernel-deciding features, cores), torch
+    version and thread count."""
+    return (f"{cpu_name()} [{cpu_features()}] {os.cpu_count()} cores | torch {torch.__version__} | "
+            f"{torch.get_num_threads()} threads")
+
+
+def cpu_clock() -> tuple:
+    """(wall time, this process's CPU seconds, the whole machine's busy CPU seconds): see others_since."""
+    total = psutil.cpu_times()
+    return time.monotonic(), sum(psutil.Process().cpu_times()[:2]), total.user + total.system + getattr(total, "nice", 0.0)
+
+
+def others_since(clock) -> float:
+    """Cores' worth of CPU time other processes (this one excluded) used since `clock` (cpu_clock()): a
+    measurement taken while this is high measures the contention, not the machine."""
+    now = cpu_clock()
+    return max(0.0, (now[2] - clock[2]) - (now[1] - clock[1])) / max(now[0] - clock[0], 1e-9)
+
+
+def others_cpu(seconds=0.3) -> float:
+    """others_since over the next `seconds`."""
+    clock = cpu_clock()
+    time.sleep(seconds)
+    return others_since(clock)
+
+
+def busy(threshold=0.5) -> bool:
+    """Other processes use more than `threshold` of a core: too busy to measure kernels or costs."""
+    return others_cpu() > threshold
 
 
 # -- per-machine JSON caches ------------------------------------------------------------------------------------

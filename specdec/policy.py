@@ -28,6 +28,7 @@ with every draft accepted.
 """
 import torch
 
+from . import calibration
 from .linear import mode, plan_key
 from .machine import read_cache, write_cache
 from .profiler import time_forward
@@ -37,6 +38,10 @@ PRIOR, PRIOR_WEIGHT = 0.6, 2.0  # a draft from the same family accepts roughly t
 DECAY = 0.7                     # weight of past rounds per round: a row's acceptance moves within ~3 rounds
 PROBE_EVERY = 8
 COSTS = "autok-costs.json"  # under specdec.machine.cache_root()
+# The loop's own host work per round (sampling, bookkeeping, the one device read), which the timed forwards leave
+# out: ~1.5 ms measured on a 2-core EPYC with the tiny test models. Only `predict` adds it (it is a few ms against
+# rounds of 100+ ms on real models, so it does not change which K auto picks).
+ROUND_S = 0.002
 
 
 def resolve(k, drafting=True):
@@ -119,12 +124,19 @@ def model_key(model) -> str:
     return f"{type(model).__name__} {shape} {model.dtype} {model.device.type}"
 
 
-def measure_costs(target, draft, batch, high) -> dict:
-    """{"verify_s": {T: s}, "draft_s": s} for this batch size, from a cache file when present."""
-    key = f"{plan_key()} | {model_key(target)} | {None if draft is None else model_key(draft)} | " \
-          f"batch {batch} | linear {mode()} | high {high}"
-    entry = read_cache(COSTS).get(key)
-    if entry is None:
+def cost_prefix(target, draft, batch) -> str:
+    """What a cost curve holds for (the start of its cache key): machine, models, batch size, linear path."""
+    return f"{plan_key()} | {model_key(target)} | {None if draft is None else model_key(draft)} | " \
+           f"batch {batch} | linear {mode()} |"
+
+
+def measure_costs(target, draft, batch, high, fresh=False) -> dict:
+    """{"verify_s": [unused, T=1, ...], "draft_s": s} for this batch size, from a cache file when present
+    (`fresh`: measured again even so)."""
+    key = f"{cost_prefix(target, draft, batch)} high {high}"
+    entry = None if fresh else read_cache(COSTS).get(key)
+    measured = entry is None
+    if measured:
         with torch.inference_mode():
             time_forward(target, 1, batch, 1, reps=0)  # warm-up only: page-in, kernel selection
             draft_s, points = float("inf"), dict.fromkeys(cost_points(high), float("inf"))
@@ -132,13 +144,45 @@ def measure_costs(target, draft, batch, high) -> dict:
                 for t in points:
                     points[t] = min(points[t], time_forward(target, t, batch, 0, reps=1, warmup=False))
                 draft_s = 0.0 if draft is None else min(draft_s, time_forward(draft, 1, batch, 1, reps=2, warmup=False))
-        entry = dict(verify_s=points, draft_s=draft_s)
+        entry = calibration.stamp(dict(verify_s=points, draft_s=draft_s))
         write_cache(COSTS, key, entry)
+    calibration.note("costs", key, entry, measured)
+    return curve(entry, high)
+
+
+def curve(entry, high) -> dict:
     points = {int(t): s for t, s in entry["verify_s"].items()}
     # A forward over more tokens is never cheaper: a point above a later one is load noise (a spike), so
     # each point is lowered to the cheapest at or after it.
     points = {t: min(s for u, s in points.items() if u >= t) for t in points}
     return dict(verify_s=interpolate(points, high + 1), draft_s=entry["draft_s"])
+
+
+def cached_costs(target, draft, batch, need=1):
+    """[(key, entry)] of the cached cost curves for these models and batch whose verify curve reaches `need`
+    tokens. With `need` 1 (rounds of the target alone) a curve measured with any draft serves: only its target
+    steps are read."""
+    exact = cost_prefix(target, draft, batch)
+    same_target = lambda k: k.startswith(f"{plan_key()} | {model_key(target)} | ") \
+        and f" | batch {batch} | linear {mode()} |" in k
+    return [(k, e) for k, e in read_cache(COSTS).items()
+            if (k.startswith(exact) or need == 1 and same_target(k)) and max(map(int, e["verify_s"])) >= need]
+
+
+def predict(target, draft, batch, ks):
+    """Seconds the cost curve predicts for rounds of K = `ks` (None without a cached curve for these models)."""
+    found = cached_costs(target, draft, batch, max(ks, default=0) + 1)
+    if not found:
+        return None
+    key, entry = found[0]
+    costs = curve(entry, int(key.rsplit("high ", 1)[1]))
+    return sum(k * costs["draft_s"] + costs["verify_s"][k + 1] + ROUND_S for k in ks)
+
+
+def remeasure_costs(target, draft, batch):
+    """Measure again every cached cost curve of exactly these models and batch (outside any timed run)."""
+    for key, _ in cached_costs(target, draft, batch, need=2):
+        measure_costs(target, draft, batch, int(key.rsplit("high ", 1)[1]), fresh=True)
 
 
 def interpolate(points: dict, last: int) -> list:

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -106,16 +105,11 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     expected = results.read_rows(full / "results.jsonl")
     assert len(expected) == 6 * 3 * 2  # 6 prompts x (baseline + 2 k) x 2 iterations
 
-    proc = subprocess.Popen(cli(killed), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    path, deadline = killed / "results.jsonl", time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if len(results.read_rows(path)) >= 3:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait()
+    # The sweep kills itself right after its 3rd row is fsynced (bench.KILL_AFTER_ROWS): no race with its speed.
+    proc = subprocess.run(cli(killed), cwd=REPO, capture_output=True, env=dict(os.environ, **{bench.KILL_AFTER_ROWS: "3"}))
+    path = killed / "results.jsonl"
     partial = results.read_rows(path)
-    assert proc.returncode == -signal.SIGKILL and 3 <= len(partial) < len(expected), "not killed mid-sweep"
+    assert proc.returncode == -signal.SIGKILL and len(partial) == 3 < len(expected), "not killed mid-sweep"
     with open(path, "a") as f:  # as if killed mid-write: a torn last line
         f.write('{"run_id": "torn", "pair": "tiny-ll')
 

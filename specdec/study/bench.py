@@ -9,6 +9,8 @@ Metrics follow DESIGN.md section 3.
 """
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -18,15 +20,19 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .. import calibration
 from ..engine import VERIFY_MODES, eos_ids, generate
 from ..models import PAIRS, load_pair
 from ..profiler import peak_memory_mib, reset_peak_memory, synchronize
 from .modes import BASELINE, DEFAULT_SWEEP, HF_ASSISTED_DEFAULTS, MODES, NAMES, cells_for
 from .results import (COLUMNS, KEY, PHASES, RESULTS, append_row, done_keys, end_torn_line, latest_by_key, now,
-                      read_rows, start_run)
+                      read_rows, save_calibration, start_run)
 from .summary import summarize
 
 PROMPTS_FILE = Path("data") / "prompts" / "prompts.jsonl"  # relative to the checkout the study runs from
+# Tests only: the sweep kills itself (SIGKILL, as a crash would) right after this many rows are on disk, so a
+# kill-and-resume test never races the model's speed.
+KILL_AFTER_ROWS = "SPECDEC_TEST_KILL_AFTER_ROWS"
 
 
 # -- prompts -------------------------------------------------------------------------------------------
@@ -251,6 +257,7 @@ class CellRunner:
     def __init__(self, pair, results, extra, tokenized):
         self.pair, self.results, self.extra, self.tokenized = pair, results, extra, tokenized
         self.phases = {}  # per cell, from the profiled run on GPUs
+        self.written = 0
 
     def generate(self, cell, profile=False):
         rows = [self.tokenized[i] for i in cell["prompt_ids"].split(",")]
@@ -270,6 +277,8 @@ class CellRunner:
             reset_peak_memory(self.pair.device)
             tokens, stats = self.generate(cell, profile=specdec and on_cpu)
             phases = phase_stats(stats) if specdec and on_cpu else self.phases.get(key, {})
+            if stats.get("calibration_id"):  # what it ran under, beside the rows (HF references: torch's own path)
+                save_calibration(self.results.parent, calibration.snapshot())
             row = {**stats, **phases, **cell, **self.extra, "iteration": iteration, "status": "ok", "error": "",
                    "tokens": json.dumps(tokens), "peak_memory_mib": peak_memory_mib(self.pair.device)}
         except Exception as e:  # noqa: BLE001 -- one bad cell (OOM, a model bug) must not end the sweep
@@ -277,6 +286,9 @@ class CellRunner:
                 torch.cuda.empty_cache()
             row = dict(cell, **self.extra, iteration=iteration, status="failed", error=f"{type(e).__name__}: {e}"[:2000])
         append_row(self.results, dict(row, finished_utc=now()), COLUMNS)  # the cell's k wins over the stats'
+        self.written += 1
+        if str(self.written) == os.environ.get(KILL_AFTER_ROWS):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 # -- run order ---------------------------------------------------------------------------------------------

@@ -16,17 +16,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .. import calibration
 from ..arena import Arena
 from ..engine import VERIFY_MODES
 from .bench import model_names, weights_of
 from ..linear import fast_linears, mode as linear_mode
 from ..profiler import synchronize
-from .results import RESULTS, append_row, done_keys, now, read_rows, start_run
+from .results import RESULTS, append_row, done_keys, now, read_rows, save_calibration, start_run
 
 MODES = VERIFY_MODES  # the engine's: one (K+1)-token forward, or K+1 one-token forwards
 SETTING = ("pair", "target", "device", "dtype", "linear", "context", "batch_size")  # what makes two rows comparable
 KEY = SETTING + ("k", "mode", "repeat")
-COLUMNS = ("run_id", *KEY, "timing_only", "tokens", "forwards", "seconds", "finished_utc")
+COLUMNS = ("run_id", *KEY, "timing_only", "tokens", "forwards", "seconds", "calibration_id", "finished_utc")
 
 
 def context_tokens(model, batch_size, context, seed) -> torch.Tensor:
@@ -97,13 +98,14 @@ def time_all(pair, todo, ks, context, batch_size, warmup, seed, results, run_id,
     if warmup:  # one untimed forward per shape (T = 1 and every K+1): first calls pay one-off costs
         for t in sorted({1, *(k + 1 for k in ks)}):
             time_verify(arena, prefix[:, context:context + t], "parallel", context)
+    calibration_id = save_calibration(results.parent, calibration.snapshot())  # the plans the timings ran on
     start = time.perf_counter()
     for i, p in enumerate(todo):
         block = prefix[:, context:context + p["k"] + 1]  # the "drafts": content is irrelevant to cost
         seconds = time_verify(arena, block, p["mode"], context)
         append_row(results, dict(p, run_id=run_id, timing_only=pair.timing_only, tokens=p["k"] + 1,
                                  forwards=1 if p["mode"] == "parallel" else p["k"] + 1, seconds=seconds,
-                                 finished_utc=now()),
+                                 calibration_id=calibration_id, finished_utc=now()),
                    COLUMNS)
         if progress and (i + 1) % max(len(todo) // 10, 1) == 0:
             print(f"latency: {i + 1}/{len(todo)} measurements, {time.perf_counter() - start:.0f} s", flush=True)

@@ -6,6 +6,7 @@ commit, the machine and the settings that produced it. No hostname or user name:
 import datetime
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..machine import cpu_name
+from ..machine import cpu_features, cpu_name, machine_key
 
 CODE_DIR = Path(__file__).resolve().parent  # the code that runs: its checkout's commit is what provenance records
 TARGET_DIR = CODE_DIR / "targets"          # one YAML per hardware target
@@ -102,6 +103,9 @@ def provenance(device=None, **params) -> dict:
         cuda=torch.version.cuda,
         device_name=device_name(device),
         cpu=cpu_name(),
+        cpu_features=cpu_features(),
+        cpu_cores=os.cpu_count(),
+        machine_key=machine_key(),  # what the linear plans and cost curves of this machine are keyed by
         torch_threads=torch.get_num_threads(),
         params=_jsonable(dict(params, **({} if device is None else {"device": device}))),
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..linear import plan_ranges
 from .provenance import device_name, git_state, provenance
 
 RESULTS = "results.jsonl"
@@ -32,7 +33,9 @@ KEY = CELL + ("iteration",)
 METRICS = ("new_tokens", "seconds", "throughput", "proposed", "accepted", "acceptance_rate", "target_forwards",
            "draft_forwards", "iterations", "tokens_per_target_forward", "mean_k", *PHASES, "draft_step_s", "verify_iter_s",
            "peak_memory_mib")
-COLUMNS = ("run_id", *CELL, "timing_only", "iteration", "status", "error", *METRICS, "matches_baseline",
+# calibration_id: the linear plans and cost curves the row ran under (calibration-<id>.json beside the rows)
+CALIBRATION = ("calibration_id", "calibration_suspect", "calibration_ratio", "predicted_decode_s", "decode_seconds")
+COLUMNS = ("run_id", *CELL, "timing_only", "iteration", "status", "error", *METRICS, *CALIBRATION, "matches_baseline",
            "tokens", "finished_utc")
 
 
@@ -47,6 +50,36 @@ def start_run(out_dir, **params) -> str:
     path = Path(out_dir) / f"provenance-{run_id}.json"
     path.write_text(json.dumps(provenance(run_id=run_id, **params), indent=1))
     return run_id
+
+
+def save_calibration(out_dir, snapshot) -> str:
+    """<out_dir>/calibration-<id>.json for a calibration (specdec.calibration.snapshot()) rows name; its id."""
+    path = Path(out_dir) / f"calibration-{snapshot['id']}.json"
+    if not path.is_file():
+        path.write_text(json.dumps(snapshot, indent=1, sort_keys=True))
+    return snapshot["id"]
+
+
+def describe_calibrations(folder, rows) -> list[str]:
+    """Markdown lines naming the calibrations the rows ran under (their calibration-<id>.json): where each
+    entry came from, whether the machine was busy when it was measured, and each linear shape's plan."""
+    ids = sorted({r.get("calibration_id") for r in rows if r.get("calibration_id")})
+    lines = []
+    for cid in ids:
+        path = Path(folder) / f"calibration-{cid}.json"
+        if not path.is_file():
+            lines.append(f"- calibration {cid}: its file is missing")
+            continue
+        snap = json.loads(path.read_text())
+        entries = [e for kind in ("linear", "costs") for e in snap.get(kind, {}).values()]
+        sources = sorted({f"{e['source']}" + (f" (measured {e['measured_utc']})" if e.get("measured_utc") else "")
+                          for e in entries})
+        busy = sum(bool(e.get("busy")) for e in entries)
+        plans = "; ".join(f"{shape}: {plan_ranges(e['entry']['fast'])}" for shape, e in snap.get("linear", {}).items())
+        lines.append(f"- calibration [{cid}]({path.name}) on `{snap['machine_key']}`: {len(snap.get('linear', {}))} "
+                     f"linear plans, {len(snap.get('costs', {}))} cost curves; {'; '.join(sources) or 'nothing'}"
+                     f"{f'; {busy} measured while the machine was busy' if busy else ''}. Plans: {plans or 'none'}")
+    return lines
 
 
 def now() -> str:

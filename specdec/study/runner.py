@@ -39,7 +39,9 @@ from jupyter_client.kernelspec import KernelSpecManager
 from ..devices import resolve_device
 from ..models import unavailable
 from .provenance import TARGET_DIR, provenance
-from .results import RESULTS, STATE as STATE_FILE, close_study_run, describe_runs, fingerprint, now, open_study_run, read_rows, scrub_paths
+from ..calibration import SLOW
+from .results import (RESULTS, STATE as STATE_FILE, close_study_run, describe_calibrations, describe_runs, fingerprint,
+                      now, open_study_run, read_rows, scrub_paths)
 
 RUNS_FILE = "study-runs.json"  # per notebook: status, seconds, error of its latest run (the summary's source)
 # The study's inputs in a checkout: given to the notebooks as parameters (relative to their working folder).
@@ -157,6 +159,11 @@ def write_summary(data_dir, figures_dir, target, smoke, state, names):
            "machine, commit and date of the rows it shows (from the rows' own run ids; the provenance-*.json files "
            "beside them hold the package versions and every parameter). Conclusions hold for that machine only.",
            f"Invocation: [{STATE_FILE}]({STATE_FILE}), [study-provenance.json](study-provenance.json).", ""]
+    if (data_dir / "calibration.txt").is_file():
+        out += ["## Calibration", "", "Measured (or loaded from this machine's cache) before the notebooks, by "
+                "`python -m specdec calibrate` ([calibration.txt](calibration.txt)); each section below names the "
+                "calibration its rows ran under.", "", "```", (data_dir / "calibration.txt").read_text().strip(),
+                "```", ""]
     skipped = {n: r for n, r in runs.items() if r.get("skipped")}
     if skipped:
         out += ["## Skipped here", ""] + [f"- {n}: {'; '.join(r['skipped'])}" for n, r in skipped.items()] + [""]
@@ -169,6 +176,12 @@ def write_summary(data_dir, figures_dir, target, smoke, state, names):
         rows = read_rows(data_dir / sec / RESULTS)
         if rows:
             out += [f"Rows: {len(rows)}, {describe_runs(data_dir / sec, rows)}.", ""]
+            calibrations = describe_calibrations(data_dir / sec, rows)
+            suspect = sum(bool(r.get("calibration_suspect")) for r in rows)
+            if calibrations:
+                out += ["Calibration (linear plans and auto's cost curves the rows ran under):", *calibrations,
+                        *([f"- {suspect} rows ran over {SLOW}x their calibration's prediction (calibration_suspect)"]
+                          if suspect else []), ""]
         if run["status"] not in ("ok", "skipped"):
             out += ["```", run["error"], "```", ""]
         if (data_dir / sec / "readout.md").is_file():
@@ -203,6 +216,29 @@ def drop_unavailable(name, params) -> list:
     return [f"pair {p}: {why}" for p, why in reasons.items() if why]
 
 
+def calibrate(params, device, dtype, threads, force, data_dir) -> list[str]:
+    """`python -m specdec calibrate` for every pair the notebooks use (batch 1 and the batch sweep's sizes), before
+    any notebook runs; its report goes to data/<target>/calibration.txt and the summary page. The notebooks then
+    run with SPECDEC_CALIBRATION=fixed: the calibration is not re-measured inside an experiment, so no comparison
+    mixes two (a row slower than its calibration predicts is still marked: calibration_suspect)."""
+    batches = {}
+    for p in params.values():
+        for pair in ([p["pair"]] if isinstance(p.get("pair"), str) else p.get("pair") or []):
+            batches.setdefault(pair, {1}).update(p.get("batch_sizes") or [])
+    report = []
+    for pair, sizes in batches.items():
+        cmd = [sys.executable, "-m", "specdec", "calibrate", "--pair", pair, "--device", str(device), "--dtype",
+               str(dtype), "--batch", ",".join(map(str, sorted(sizes)))] + ["--force"] * force \
+            + (["--threads", str(threads)] if threads else [])
+        print(f"calibrating {pair} (batch {', '.join(map(str, sorted(sizes)))})", flush=True)
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        lines = run.stdout.splitlines() + ([f"calibrate failed: {run.stderr.strip()[-1000:]}"] if run.returncode else [])
+        print("\n".join(f"    {line}" for line in lines), flush=True)
+        report += lines
+    (data_dir / "calibration.txt").write_text("\n".join(report) + "\n")
+    return report
+
+
 def parser():
     p = argparse.ArgumentParser(prog="python -m specdec.study", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -218,6 +254,8 @@ def parser():
     p.add_argument("--resume", action="store_true",
                    help="continue the run in the output folder (keeps every finished cell) instead of a new one")
     p.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
+    p.add_argument("--fresh-calibration", action="store_true",
+                   help="measure the linear plans and auto's costs again before the notebooks, even if cached")
     return p
 
 
@@ -256,6 +294,7 @@ def main(argv=None) -> int:
     # The kernels are subprocesses: they inherit this environment, so they import this checkout's specdec.
     os.environ["PYTHONPATH"] = os.pathsep.join([str(repo)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ["SPECDEC_CALIBRATION"] = "fixed"  # the notebooks keep the calibration measured next (see calibrate)
     ensure_kernel()
     state, decided = open_study_run(data_dir, figures_dir, [section(n) for n in wanted],
                                     fingerprint(str(device), dict(target=args.target, smoke=args.smoke, params=params)),
@@ -267,6 +306,9 @@ def main(argv=None) -> int:
                         study_run=state["run_id"], dtype=(config.get("common") or {}).get("dtype", "auto"),
                         notebooks=params)
     (data_dir / "study-provenance.json").write_text(json.dumps(record, indent=1))
+    common = config.get("common") or {}
+    calibrate({n: params[n] for n in wanted}, device, common.get("dtype", "auto"), common.get("threads"),
+              args.fresh_calibration, data_dir)
     runs_path = data_dir / RUNS_FILE
     runs = json.loads(runs_path.read_text()) if runs_path.is_file() else {}
     total = time.perf_counter()
@@ -286,7 +328,7 @@ def main(argv=None) -> int:
     failed = [n for n in wanted if runs[n]["status"] == "failed"]
     state = close_study_run(data_dir, state, "failed" if failed else "complete")
     write_summary(data_dir, figures_dir, args.target, args.smoke, state, list(names))
-    publishable = [*data_dir.rglob("*.ipynb"), *data_dir.rglob("*.md"), *data_dir.glob("*.json")]
+    publishable = [*data_dir.rglob("*.ipynb"), *data_dir.rglob("*.md"), *data_dir.glob("*.json"), *data_dir.glob("*.txt")]
     scrub_paths(publishable, {out: ".", repo: "<specdec>", sys.prefix: "<python>", Path.home(): "~"})
     print(f"{len(wanted) - len(failed)}/{len(wanted)} notebooks ok or skipped in {time.perf_counter() - total:.0f} s; "
           f"summary: {data_dir / 'README.md'}")

@@ -1,0 +1,68 @@
+"""`python -m specdec calibrate --pair NAME [--force]`: measure (or, with --force, measure again) a pair's
+calibration on this machine: the linear plan of every weight shape its models use, the draft's dtype, and auto's
+cost curves per batch size; print what was chosen and how long it took, and warn when other processes use the
+CPU while it measures (a calibration measured under load is slow for every later run: specdec.calibration)."""
+import time
+
+import torch
+
+from . import calibration
+from .linear import PLANS, linears, mode as linear_mode, plan_key, plan_ranges, shape_key
+from .machine import cache_root, cpu_clock, others_cpu, others_since
+from .models import load_pair
+from .policy import cached_costs, measure_costs, resolve
+
+BUSY_CORES = 0.5  # other processes' CPU use (in cores) above which the measurement is not trusted
+
+
+def busy_warning(when, used) -> str | None:
+    if used > BUSY_CORES:
+        return (f"warning: {when}, other processes used {used:.1f} cores: a calibration measured under load is "
+                f"slow for every later run; run it again on an idle machine (python -m specdec calibrate --force)")
+    return None
+
+
+def measured_busy(entry) -> bool:
+    """A cached entry measured while the machine was busy, and the machine is idle now: measure it again."""
+    return bool(entry and entry.get("busy")) and not calibration.busy_now(max_age=0)
+
+
+def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft_dtype=None) -> list[str]:
+    """Measure and report; returns the report's lines (also printed as they come)."""
+    lines = []
+    say = lambda line: (lines.append(line), print(line, flush=True))
+    before = busy_warning("before measuring", others_cpu())
+    if before:
+        say(before)
+    start = time.perf_counter()
+    pair = load_pair(pair_name, device=device, dtype=dtype, draft_dtype=draft_dtype)
+    loaded = time.perf_counter() - start
+    models = [m for m in (pair.target, pair.draft) if m is not None]
+    say(f"calibration of {pair_name} on {plan_key()} (cache: {cache_root()})")
+    say(f"models loaded in {loaded:.1f} s: target {str(pair.dtype).removeprefix('torch.')}, draft "
+        f"{str(pair.draft_dtype).removeprefix('torch.') if pair.draft is not None else 'none'}")
+    start, clock = time.perf_counter(), cpu_clock()
+    if linear_mode() == "auto":
+        for key in sorted({(tuple(m.weight.shape), m.weight.dtype) for m in linears(models)}, key=str):
+            weight = next(m.weight for m in linears(models) if (tuple(m.weight.shape), m.weight.dtype) == key)
+            plan = PLANS.get(weight, fresh=force or measured_busy(PLANS.load().get(shape_key(weight))))["fast"]
+            say(f"  linear {key[0][0]}x{key[0][1]} {str(key[1]).removeprefix('torch.')}: {plan_ranges(plan)}")
+    else:
+        say(f"  linear path: SPECDEC_LINEAR={linear_mode()} (no plans)")
+    high = resolve("auto").k_max
+    for batch in batches:
+        with torch.inference_mode():
+            cached = dict(cached_costs(pair.target, pair.draft, batch, high + 1))
+            fresh = force or any(measured_busy(e) for e in cached.values())
+            costs = measure_costs(pair.target, pair.draft, batch, high, fresh=fresh)
+        verify = ", ".join(f"{t}: {costs['verify_s'][t] * 1e3:.1f}" for t in (1, 2, 3, 5, high + 1))
+        say(f"  auto costs at batch {batch}: target forward over T tokens (ms): {verify}; draft step "
+            f"{costs['draft_s'] * 1e3:.1f} ms")
+    snap = calibration.snapshot()
+    fresh = sum(e["source"].startswith("measured") for k in ("linear", "costs") for e in snap[k].values())
+    say(f"calibration {snap['id']}: {fresh} entries measured now, the rest from the cache; "
+        f"{time.perf_counter() - start:.1f} s")
+    after = busy_warning("while it measured", others_since(clock))
+    if after:
+        say(after)
+    return lines

@@ -1,0 +1,118 @@
+"""The calibration a generation runs under, recorded and checked.
+
+Two measurements make specdec fast on a machine and are cached per machine under machine.cache_root(): the
+linear plans (specdec.linear) and auto's cost curves (specdec.policy). This module is their ledger and their
+check, and imports nothing of specdec but machine:
+
+- Recorded: linear and policy `note` every plan and cost entry they use, with where it came from (measured in
+  this process, or loaded from the cache and when it was measured there, and whether the machine was busy then).
+  `snapshot()` is that record with an id (a hash of the entries), for provenance; every generation's stats carry
+  the id (`calibration_id`).
+- Checked: after every generation the engine compares its decode time with what the cost curve predicts for
+  the rounds it ran (`check`). A generation more than SLOW x the prediction is marked in its stats; after
+  CONSISTENT such generations in a row for one (models, batch), or when an entry in use was measured on a busy
+  machine, the calibration of those models is `stale` and the engine measures it again before the next
+  generation (never inside a timed one), unless the machine looks busy now (then it says so and keeps it).
+  SPECDEC_CALIBRATION=fixed keeps every calibration as it is (the study: it re-measures only between
+  experiments, so no comparison mixes calibrations); the check and the marks still happen.
+"""
+import datetime
+import hashlib
+import json
+import os
+import sys
+import time
+
+from .machine import busy, machine_key
+
+SLOW = 1.5           # a generation this much slower than its calibration predicts is a sign of a stale one
+CONSISTENT = 2       # ... this many generations in a row, for the same models and batch size
+MIN_JUDGED_S = 0.2   # generations predicted shorter than this are noise-dominated: not judged
+LEDGER = {"linear": {}, "costs": {}}  # kind -> key -> {"entry", "source", "measured_utc", "busy"}
+_slow_in_a_row, _stale, _told = {}, set(), set()
+_busy_read = None  # (monotonic time, busy) of the last reading
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def note(kind: str, key: str, entry: dict, measured: bool):
+    """Record that `entry` (a plan or a cost curve, as stored in the cache) is in use, and where it came from."""
+    source = "measured in this process" if measured else "loaded from the cache"
+    LEDGER[kind][key] = dict(entry=entry, source=source, measured_utc=entry.get("measured_utc"),
+                             busy=entry.get("busy"))
+
+
+def snapshot(kinds=("linear", "costs")) -> dict:
+    """{"id", "machine_key", "linear": {...}, "costs": {...}}: what this process ran under so far."""
+    record = {kind: dict(sorted(LEDGER[kind].items())) for kind in kinds}
+    entries = {k: {key: v["entry"] for key, v in r.items()} for k, r in record.items()}
+    blob = json.dumps(json.loads(json.dumps(entries)), sort_keys=True)  # as stored: int keys become strings
+    return dict(id=hashlib.sha256(blob.encode()).hexdigest()[:12], machine_key=machine_key(), **record)
+
+
+def busy_now(max_age=30.0) -> bool:
+    """machine.busy(), read at most once per `max_age` seconds (a measurement of many shapes asks often)."""
+    global _busy_read
+    if _busy_read is None or time.monotonic() - _busy_read[0] > max_age:
+        _busy_read = (time.monotonic(), busy())
+    return _busy_read[1]
+
+
+def stamp(entry: dict) -> dict:
+    """A freshly measured entry, with when and whether the machine was busy while it was measured."""
+    return dict(entry, measured_utc=now(), busy=busy_now())
+
+
+def healing() -> bool:
+    value = os.environ.get("SPECDEC_CALIBRATION", "heal").lower()
+    if value not in ("heal", "fixed"):
+        raise ValueError(f"SPECDEC_CALIBRATION={value!r} is unknown; use heal (the default) or fixed")
+    return value == "heal"
+
+
+def check(key: str, predicted_s, decode_s: float) -> dict:
+    """Judge one generation of (models, batch) `key`: its decode time against the prediction (None: no cost
+    curve for these models). Returns the stats it adds; marks `key` stale after CONSISTENT slow ones."""
+    stats = dict(calibration_id=snapshot()["id"], predicted_decode_s=predicted_s, calibration_ratio=None,
+                 calibration_suspect=False)
+    if predicted_s is None or predicted_s < MIN_JUDGED_S:
+        return stats
+    ratio = decode_s / predicted_s
+    slow = ratio > SLOW
+    _slow_in_a_row[key] = _slow_in_a_row.get(key, 0) + 1 if slow else 0
+    if _slow_in_a_row[key] >= CONSISTENT:
+        _stale.add(key)
+    return dict(stats, calibration_ratio=ratio, calibration_suspect=slow)
+
+
+def stale(key: str, kinds_in_use) -> bool:
+    """Whether the calibration of `key` should be measured again: generations ran consistently slower than it
+    predicts, or an entry it uses (`kinds_in_use`: [(kind, entry key)]) was measured on a busy machine."""
+    return key in _stale or any(LEDGER[kind].get(k, {}).get("busy") for kind, k in kinds_in_use)
+
+
+def may_remeasure(key: str, name: str) -> bool:
+    """Measuring now is allowed (healing on) and sound (the machine is not busy). Says once per key why not;
+    `name` says which models in words."""
+    if not healing():
+        return False
+    if busy_now(max_age=0):
+        tell(key, f"specdec: the calibration of {name} looks stale, but other processes are using the CPU: kept "
+                  f"as it is (measured again on a later generation, when the machine is idle)")
+        return False
+    tell(key + " healed", f"specdec: the calibration of {name} looks stale (generations ran over {SLOW}x its "
+                          f"prediction, or it was measured on a busy machine): measuring it again")
+    return True
+
+
+def healed(key: str):
+    _stale.discard(key)
+    _slow_in_a_row[key] = 0
+
+
+def tell(once_key: str, message: str):
+    if once_key not in _told:
+        _told.add(once_key)
+        print(message, file=sys.stderr)

@@ -1,0 +1,141 @@
+"""Calibration (specdec.calibration): recorded, checked against every generation, healed when it is wrong, and
+stored in cache files that several processes can share."""
+import json
+import multiprocessing
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import specdec
+from specdec import calibrate, calibration, linear, machine
+from specdec.models import load_pair
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path))
+    monkeypatch.setattr(linear, "PLANS", linear.Plans())
+    for kind in calibration.LEDGER.values():
+        kind.clear()
+    calibration._stale.clear()
+    calibration._slow_in_a_row.clear()
+
+
+def write_many(tag, n):
+    for i in range(n):
+        machine.write_cache("shared.json", f"{tag}-{i}", {"value": i})
+
+
+def test_two_processes_writing_at_once_keep_every_entry(tmp_path):
+    ctx = multiprocessing.get_context("spawn")  # each with its own interpreter, as two study runs would be
+    procs = [ctx.Process(target=write_many, args=(tag, 40)) for tag in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    data = json.loads((tmp_path / "shared.json").read_text())
+    assert set(data) == {f"{t}-{i}" for t in "ab" for i in range(40)}
+    assert not list(tmp_path.glob("*.tmp"))  # every temp file was renamed into place
+
+
+def test_a_corrupt_cache_file_is_reported_and_replaced(tmp_path, capsys):
+    (tmp_path / linear.CACHE).write_text('{"half a file": ')
+    plans = linear.Plans().get(torch.randn(12, 8))
+    assert "corrupt" in capsys.readouterr().err and set(plans) == {"fast", "lean"}
+    assert json.loads((tmp_path / linear.CACHE).read_text())  # valid again, with the new entry
+
+
+def test_the_machine_key_names_the_cpu_features_and_cores():
+    key = machine.machine_key()
+    assert f"{machine.cpu_features()}" in key and "cores" in key and "threads" in key
+
+
+def test_a_slow_plan_is_flagged_and_healed_with_unchanged_output(monkeypatch, capsys):
+    """A plan file that sends every product down a slow path (here `linear`, made slow on purpose): the
+    generations run over SLOW x their prediction, are marked, and the plans are measured again before the
+    generation after the second such one; the tokens never change."""
+    monkeypatch.setattr(calibration, "MIN_JUDGED_S", 0.0)
+    monkeypatch.setattr(calibration, "busy_now", lambda max_age=30.0: False)  # an idle machine
+    run_path = linear.run_path
+
+    def slow_linear(path, *args):
+        if path == "linear":
+            time.sleep(0.002)
+        return run_path(path, *args)
+    monkeypatch.setattr(linear, "run_path", slow_linear)
+    monkeypatch.setattr(linear, "PATHS", ("linear", "wxt", "xwt"))
+    pair = load_pair("tiny-llama")  # float32: it takes the linear path (float64 models do not)
+    ids = [pair.tokenizer.encode("The quick brown fox")]
+    run = lambda: specdec.generate(pair.target, ids, draft=pair.draft, k="auto", max_new_tokens=16)
+    first = run()  # measures plans (avoiding the slow path) and auto's costs
+    assert not first.stats["calibration_suspect"]
+    cache = machine.cache_root() / linear.CACHE
+    table = json.loads(cache.read_text())
+    for plans in table.values():  # the deliberately slow plan, as a busy machine might have measured it
+        for entry in plans.values():
+            entry.update({half: {r: "linear" for r in entry[half]} for half in ("fast", "lean")})
+    cache.write_text(json.dumps(table))
+    linear.PLANS.table = None  # as a new process would read it
+    later = [run() for _ in range(3)]
+    assert [r.stats["calibration_suspect"] for r in later] == [True, True, False]
+    assert later[0].stats["calibration_ratio"] > calibration.SLOW
+    healed = {shape: e for plans in json.loads(cache.read_text()).values() for shape, e in plans.items()}
+    in_use = {key for _, key in linear.plans_in_use([pair.target, pair.draft])}
+    assert in_use and all(set(healed[shape]["fast"].values()) != {"linear"} for shape in in_use)
+    assert later[2].stats["calibration_id"] != later[0].stats["calibration_id"]
+    assert all(r.tokens == first.tokens for r in later)
+    assert "measuring it again" in capsys.readouterr().err
+
+
+def test_a_fixed_calibration_is_flagged_but_kept(monkeypatch):
+    monkeypatch.setenv("SPECDEC_CALIBRATION", "fixed")
+    calibration._stale.add("k")
+    assert not calibration.may_remeasure("k", "these models")
+    monkeypatch.setenv("SPECDEC_CALIBRATION", "sometimes")
+    with pytest.raises(ValueError, match="SPECDEC_CALIBRATION"):
+        calibration.healing()
+
+
+def test_the_snapshot_says_where_each_entry_came_from():
+    weight = torch.randn(16, 8)
+    linear.PLANS.get(weight)
+    snap = calibration.snapshot()
+    (entry,) = snap["linear"].values()
+    assert entry["source"] == "measured in this process" and entry["measured_utc"] and "busy" in entry
+    linear.Plans().get(weight)  # a second process: from the cache
+    again = calibration.snapshot()
+    assert next(iter(again["linear"].values()))["source"] == "loaded from the cache"
+    assert again["id"] == snap["id"]  # the same plan: the same calibration
+
+
+def test_calibrate_prints_its_choices_and_warns_beside_a_busy_process(capsys):
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 60: pass"])
+    try:
+        time.sleep(0.5)
+        lines = calibrate.run("tiny-llama")
+    finally:
+        spin.kill()
+        spin.wait()
+    text = "\n".join(lines)
+    assert "linear 64x64 float32: 1" in text and "auto costs at batch 1" in text and "calibration " in text
+    assert "warning: before measuring, other processes used" in text
+    assert capsys.readouterr().out.strip().splitlines() == lines  # printed as it went
+
+
+def test_a_sweep_records_the_calibration_of_its_rows(tmp_path):
+    from specdec.study import bench, results
+    pair = load_pair("tiny-llama")
+    prompts = [dict(id="a", category="qa", text="Why is the sky blue?")]
+    rows = bench.sweep(pair, tmp_path, modes=("baseline", "auto"), ks=(2,), max_new_tokens=(6,), prompts=prompts,
+                       iterations=1, warmup=False, progress=False)
+    ids = set(rows["calibration_id"])
+    assert ids and all((tmp_path / f"calibration-{i}.json").is_file() for i in ids)
+    (prov,) = tmp_path.glob("provenance-*.json")
+    record = json.loads(prov.read_text())
+    assert record["cpu_features"] in record["machine_key"] and record["cpu_cores"] >= 1
+    lines = results.describe_calibrations(tmp_path, rows.to_dict("records"))
+    assert len(lines) == len(ids) and all("Plans: " in line and machine.machine_key() in line for line in lines)
