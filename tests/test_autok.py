@@ -6,7 +6,7 @@ import pytest
 import specdec
 from specdec import policy as policies
 from specdec.policy import AutoK, best_k, expected_tokens
-from specdec.study import bench, modes
+from specdec.study import bench, modes, references
 from conftest import tiny_gpt2
 from test_engine import PROMPTS, hf_greedy
 from test_sampling import NEW, PROMPT, ROWS, chi_square_pvalue, exact_joint, models  # noqa: F401 (fixture)
@@ -145,7 +145,7 @@ def test_hf_default_mode_resets_what_the_fixed_k_mode_overrode(pair):
                         target=SimpleNamespace(generate=fake_generate, generation_config=target.generation_config),
                         draft=draft, draft_in_target_dtype=lambda: draft)
     for mode, k in (("hf_assisted", 3), ("hf_assisted_default", 20)):
-        bench.run_hf(p, dict(mode=mode, k=k, max_new_tokens=1), [[5, 6]], 0.0, 0)
+        references.run_hf(p, dict(mode=mode, k=k, max_new_tokens=1), [[5, 6]], 0.0, 0)
     assert (seen[0]["num_assistant_tokens"], seen[0]["assistant_confidence_threshold"]) == (3, 0)
     assert {k: seen[1][k] for k in modes.HF_ASSISTED_DEFAULTS} == modes.HF_ASSISTED_DEFAULTS
 

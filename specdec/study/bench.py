@@ -21,10 +21,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import calibration
-from ..engine import VERIFY_MODES, eos_ids, generate
+from ..engine import VERIFY_MODES, generate
 from ..models import PAIRS, load_pair
-from ..profiler import peak_memory_mib, reset_peak_memory, synchronize
-from .modes import BASELINE, DEFAULT_SWEEP, HF_ASSISTED_DEFAULTS, MODES, NAMES, cells_for
+from ..profiler import peak_memory_mib, reset_peak_memory
+from .modes import BASELINE, DEFAULT_SWEEP, MODES, NAMES, cells_for
+from .references import run_hf
 from .results import (COLUMNS, KEY, PHASES, RESULTS, append_row, done_keys, end_torn_line, latest_by_key, now,
                       read_rows, save_calibration, start_run)
 from .summary import summarize
@@ -112,48 +113,6 @@ def run_specdec(pair, cell, rows, temperature, seed, profile=False) -> tuple[lis
     r = generate(pair.target, rows, draft=draft, k=k, max_new_tokens=cell["max_new_tokens"],
                  temperature=temperature, seed=seed, verify=verify, profile=profile, same_tokenizer=pair.same_tokenizer)
     return r.tokens, r.stats
-
-
-def run_hf(pair, cell, rows, temperature, seed) -> tuple[list, dict]:
-    """Hugging Face generate (or assisted generation) on left-padded rows, timed end to end."""
-    tok, device, n = pair.tokenizer, pair.device, cell["max_new_tokens"]
-    width = max(map(len, rows))
-    ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows], device=device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-    kw = dict(max_new_tokens=n, pad_token_id=tok.pad_token_id, do_sample=temperature > 0)
-    if temperature > 0:  # plain temperature sampling, like specdec's (HF's default top_k=50 switched off)
-        kw.update(temperature=temperature, top_k=0, top_p=1.0)
-        torch.manual_seed(seed or 0)
-    mode = MODES[cell["mode"]]
-    assistant = pair.draft_in_target_dtype() if mode.needs_draft else None
-    if mode.policy == "fixed":
-        # HF reads K from the assistant's generation_config (and, by default, adapts it from call to call):
-        # set it before every call, with no schedule and no confidence-based early stop, so K is fixed.
-        assistant.generation_config.update(num_assistant_tokens=cell["k"], num_assistant_tokens_schedule="constant",
-                                           assistant_confidence_threshold=0)
-    elif assistant is not None:  # what a user gets: HF's defaults (reset, as a fixed-K cell may have run before)
-        assistant.generation_config.update(**HF_ASSISTED_DEFAULTS)
-    synchronize(device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = pair.target.generate(ids, attention_mask=mask, assistant_model=assistant, **kw)
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    eos = eos_ids(pair.target, None)
-    tokens = [cut_at_eos(row, eos) for row in out[:, width:].tolist()]
-    new = sum(map(len, tokens))
-    stats = dict(new_tokens=new, seconds=seconds, throughput=new / seconds)
-    if assistant is None:  # plain greedy/sampled decoding: one forward per step, the prefill gives the first token
-        stats.update(target_forwards=max(map(len, tokens)), tokens_per_target_forward=new / max(map(len, tokens)))
-    return tokens, stats
-
-
-def cut_at_eos(tokens, eos) -> list:
-    """A row's new tokens up to and including the first EOS (after it HF writes padding)."""
-    for i, t in enumerate(tokens):
-        if t in eos:
-            return tokens[: i + 1]
-    return tokens
 
 
 def phase_stats(stats) -> dict:

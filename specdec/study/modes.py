@@ -9,7 +9,6 @@ K auto actually chose is a metric of the row (`mean_k`).
 """
 from dataclasses import dataclass
 
-from ..engine import VERIFY_MODES  # noqa: F401  (the study's verify modes are the engine's)
 from ..policy import resolve
 
 # What generate(assistant_model=...) uses when the user sets nothing (transformers GenerationConfig defaults).

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .modes import BASELINE, MODES, SPECULATIVE, label  # noqa: E402
+from .modes import BASELINE, MODES, SPECULATIVE, label as mode_label  # noqa: E402
 from .results import RESULTS, describe_runs, read_rows  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -191,7 +191,7 @@ def batch_sweep(cells, table, reference=None, target=""):
     """Throughput and speedup per batch size (baseline and each K; 95% intervals), acceptance per batch size,
     and the seed's reported values in their own panel, labelled with their own token counts."""
     t = table.copy()
-    t["series"] = t.apply(label, axis=1)
+    t["series"] = t.apply(mode_label, axis=1)
     t = t.sort_values(["batch_size", "mode", "k"])
     t["where"] = t["batch_size"].astype(str) + "\n(" + t["max_new_tokens"].astype(str) + " tok/row)"
     order = list(dict.fromkeys(t.sort_values(["k"])["series"]))  # the target alone (K=0) first, then K ascending
@@ -329,7 +329,7 @@ def speedup(table, target=""):
 def drafters(cells, table, target=""):
     """Speedup over target only per drafter and prompt category (95% intervals), and acceptance per drafter."""
     t = table.copy()
-    t["drafter"] = t.apply(label, axis=1)
+    t["drafter"] = t.apply(mode_label, axis=1)
     hide_acceptance = timing_only(cells)
     fig, axes = plt.subplots(1, 1 if hide_acceptance else 2, figsize=(7 if hide_acceptance else 13, 5.8),
                              squeeze=False)
