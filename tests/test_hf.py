@@ -86,6 +86,26 @@ def test_default_k_auto_and_the_models_own_generation_config(pair, monkeypatch):
     assert torch.equal(door(target, ids, mask, draft, k=2), penalised)
 
 
+def test_a_qwen_instruct_generation_config_reaches_the_engine(pair, monkeypatch):
+    """Qwen2.5-Instruct's hub generation config (sampling with a repetition penalty) is honoured, not refused:
+    the engine gets exactly those settings from generate's prepared processors."""
+    import specdec.hf
+
+    _, target, draft = pair
+    qwen = dict(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+    for name, value in qwen.items():
+        monkeypatch.setattr(target.generation_config, name, value)
+    seen = {}
+    engine = specdec.hf.generate
+    monkeypatch.setattr(specdec.hf, "generate", lambda *a, **kw: seen.update(kw) or engine(*a, **kw))
+    ids, mask = left_padded(ROWS)
+    out = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, pad_token_id=0,  # the config decides
+                          custom_generate=speculative, draft_model=draft, k=2)
+    assert {n: seen[n] for n in ("temperature", "top_k", "top_p", "repetition_penalty")} == \
+        {n: v for n, v in qwen.items() if n != "do_sample"}
+    assert out.shape[0] == len(ROWS) and torch.equal(out[:, : ids.shape[1]], ids)
+
+
 def test_max_length_alone_and_the_default_length(pair):
     _, target, draft = pair
     ids, mask = left_padded(ROWS)
@@ -288,5 +308,5 @@ def test_smollm2_door_equals_generate():
     streamer = Text(p.tokenizer, skip_prompt=True)
     one = p.tokenizer(texts[:1], return_tensors="pt", add_special_tokens=False)
     out = p.target.generate(**one, do_sample=False, max_new_tokens=24, custom_generate=speculative,
-                            draft_model=p.draft, specdec_streamer=streamer, same_tokenizer=p.same_tokenizer)
+                            draft_model=p.draft, k=3, specdec_streamer=streamer, same_tokenizer=p.same_tokenizer)
     assert streamer.text == p.tokenizer.decode(out[0, one["input_ids"].shape[1]:])
