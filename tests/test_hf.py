@@ -14,6 +14,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from conftest import VOCAB, tiny_gpt2, tiny_llama
 from specdec.hf import speculative
 from test_sampling import chi_square_pvalue
+from test_syncs import per_round
 
 ROWS = [[5, 6, 7, 8], [3, 4], [12, 13, 14, 15, 16, 17]]
 NEW = 20
@@ -161,6 +162,14 @@ def test_specdec_streamer_streams_the_returned_tokens(pair):
     eos = target.generation_config.eos_token_id
     row = row[: row.index(eos) + 1] if eos in row else row  # up to EOS: what follows is generate's padding
     assert sum(streamer.puts[1:], []) == row
+
+
+@pytest.mark.parametrize("case", [dict(k=3), dict(k=2, temperature=0.8, top_k=20, seed=1),
+                                  dict(k=4, draft="prompt_lookup", temperature=1.0, seed=2)])
+def test_repetition_penalty_keeps_one_host_read_per_round(monkeypatch, case):
+    """The per-position penalty runs on the device: still one read and no upload per round (test_syncs)."""
+    rounds = per_round(monkeypatch, repetition_penalty=1.3, **case)
+    assert {reads for reads, _ in rounds} == {1} and {uploads for _, uploads in rounds} == {0}
 
 
 # --- refusals: before any forward, naming the option --------------------------------------------------
