@@ -35,7 +35,8 @@ class Result:
 @torch.inference_mode()
 def generate(target, input_ids, *, draft=None, attention_mask=None, k=4, max_new_tokens=32,
              temperature=0.0, top_k=None, top_p=None, seed=None, verify="parallel",
-             eos_token_id=None, profile=False, streamer=None, same_tokenizer=False) -> Result:
+             eos_token_id=None, profile=False, streamer=None, same_tokenizer=False,
+             repetition_penalty=None) -> Result:
     """Speculative decoding of `target` with `draft`: a model, "prompt_lookup", a drafter object
     (the protocol in specdec.drafters: start, prefill, propose, rollback), or None for the target-only
     baseline. `k`: how K is chosen (specdec.policy.resolve): an int 1..64, "auto" (per round, from measured
@@ -43,6 +44,8 @@ def generate(target, input_ids, *, draft=None, attention_mask=None, k=4, max_new
     `streamer`: a transformers streamer (e.g. TextStreamer), fed row 0's prompt, then its tokens as
     they are accepted. `same_tokenizer=True`: you know draft and target share one tokenizer
     (load_pair checks it: pass pair.same_tokenizer), so output sizes may differ by padding rows.
+    `repetition_penalty`: transformers' repetition penalty over each row's prompt and tokens so far (drafts
+    included), applied before the warpers to target and draft alike, as `generate` applies it.
     Greedy output is token-identical to the target alone (in float32/64; see README for half
     precision); sampled output has the target's distribution. See README for the arguments."""
     rows = prompt_rows(input_ids, attention_mask)
@@ -57,7 +60,7 @@ def generate(target, input_ids, *, draft=None, attention_mask=None, k=4, max_new
         drafter = PromptLookupDrafter()
     else:
         drafter = draft
-    sampler = Sampler(temperature, top_k, top_p, seed, target.device)
+    sampler = Sampler(temperature, top_k, top_p, seed, target.device, repetition_penalty)
     draft_model = draft if isinstance(draft, torch.nn.Module) else None
     judged = cost_prefix(target, draft_model, len(rows))  # what the calibration check is about (specdec.calibration)
     recalibrate_if_stale(judged, target, draft_model, len(rows))
@@ -147,6 +150,7 @@ class Decoder:
             logits = self.arena.forward(prompts, keep=torch.tensor(ends, device=self.device))
             self.counts["target_forwards"] += 1
             column = torch.tensor([ends.index(p - 1) for p in self.prompt_lengths], device=self.device)
+            self.sampler.see(self.seq, torch.tensor(self.prompt_lengths, device=self.device))  # repetition penalty
             first, _ = self.sampler.pick(logits[torch.arange(self.batch, device=self.device), column])
             if self.drafter is not None:
                 self.drafter.prefill(prompts)
@@ -159,13 +163,14 @@ class Decoder:
     def step(self):
         k = self.k
         with self.prof.phase("draft"):
+            self.sampler.see(self.seq, self.lengths)  # the repetition penalty's context (no-op without one)
             if k:
                 drafts, q = self.drafter.propose(self.seq, self.lengths, k, self.sampler)
             else:
                 drafts, q = self.seq.new_zeros(self.batch, 0), None
         with self.prof.phase("verify"):
             block = torch.cat([last_tokens(self.seq, self.lengths, 1), drafts], 1)  # [B, K+1]
-            logits = self.verify(block)
+            logits = self.sampler.process(self.verify(block), drafts)  # per-position repetition penalty
         with self.prof.phase("accept"):
             if self.sampler.greedy:
                 accepted, new = accept_greedy(logits, drafts)

@@ -2,19 +2,33 @@
 
 The same warpers (temperature, top-k, top-p; transformers' own logits processors) are applied to
 target and draft distributions, as the losslessness proof requires.
+
+Repetition penalty (transformers' RepetitionPenaltyLogitsProcessor, applied before the warpers as
+`generate` does) depends on the tokens before each position, so the sampler keeps the rows' context:
+`see(seq, lengths)` before a round, `pick` adds each token it picks to it (a drafter that calls `pick`
+K times in order gets drafts 0..i-1 in its i-th proposal's penalty), and `process` penalises the
+target's verify logits [B, K+1, V] position by position (position i sees the context and drafts 0..i-1).
 """
 import torch
 import torch.nn.functional as F
 from transformers.generation.logits_process import (
-    LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+    LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
 )
+
+# A slot that holds no token: transformers' repetition penalty clamps ids >= vocabulary size to one spare
+# column that it drops, so such an id penalises nothing.
+NO_TOKEN = torch.iinfo(torch.long).max
 
 
 class Sampler:
     """Sampling settings plus the seeded generator that every random draw of a generation uses."""
 
-    def __init__(self, temperature=0.0, top_k=None, top_p=None, seed=None, device="cpu"):
+    def __init__(self, temperature=0.0, top_k=None, top_p=None, seed=None, device="cpu", repetition_penalty=None):
         self.greedy = temperature == 0
+        # HF skips a penalty of 1.0 too (it changes nothing); its constructor refuses a non-positive one.
+        self.penalty = None if repetition_penalty in (None, 1.0) else \
+            RepetitionPenaltyLogitsProcessor(float(repetition_penalty))
+        self.context = self.running = None
         self.warpers = LogitsProcessorList()
         if not self.greedy:
             self.warpers.append(TemperatureLogitsWarper(temperature))
@@ -27,6 +41,30 @@ class Sampler:
             self.generator.seed()
         else:
             self.generator.manual_seed(seed)
+
+    def see(self, seq: torch.Tensor, lengths: torch.Tensor):
+        """The rows' tokens so far, seq[b, :lengths[b]], for the repetition penalty (no-op without one)."""
+        if self.penalty is None:
+            return
+        slot = torch.arange(seq.shape[1], device=seq.device)
+        self.context = self.running = seq.masked_fill(slot >= lengths[:, None], NO_TOKEN)
+
+    def penalize(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """[N, V] logits penalised for the tokens in ids [N, T]; float32 at least, as `generate` does."""
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        return self.penalty(ids, logits)
+
+    def process(self, logits: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
+        """Target verify logits [B, K+1, V] with the repetition penalty of each position: position i sees
+        the context from `see` plus drafts [B, K] 0..i-1, as a one-token-at-a-time loop would."""
+        if self.penalty is None:
+            return logits
+        batch, n, vocab = logits.shape
+        before = torch.arange(n - 1, device=logits.device) < torch.arange(n, device=logits.device)[:, None]
+        preceding = torch.where(before, drafts[:, None, :], NO_TOKEN)  # [B, K+1, K]
+        ids = torch.cat([self.context[:, None].expand(batch, n, -1), preceding], 2).reshape(batch * n, -1)
+        return self.penalize(ids, logits.reshape(batch * n, vocab)).reshape(batch, n, vocab)
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """[..., V] logits -> [..., V] probabilities after the warpers (float32 at least)."""
@@ -41,11 +79,19 @@ class Sampler:
         return race(probs, self.generator)
 
     def pick(self, logits: torch.Tensor):
-        """The next token from [B, V] logits: argmax when greedy, else a sample. Returns (token, probs or None)."""
+        """The next token of every row from [B, V] logits (penalised for the running context, which then
+        gains the token): argmax when greedy, else a sample. Returns (token, probs or None)."""
+        probs = None
+        if self.penalty is not None:
+            logits = self.penalize(self.running, logits)
         if self.greedy:
-            return logits.argmax(-1), None
-        probs = self.probs(logits)
-        return self.sample(probs), probs
+            token = logits.argmax(-1)
+        else:
+            probs = self.probs(logits)
+            token = self.sample(probs)
+        if self.penalty is not None:
+            self.running = torch.cat([self.running, token[:, None]], 1)
+        return token, probs
 
 
 def accept_greedy(target_logits: torch.Tensor, drafts: torch.Tensor):
