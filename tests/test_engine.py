@@ -1,6 +1,7 @@
 """Greedy losslessness, batching, verification modes and input checks of specdec.generate."""
 import pytest
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 import specdec
 from conftest import perturbed, tiny_gpt2, tiny_llama
@@ -158,9 +159,9 @@ def test_real_weights_are_lossless_with_real_rejections():
     assert lookup.tokens == result.tokens
 
 
-# --- small defects (issue 9) ---------------------------------------------------------------------
+# --- small defects ---------------------------------------------------------------------
 
-class Recorder:
+class Recorder(BaseStreamer):
     """A streamer that records what it is sent (TextStreamer's put/end protocol)."""
 
     def __init__(self):

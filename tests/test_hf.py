@@ -8,11 +8,11 @@ from transformers.generation.logits_process import (
     LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
 )
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from conftest import VOCAB, tiny_gpt2, tiny_llama
 from specdec.hf import speculative
+from test_engine import Recorder
 from test_sampling import chi_square_pvalue
 from test_syncs import per_round
 
@@ -139,17 +139,6 @@ def test_seeded_sampling_is_reproducible(pair):
     a, b, c = sampled(7), sampled(7), sampled(8)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == (len(ROWS), ids.shape[1] + NEW) and torch.equal(a[:, : ids.shape[1]], ids)
-
-
-class Recorder(BaseStreamer):
-    def __init__(self):
-        self.puts, self.ended = [], False
-
-    def put(self, value):
-        self.puts.append(value.tolist())
-
-    def end(self):
-        self.ended = True
 
 
 def test_specdec_streamer_streams_the_returned_tokens(pair):
