@@ -137,5 +137,6 @@ def test_a_sweep_records_the_calibration_of_its_rows(tmp_path):
     (prov,) = tmp_path.glob("provenance-*.json")
     record = json.loads(prov.read_text())
     assert record["cpu_features"] in record["machine_key"] and record["cpu_cores"] >= 1
+    assert set(record["calibrations"]) == ids  # the provenance names the calibrations its rows ran under
     lines = results.describe_calibrations(tmp_path, rows.to_dict("records"))
     assert len(lines) == len(ids) and all("Plans: " in line and machine.machine_key() in line for line in lines)

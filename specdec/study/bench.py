@@ -27,7 +27,7 @@ from ..profiler import peak_memory_mib, reset_peak_memory
 from .modes import BASELINE, DEFAULT_SWEEP, MODES, NAMES, cells_for
 from .references import run_hf
 from .results import (COLUMNS, KEY, PHASES, RESULTS, append_row, done_keys, end_torn_line, latest_by_key, now,
-                      read_rows, save_calibration, start_run)
+                      read_rows, record_calibrations, save_calibration, start_run)
 from .summary import summarize
 
 PROMPTS_FILE = Path("data") / "prompts" / "prompts.jsonl"  # relative to the checkout the study runs from
@@ -188,6 +188,7 @@ def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,),
             bar.set_description(f"{cell['mode']} k={cell['k']} b={cell['batch_size']} n={cell['max_new_tokens']} "
                                 f"{cell['verify']} {cell['prompt_id']}")
             runner.run(cell, i)
+        record_calibrations(out, run_id, runner.calibrations)
     mine = {key_of(dict(c, iteration=i)) for c in cells for i in range(iterations)}
     rows = pd.DataFrame([r for k, r in latest_by_key(read_rows(results), KEY).items() if k in mine], columns=list(COLUMNS))
     return mark_matches(rows)
@@ -217,6 +218,7 @@ class CellRunner:
         self.pair, self.results, self.extra, self.tokenized = pair, results, extra, tokenized
         self.phases = {}  # per cell, from the profiled run on GPUs
         self.written = 0
+        self.calibrations = set()  # ids of the calibrations its rows ran under
 
     def generate(self, cell, profile=False):
         rows = [self.tokenized[i] for i in cell["prompt_ids"].split(",")]
@@ -237,7 +239,7 @@ class CellRunner:
             tokens, stats = self.generate(cell, profile=specdec and on_cpu)
             phases = phase_stats(stats) if specdec and on_cpu else self.phases.get(key, {})
             if stats.get("calibration_id"):  # what it ran under, beside the rows (HF references: torch's own path)
-                save_calibration(self.results.parent, calibration.snapshot())
+                self.calibrations.add(save_calibration(self.results.parent, calibration.snapshot()))
             row = {**stats, **phases, **cell, **self.extra, "iteration": iteration, "status": "ok", "error": "",
                    "tokens": json.dumps(tokens), "peak_memory_mib": peak_memory_mib(self.pair.device)}
         except Exception as e:  # noqa: BLE001 -- one bad cell (OOM, a model bug) must not end the sweep

@@ -22,7 +22,7 @@ from ..engine import VERIFY_MODES
 from .bench import model_names, weights_of
 from ..linear import fast_linears, mode as linear_mode
 from ..profiler import synchronize
-from .results import RESULTS, append_row, done_keys, now, read_rows, save_calibration, start_run
+from .results import RESULTS, append_row, done_keys, now, read_rows, record_calibrations, save_calibration, start_run
 
 MODES = VERIFY_MODES  # the engine's: one (K+1)-token forward, or K+1 one-token forwards
 SETTING = ("pair", "target", "device", "dtype", "linear", "context", "batch_size")  # what makes two rows comparable
@@ -99,6 +99,7 @@ def time_all(pair, todo, ks, context, batch_size, warmup, seed, results, run_id,
         for t in sorted({1, *(k + 1 for k in ks)}):
             time_verify(arena, prefix[:, context:context + t], "parallel", context)
     calibration_id = save_calibration(results.parent, calibration.snapshot())  # the plans the timings ran on
+    record_calibrations(results.parent, run_id, [calibration_id])
     start = time.perf_counter()
     for i, p in enumerate(todo):
         block = prefix[:, context:context + p["k"] + 1]  # the "drafts": content is irrelevant to cost

@@ -52,6 +52,14 @@ def start_run(out_dir, **params) -> str:
     return run_id
 
 
+def record_calibrations(out_dir, run_id, ids):
+    """Name in the run's provenance file the calibrations (their ids) its rows ran under, once it has run."""
+    path = Path(out_dir) / f"provenance-{run_id}.json"
+    record = json.loads(path.read_text())
+    record["calibrations"] = sorted(set(record.get("calibrations", [])) | set(ids))
+    path.write_text(json.dumps(record, indent=1))
+
+
 def save_calibration(out_dir, snapshot) -> str:
     """<out_dir>/calibration-<id>.json for a calibration (specdec.calibration.snapshot()) rows name; its id."""
     path = Path(out_dir) / f"calibration-{snapshot['id']}.json"
