@@ -29,7 +29,7 @@ with every draft accepted.
 import torch
 
 from . import calibration
-from .linear import mode, plan_key
+from .linear import fast_linears, mode, plan_key
 from .machine import read_cache, write_cache
 from .profiler import time_forward
 
@@ -137,7 +137,9 @@ def measure_costs(target, draft, batch, high, fresh=False) -> dict:
     entry = None if fresh else read_cache(COSTS).get(key)
     measured = entry is None
     if measured:
-        with torch.inference_mode():
+        # On the path the generation will run (re-entering is a no-op inside generate): a curve measured on
+        # torch's default path would be stored under `linear auto` and mislead every later run.
+        with torch.inference_mode(), fast_linears([target, draft]):
             time_forward(target, 1, batch, 1, reps=0)  # warm-up only: page-in, kernel selection
             draft_s, points = float("inf"), dict.fromkeys(cost_points(high), float("inf"))
             for _ in range(3):  # interleaved, min of 3: a load spike on a shared machine hits all points alike

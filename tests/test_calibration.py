@@ -140,3 +140,17 @@ def test_a_sweep_records_the_calibration_of_its_rows(tmp_path):
     assert set(record["calibrations"]) == ids  # the provenance names the calibrations its rows ran under
     lines = results.describe_calibrations(tmp_path, rows.to_dict("records"))
     assert len(lines) == len(ids) and all("Plans: " in line and machine.machine_key() in line for line in lines)
+
+
+def test_costs_are_measured_on_the_path_generations_take(monkeypatch):
+    """A cost curve measured outside generate (python -m specdec calibrate, a heal) must time the measured linear
+    path, not torch's default: it is stored under the linear mode the generations run with."""
+    from specdec import policy
+    calls = []
+    run_path = linear.run_path
+    monkeypatch.setattr(linear, "run_path", lambda path, *a: calls.append(path) or run_path(path, *a))
+    pair = load_pair("tiny-llama")  # float32
+    calls.clear()  # (loading timed the draft's dtype on the path already)
+    policy.measure_costs(pair.target, pair.draft, 1, 2, fresh=True)
+    assert calls  # every forward went through the planned path
+    assert all("forward" not in m.__dict__ for m in linear.linears([pair.target, pair.draft]))  # restored after
