@@ -39,6 +39,8 @@ def now() -> str:
 
 def note(kind: str, key: str, entry: dict, measured: bool):
     """Record that `entry` (a plan or a cost curve, as stored in the cache) is in use, and where it came from."""
+    if not measured and LEDGER[kind].get(key, {}).get("entry") == entry:
+        return  # the same entry again (e.g. measured a moment ago in this process): keep where it came from
     source = "measured in this process" if measured else "loaded from the cache"
     LEDGER[kind][key] = dict(entry=entry, source=source, measured_utc=entry.get("measured_utc"),
                              busy=entry.get("busy"))

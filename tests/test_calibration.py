@@ -106,7 +106,11 @@ def test_the_snapshot_says_where_each_entry_came_from():
     snap = calibration.snapshot()
     (entry,) = snap["linear"].values()
     assert entry["source"] == "measured in this process" and entry["measured_utc"] and "busy" in entry
-    linear.Plans().get(weight)  # a second process: from the cache
+    linear.PLANS.get(weight)  # used again in this process: still "measured in this process"
+    assert next(iter(calibration.snapshot()["linear"].values()))["source"] == "measured in this process"
+    for kind in calibration.LEDGER.values():  # a second process: from the cache
+        kind.clear()
+    linear.Plans().get(weight)
     again = calibration.snapshot()
     assert next(iter(again["linear"].values()))["source"] == "loaded from the cache"
     assert again["id"] == snap["id"]  # the same plan: the same calibration
