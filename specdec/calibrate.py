@@ -7,13 +7,10 @@ import time
 import torch
 
 from . import calibration
-from .linear import PLANS, linears, mode as linear_mode, plan_key, plan_ranges, shape_key
-from .machine import cache_root, cpu_clock, others_cpu, others_since
+from .linear import PLANS, mode as linear_mode, plan_key, plan_ranges, weights_by_shape
+from .machine import BUSY_CORES, cache_root, cpu_clock, others_cpu, others_since
 from .models import load_pair
 from .policy import cached_costs, measure_costs, resolve
-
-BUSY_CORES = 0.5  # other processes' CPU use (in cores) above which the measurement is not trusted
-
 
 def busy_warning(when, used) -> str | None:
     if used > BUSY_CORES:
@@ -43,10 +40,9 @@ def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft
         f"{str(pair.draft_dtype).removeprefix('torch.') if pair.draft is not None else 'none'}")
     start, clock = time.perf_counter(), cpu_clock()
     if linear_mode() == "auto":
-        for key in sorted({(tuple(m.weight.shape), m.weight.dtype) for m in linears(models)}, key=str):
-            weight = next(m.weight for m in linears(models) if (tuple(m.weight.shape), m.weight.dtype) == key)
-            plan = PLANS.get(weight, fresh=force or measured_busy(PLANS.load().get(shape_key(weight))))["fast"]
-            say(f"  linear {key[0][0]}x{key[0][1]} {str(key[1]).removeprefix('torch.')}: {plan_ranges(plan)}")
+        for key, weight in weights_by_shape(models).items():
+            plan = PLANS.get(weight, fresh=force or measured_busy(PLANS.load().get(key)))["fast"]
+            say(f"  linear {key}: {plan_ranges(plan)}")
     else:
         say(f"  linear path: SPECDEC_LINEAR={linear_mode()} (no plans)")
     high = resolve("auto").k_max

@@ -208,15 +208,19 @@ def plan_ranges(plan: dict) -> str:
     return ", ".join(f"{a}-{b} {p}" if a != b else f"{a} {p}" for a, b, p in runs)
 
 
+def weights_by_shape(models) -> dict:
+    """{shape key: one weight of that shape and dtype} over the linears `fast_linears` plans for these models."""
+    return dict(sorted({shape_key(m.weight): m.weight for m in linears(models)}.items()))
+
+
 def plans_in_use(models) -> list:
-    """[("linear", shape key)] of every linear `fast_linears` plans for these models."""
-    return sorted({("linear", shape_key(m.weight)) for m in linears(models)})
+    """[("linear", shape key)] of every plan `fast_linears` uses for these models."""
+    return [("linear", key) for key in weights_by_shape(models)]
 
 
 def remeasure(models):
     """Measure the plans of these models' linears again (outside any timed run)."""
-    for key in sorted({shape_key(m.weight) for m in linears(models)}):
-        weight = next(m.weight for m in linears(models) if shape_key(m.weight) == key)
+    for weight in weights_by_shape(models).values():
         PLANS.get(weight, fresh=True)
 
 

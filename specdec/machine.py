@@ -22,14 +22,19 @@ def cache_root() -> Path:
     return Path(os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec").expanduser()
 
 
-def cpu_name() -> str:
+def cpuinfo(field: str) -> str | None:
+    """The first `field` line of /proc/cpuinfo (Linux), else None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return None
+
+
+def cpu_name() -> str:
+    return cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 # The CPU features that decide which kernels run (and how fast): two CPUs with one model name can differ in them.
@@ -38,14 +43,10 @@ FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16
 
 def cpu_features() -> str:
     """The FEATURES this CPU has, from /proc/cpuinfo; elsewhere torch's own reading of the vector unit."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in FEATURES if f in flags) or "none of " + "/".join(FEATURES)
-    except OSError:
-        pass
-    return f"torch: {torch.backends.cpu.get_cpu_capability()}"
+    flags = cpuinfo("flags")
+    if flags is None:
+        return f"torch: {torch.backends.cpu.get_cpu_capability()}"
+    return " ".join(f for f in FEATURES if f in flags.split()) or "none of " + "/".join(FEATURES)
 
 
 def machine_key() -> str:
@@ -75,9 +76,12 @@ def others_cpu(seconds=0.3) -> float:
     return others_since(clock)
 
 
-def busy(threshold=0.5) -> bool:
-    """Other processes use more than `threshold` of a core: too busy to measure kernels or costs."""
-    return others_cpu() > threshold
+BUSY_CORES = 0.5  # other processes' CPU use, in cores, above which a measurement of kernels or costs is not trusted
+
+
+def busy() -> bool:
+    """Other processes use more than BUSY_CORES: too busy to measure kernels or costs."""
+    return others_cpu() > BUSY_CORES
 
 
 # -- per-machine JSON caches ------------------------------------------------------------------------------------

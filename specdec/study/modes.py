@@ -65,15 +65,20 @@ def mode_of(row) -> Mode:
     return MODES[row["mode"]]
 
 
+def mean_k_chosen(row) -> str:
+    """'mean K 3.2, ' where specdec's policy chose K per round and the row records the mean, else ''."""
+    mean_k = row.get("mean_k")
+    chosen = mode_of(row).policy in ("auto", "adaptive") and isinstance(mean_k, (int, float)) and mean_k == mean_k
+    return f"mean K {mean_k:.1f}, " if chosen else ""  # (mean_k == mean_k: not NaN)
+
+
 def label(row) -> str:
     """A row's (or a table line's) configuration in words: the mode's label, its K where it is fixed, the mean K
     chosen and the cap where a policy chose it."""
-    m, mean_k = mode_of(row), row.get("mean_k")
+    m, chosen = mode_of(row), mean_k_chosen(row)
     if m.policy == "fixed":
         return f"{m.label}, K={int(row['k'])}"
-    if m.policy in ("auto", "adaptive") and isinstance(mean_k, (int, float)) and mean_k == mean_k:  # not NaN
-        return f"{m.label} (mean K {mean_k:.1f}, up to {m.k_max})"
-    return m.label
+    return f"{m.label} ({chosen}up to {m.k_max})" if chosen else m.label
 
 
 def cells_for(mode: Mode, base: dict, ks, verify) -> list[dict]:

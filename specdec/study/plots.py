@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .modes import BASELINE, MODES, SPECULATIVE, label as mode_label  # noqa: E402
+from .modes import BASELINE, MODES, SPECULATIVE, label as mode_label, mean_k_chosen  # noqa: E402
 from .results import RESULTS, describe_runs, read_rows  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -262,12 +262,11 @@ def verification_latency(table, target=""):
 def config_label(row) -> str:
     """A configuration in words: the target alone, a fixed K, or a K chosen per round (with the mean K chosen,
     where the rows record it, and the cap)."""
-    mode, mean_k = MODES[row["mode"]], row.get("mean_k")
+    mode = MODES[row["mode"]]
     if mode.policy in ("none", "fixed"):
         head = "target only" if mode.policy == "none" else f"K={int(row['k'])}"
     else:
-        chosen = f"mean K {mean_k:.1f}, " if isinstance(mean_k, float) and mean_k == mean_k else ""
-        head = f"K chosen per round ({chosen}up to {mode.k_max})"
+        head = f"K chosen per round ({mean_k_chosen(row)}up to {mode.k_max})"
     return f"{head}, b={row['batch_size']}, {row['max_new_tokens']} tok"
 
 
