@@ -10,7 +10,8 @@ from . import calibration
 from .linear import PLANS, mode as linear_mode, plan_key, plan_ranges, weights_by_shape
 from .machine import BUSY_CORES, cache_root, cpu_clock, others_cpu, others_since
 from .models import load_pair
-from .policy import cached_costs, measure_costs, resolve
+from .costs import cached_costs, measure_costs
+from .policy import resolve
 
 def busy_warning(when, used) -> str | None:
     if used > BUSY_CORES:

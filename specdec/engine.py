@@ -19,7 +19,8 @@ from . import calibration
 from .arena import Arena, unservable
 from .drafters import ModelDrafter, PromptLookupDrafter, last_tokens
 from .linear import fast_linears, mode as linear_mode, plans_in_use, remeasure
-from .policy import cached_costs, cost_prefix, predict, remeasure_costs, resolve
+from .costs import DENSE, cached_costs, cost_prefix, padded_rows, predict, remeasure_costs
+from .policy import resolve
 from .profiler import Profiler, synchronize
 from .sampling import Sampler, accept_greedy, accept_sampled
 
@@ -108,7 +109,11 @@ class Decoder:
         self.device = target.device
         self.batch = len(rows)
         self.prompt_lengths = [len(r) for r in rows]
-        capacity = max(self.prompt_lengths) + max_new_tokens + k + 1
+        # The target's forwards over T tokens run as padded[T] tokens where that is cheaper (specdec.costs):
+        # the padding needs DENSE spare slots and must stay inside the model's position limit.
+        self.padded = padded_rows(target, self.batch)
+        self.position_limit = getattr(target.config.get_text_config(), "max_position_embeddings", None) or 1 << 62
+        capacity = max(self.prompt_lengths) + max_new_tokens + k + 1 + (DENSE if self.padded else 0)
         self.seq = torch.zeros(self.batch, capacity, dtype=torch.long, device=self.device)
         self.seq[:, : max(self.prompt_lengths)] = torch.tensor(
             [r + [0] * (max(self.prompt_lengths) - len(r)) for r in rows], device=self.device)
@@ -127,6 +132,7 @@ class Decoder:
         self.streamer = streamer
         self.counts = dict(proposed=0, accepted=0, target_forwards=0, iterations=0)
         self.k_per_iteration = []
+        self.accepted_per_iteration = []  # per round, per row: drafts accepted (None: the row had finished)
 
     def run(self) -> Result:
         synchronize(self.device)
@@ -182,13 +188,20 @@ class Decoder:
         self.k_per_iteration.append(k)
         with self.prof.phase("rollback"):
             accepted_host, kept = self.commit(accepted, new, proposed=k)
-        self.k = self.policy.next_k(k, [a if n else None for a, n in zip(accepted_host, kept)])
+        accepted_host = [a if n else None for a, n in zip(accepted_host, kept)]
+        self.accepted_per_iteration.append(accepted_host)
+        self.k = self.policy.next_k(k, accepted_host)
 
     def verify(self, block):
         """Target logits for every position of `block` [B, K+1]: one forward, or K+1 (naive)."""
         if self.verify_mode == "parallel" or block.shape[1] == 1:
             self.counts["target_forwards"] += 1
-            return self.arena.forward(block)
+            t = block.shape[1]
+            rows = self.padded.get(t, t)
+            if rows == t or self.arena.longest + rows > self.position_limit:
+                return self.arena.forward(block)
+            padding = block[:, -1:].expand(-1, rows - t)  # written past the row's length; their logits unread
+            return self.arena.forward(torch.cat([block, padding], 1))[:, :t]
         logits = []
         for i in range(block.shape[1]):  # the cost the parallel path avoids: one forward per token
             logits.append(self.arena.forward(block[:, i : i + 1]))
@@ -235,6 +248,7 @@ class Decoder:
         new_tokens = sum(len(o) for o in self.out)
         return dict(
             c, new_tokens=new_tokens, seconds=seconds, batch_size=self.batch, k_per_iteration=self.k_per_iteration,
+            accepted_per_iteration=self.accepted_per_iteration,
             mean_k=sum(self.k_per_iteration) / max(len(self.k_per_iteration), 1),
             draft_forwards=getattr(self.drafter, "forwards", 0),
             acceptance_rate=c["accepted"] / c["proposed"] if c["proposed"] else float("nan"),

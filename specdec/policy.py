@@ -14,34 +14,22 @@ target forward over K+1 tokens per row) and row b gains on average 1 + a_b + a_b
 where a_b is the row's acceptance probability per draft. The round picks the K in 0..high maximising
 (sum of expected tokens) / (round cost); K = 0 is the target alone for that round, chosen when no K pays.
 
-Costs: measured once per (machine, model, dtype, batch, linear path) by timing a few cache-free forwards
-(target over T = 1, 2, 3, 5, 9, ... tokens, interpolated between; draft over 1 token) and cached in JSON
-under specdec.machine.cache_root(). Why not online from the rounds' wall time: a round only measures the
-K it ran, so the curve for the other K's would need exploration rounds that cost real tokens; a one-off
-calibration of ~15 forwards gives the whole curve before the first round, and the cache makes it cost
-nothing on the next run. The calibration runs in begin(), outside the timed generation.
+Costs: the measured target curve (every T at its padded forward) and draft step of specdec.costs, read once in
+begin(), outside the timed generation. Why not online from the rounds' wall time: a round only measures the K it
+ran, so the curve for the other K's would need exploration rounds that cost real tokens; a one-off calibration of
+a few dozen forwards gives the whole curve before the first round, and the cache makes it cost nothing next time.
 
 Acceptance: per row an exponentially weighted count of accepted drafts over drafts tried (a prior of
 PRIOR worth PRIOR_WEIGHT drafts), updated from rounds where the row drafted. A batch at K=0 learns
 nothing, so after PROBE_EVERY such rounds it drafts one token (a probe), unless no K could pay even
 with every draft accepted.
 """
-import torch
-
-from . import calibration
-from .linear import fast_linears, mode, plan_key
-from .machine import read_cache, write_cache
-from .profiler import time_forward
+from .costs import measure_costs
 
 MAX_K = 64  # beyond this a draft is never worth it; a bigger k is almost surely a typo
 PRIOR, PRIOR_WEIGHT = 0.6, 2.0  # a draft from the same family accepts roughly this often before any evidence
 DECAY = 0.7                     # weight of past rounds per round: a row's acceptance moves within ~3 rounds
 PROBE_EVERY = 8
-COSTS = "autok-costs.json"  # under specdec.machine.cache_root()
-# The loop's own host work per round (sampling, bookkeeping, the one device read), which the timed forwards leave
-# out: ~1.5 ms measured on a 2-core EPYC with the tiny test models. Only `predict` adds it (it is a few ms against
-# rounds of 100+ ms on real models, so it does not change which K auto picks).
-ROUND_S = 0.002
 
 
 def resolve(k, drafting=True):
@@ -96,7 +84,7 @@ class AdaptiveK:
         return max(k - 1, self.low)
 
 
-# -- auto: the cost model ------------------------------------------------------------------------------------
+# -- auto: the K model ------------------------------------------------------------------------------------
 
 def expected_tokens(alpha: float, k: int) -> float:
     """Tokens a row gains in a round of K drafts, each accepted with probability alpha (the first
@@ -108,95 +96,6 @@ def best_k(alphas, verify_s, draft_s, high) -> int:
     """The K in 0..high with the most expected tokens per second over the rows' `alphas`."""
     rate = lambda k: sum(expected_tokens(a, k) for a in alphas) / (k * draft_s + verify_s[k + 1])
     return max(range(high + 1), key=rate)
-
-
-def cost_points(high):
-    points, t = [], 1
-    while t < high + 1:
-        points.append(t)
-        t = 2 * t - 1 if t > 1 else 2  # 1, 2, 3, 5, 9, 17: dense where the curve bends
-    return points + [high + 1]
-
-
-def model_key(model) -> str:
-    c = model.config.get_text_config()
-    shape = [getattr(c, n, None) for n in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")]
-    return f"{type(model).__name__} {shape} {model.dtype} {model.device.type}"
-
-
-def cost_prefix(target, draft, batch) -> str:
-    """What a cost curve holds for (the start of its cache key): machine, models, batch size, linear path."""
-    return f"{plan_key()} | {model_key(target)} | {None if draft is None else model_key(draft)} | " \
-           f"batch {batch} | linear {mode()} |"
-
-
-def measure_costs(target, draft, batch, high, fresh=False) -> dict:
-    """{"verify_s": [unused, T=1, ...], "draft_s": s} for this batch size, from a cache file when present
-    (`fresh`: measured again even so)."""
-    key = f"{cost_prefix(target, draft, batch)} high {high}"
-    entry = None if fresh else read_cache(COSTS).get(key)
-    measured = entry is None
-    if measured:
-        # On the path the generation will run (re-entering is a no-op inside generate): a curve measured on
-        # torch's default path would be stored under `linear auto` and mislead every later run.
-        with torch.inference_mode(), fast_linears([target, draft]):
-            time_forward(target, 1, batch, 1, reps=0)  # warm-up only: page-in, kernel selection
-            draft_s, points = float("inf"), dict.fromkeys(cost_points(high), float("inf"))
-            for _ in range(3):  # interleaved, min of 3: a load spike on a shared machine hits all points alike
-                for t in points:
-                    points[t] = min(points[t], time_forward(target, t, batch, 0, reps=1, warmup=False))
-                draft_s = 0.0 if draft is None else min(draft_s, time_forward(draft, 1, batch, 1, reps=2, warmup=False))
-        entry = calibration.stamp(dict(verify_s=points, draft_s=draft_s))
-        write_cache(COSTS, key, entry)
-    calibration.note("costs", key, entry, measured)
-    return curve(entry, high)
-
-
-def curve(entry, high) -> dict:
-    points = {int(t): s for t, s in entry["verify_s"].items()}
-    # A forward over more tokens is never cheaper: a point above a later one is load noise (a spike), so
-    # each point is lowered to the cheapest at or after it.
-    points = {t: min(s for u, s in points.items() if u >= t) for t in points}
-    return dict(verify_s=interpolate(points, high + 1), draft_s=entry["draft_s"])
-
-
-def cached_costs(target, draft, batch, need=1):
-    """[(key, entry)] of the cached cost curves for these models and batch whose verify curve reaches `need`
-    tokens. With `need` 1 (rounds of the target alone) a curve measured with any draft serves: only its target
-    steps are read."""
-    exact = cost_prefix(target, draft, batch)
-    same_target = lambda k: k.startswith(f"{plan_key()} | {model_key(target)} | ") \
-        and f" | batch {batch} | linear {mode()} |" in k
-    return [(k, e) for k, e in read_cache(COSTS).items()
-            if (k.startswith(exact) or need == 1 and same_target(k)) and max(map(int, e["verify_s"])) >= need]
-
-
-def predict(target, draft, batch, ks):
-    """Seconds the cost curve predicts for rounds of K = `ks` (None without a cached curve for these models)."""
-    found = cached_costs(target, draft, batch, max(ks, default=0) + 1)
-    if not found:
-        return None
-    key, entry = found[0]
-    costs = curve(entry, int(key.rsplit("high ", 1)[1]))
-    return sum(k * costs["draft_s"] + costs["verify_s"][k + 1] + ROUND_S for k in ks)
-
-
-def remeasure_costs(target, draft, batch):
-    """Measure again every cached cost curve of exactly these models and batch (outside any timed run)."""
-    for key, _ in cached_costs(target, draft, batch, need=2):
-        measure_costs(target, draft, batch, int(key.rsplit("high ", 1)[1]), fresh=True)
-
-
-def interpolate(points: dict, last: int) -> list:
-    """verify_s[T] for T = 0..last (index 0 unused), linear between measured points."""
-    xs = sorted(points)
-    out = [0.0]
-    for t in range(1, last + 1):
-        lo = max(x for x in xs if x <= t)
-        hi = min(x for x in xs if x >= t)
-        w = 0 if hi == lo else (t - lo) / (hi - lo)
-        out.append(points[lo] * (1 - w) + points[hi] * w)
-    return out
 
 
 class AutoK:

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import specdec
 from specdec.study import bench, modes, results, summary
+from specdec.study.controls import JunkDrafter
 from specdec.models import load_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +42,7 @@ def test_prompt_set():
     assert [p["category"] for p in prompts].count("code") == 4
     assert [p["category"] for p in prompts].count("prose") == 3
     assert [p["category"] for p in prompts].count("qa") == 3
-    assert len({p["id"] for p in prompts}) == 10
+    assert len({p["id"] for p in prompts}) == 10 and {p["format"] for p in prompts} == {"raw"}
     assert all(p["text"].startswith("Question:") and p["text"].endswith("Answer:")
                for p in prompts if p["category"] == "qa")
     assert [p["id"] for p in bench.load_prompts(ids=["qa-water-boiling", "code-quicksort"])] == \
@@ -210,3 +212,87 @@ def test_hf_assisted_gets_the_draft_in_the_targets_dtype(tmp_path):
     assert pair.draft_in_target_dtype() is pair.hf_draft  # loaded once
     cells = summary.summarize(rows)
     assert cells.set_index("mode").loc["hf_assisted", "speedup"] > 0  # found its baseline
+
+
+SMOKE = bench.load_prompts(REPO / "data" / "prompts" / "smoke.jsonl")
+
+
+def test_new_modes_carry_the_new_columns(tmp_path):
+    # junk: K never-accepted drafts per round; the fast HF references: specdec's linear path (and, assisted, its
+    # bfloat16 draft, which the row records). All lossless; rows name their category and per-round record.
+    pair = load_pair("tiny-llama", device="cpu", draft_dtype="bfloat16")
+    new = ("junk", "hf_generate_fast", "hf_assisted_fast")
+    rows = bench.sweep(pair, tmp_path, modes=("baseline", *new), ks=(3,), max_new_tokens=(8,), prompts=SMOKE[:2],
+                       iterations=1, warmup=False, progress=False)
+    assert (rows["status"] == "ok").all(), rows["error"].unique()
+    assert list(rows.columns) == list(results.COLUMNS) and set(rows["mode"]) == {"baseline", *new}
+    assert (rows["category"] == "code").all() and (rows["sampling_seed"] == 0).all()
+    assert (rows[rows["mode"] != "baseline"]["matches_baseline"] == True).all()  # noqa: E712
+    by_mode = rows.groupby("mode")
+    assert set(by_mode.get_group("hf_assisted_fast")["draft_dtype"]) == {"bfloat16"}
+    junk = by_mode.get_group("junk")
+    assert (junk["accepted"] == 0).all() and (junk["iterations"] == junk["new_tokens"] - 1).all()
+    assert all(json.loads(r) == [3] * 7 for r in junk["k_per_iteration"])  # one token per round after prefill
+    assert all(json.loads(r) == [[0]] * 7 for r in junk["accepted_per_iteration"])
+    hf = rows[rows["mode"].str.startswith("hf_")]
+    assert hf["k_per_iteration"].isna().all() and hf["accepted_per_iteration"].isna().all()
+    assert hf["calibration_id"].notna().all()  # the linear plans they ran under
+    assert modes.label(junk.iloc[0]) == "specdec, never-accepted drafts (verify cost alone), K=3"
+    for mode, reference in (modes.KERNEL, modes.LOOP, modes.ENGINE, modes.SPECULATION, modes.AUTO_SPECULATION,
+                            modes.VERIFY_COST):
+        assert mode in modes.MODES and reference in modes.MODES
+
+
+def test_junk_drafter_accepts_nothing_and_matches_the_target_alone(pair):
+    _, target, _ = pair
+    rows = [[5, 6, 7, 8, 9, 10, 11], [3, 4]]
+    alone = specdec.generate(target, rows, max_new_tokens=12, eos_token_id=[])
+    junk = specdec.generate(target, rows, draft=JunkDrafter(target), k=3, max_new_tokens=12, eos_token_id=[])
+    assert junk.tokens == alone.tokens
+    assert all(JunkDrafter(target).token not in t for t in alone.tokens)  # so no draft could have been right
+    assert junk.stats["accepted"] == 0 and junk.stats["iterations"] == 11 and junk.stats["draft_forwards"] == 0
+
+
+def test_ignore_eos_runs_every_row_to_max_new_tokens(tmp_path):
+    pair = load_pair("tiny-llama", device="cpu")
+    kw = dict(modes=("baseline", "speculative", "junk", "hf_generate", "hf_assisted"), ks=(2,), max_new_tokens=(10,),
+              prompts=SMOKE[:1], iterations=1, warmup=False, progress=False)
+    free = json.loads(bench.sweep(pair, tmp_path / "free", **kw)["tokens"].iloc[0])[0]
+    pair.target.generation_config.eos_token_id = free[2]  # a token greedy decoding emits early: now its EOS
+    stopped = bench.sweep(pair, tmp_path, **kw)
+    fixed = bench.sweep(pair, tmp_path, ignore_eos=True, **kw)  # the same folder: ignore_eos is part of the key
+    assert (stopped["status"] == "ok").all() and (fixed["status"] == "ok").all()
+    assert all(json.loads(t) == [free[:free.index(free[2]) + 1]] for t in stopped["tokens"])
+    assert all(json.loads(t) == [free] for t in fixed["tokens"]) and (fixed["new_tokens"] == 10).all()
+    assert not stopped["ignore_eos"].any() and fixed["ignore_eos"].all()
+    assert len(results.read_rows(tmp_path / "results.jsonl")) == 2 * 5
+
+
+def test_sampling_seed_differs_per_iteration(tmp_path):
+    pair = load_pair("tiny-llama", device="cpu")
+    rows = bench.sweep(pair, tmp_path, modes=("baseline", "speculative", "hf_generate"), ks=(2,), max_new_tokens=(12,),
+                       prompts=SMOKE[:1], iterations=2, warmup=False, progress=False, temperature=1.0, top_p=0.9,
+                       seed=5)
+    assert (rows["status"] == "ok").all(), rows["error"].unique()
+    assert (rows["top_p"] == 0.9).all()
+    for mode, runs in rows.groupby("mode"):
+        runs = runs.sort_values("iteration")
+        assert list(runs["sampling_seed"]) == [5, 6], mode
+        assert runs["tokens"].iloc[0] != runs["tokens"].iloc[1], mode  # repeats are independent draws
+    again = specdec.generate(pair.target, [pair.tokenizer.encode(SMOKE[0]["text"])], max_new_tokens=12,
+                             temperature=1.0, top_p=0.9, seed=6)
+    base = rows[(rows["mode"] == "baseline") & (rows["iteration"] == 1)]
+    assert json.loads(base["tokens"].iloc[0]) == again.tokens  # the recorded seed reproduces the row
+
+
+def test_rows_without_the_later_columns_still_resume(tmp_path):
+    pair = load_pair("tiny-llama", device="cpu")
+    kw = dict(modes=("baseline",), max_new_tokens=(4,), prompts=SMOKE[:2], iterations=1, warmup=False, progress=False)
+    bench.sweep(pair, tmp_path, **kw)
+    path = tmp_path / "results.jsonl"
+    later = ("ignore_eos", "top_p", "category", "sampling_seed", *results.ROUNDS)
+    old = [{c: v for c, v in r.items() if c not in later} for r in results.read_rows(path)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in old))  # as a sweep from before these columns wrote it
+    rows = bench.sweep(pair, tmp_path, **kw)
+    assert len(rows) == 2 and (rows["status"] == "ok").all() and not rows["ignore_eos"].any()
+    assert len(list(tmp_path.glob("provenance-*.json"))) == 1  # nothing was measured again

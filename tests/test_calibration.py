@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import specdec
-from specdec import calibrate, calibration, linear, machine
+from specdec import calibrate, calibration, costs, linear, machine
 from specdec.models import load_pair
 
 
@@ -149,12 +149,11 @@ def test_a_sweep_records_the_calibration_of_its_rows(tmp_path):
 def test_costs_are_measured_on_the_path_generations_take(monkeypatch):
     """A cost curve measured outside generate (python -m specdec calibrate, a heal) must time the measured linear
     path, not torch's default: it is stored under the linear mode the generations run with."""
-    from specdec import policy
     calls = []
     run_path = linear.run_path
     monkeypatch.setattr(linear, "run_path", lambda path, *a: calls.append(path) or run_path(path, *a))
     pair = load_pair("tiny-llama")  # float32
     calls.clear()  # (loading timed the draft's dtype on the path already)
-    policy.measure_costs(pair.target, pair.draft, 1, 2, fresh=True)
+    costs.measure_costs(pair.target, pair.draft, 1, 2, fresh=True)
     assert calls  # every forward went through the planned path
     assert all("forward" not in m.__dict__ for m in linear.linears([pair.target, pair.draft]))  # restored after

@@ -14,7 +14,8 @@ from specdec.study import latency, runner
 from specdec.models import load_pair
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["01_k_sweep", "02_batch_sweep", "03_verification_latency", "04_speculative_vs_baseline", "05_drafters"]
+NOTEBOOKS = ["01_k_sweep", "02_batch_sweep", "03_verification_latency", "04_speculative_vs_baseline", "05_drafters",
+             "06_precision"]
 SECTIONS = [n.split("_", 1)[1] for n in NOTEBOOKS]
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -164,9 +165,9 @@ def test_latency_rows_and_resume(tmp_path):
 
 def test_a_failing_notebook_is_recorded_and_the_others_still_run(tmp_path):
     proc = run_study("--target", "cpu", "--smoke", "--only", "01_k_sweep", "--only", "03_verification_latency",
-                     "-p", "k_sweep.prompts=[no-such-prompt]", "--out", str(tmp_path))
+                     "-p", "k_sweep.categories=[no-such-category]", "--out", str(tmp_path))
     assert proc.returncode == 1
     assert "01_k_sweep: failed" in proc.stdout and "03_verification_latency: ok" in proc.stdout
     page = (tmp_path / "data" / "cpu" / "README.md").read_text()
-    assert "## 01_k_sweep: failed" in page and "no-such-prompt" in page
+    assert "## 01_k_sweep: failed" in page and "no-such-category" in page
     assert (tmp_path / "data" / "cpu" / "notebooks" / "01_k_sweep.ipynb").is_file()  # kept up to the failing cell

@@ -24,51 +24,25 @@ from .. import calibration
 from ..engine import VERIFY_MODES, generate
 from ..models import PAIRS, load_pair
 from ..profiler import peak_memory_mib, reset_peak_memory
+from .controls import JunkDrafter
 from .modes import BASELINE, DEFAULT_SWEEP, MODES, NAMES, cells_for
+from .prompts import PROMPTS_FILE, encode, load_prompts
 from .references import run_hf
-from .results import (COLUMNS, KEY, PHASES, RESULTS, append_row, done_keys, end_torn_line, latest_by_key, now,
-                      read_rows, record_calibrations, save_calibration, start_run)
+from .results import (COLUMNS, KEY, LATER_CELL, PHASES, RESULTS, ROUNDS, append_row, done_keys, end_torn_line,
+                      latest_by_key, now, read_rows, record_calibrations, save_calibration, start_run)
 from .summary import summarize
 
-PROMPTS_FILE = Path("data") / "prompts" / "prompts.jsonl"  # relative to the checkout the study runs from
 # Tests only: the sweep kills itself (SIGKILL, as a crash would) right after this many rows are on disk, so a
 # kill-and-resume test never races the model's speed.
 KILL_AFTER_ROWS = "SPECDEC_TEST_KILL_AFTER_ROWS"
-
-
-# -- prompts -------------------------------------------------------------------------------------------
-
-def load_prompts(path=None, categories=None, ids=None) -> list[dict]:
-    """The fixed prompt set ({"id", "category", "text"} per line), optionally filtered by category or id
-    (ids keep the order given). The file lives in the repository checkout, not inside the package: by default
-    data/prompts/prompts.jsonl under the current folder."""
-    path = Path(path or PROMPTS_FILE)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt set not found at {path}: run from a source checkout of specdec "
-                                f"(data/prompts/prompts.jsonl), or pass its path")
-    prompts = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if categories is not None:
-        unknown = set(categories) - {p["category"] for p in prompts}
-        if unknown:
-            raise ValueError(f"unknown prompt categories {sorted(unknown)}; choose from "
-                             f"{sorted({p['category'] for p in prompts})}")
-        prompts = [p for p in prompts if p["category"] in categories]
-    if ids is not None:
-        by_id = {p["id"]: p for p in prompts}
-        unknown = [i for i in ids if i not in by_id]
-        if unknown:
-            raise ValueError(f"unknown prompt ids {unknown}; choose from {sorted(by_id)}")
-        prompts = [by_id[i] for i in ids]
-    if not prompts:
-        raise ValueError(f"no prompts left after filtering {path} (categories={categories}, ids={ids})")
-    return prompts
 
 
 def plan_cells(modes, ks, batch_sizes, max_new_tokens, verify, prompts) -> list[dict]:
     """Every cell of the sweep. A batch of size b takes b different prompts, and the groups of one batch size
     are disjoint (prompts 1..b, b+1..2b, ...), so no row repeats a prompt and no group is a permutation of
     another; prompts beyond the last full group are left out at that batch size. The modes of one group are
-    listed together, baseline first (run_order decides the order they are timed in)."""
+    listed together, baseline first (run_order decides the order they are timed in). A cell's category is its
+    first prompt's."""
     modes = sorted(set(modes), key=NAMES.index)
     short = [b for b in batch_sizes if b > len(prompts)]
     if short:
@@ -78,8 +52,9 @@ def plan_cells(modes, ks, batch_sizes, max_new_tokens, verify, prompts) -> list[
     for b in batch_sizes:
         for n in max_new_tokens:
             for i in range(len(prompts) // b):
-                group = [p["id"] for p in prompts[i * b:(i + 1) * b]]
-                base = dict(batch_size=b, max_new_tokens=n, prompt_id=group[0], prompt_ids=",".join(group))
+                group = prompts[i * b:(i + 1) * b]
+                base = dict(batch_size=b, max_new_tokens=n, prompt_id=group[0]["id"],
+                            prompt_ids=",".join(p["id"] for p in group), category=group[0].get("category"))
                 for mode in modes:
                     cells += cells_for(MODES[mode], base, ks, verify)
     return cells
@@ -105,13 +80,21 @@ def load_warm(pair, device="auto", dtype="auto", draft_dtype=None, threads=None,
 
 # -- running one generation ------------------------------------------------------------------------------
 
+def drafter_of(pair, mode):
+    """What specdec.generate gets as `draft` for a mode's drafter name (specdec.study.modes)."""
+    if mode.drafter == "junk":
+        return JunkDrafter(pair.target)
+    return {"model": pair.draft, "prompt_lookup": "prompt_lookup", None: None}[mode.drafter]
+
+
 def run_specdec(pair, cell, rows, temperature, seed, profile=False) -> tuple[list, dict]:
     mode = MODES[cell["mode"]]
-    draft = {"model": pair.draft, "prompt_lookup": "prompt_lookup", None: None}[mode.drafter]
+    draft = drafter_of(pair, mode)
     k = mode.engine_k or cell["k"]
     verify = cell["verify"] if draft is not None else "parallel"
-    r = generate(pair.target, rows, draft=draft, k=k, max_new_tokens=cell["max_new_tokens"],
-                 temperature=temperature, seed=seed, verify=verify, profile=profile, same_tokenizer=pair.same_tokenizer)
+    r = generate(pair.target, rows, draft=draft, k=k, max_new_tokens=cell["max_new_tokens"], temperature=temperature,
+                 top_p=cell["top_p"], seed=seed, verify=verify, profile=profile, same_tokenizer=pair.same_tokenizer,
+                 eos_token_id=[] if cell["ignore_eos"] else None)  # []: no EOS, every row runs max_new_tokens
     return r.tokens, r.stats
 
 
@@ -146,9 +129,11 @@ def weights_of(pair) -> dict:
 
 
 def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,), max_new_tokens=(64,),
-          verify=("parallel",), prompts=None, iterations=3, warmup=True, temperature=0.0, seed=0, progress=True,
-          params=None) -> pd.DataFrame:
-    """Run every cell not yet complete in out_dir; return the rows of all of this sweep's cells (old and new)."""
+          verify=("parallel",), prompts=None, iterations=3, warmup=True, temperature=0.0, top_p=None, seed=0,
+          ignore_eos=False, progress=True, params=None) -> pd.DataFrame:
+    """Run every cell not yet complete in out_dir; return the rows of all of this sweep's cells (old and new).
+    `ignore_eos`: fixed-length generations, every row exactly max_new_tokens (EOS stops neither specdec nor HF).
+    Sampling (temperature > 0): iteration i of a cell samples with seed `seed + i`, so repeats differ."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / RESULTS
@@ -157,27 +142,27 @@ def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,),
     dtype_name = lambda d: None if d is None else str(d).removeprefix("torch.")
     context = dict(pair=pair.name, target=target_name, draft=draft_name, device=str(pair.device),
                    dtype=dtype_name(pair.dtype), draft_dtype=dtype_name(getattr(pair, "draft_dtype", None)),
-                   temperature=float(temperature), seed=seed)
+                   temperature=float(temperature), top_p=top_p, seed=seed, ignore_eos=bool(ignore_eos))
     cells = [dict(context, **c) for c in plan_cells(modes, ks, batch_sizes, max_new_tokens, verify, prompts)]
     for cell in cells:
-        if MODES[cell["mode"]].hf and MODES[cell["mode"]].needs_draft:  # HF assisted: the target's dtype (run_hf)
+        if MODES[cell["mode"]].assistant_in_target_dtype:  # HF assisted as its users run it (run_hf)
             cell["draft_dtype"] = context["dtype"]
     needs_draft = sorted({c["mode"] for c in cells if MODES[c["mode"]].needs_draft})
     if pair.draft is None and needs_draft:
         raise ValueError(f"modes {needs_draft} need a draft model; this pair has none")
 
     end_torn_line(results)
-    done = done_keys(read_rows(results), KEY)
+    done = done_keys(read_rows(results, LATER_CELL), KEY)
     # Timed runs in a seeded shuffled order, iteration by iteration (run_order): drift in machine load spreads
     # over every mode and K instead of lining up with one of them.
     todo = [(c, i) for c, i in run_order(cells, iterations, seed) if key_of(dict(c, iteration=i)) not in done]
 
     if todo:  # a run that has nothing left to do leaves no trace
+        tokenized = {p["id"]: encode(pair.tokenizer, p) for p in prompts}  # refuses a prompt before any trace
         run_id = start_run(out, **context, weights=weights_of(pair), timing_only=pair.timing_only, modes=modes, ks=ks,
                            batch_sizes=batch_sizes, max_new_tokens=max_new_tokens, verify=verify,
                            iterations=iterations, warmup=warmup, prompts=prompts, order="run_order", order_seed=seed,
                            **(params or {}))
-        tokenized = {p["id"]: pair.tokenizer.encode(p["text"]) for p in prompts}
         runner = CellRunner(pair, results, dict(run_id=run_id, timing_only=pair.timing_only), tokenized)
         if warmup:  # every code path pays its one-off costs (allocations, kernel choice) before any timed run
             for cell in warmup_cells([c for c, _ in todo]):
@@ -190,7 +175,8 @@ def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,),
             runner.run(cell, i)
         record_calibrations(out, run_id, runner.calibrations)
     mine = {key_of(dict(c, iteration=i)) for c in cells for i in range(iterations)}
-    rows = pd.DataFrame([r for k, r in latest_by_key(read_rows(results), KEY).items() if k in mine], columns=list(COLUMNS))
+    latest = latest_by_key(read_rows(results, LATER_CELL), KEY)
+    rows = pd.DataFrame([r for k, r in latest.items() if k in mine], columns=list(COLUMNS))
     return mark_matches(rows)
 
 
@@ -220,36 +206,46 @@ class CellRunner:
         self.written = 0
         self.calibrations = set()  # ids of the calibrations its rows ran under
 
-    def generate(self, cell, profile=False):
+    def generate(self, cell, seed, profile=False):
         rows = [self.tokenized[i] for i in cell["prompt_ids"].split(",")]
         if not MODES[cell["mode"]].hf:
-            return run_specdec(self.pair, cell, rows, cell["temperature"], cell["seed"], profile=profile)
-        return run_hf(self.pair, cell, rows, cell["temperature"], cell["seed"])
+            return run_specdec(self.pair, cell, rows, cell["temperature"], seed, profile=profile)
+        return run_hf(self.pair, cell, rows, cell["temperature"], seed, top_p=cell["top_p"],
+                      ignore_eos=cell["ignore_eos"])
 
     def warm(self, cell):
-        self.generate(dict(cell, max_new_tokens=min(cell["max_new_tokens"], 8)))
+        self.generate(dict(cell, max_new_tokens=min(cell["max_new_tokens"], 8)), cell["seed"])
 
     def run(self, cell, iteration):
         specdec, on_cpu = not MODES[cell["mode"]].hf, self.pair.device.type == "cpu"
         key = key_of(cell)
+        seed = sampling_seed(cell, iteration)
+        extra = dict(self.extra, iteration=iteration, sampling_seed=seed)
         try:
             if specdec and not on_cpu and key not in self.phases:
-                self.phases[key] = phase_stats(self.generate(cell, profile=True)[1])
+                self.phases[key] = phase_stats(self.generate(cell, seed, profile=True)[1])
             reset_peak_memory(self.pair.device)
-            tokens, stats = self.generate(cell, profile=specdec and on_cpu)
+            tokens, stats = self.generate(cell, seed, profile=specdec and on_cpu)
             phases = phase_stats(stats) if specdec and on_cpu else self.phases.get(key, {})
             if stats.get("calibration_id"):  # what it ran under, beside the rows (HF references: torch's own path)
                 self.calibrations.add(save_calibration(self.results.parent, calibration.snapshot()))
-            row = {**stats, **phases, **cell, **self.extra, "iteration": iteration, "status": "ok", "error": "",
+            rounds = {c: json.dumps(stats[c]) if c in stats else None for c in ROUNDS}  # HF: none
+            row = {**stats, **phases, **cell, **extra, **rounds, "status": "ok", "error": "",
                    "tokens": json.dumps(tokens), "peak_memory_mib": peak_memory_mib(self.pair.device)}
         except Exception as e:  # noqa: BLE001 -- one bad cell (OOM, a model bug) must not end the sweep
             if isinstance(e, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
-            row = dict(cell, **self.extra, iteration=iteration, status="failed", error=f"{type(e).__name__}: {e}"[:2000])
+            row = dict(cell, **extra, status="failed", error=f"{type(e).__name__}: {e}"[:2000])
         append_row(self.results, dict(row, finished_utc=now()), COLUMNS)  # the cell's k wins over the stats'
         self.written += 1
         if str(self.written) == os.environ.get(KILL_AFTER_ROWS):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sampling_seed(cell, iteration) -> int:
+    """The seed a (cell, iteration) samples with: the sweep's seed + the iteration when sampling, so that repeats
+    are independent draws; greedy output needs no seed (the sweep's is recorded)."""
+    return cell["seed"] + iteration if cell["temperature"] > 0 else cell["seed"]
 
 
 # -- run order ---------------------------------------------------------------------------------------------
@@ -304,8 +300,11 @@ def parser():
     which = p.add_mutually_exclusive_group()
     which.add_argument("--prompts", type=csv_list(), help="prompt categories, e.g. code,prose,qa")
     which.add_argument("--prompt-ids", type=csv_list(), help="prompt ids, e.g. code-quicksort")
-    p.add_argument("--prompts-file", default=str(PROMPTS_FILE), help="the prompt set (default: %(default)s)")
+    p.add_argument("--prompts-file", default=str(PROMPTS_FILE),
+                   help="the prompt set (default: %(default)s; also population.jsonl, smoke.jsonl for tiny models)")
     p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling's p (default: off)")
+    p.add_argument("--ignore-eos", action="store_true", help="fixed-length generations: never stop at EOS")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
@@ -352,7 +351,8 @@ def main(argv=None):
     rows = sweep(pair, args.out, modes=args.modes, ks=args.k, batch_sizes=args.batch,
                  max_new_tokens=args.max_new_tokens, verify=args.verify, prompts=prompts,
                  iterations=args.iterations, warmup=not args.no_warmup, temperature=args.temperature,
-                 seed=args.seed, progress=not args.no_progress, params=dict(argv=sys.argv[1:] if argv is None else argv))
+                 top_p=args.top_p, seed=args.seed, ignore_eos=args.ignore_eos, progress=not args.no_progress,
+                 params=dict(argv=sys.argv[1:] if argv is None else argv))
     shown = ["mode", "k", "batch_size", "max_new_tokens", "verify"]
     columns = ["success_rate", "throughput", "throughput_iqr", "acceptance_rate", "tokens_per_target_forward",
                "speedup", "speedup_vs_hf", "predicted_speedup", "peak_memory_mib"]

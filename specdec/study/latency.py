@@ -7,12 +7,14 @@ nothing else in the way: a fixed context of C tokens is prefilled once into an A
     naive     K+1 single-token forwards, one after the other (what a loop over drafts would do)
 
 and the pointers go back to C after every measurement, so every repeat sees the same context.
-One row per (K, mode, repeat) goes to <out>/results.jsonl (appended and fsynced as it is measured,
-resumable like bench.sweep), with <out>/provenance-<run_id>.json.
+Each repeat times every (K, mode) once, in its own seeded random order (latency_order). One row per
+(K, mode, repeat) goes to <out>/results.jsonl (appended and fsynced as it is measured, resumable like
+bench.sweep), with <out>/provenance-<run_id>.json.
 """
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -28,6 +30,18 @@ MODES = VERIFY_MODES  # the engine's: one (K+1)-token forward, or K+1 one-token 
 SETTING = ("pair", "target", "device", "dtype", "linear", "context", "batch_size")  # what makes two rows comparable
 KEY = SETTING + ("k", "mode", "repeat")
 COLUMNS = ("run_id", *KEY, "timing_only", "tokens", "forwards", "seconds", "calibration_id", "finished_utc")
+ORDER_STREAM = 13  # latency_order's rng is default_rng([seed, ORDER_STREAM]); bench.run_order uses 11
+
+
+def latency_order(ks, repeats, seed, modes=MODES) -> list[tuple]:
+    """The order measure() times its cells in: [(repeat, k, mode), ...], repeats outermost, each repeat every
+    (K, mode) once in a seeded random order of its own (a randomised complete block design, like
+    bench.run_order), so that drift in machine load, or a cache warming over the run, spreads over every K
+    instead of lining up with the largest ones. Deterministic in `seed`; its own random stream, independent
+    of every other use of the seed."""
+    rng = np.random.default_rng([seed, ORDER_STREAM])
+    cells = [(int(k), m) for k in ks for m in modes]
+    return [(r, *cells[i]) for r in range(repeats) for i in rng.permutation(len(cells))]
 
 
 def context_tokens(model, batch_size, context, seed) -> torch.Tensor:
@@ -59,8 +73,7 @@ def time_verify(arena, block, mode, context) -> float:
 def measure(pair, out_dir, *, ks=range(1, 9), modes=MODES, context=64, batch_size=1, repeats=5, warmup=True,
             seed=0, progress=True, params=None) -> pd.DataFrame:
     """Time parallel vs naive verification of the pair's target for every K; return all rows of this setting.
-    Repeats are the outer loop (every K and mode once per repeat) so that drift in machine load spreads
-    over all K instead of biasing the last ones."""
+    Repeats are the outer loop, every K and mode once per repeat in a seeded shuffled order (latency_order)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / RESULTS
@@ -74,13 +87,14 @@ def measure(pair, out_dir, *, ks=range(1, 9), modes=MODES, context=64, batch_siz
     setting = dict(pair=pair.name, target=model_names(pair)[0], device=str(pair.device),
                    dtype=str(pair.dtype).removeprefix("torch."), linear=linear_mode(), context=int(context),
                    batch_size=int(batch_size))
-    plan = [dict(setting, k=k, mode=m, repeat=r) for r in range(repeats) for k in ks for m in modes]
+    plan = [dict(setting, k=k, mode=m, repeat=r) for r, k, m in latency_order(ks, repeats, seed, modes)]
     done = done_keys(read_rows(results), KEY)
     todo = [p for p in plan if tuple(p[c] for c in KEY) not in done]
 
     if todo:
         run_id = start_run(out, **setting, weights=weights_of(pair), timing_only=pair.timing_only, ks=ks, modes=modes,
-                           repeats=repeats, warmup=warmup, seed=seed, **(params or {}))
+                           repeats=repeats, warmup=warmup, seed=seed, order="latency_order", order_seed=seed,
+                           order_rng=[seed, ORDER_STREAM], **(params or {}))
         with fast_linears([model]):
             time_all(pair, todo, ks, context, batch_size, warmup, seed, results, run_id, progress)
     mine = {tuple(p[c] for c in KEY) for p in plan}

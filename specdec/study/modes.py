@@ -21,14 +21,23 @@ NO_VERIFY = "-"  # verify column of modes where specdec's verify setting does no
 class Mode:
     name: str
     label: str              # for tables and figures
-    drafter: str | None     # "model" (the pair's draft), "prompt_lookup", or None (the target alone)
+    drafter: str | None     # "model" (the pair's draft), "prompt_lookup", "junk" (controls.JunkDrafter: drafts never
+                            # accepted), or None (the target alone)
     policy: str             # "fixed" (one cell per K of the sweep), "auto", "adaptive", "hf_defaults", "none"
     hf: bool = False        # a Hugging Face generate reference, not specdec
     batch1_only: bool = False  # HF assisted generation refuses batches
+    # HF only: run inside specdec.linear.fast_linears (the measured linear path specdec takes on CPU), with the
+    # assistant being the pair's draft in specdec's own draft dtype, so only HF's loop and cache differ from specdec
+    specdec_path: bool = False
 
     @property
     def needs_draft(self) -> bool:
         return self.drafter == "model"
+
+    @property
+    def assistant_in_target_dtype(self) -> bool:
+        """HF assisted generation as its users run it: the draft loaded in the target's dtype (pair.hf_draft)."""
+        return self.hf and self.needs_draft and not self.specdec_path
 
     @property
     def sweeps_k(self) -> bool:
@@ -52,8 +61,13 @@ MODES = {m.name: m for m in (
     Mode("auto", "specdec auto K", "model", "auto"),
     Mode("adaptive", "specdec adaptive K", "model", "adaptive"),
     Mode("prompt_lookup", "specdec, prompt lookup", "prompt_lookup", "fixed"),
+    Mode("junk", "specdec, never-accepted drafts (verify cost alone)", "junk", "fixed"),
     Mode("hf_generate", "HF generate (target only)", None, "none", hf=True),
+    Mode("hf_generate_fast", "HF generate (target only) on specdec's linear path", None, "none", hf=True,
+         specdec_path=True),
     Mode("hf_assisted", "HF assisted generation", "model", "fixed", hf=True, batch1_only=True),
+    Mode("hf_assisted_fast", "HF assisted on specdec's linear path and draft dtype", "model", "fixed", hf=True,
+         batch1_only=True, specdec_path=True),
     Mode("hf_assisted_default", "HF assisted, its defaults (up to 20 tokens, confidence 0.4)", "model", "hf_defaults",
          hf=True, batch1_only=True),
 )}
@@ -98,3 +112,14 @@ VS_HF = (SPECULATIVE, "hf_assisted")             # the same K, specdec against H
 VS_HF_DEFAULT = ("auto", "hf_assisted_default")  # what each picks by itself: auto against HF at its defaults
 DEFAULT_SWEEP = (BASELINE, SPECULATIVE)
 HF_GENERATE = "hf_generate"                       # HF generate alone: the outside reference for the target alone
+
+# The decomposition of specdec's speedup, each (mode, reference) on the same prompts (and, where both fix K, the
+# same K). KERNEL x LOOP x SPECULATION telescopes from HF generate to specdec speculative; ENGINE and VERIFY_COST
+# are side comparisons.
+KERNEL = ("hf_generate_fast", "hf_generate")     # the linear path alone: one HF loop, two kernels
+LOOP = ("baseline", "hf_generate_fast")          # the decode loop and KV cache alone: one kernel, two loops
+SPECULATION = ("speculative", "baseline")        # drafting and verifying at a fixed K, within specdec
+AUTO_SPECULATION = ("auto", "baseline")          # the same with K chosen per round by specdec's auto policy
+ENGINE = ("speculative", "hf_assisted_fast")     # same K, kernel and draft dtype: specdec's loop against HF's
+VERIFY_COST = ("junk", "baseline")               # a round that yields one token at (K+1)-token verify cost:
+                                                 # what a wholly wrong draft costs, with no draft model run

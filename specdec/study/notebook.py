@@ -6,7 +6,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from .bench import load_warm  # noqa: F401  (the notebooks call notebook.load_warm)
-from .modes import BASELINE, MODES, SPECULATIVE
+from .modes import BASELINE
 from .summary import summarize
 
 
@@ -56,22 +56,3 @@ def readout(out_dir, text):
     """Show the notebook's reading of its result and keep it for the summary page."""
     Path(out_dir, "readout.md").write_text(text.strip() + "\n")
     display(Markdown(text))
-
-
-def hf_plan(rows, pair_name, prompts, max_new_tokens, ks, hf_modes):
-    """What notebook 4 must run itself for one pair: the HF reference modes always; our baseline and speculative
-    cells only where the reused data lacks them (e.g. after --only). Uses the reused batch-1 token count, so the
-    HF cells sit beside the cells they are compared with."""
-    rows = pd.DataFrame(rows)
-    mine = rows[(rows.get("pair") == pair_name) & (rows.get("batch_size") == 1) & (rows.get("status") == "ok")] \
-        if len(rows) else rows
-    n = int(mine["max_new_tokens"].mode().iloc[0]) if len(mine) else int(max_new_tokens)
-    have = set() if not len(mine) else set(zip(mine["mode"], mine["k"].astype(str), mine["prompt_id"],
-                                               mine["max_new_tokens"]))
-    need_base = any((BASELINE, "0", p, n) not in have for p in prompts)
-    need_spec = any((SPECULATIVE, str(k), p, n) not in have for p in prompts for k in ks)
-    unknown = [m for m in hf_modes if m not in MODES]
-    if unknown:
-        raise ValueError(f"hf_modes {unknown} are not study modes; choose from {', '.join(MODES)}")
-    modes = [BASELINE] * need_base + [SPECULATIVE] * need_spec + list(hf_modes)
-    return modes, n

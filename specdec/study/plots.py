@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .modes import BASELINE, MODES, SPECULATIVE, label as mode_label, mean_k_chosen  # noqa: E402
+from .modes import BASELINE, MODES, SPECULATIVE, label as mode_label  # noqa: E402
 from .results import RESULTS, describe_runs, read_rows  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -34,11 +34,29 @@ MAX_HEIGHT_IN = 10.0  # at 150 dpi: 1,500 px, readable at 100% zoom on one scree
 # -- shared pieces ----------------------------------------------------------------------------------------
 
 def describe(frame, target) -> str:
-    """'<target> target: <target model> + draft <draft model> (<dtype>, <device>)' from the rows themselves."""
+    """'<target> target: <target model> (<dtype>) + draft <draft model> (<draft dtype>), <device>' from the rows
+    themselves: the draft's dtype is what its rows record (it may differ from the target's, and between rows)."""
     first = frame.iloc[0]
     draft = first.get("draft")
-    draft = f" + draft {draft}" if isinstance(draft, str) and draft else ""
-    return f"{target} target: {first['target']}{draft} ({first['dtype']}, {first['device']})"
+    draft = f" {draft}" if isinstance(draft, str) and draft else ""
+    # of the rows that ran the draft model: the target-only rows record the pair's draft dtype too, but use none
+    drafted = frame["mode"].map(lambda m: MODES[m].needs_draft)
+    dtypes = sorted(frame.loc[drafted, "draft_dtype"].dropna().astype(str).unique()) if "draft_dtype" in frame else []
+    if not (draft or dtypes):
+        return f"{target} target: {first['target']} ({first['dtype']}, {first['device']})"
+    dtype = f" ({dtypes[0]})" if len(dtypes) == 1 else f" (dtype differs by row: {', '.join(dtypes)})" if dtypes else ""
+    return f"{target} target: {first['target']} ({first['dtype']}) + draft{draft}{dtype}, {first['device']}"
+
+
+def distinguish(t, label, within=()) -> pd.Series:
+    """t[label], with ', N prompts' and/or ', N tok' added where rows that share a label (and `within`) differ
+    in their prompt count or length: two bars must never look alike when they measured different things."""
+    out = t[label].astype(str)
+    for col, unit in (("prompts", "prompts"), ("max_new_tokens", "tok")):
+        if col in t:
+            differs = t.groupby([label, *within], dropna=False)[col].transform("nunique") > 1
+            out = out.where(~differs, out + ", " + t[col].astype("Int64").astype(str) + f" {unit}")
+    return out
 
 
 def timing_only(frame) -> bool:
@@ -260,29 +278,56 @@ def verification_latency(table, target=""):
 # -- 4. speculative vs baseline -----------------------------------------------------------------------------------
 
 def config_label(row) -> str:
-    """A configuration in words: the target alone, a fixed K, or a K chosen per round (with the mean K chosen,
-    where the rows record it, and the cap)."""
-    mode = MODES[row["mode"]]
-    if mode.policy in ("none", "fixed"):
-        head = "target only" if mode.policy == "none" else f"K={int(row['k'])}"
+    """A row of the speedup figure: a fixed K (bars: specdec, the prediction, HF at that K), else the mode in words
+    (modes.label: auto's mean K and cap, HF's defaults, HF generate as an outside reference); batch, length."""
+    if MODES[row["mode"]].policy == "fixed":
+        head = f"K={int(row['k'])}"
     else:
-        head = f"K chosen per round ({mean_k_chosen(row)}up to {mode.k_max})"
+        head = mode_label(row) + (": outside reference, not the baseline" if outside(row["mode"]) else "")
     return f"{head}, b={row['batch_size']}, {row['max_new_tokens']} tok"
 
 
+def outside(mode) -> bool:
+    """HF's own loop over the target alone (modes.HF_GENERATE and kin): a reference from outside, not the baseline."""
+    return MODES[mode].hf and MODES[mode].policy == "none"
+
+
 PREDICTED = "predicted (Leviathan, calibration pass)"
-# Every mode but the baseline (it is the line at 1), then the prediction beside the speculative bars.
-SPEEDUP_SERIES = {**{m: mode.label for m, mode in MODES.items() if m != BASELINE}, "predicted": PREDICTED}
+# Every mode but the baseline (it is the line at 1), the prediction right beside the speculative bars.
+SPEEDUP_SERIES = {SPECULATIVE: MODES[SPECULATIVE].label, "predicted": PREDICTED,
+                  **{m: mode.label for m, mode in MODES.items() if m not in (BASELINE, SPECULATIVE)}}
+RANK = {v: i for i, v in enumerate(SPEEDUP_SERIES.values())}
+
+
+def speedup_bars(ax, p, palette) -> tuple[list, float]:
+    """One pair's bars, configuration after configuration, HF generate's last in a block of its own; returns the
+    ticks [(y, label)] and the y where that outside-reference block starts."""
+    p = p.assign(outside=p["mode"].map(outside)).sort_values(["outside", "batch_size", "max_new_tokens", "k"])
+    y, ticks, outside_y = 0.0, [], None
+    for config, present in p.groupby("config", sort=False):
+        if present["outside"].all() and outside_y is None:
+            outside_y = y
+            y += 0.6  # a wider gap: the outside reference is not one of the configurations it sits beside
+        start = y
+        for _, r in present.sort_values("series", key=lambda s: s.map(RANK)).iterrows():
+            err = np.nan_to_num(np.clip([[r["value"] - r["lo"]], [r["hi"] - r["value"]]], 0, None))
+            ax.barh(y, r["value"], 0.8, color=palette[r["series"]], label=r["series"], xerr=err, capsize=2,
+                    hatch="//" if r["outside"] else None, edgecolor="white")
+            ax.text(r["value"] + err[1, 0] + 0.02, y, f"{r['value']:.2f}", va="center", fontsize=7)
+            y += 1
+        ticks.append(((start + y - 1) / 2, textwrap.fill(config, 56)))
+        y += 0.6  # gap between configurations
+    return ticks, y - 0.6 if outside_y is None else outside_y
 
 
 def speedup(table, target=""):
     """Per configuration (one row each): measured speedup over the target-only baseline with its 95% interval,
-    the prediction from a separate calibration pass (with its interval), and Hugging Face's generate /
-    assisted generation, each bar centred in its own configuration's row."""
-    palette = dict(zip(SPEEDUP_SERIES.values(), sns.color_palette("deep", len(SPEEDUP_SERIES))))
+    the prediction from a separate calibration pass (with its interval) and HF assisted generation, each in its
+    configuration's row; HF generate (the target alone, HF's loop) below, an outside reference off the line at 1."""
     pairs = list(dict.fromkeys(table["pair"]))
     t = table[table["mode"].isin(list(SPEEDUP_SERIES))].copy()
     t["config"] = t.apply(config_label, axis=1)
+    t["config"] = distinguish(t, "config")  # e.g. specdec's K=2 (k_sweep's prompts) vs HF's K=2 (other prompts)
     long = [t.assign(series=t["mode"].map(SPEEDUP_SERIES), value=t["vs_baseline"], lo=t["vs_baseline_lo"],
                      hi=t["vs_baseline_hi"])]
     if "predicted_lo" in t:
@@ -290,6 +335,8 @@ def speedup(table, target=""):
         long.append(s.assign(series=SPEEDUP_SERIES["predicted"], value=s["predicted_speedup"], lo=s["predicted_lo"],
                              hi=s["predicted_hi"]))
     long = pd.concat(long, ignore_index=True).dropna(subset=["value"])
+    shown = sorted(set(long["series"]), key=RANK.get)  # colours for the series present only: no two alike
+    palette = dict(zip(shown, sns.color_palette("deep", len(shown))))
     bars = len(long)
     row_in = min(0.28, (MAX_HEIGHT_IN - 1.5 - 1.0 * len(pairs)) / max(1, bars))  # inches per bar, capped
     fig, axes = plt.subplots(len(pairs), 1, figsize=(10, min(MAX_HEIGHT_IN, row_in * bars + 1.0 * len(pairs) + 1.5)),
@@ -297,27 +344,22 @@ def speedup(table, target=""):
                                                                              for p in pairs]))
     for ax, pair in zip(axes[:, 0], pairs):
         p = long[long["pair"] == pair]
-        order = list(dict.fromkeys(p.sort_values(["batch_size", "max_new_tokens", "k"])["config"]))
-        y, ticks = 0.0, []
-        for config in order:
-            present = p[p["config"] == config].sort_values("series", key=lambda s: s.map(
-                {v: i for i, v in enumerate(SPEEDUP_SERIES.values())}))
-            start = y
-            for _, r in present.iterrows():
-                err = np.clip([[r["value"] - r["lo"]], [r["hi"] - r["value"]]], 0, None)
-                err = np.nan_to_num(err)
-                ax.barh(y, r["value"], 0.8, color=palette[r["series"]], label=r["series"], xerr=err, capsize=2)
-                ax.text(r["value"] + err[1, 0] + 0.02, y, f"{r['value']:.2f}", va="center", fontsize=7)
-                y += 1
-            ticks.append(((start + y - 1) / 2, config))
-            y += 0.6  # gap between configurations
+        ticks, outside_y = speedup_bars(ax, p, palette)
         ax.set_yticks([a for a, _ in ticks], [b for _, b in ticks], fontsize=8)
-        ax.invert_yaxis()
-        ax.axvline(1.0, color=BASE_COLOR, ls="--", lw=1, label="specdec target-only baseline (= 1)")
+        # the baseline's line runs past specdec's and HF assisted's rows only, not past the outside reference
+        ax.plot([1.0, 1.0], [-0.6, outside_y - 0.1], color=BASE_COLOR, ls="--", lw=1,
+                label="specdec target-only baseline (= 1)")
+        if p["mode"].map(outside).any():
+            ax.axhline(outside_y + 0.2, color="0.6", lw=0.8)
+        ax.set_ylim(max(y for y, _ in ticks) + 0.7, -0.7)  # top to bottom in the order drawn
         ax.set(xlabel="speedup over target only (x)", title=describe(table[table["pair"] == pair], target))
         ax.set_xlim(0, max(1.1, np.nanmax(p[["value", "hi"]].to_numpy(float)) * 1.15))
     notes = ["Speedup = throughput / specdec target-only throughput on the same prompts (paired); error bars: 95% "
              "bootstrap intervals. The prediction uses a, c and v from a separate calibration pass on other prompts."]
+    refs = [MODES[m].label for m in dict.fromkeys(long["mode"]) if outside(m)]
+    if refs:
+        notes.append(f"Hatched, below the line: {'; '.join(refs)}: Hugging Face's own decoding loop over the target "
+                     "alone, on the same prompts; an outside reference, not the baseline.")
     if timing_only(table):
         notes.append("Random-weight (timing-only) pairs get no prediction: it needs a real acceptance rate.")
     return finish(fig, "Speculative vs target-only decoding: measured and predicted speedup", "", notes, ncol=2)
@@ -329,6 +371,7 @@ def drafters(cells, table, target=""):
     """Speedup over target only per drafter and prompt category (95% intervals), and acceptance per drafter."""
     t = table.copy()
     t["drafter"] = t.apply(mode_label, axis=1)
+    t["drafter"] = distinguish(t, "drafter", ["category"] if "category" in t else [])
     hide_acceptance = timing_only(cells)
     fig, axes = plt.subplots(1, 1 if hide_acceptance else 2, figsize=(7 if hide_acceptance else 13, 5.8),
                              squeeze=False)

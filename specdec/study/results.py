@@ -26,17 +26,26 @@ RESULTS = "results.jsonl"
 # The row schema of a sweep (specdec.study.bench), read by the summaries. Metrics follow DESIGN.md section 3.
 PHASES = ("prefill_s", "draft_s", "verify_s", "accept_s", "rollback_s")
 # What makes a row unique: the measurement setting (model, device, sampling), the cell and the timed run. `k`,
-# `policy` and `k_max`: see specdec.study.modes.
-CELL = ("pair", "target", "draft", "device", "dtype", "draft_dtype", "temperature", "seed",
+# `policy` and `k_max`: see specdec.study.modes. `ignore_eos`: every row ran its full max_new_tokens (EOS never
+# stopped it); `top_p`: nucleus sampling's p (None: off).
+CELL = ("pair", "target", "draft", "device", "dtype", "draft_dtype", "temperature", "top_p", "seed", "ignore_eos",
         "mode", "k", "policy", "k_max", "batch_size", "max_new_tokens", "verify", "prompt_id", "prompt_ids")
 KEY = CELL + ("iteration",)
+# CELL columns added after rows were first written, with the value every older row ran with (read_rows fills them
+# in, so an old results.jsonl resumes and compares as before). top_p needs none: a missing value reads as None.
+LATER_CELL = dict(ignore_eos=False)
 METRICS = ("new_tokens", "seconds", "throughput", "proposed", "accepted", "acceptance_rate", "target_forwards",
            "draft_forwards", "iterations", "tokens_per_target_forward", "mean_k", *PHASES, "draft_step_s", "verify_iter_s",
            "peak_memory_mib")
 # calibration_id: the linear plans and cost curves the row ran under (calibration-<id>.json beside the rows)
 CALIBRATION = ("calibration_id", "calibration_suspect", "calibration_ratio", "predicted_decode_s", "decode_seconds")
-COLUMNS = ("run_id", *CELL, "timing_only", "iteration", "status", "error", *METRICS, *CALIBRATION, "matches_baseline",
-           "tokens", "finished_utc")
+# Per row, not per cell: the prompt's category (a batch's first prompt's) and the seed its sampling ran with (the
+# sweep's seed + the iteration when sampling, so repeats differ; the sweep's seed when greedy). JSON strings like
+# `tokens`, from the engine's stats: per verify round, its K (k_per_iteration) and the drafts each batch row accepted
+# (accepted_per_iteration, None for a row already finished); null for HF references, which report no rounds.
+ROUNDS = ("k_per_iteration", "accepted_per_iteration")
+COLUMNS = ("run_id", *CELL, "category", "timing_only", "iteration", "sampling_seed", "status", "error", *METRICS,
+           *CALIBRATION, "matches_baseline", "tokens", *ROUNDS, "finished_utc")
 
 
 def new_run_id() -> str:
@@ -94,13 +103,14 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def read_rows(path) -> list[dict]:
-    """Every complete row of a results.jsonl; a torn line (a writer killed mid-line) is skipped."""
+def read_rows(path, defaults=None) -> list[dict]:
+    """Every complete row of a results.jsonl; a torn line (a writer killed mid-line) is skipped. `defaults`
+    ({column: value}, e.g. LATER_CELL for sweep rows) fills columns that older rows lack."""
     rows = []
     if Path(path).is_file():
         for line in Path(path).read_text().splitlines():
             try:
-                rows.append(json.loads(line))
+                rows.append({**(defaults or {}), **json.loads(line)})
             except json.JSONDecodeError:
                 continue
     return rows

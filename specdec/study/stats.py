@@ -10,7 +10,7 @@ show); the readouts stay conservative by claiming a difference only when two int
 from typing import NamedTuple
 
 import numpy as np
-from scipy.stats import bootstrap
+from scipy.stats import bootstrap, norm, t as student_t
 
 LEVEL = 0.95
 RESAMPLES = 2000
@@ -122,3 +122,70 @@ def best(names, estimates, unit="", higher="beats") -> str:
     if not tied:
         return f"{head}; it {higher} every other configuration (intervals separate)"
     return f"{head}; {NO_DIFFERENCE} from {', '.join(tied)} (intervals overlap)"
+
+
+# -- intervals over prompts ---------------------------------------------------------------------------------
+# The intervals above are over repeats: they hold for the prompts that were run. A population study asks how
+# the result would move with other prompts of the same kinds, so its interval resamples the prompts too.
+
+def _padded(runs):
+    """Runs of unequal count as one (prompts, most runs) array, zero-padded, and each prompt's count."""
+    n = np.array([len(x) for x in runs])
+    out = np.zeros((len(runs), n.max()))
+    for i, x in enumerate(runs):
+        out[i, :len(x)] = x
+    return out, n
+
+
+def _resampled_means(runs, n, picks, rng):
+    """Per draw and prompt slot: the mean of len(runs) runs drawn with replacement from the picked prompt's."""
+    m = n[picks][..., None]  # (draws, prompts, 1): each slot's own run count
+    j = (rng.random(picks.shape + (runs.shape[1],)) * m).astype(int)  # run indices < that count
+    used = np.arange(runs.shape[1]) < m  # draw as many runs as the prompt has, not as many as the longest
+    return (runs[picks[..., None], j] * used).sum(-1) / m[..., 0]
+
+
+def geomean_speedup(per_prompt_runs, categories=None, seed=0, resamples=RESAMPLES) -> Estimate:
+    """Geometric mean over prompts of mean(mode runs) / mean(reference runs) of the same prompt, with a 95%
+    interval for other prompts of the same categories. `per_prompt_runs`: one (mode runs, reference runs)
+    per prompt (any counts >= 1); `categories`: each prompt's category (None: one category).
+
+    Two-stage bootstrap: prompts are drawn with replacement within each category (the study fixes how many
+    prompts each category has), then each drawn prompt's mode and reference runs are drawn with replacement,
+    independently. If some category has a single prompt, stratifying would freeze it (every draw would be that
+    prompt, and how it differs from the others would never show), so prompts are then drawn across all
+    categories; that is wider, never narrower. A percentile interval from few prompts is too narrow (the
+    bootstrap spread is the plug-in (n-1)/n of the variance, and normal tails stand in for t tails), so the
+    percentiles are Hesterberg's expanded ones: alpha/2 becomes Phi(sqrt(n/df) * t_{alpha/2, df}), df = n
+    prompts - strata. One prompt with one run each: no interval (NaN). Every prompt's ratio and runs
+    identical: the interval collapses to the estimate (est, est, est), with nothing to resample. Prompts that
+    differ always give a nonzero width, unless every category's prompts agree exactly among themselves."""
+    pairs = [(np.asarray(m, float), np.asarray(r, float)) for m, r in per_prompt_runs]
+    cats = np.asarray(["all"] * len(pairs) if categories is None else list(categories), dtype=object)
+    pairs = [(m[np.isfinite(m) & (m > 0)], r[np.isfinite(r) & (r > 0)]) for m, r in pairs]
+    keep = np.array([len(m) > 0 and len(r) > 0 for m, r in pairs], bool)
+    if not keep.any():
+        return NAN
+    mode, nm = _padded([m for (m, _), k in zip(pairs, keep) if k])
+    ref, nr = _padded([r for (_, r), k in zip(pairs, keep) if k])
+    ratios = (mode.sum(1) / nm) / (ref.sum(1) / nr)
+    logs = np.log(ratios)
+    est = float(ratios[0] if np.ptp(ratios) == 0 else np.exp(logs.mean()))  # one ratio: itself, not exp(log(r))
+    if len(logs) == 1 and nm[0] == 1 and nr[0] == 1:
+        return Estimate(est, np.nan, np.nan)  # one number: nothing says how it would move
+    spread = lambda x, n: np.any(x.max(1) - np.where(np.arange(x.shape[1]) < n[:, None], x, np.inf).min(1) > 0)
+    if np.ptp(logs) == 0 and not spread(mode, nm) and not spread(ref, nr):
+        return Estimate(est, est, est)
+    _, strata = np.unique(cats[keep].astype(str), return_inverse=True)
+    strata = [np.flatnonzero(strata == s) for s in range(strata.max() + 1)]
+    if min(len(s) for s in strata) < 2:
+        strata = [np.arange(len(logs))]
+    rng = np.random.default_rng(seed)
+    picks = np.concatenate([s[rng.integers(0, len(s), (resamples, len(s)))] for s in strata], axis=1)
+    boot = (np.log(_resampled_means(mode, nm, picks, rng)) - np.log(_resampled_means(ref, nr, picks, rng))).mean(1)
+    n, df = len(logs), len(logs) - len(strata)
+    tail = (1 - LEVEL) / 2
+    if df >= 1:  # one prompt (several runs): its repeats alone vary, a plain percentile interval
+        tail = norm.cdf(np.sqrt(n / df) * student_t.ppf(tail, df))
+    lo, hi = np.quantile(boot, [tail, 1 - tail])
+    return Estimate(est, float(np.exp(lo)), float(np.exp(hi)))

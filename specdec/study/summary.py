@@ -13,7 +13,7 @@ from .results import CELL, METRICS, PHASES
 
 # What makes two cells comparable (a mode against the baseline, or HF's defaults, on the same prompts). Not the
 # draft's dtype: the baseline does not use the draft, and HF assisted generation gets it in the target's dtype.
-MATCH = ("pair", "target", "draft", "device", "dtype", "temperature", "seed",
+MATCH = ("pair", "target", "draft", "device", "dtype", "temperature", "top_p", "seed", "ignore_eos",
          "batch_size", "max_new_tokens", "prompt_id", "prompt_ids")
 
 
@@ -53,7 +53,7 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
                throughput_iqr=("throughput", iqr), throughput_min=("throughput", "min"),
                throughput_max=("throughput", "max"), decode_throughput=("decode_throughput", "mean"),
                seconds=("seconds", "median"), new_tokens=("new_tokens", "median"),
-               acceptance_rate=("acceptance_rate", "mean"),
+               acceptance_rate=("acceptance_rate", "mean"), mean_k=("mean_k", "mean"),
                tokens_per_target_forward=("tokens_per_target_forward", "mean"),
                **{p: (p, "median") for p in (*PHASES, "draft_step_s", "verify_iter_s")},
                peak_memory_mib=("peak_memory_mib", "max"), timing_only=("timing_only", "first"),

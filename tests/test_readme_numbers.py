@@ -1,0 +1,49 @@
+"""Every number with an interval that the README quotes ("1.23x [1.10, 1.31]", "4.2 [4.0, 4.4] tok/s") is a row of
+a committed table under data/cpu/: the same estimate and bounds, at the README's precision."""
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+QUOTED = re.compile(r"(\d+\.\d+)x? \[(\d+\.\d+), (\d+\.\d+)\]")
+
+
+def triples(frame: pd.DataFrame):
+    """(estimate, lo, hi) of every interval column group: X with X_lo/X_hi, or X_speedup with X_lo/X_hi."""
+    for lo in [c for c in frame.columns if c.endswith("_lo")]:
+        base, hi = lo[:-3], lo[:-3] + "_hi"
+        est = base if base in frame else f"{base}_speedup"
+        if hi in frame and est in frame:
+            yield from frame[[est, lo, hi]].itertuples(index=False, name=None)
+
+
+def committed(folder):
+    found = set()
+    for path in sorted(folder.rglob("*.csv")):
+        frame = pd.read_csv(path)
+        for t in triples(frame.apply(pd.to_numeric, errors="coerce")):
+            found.add(t)
+    return found
+
+
+def matches(quoted, values):
+    digits = [len(q.split(".")[1]) for q in quoted]
+    want = tuple(float(q) for q in quoted)
+    return any(all(abs(v - w) <= 0.5 * 10 ** -d + 1e-9 for v, w, d in zip(t, want, digits)) for t in values)
+
+
+def test_readme_intervals_are_rows_of_committed_tables():
+    quoted = QUOTED.findall((REPO / "README.md").read_text())
+    if not quoted:
+        pytest.fail("the README quotes no interval: this test would check nothing")
+    values = committed(REPO / "data" / "cpu")
+    missing = [q for q in quoted if not matches(q, values)]
+    assert not missing, f"README intervals that are no row of a committed table under data/cpu/: {missing}"
+
+
+def test_the_check_can_fail():
+    frame = pd.DataFrame(dict(speedup=[1.234], speedup_lo=[1.1], speedup_hi=[1.3]))
+    values = set(triples(frame))
+    assert matches(("1.23", "1.10", "1.30"), values) and not matches(("1.24", "1.10", "1.30"), values)
