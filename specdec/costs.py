@@ -99,17 +99,13 @@ def curve(entry, high) -> dict:
     return dict(verify_s=interpolate({t: points[rows[t]] for t in points}, high + 1), draft_s=entry["draft_s"])
 
 
-def padded_rows(target, batch) -> dict:
-    """{T: rows} for the engine's target forwards over T <= DENSE tokens, from any cached curve of this target and
-    batch (only its target forwards are read, whichever draft it was measured with), else measured now without a
-    draft. Off the measured linear path (SPECDEC_LINEAR=off, or not a CPU) every T runs as itself."""
+def padded_rows(target, batch, fresh=False) -> dict:
+    """{T: rows} for the engine's target forwards over T <= DENSE tokens, from this target's own curve (measured
+    without a draft, so that every generation of it, with or without one, pads alike; cached like every curve).
+    Off the measured linear path (SPECDEC_LINEAR=off, or not a CPU) every T runs as itself."""
     if mode() == "off" or target.device.type != "cpu":
         return {}
-    for key, entry in cached_costs(target, None, batch, need=1):
-        if all(str(t) in entry["verify_s"] or t in entry["verify_s"] for t in range(1, DENSE + 1)):
-            calibration.note("costs", key, entry, False)
-            return padding({t: entry["verify_s"].get(str(t), entry["verify_s"].get(t)) for t in range(1, DENSE + 1)})
-    return padding(measured_entry(target, None, batch, DENSE - 1)["verify_s"])
+    return padding(measured_entry(target, None, batch, DENSE - 1, fresh)["verify_s"])
 
 
 def cached_costs(target, draft, batch, need=1):
