@@ -75,15 +75,9 @@ class ModelDrafter:
         return torch.stack(drafts, 1), (None if sampler.greedy else torch.stack(probs, 1))
 
 
-class PromptLookupDrafter:
-    """Model-free drafting (prompt lookup decoding): find the most recent earlier occurrence of the
-    row's last n-gram in its own context (n from `max_ngram` down to 1) and propose the K tokens
-    that followed it. Rows without a match propose their last token repeated, which costs a verify
-    like any proposal but is still lossless. Proposals are deterministic: q is None (one-hot)."""
-
-    def __init__(self, max_ngram: int = 3):
-        self.max_ngram = max_ngram
-        self.forwards = 0  # no model: never any draft forwards
+class ModelFreeDrafter:
+    """A drafter without a model (no cache to fill or roll back): only `propose` is its own."""
+    forwards = 0  # never any draft forwards
 
     def start(self, batch_size: int, capacity: int):
         pass
@@ -93,6 +87,16 @@ class PromptLookupDrafter:
 
     def rollback(self, lengths, host_lengths, done):
         pass
+
+
+class PromptLookupDrafter(ModelFreeDrafter):
+    """Model-free drafting (prompt lookup decoding): find the most recent earlier occurrence of the
+    row's last n-gram in its own context (n from `max_ngram` down to 1) and propose the K tokens
+    that followed it. Rows without a match propose their last token repeated, which costs a verify
+    like any proposal but is still lossless. Proposals are deterministic: q is None (one-hot)."""
+
+    def __init__(self, max_ngram: int = 3):
+        self.max_ngram = max_ngram
 
     def propose(self, seq, lengths, k, sampler):
         follow = self.match(seq, lengths)  # [B] index of the first proposed token, -1: no match

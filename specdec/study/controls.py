@@ -4,10 +4,11 @@ They follow the drafter protocol of specdec.drafters (start, prefill, propose, r
 """
 import torch
 
+from ..drafters import ModelFreeDrafter
 from ..engine import vocab_size
 
 
-class JunkDrafter:
+class JunkDrafter(ModelFreeDrafter):
     """Proposes, for every row, K copies of the last id of the target's output layer: a vocabulary padding row
     that a trained model essentially never predicts. Greedy verification then rejects the first draft of every
     round, so each round is one (K+1)-token verify forward that yields one token: the verify path's cost alone,
@@ -15,16 +16,6 @@ class JunkDrafter:
 
     def __init__(self, target):
         self.token = vocab_size(target) - 1
-        self.forwards = 0  # no model: never any draft forwards
-
-    def start(self, batch_size, capacity):
-        pass
-
-    def prefill(self, prompt_tokens):
-        pass
-
-    def rollback(self, lengths, host_lengths, done):
-        pass
 
     def propose(self, seq, lengths, k, sampler):
         # q None: the drafts are deterministic (one-hot q); sampled acceptance then keeps one with p(token) ~ 0
