@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-QUOTED = re.compile(r"(\d+\.\d+)x? \[(\d+\.\d+), (\d+\.\d+)\]")
+QUOTED = re.compile(r"(\d+\.\d+)x?\s+\[(\d+\.\d+),\s+(\d+\.\d+)\]")  # across line breaks too
 
 
 def triples(frame: pd.DataFrame):
