@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .modes import BASELINE, SPECULATIVE
+from .results import decode_throughput
 from .stats import NAN, RESAMPLES, geomean_speedup
 
 AUTO = "auto"
@@ -34,8 +35,7 @@ def ok_rows(rows, temperature=0.0) -> pd.DataFrame:
     if temperature is not None and "temperature" in r:
         r = r[np.isclose(r["temperature"], temperature)]
     if DECODE not in r:
-        decode_s = r["seconds"] - r["prefill_s"]
-        r[DECODE] = ((r["new_tokens"] - r["batch_size"]) / decode_s).where((r["prefill_s"] > 0) & (decode_s > 0))
+        r[DECODE] = decode_throughput(r)
     return r
 
 

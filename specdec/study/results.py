@@ -48,6 +48,13 @@ COLUMNS = ("run_id", *CELL, "category", "timing_only", "iteration", "sampling_se
            *CALIBRATION, "matches_baseline", "tokens", *ROUNDS, "finished_utc")
 
 
+def decode_throughput(rows):
+    """Per row, (new tokens - one per batch row, which prefill produced) / (seconds - prefill_s): the decode phase
+    alone (DESIGN.md section 3); NaN where a row has no prefill time (HF references) or no decode time."""
+    decode_s = rows["seconds"] - rows["prefill_s"]
+    return ((rows["new_tokens"] - rows["batch_size"]) / decode_s).where((rows["prefill_s"] > 0) & (decode_s > 0))
+
+
 def new_run_id() -> str:
     """UTC time + a random suffix: sorts by start time, unique across machines."""
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)

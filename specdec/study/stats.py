@@ -1,8 +1,10 @@
 """95% intervals for the study's numbers, and the only sentences the readouts may draw from them.
 
-Intervals are percentile bootstraps (scipy.stats.bootstrap) stratified by prompt: the runs (repeats) of each
-prompt are resampled separately and the statistic is the mean over prompts of a per-prompt number, so an
-interval says how much the result would move if the repeats were run again on the same prompts. Speedups
+Two kinds. Per cell and per configuration (mean_interval, ratio_interval): percentile bootstraps
+(scipy.stats.bootstrap) stratified by prompt: the runs (repeats) of each prompt are resampled separately and the
+statistic is the mean over prompts of a per-prompt number, so an interval says how much the result would move if
+the repeats were run again on the same prompts. Over a prompt population (geomean_speedup): prompts are resampled
+too, within their categories, so the interval says what other prompts of the same kinds would see. Speedups
 are paired: each prompt's speculative runs are divided by the same prompt's baseline runs.
 With 3 repeats per prompt a bootstrap interval is on the narrow side (it cannot see noise the runs did not
 show); the readouts stay conservative by claiming a difference only when two intervals do not overlap.

@@ -9,7 +9,7 @@ from scipy.stats import iqr
 
 from . import stats
 from .modes import BASELINE, SPECULATIVE, VS_HF, VS_HF_DEFAULT
-from .results import CELL, METRICS, PHASES
+from .results import CELL, METRICS, PHASES, decode_throughput
 
 # What makes two cells comparable (a mode against the baseline, or HF's defaults, on the same prompts). Not the
 # draft's dtype: the baseline does not use the draft, and HF assisted generation gets it in the target's dtype.
@@ -46,8 +46,7 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
     ok = rows[rows["status"] == "ok"].copy()
     for col in METRICS:  # null-only columns load as object; make every metric numeric
         ok[col] = pd.to_numeric(ok[col], errors="coerce")
-    decode_s = ok["seconds"] - ok["prefill_s"]
-    ok["decode_throughput"] = ((ok["new_tokens"] - ok["batch_size"]) / decode_s).where(ok["prefill_s"] > 0)
+    ok["decode_throughput"] = decode_throughput(ok)
     matches = lambda s: bool(s.dropna().astype(bool).all()) if s.notna().any() else None
     agg = dict(runs=("throughput", "size"), throughput=("throughput", "mean"),
                throughput_iqr=("throughput", iqr), throughput_min=("throughput", "min"),
