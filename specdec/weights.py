@@ -88,6 +88,28 @@ def assemble_gguf(parts, out, size, sha256) -> Path:
     return out
 
 
+def _packaged_gguf(model) -> Path:
+    """The .gguf of a model whose package ships it whole."""
+    package = OFFLINE[model]["package"]
+    ggufs = sorted(_module_dir(package, model).glob("*.gguf"))
+    if len(ggufs) != 1:
+        raise RuntimeError(f"{package} should hold exactly one .gguf file, found {len(ggufs)}")
+    return ggufs[0]
+
+
+def gguf_file(model) -> Path:
+    """An offline model's GGUF file itself (for tools that read GGUF natively, e.g. llama.cpp): assembled from its
+    part packages, checked, once, to <cache>/gguf/<model>.gguf."""
+    info = OFFLINE[model]
+    if "parts" not in info:
+        return _packaged_gguf(model)
+    out = cache_root() / "gguf" / f"{model}.gguf"
+    if not (out.is_file() and out.stat().st_size == info["size"]):  # a complete file only ever has the final name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        assemble_gguf(part_paths(model), out, info["size"], info["sha256"])
+    return out
+
+
 def file_sha256(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -137,10 +159,7 @@ def ensure_cached(model) -> Path:
             log.info("assembling %s from %d part packages", info["title"], len(sources))
             gguf = assemble_gguf(sources, tmp / f"{model}.gguf", info["size"], info["sha256"])
         else:
-            ggufs = sorted(_module_dir(info["package"], model).glob("*.gguf"))
-            if len(ggufs) != 1:
-                raise RuntimeError(f"{info['package']} should hold exactly one .gguf file, found {len(ggufs)}")
-            gguf = ggufs[0]
+            gguf = _packaged_gguf(model)
         log.info("converting %s to safetensors under %s (once; takes minutes)", gguf.name, final)
         m, tok = _load_gguf(gguf, torch.float32)  # float32 holds every dequantised value exactly
         m.hf_quantizer = None  # already None with dequantize=True; belt and braces for save_pretrained

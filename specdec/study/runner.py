@@ -51,7 +51,7 @@ PROMPTS, REFERENCE = Path("data/prompts"), Path("data/reference/seed_results.csv
 PROMPT_SET = "population.jsonl"
 # Tables a notebook may write beside summary.csv that the summary page shows too (the population experiment's)
 PAGE_TABLES = ("headline.csv", "subset_fixed_k.csv", "oracle.csv", "accepted_length.csv", "sampling.csv",
-               "decomposition.csv")
+               "decomposition.csv", "llama_cpp.csv")
 
 
 def checkout(start=".") -> Path:

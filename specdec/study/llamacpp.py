@@ -1,0 +1,314 @@
+"""llama.cpp as an outside reference for notebook 06, as HF assisted generation is for the others: llama.cpp's
+target alone and its own speculative decoding with the pair's draft, on the offline pair's GGUF files read natively
+(their Q4_K_M quantization, llama.cpp's own kernels), the notebook's prompts, greedy, a fixed number of new tokens
+(EOS ignored), on as many threads as torch uses.
+
+Optional, never a dependency. The binaries `llama-completion` (the target alone) and `llama-speculative-simple`
+(speculation) are looked for in $SPECDEC_LLAMA_CPP (a folder), then on the PATH: scripts/build_llama_cpp.sh builds
+both from the llama.cpp sources that the llama-cpp-python sdist vendors. Without them the `llama_cpp` Python package
+(llama-cpp-python) times the target alone only, as it ships no draft-model speculation.
+
+Each tool reports its own decode rate, which is what is compared: llama-completion's "eval time" (every token after
+the one the prompt's forward gave), llama-speculative-simple's "decoded N tokens in S seconds" (drafting and
+verification from the prompt's last token on), llama-cpp-python's tokens after the first over the time after the
+prompt's forward. Rows go to <folder>/results.jsonl (specdec.study.results), each fsynced as it is measured.
+"""
+import importlib.metadata
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import weights
+from ..models import PAIRS
+from . import results, stats
+from .prompts import encode
+
+ENV = "SPECDEC_LLAMA_CPP"  # a folder holding the llama.cpp binaries
+COMPLETION, SPECULATIVE = "llama-completion", "llama-speculative-simple"
+PYTHON = "llama-cpp-python"
+BUILD_HELP = (f"build llama.cpp's binaries with `bash scripts/build_llama_cpp.sh` (cmake and a C/C++ compiler) and "
+              f"set {ENV} to the folder it prints")
+KEY = ("tool", "mode", "draft_max", "p_min", "prompt_id", "iteration")
+COLUMNS = KEY + ("category", "run_id", "version", "threads", "max_new_tokens", "prompt_tokens", "hf_prompt_tokens",
+                 "new_tokens", "decode_tokens", "prefill_s", "decode_s", "decode_tok_s", "drafted", "accepted", "text", "status",
+                 "error", "measured_utc")
+TIMEOUT_S = 600  # one llama.cpp process: loading both models and 32 tokens take seconds
+
+
+def find() -> dict:
+    """The llama.cpp this machine has: {"binaries": {name: path}, "python": llama-cpp-python's version or None}."""
+    folder = os.environ.get(ENV)
+    binaries = {}
+    for name in (COMPLETION, SPECULATIVE):
+        path = (shutil.which(name, path=folder) if folder else None) or shutil.which(name)
+        if path:
+            binaries[name] = Path(path)
+    python = importlib.metadata.version(PYTHON) if importlib.util.find_spec("llama_cpp") else None
+    return dict(binaries=binaries, python=python)
+
+
+def plan(found) -> dict:
+    """{mode: tool} for what `found` can time: the target alone and speculation from one build of the binaries;
+    the Python package, where the binaries are missing, for the target alone."""
+    bins = found["binaries"]
+    modes = {}
+    if COMPLETION in bins:
+        modes["target_alone"] = COMPLETION
+    elif found["python"]:
+        modes["target_alone"] = PYTHON
+    if SPECULATIVE in bins and "target_alone" in modes:  # a speedup needs its baseline
+        modes["speculative"] = SPECULATIVE
+    return modes
+
+
+def describe(found) -> str:
+    """One sentence: what was found and what it can time."""
+    have = list(found["binaries"])  # names only: a folder of this machine means nothing on the published page
+    have += [f"{PYTHON} {found['python']}"] if found["python"] else []
+    modes = plan(found)
+    if not have:
+        return f"not available here (no {COMPLETION} or {SPECULATIVE} binary and no `import llama_cpp`); {BUILD_HELP}."
+    text = f"found {', '.join(have)}"
+    if "speculative" not in modes:
+        missing = SPECULATIVE if "target_alone" in modes else f"{COMPLETION} or {PYTHON}"
+        text += f"; its target alone is timed, its speculation is not (that needs {missing}: {BUILD_HELP})"
+    return text + "."
+
+
+def pair_ggufs(pair) -> tuple[Path, Path] | None:
+    """The GGUF files of a named pair's target and draft where both are offline GGUF models, else None."""
+    spec = PAIRS.get(pair, {})
+    names = (spec.get("target"), spec.get("draft"))
+    if not all(name in weights.OFFLINE for name in names):
+        return None
+    return weights.gguf_file(names[0]), weights.gguf_file(names[1])
+
+
+def version(tool, found) -> str:
+    """What built `tool`: a binary's `--version` (llama.cpp's version and commit), or the Python package's."""
+    if tool == PYTHON:
+        return f"{PYTHON} {found['python']}"
+    out = subprocess.run([str(found["binaries"][tool]), "--version"], capture_output=True, text=True, timeout=60)
+    line = re.search(r"version: (.+)", out.stdout + out.stderr)
+    return line.group(1).strip() if line else "unknown"
+
+
+def completion_command(binary, model, prompt_file, n, threads) -> list[str]:
+    """The target alone: greedy, exactly n new tokens, the prompt read as text with special tokens parsed."""
+    return [str(binary), "-m", str(model), "-f", str(prompt_file), "-n", str(n), "--ignore-eos", "--temp", "0",
+            "-t", str(threads), "-tb", str(threads), "-c", "4096", "-no-cnv", "--no-display-prompt", "--special"]
+
+
+def speculative_command(binary, target, draft, prompt_file, n, threads, draft_max, p_min) -> list[str]:
+    """llama.cpp's speculation with the draft model (`--spec-type draft-simple`): up to `draft_max` drafts a round,
+    the draft stopping early where its greedy token's probability falls below `p_min` (0: never)."""
+    return [str(binary), "-m", str(target), "-md", str(draft), "--spec-type", "draft-simple",
+            "--spec-draft-n-max", str(draft_max), "--spec-draft-n-min", "0", "--spec-draft-p-min", str(p_min),
+            "-f", str(prompt_file), "-n", str(n), "--ignore-eos", "--temp", "0",
+            "-t", str(threads), "-tb", str(threads), "-td", str(threads), "-tbd", str(threads), "-c", "4096"]
+
+
+def _number(pattern, log, cast=float):
+    found = re.search(pattern, log)
+    if found is None:
+        raise ValueError(f"llama.cpp's output has no line matching {pattern!r}; its last lines:\n{log[-1500:]}")
+    return cast(found.group(1))
+
+
+def parse_completion(log) -> dict:
+    """llama-completion's timings (llama_perf_context_print): prompt tokens, prefill and decode seconds."""
+    steps = _number(r"\beval time =\s*[\d.]+ ms /\s*(\d+) runs", log, int)  # one token each, after the first
+    return dict(prompt_tokens=_number(r"prompt eval time =\s*[\d.]+ ms /\s*(\d+) tokens", log, int),
+                prefill_s=_number(r"prompt eval time =\s*([\d.]+) ms", log) / 1e3,
+                new_tokens=steps + 1, decode_tokens=steps,
+                decode_s=_number(r"\beval time =\s*([\d.]+) ms /\s*\d+ runs", log) / 1e3)
+
+
+def parse_speculative(log) -> dict:
+    """llama-speculative-simple's summary: prompt tokens, prefill and decode seconds, drafts made and accepted."""
+    new = _number(r"decoded\s+(\d+) tokens", log, int)  # every new token, the first included
+    return dict(prompt_tokens=_number(r"encoded\s+(\d+) tokens", log, int),
+                prefill_s=_number(r"encoded\s+\d+ tokens in\s+([\d.]+) seconds", log),
+                new_tokens=new, decode_tokens=new,
+                decode_s=_number(r"decoded\s+\d+ tokens in\s+([\d.]+) seconds", log),
+                drafted=_number(r"n_drafted\s*=\s*(\d+)", log, int),
+                accepted=_number(r"n_accept\s*=\s*(\d+)", log, int))
+
+
+def run_binary(cmd, parse) -> tuple[dict, str]:
+    """Run one llama.cpp process; its parsed timings and its stdout (the text it generated)."""
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+    if out.returncode != 0:
+        raise RuntimeError(f"{Path(cmd[0]).name} exited {out.returncode}: {out.stderr[-1500:]}")
+    return parse(out.stderr + out.stdout), out.stdout
+
+
+_LOADED = {}  # llama-cpp-python models by (path, threads): loaded once per process, as a binary loads per run
+
+
+def python_target_alone(gguf, ids, n, threads) -> tuple[dict, str]:
+    """llama-cpp-python's target alone on the exact token ids: the prompt's forward, then n - 1 greedy steps."""
+    import llama_cpp  # the optional package, imported only once find() has seen it (no cycle is being dodged)
+
+    key = (str(gguf), threads)
+    if key not in _LOADED:
+        _LOADED.clear()  # one model at a time
+        _LOADED[key] = llama_cpp.Llama(str(gguf), n_ctx=4096, n_threads=threads, n_threads_batch=threads,
+                                       verbose=False)
+    llm = _LOADED[key]
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(ids)
+    middle = time.perf_counter()
+    tokens = []
+    for i in range(n):
+        tokens.append(llm.sample(temp=0.0))
+        if i < n - 1:
+            llm.eval([tokens[-1]])
+    end = time.perf_counter()
+    timing = dict(prompt_tokens=len(ids), prefill_s=middle - start, new_tokens=n, decode_tokens=n - 1,
+                  decode_s=end - middle)
+    return timing, llm.detokenize(tokens).decode("utf-8", "replace")
+
+
+def prompt_inputs(tokenizer, prompts) -> list[dict]:
+    """The notebook's prompts as llama.cpp gets them: id, category, the HF tokenizer's ids (chat template
+    included) and their text with the special tokens written out, which llama.cpp tokenizes (specials parsed)."""
+    out = []
+    for q in prompts:
+        ids = encode(tokenizer, q)
+        out.append(dict(id=q["id"], category=q["category"], ids=ids,
+                        text=tokenizer.decode(ids, skip_special_tokens=False)))
+    return out
+
+
+def prompt_file(folder, prompt_id, text) -> Path:
+    """The prompt as a file for `-f`, which drops one trailing newline: written with one more, so the binary
+    tokenizes exactly `text` (a chat prompt ends "<|im_start|>assistant\n")."""
+    path = Path(folder) / f"{prompt_id}.txt"
+    path.write_text(text + "\n")
+    return path
+
+
+def measure(tool, mode, found, ggufs, prompt, n, threads, draft_max=None, p_min=None, folder=None) -> tuple[dict, str]:
+    """One timed run: (timings, generated text). `prompt`: dict with id, ids (the HF tokenizer's) and text."""
+    target, draft = ggufs
+    if tool == PYTHON:
+        return python_target_alone(target, prompt["ids"], n, threads)
+    file = prompt_file(folder, prompt["id"], prompt["text"])
+    if mode == "target_alone":
+        return run_binary(completion_command(found["binaries"][tool], target, file, n, threads), parse_completion)
+    timing, out = run_binary(speculative_command(found["binaries"][tool], target, draft, file, n, threads, draft_max,
+                                                 p_min), parse_speculative)
+    return timing, out.split(prompt["text"], 1)[-1]  # it echoes the prompt before the new text
+
+
+def cells(found, drafts) -> list[dict]:
+    """What to time: the target alone, and speculation at each (draft_max, p_min) of `drafts`, where it can be."""
+    modes = plan(found)
+    out = [dict(tool=modes["target_alone"], mode="target_alone")] if "target_alone" in modes else []
+    if "speculative" in modes:
+        out += [dict(tool=SPECULATIVE, mode="speculative", draft_max=int(m), p_min=float(p)) for m, p in drafts]
+    return out
+
+
+def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=0, params=None) -> pd.DataFrame:
+    """Time every cell on every prompt, `iterations` times, each iteration in its own seeded shuffled order, after
+    one untimed run of each tool (page-in). A (cell, prompt, iteration) already recorded ok is kept, not re-run; a
+    failing run is recorded with its error and the sweep goes on. `prompts`: dicts with id, category, ids, text."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / results.RESULTS
+    results.end_torn_line(path)
+    done = results.done_keys(results.read_rows(path), KEY)
+    todo = cells(found, drafts)
+    versions = {c["tool"]: version(c["tool"], found) for c in todo}
+    run_id = results.start_run(folder, **(params or {}), llama_cpp=versions, ggufs=[Path(g).name for g in ggufs],
+                               threads=threads, max_new_tokens=n, drafts=drafts, iterations=iterations, seed=seed)
+    rng = np.random.default_rng([seed, 19])
+    with tempfile.TemporaryDirectory() as tmp:
+        for cell in {c["tool"]: c for c in todo}.values():  # warm-up: the GGUF files into the page cache
+            measure(**cell, found=found, ggufs=ggufs, prompt=prompts[0], n=4, threads=threads, folder=tmp)
+        for iteration in range(iterations):
+            order = [(c, q) for c in todo for q in prompts]
+            for i in rng.permutation(len(order)):
+                cell, q = order[i]
+                row = dict(cell, draft_max=cell.get("draft_max"), p_min=cell.get("p_min"), prompt_id=q["id"],
+                           iteration=iteration)
+                if tuple(row[c] for c in KEY) in done:
+                    continue
+                row.update(category=q["category"], run_id=run_id, version=versions[cell["tool"]], threads=threads,
+                           max_new_tokens=n, hf_prompt_tokens=len(q["ids"]), measured_utc=results.now())
+                try:
+                    timing, text = measure(**cell, found=found, ggufs=ggufs, prompt=q, n=n, threads=threads,
+                                           folder=tmp)
+                    row.update(timing, text=text, status="ok", decode_tok_s=timing["decode_tokens"] / timing["decode_s"])
+                except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as e:
+                    row.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000])
+                results.append_row(path, row, COLUMNS)
+    return pd.DataFrame(results.read_rows(path))
+
+
+def summary(rows, seed=0) -> pd.DataFrame:
+    """One line per cell, on the prompts llama.cpp's target alone ran: decode tok/s (geometric mean over prompts of
+    each prompt's mean); for speculation, its speedup over that target alone with a 95% interval over prompts
+    (stats.geomean_speedup), acceptance (accepted / drafted), and on how many prompts its text is the target
+    alone's (one a prefix of the other: speculation may run past n)."""
+    ok = rows[rows["status"] == "ok"]
+    base = ok[ok["mode"] == "target_alone"]
+    ref, ref_text = base.groupby("prompt_id")["decode_tok_s"].apply(list), base.groupby("prompt_id")["text"].first()
+    lines = []
+    for (tool, mode, dmax, pmin), g in ok.groupby(["tool", "mode", "draft_max", "p_min"], dropna=False, sort=False):
+        g = g[g["prompt_id"].isin(ref.index)]
+        runs = g.groupby("prompt_id", sort=False)
+        line = dict(tool=tool, mode=mode, draft_max=dmax, p_min=pmin, prompts=runs.ngroups,
+                    decode_tok_s=float(np.exp(np.log(runs["decode_tok_s"].mean()).mean())), speedup=np.nan,
+                    speedup_lo=np.nan, speedup_hi=np.nan, acceptance=np.nan, identical=np.nan,
+                    version=g["version"].iloc[0])
+        if mode != "target_alone":  # the reference itself has none of these
+            e = stats.geomean_speedup([(r["decode_tok_s"], ref[p]) for p, r in runs],
+                                      [r["category"].iloc[0] for _, r in runs], seed)
+            line.update(speedup=e.est, speedup_lo=e.lo, speedup_hi=e.hi,
+                        acceptance=g["accepted"].sum() / g["drafted"].sum(),
+                        identical=sum(_same_text(r["text"].iloc[0], ref_text[p]) for p, r in runs))
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def _same_text(a, b) -> bool:
+    a, b = str(a).rstrip(), str(b).rstrip()
+    return a.startswith(b) or b.startswith(a)
+
+
+def cell_label(r) -> str:
+    """A speculative cell's name: K=3 for a fixed K (p-min 0), else its draft maximum and p-min."""
+    return f"K={r.draft_max:.0f}" if not r.p_min else f"up to {r.draft_max:.0f} drafts, p-min {r.p_min:g}"
+
+
+def readout(found, ggufs, table, device_type, specdec_table) -> str:
+    """The notebook's sentences on llama.cpp: what was timed and how it compares, or why nothing was."""
+    if found is None or not (found["binaries"] or found["python"]):
+        return describe(found or dict(binaries={}, python=None)) + " "
+    if device_type != "cpu":
+        return f"{describe(found)} Not timed on a {device_type} target (llama.cpp's builds here are CPU builds). "
+    if ggufs is None:
+        return f"{describe(found)} Not timed: this pair has no GGUF files (the offline pair, qwen2.5-coder, has). "
+    alone = table[table["mode"] == "target_alone"].iloc[0]
+    best = specdec_table.loc[specdec_table["target_alone_tok_s"].idxmax()]
+    text = (f"{describe(found)} Timed ({alone['version']}) on {ggufs[0].name} + {ggufs[1].name}, "
+            f"{alone['step_gb']:.3g} GB read per target step: its target alone {alone['decode_tok_s']:.2f} tok/s "
+            f"(specdec's fastest target alone here: {best['precision']}, {best['target_alone_tok_s']:.2f} tok/s). ")
+    for r in table[table["mode"] == "speculative"].itertuples():
+        text += (f"Its speculation, {cell_label(r)}: {r.decode_tok_s:.2f} tok/s, "
+                 + stats.versus_one("it", (r.speedup, r.speedup_lo, r.speedup_hi), "its target alone")
+                 + f", {100 * r.acceptance:.0f}% of drafts accepted, its text the same as its target alone's on "
+                 f"{r.identical:.0f} of {r.prompts} prompts. ")
+    return text

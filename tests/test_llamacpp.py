@@ -1,0 +1,205 @@
+"""llama.cpp as notebook 06's outside reference (specdec.study.llamacpp), without llama.cpp: stand-in binaries
+print what the real ones print (lines copied from llama.cpp 0.5.0-dev, commit 0c1e570, run on this project's GGUF
+pair), so finding, command lines, parsing, the sweep's resume and failure handling, and the summary are tested
+wherever the suite runs. The figure with llama.cpp's points and the GGUF assembly for it are tested here too."""
+import hashlib
+import json
+import stat
+import sys
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from specdec import weights
+from specdec.study import llamacpp, plots_precision
+
+matplotlib.use("Agg")
+
+COMPLETION_LOG = """0.02.175.139 I common_perf_print: prompt eval time =     619.76 ms /    99 tokens (    6.26 ms per token,   159.74 tokens per second)
+0.02.175.152 I common_perf_print:        eval time =     732.81 ms /    31 runs   (   23.64 ms per token,    42.30 tokens per second)
+"""
+SPECULATIVE_LOG = """0.03.669.206 I encoded   99 tokens in    0.929 seconds, speed:  106.557 t/s
+0.03.669.223 I decoded   33 tokens in    1.495 seconds, speed:   22.080 t/s
+0.03.669.246 I n_draft   = 3
+0.03.669.257 I n_predict = 33
+0.03.669.268 I n_drafted = 28
+0.03.669.280 I n_accept  = 23
+"""
+# A stand-in for both binaries: it records its arguments and the prompt file it got, echoes the prompt as the
+# speculative binary does, prints a generated text and the timing lines, and fails where FAIL_ON names the prompt.
+FAKE = r'''#!{python}
+import json, os, sys
+args = sys.argv[1:]
+if args == ["--version"]:
+    print("version: 0.5.0-dev (build 1, commit 0c1e570)", file=sys.stderr); sys.exit(0)
+prompt = open(args[args.index("-f") + 1]).read()
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(json.dumps(dict(tool=os.path.basename(sys.argv[0]), args=args, prompt=prompt)) + "\n")
+if os.environ.get("FAIL_ON") and os.environ["FAIL_ON"] in prompt:
+    print("error: out of memory", file=sys.stderr); sys.exit(1)
+speculative = "-md" in args
+print(("\n\n" + prompt[:-1] if speculative else "") + "the answer is 42" + ("\n\n" if speculative else ""))
+print({log!r}, file=sys.stderr)
+'''
+
+
+def fake_binaries(folder, names=(llamacpp.COMPLETION, llamacpp.SPECULATIVE)):
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        log = SPECULATIVE_LOG if name == llamacpp.SPECULATIVE else COMPLETION_LOG
+        path = folder / name
+        path.write_text(FAKE.replace("{python}", sys.executable).replace("{log!r}", repr(log)))
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return folder
+
+
+@pytest.fixture
+def fakes(tmp_path, monkeypatch):
+    """Stand-in binaries in $SPECDEC_LLAMA_CPP, no llama.cpp on the PATH, no Python package."""
+    monkeypatch.setenv(llamacpp.ENV, str(fake_binaries(tmp_path / "bin")))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "calls.jsonl"))
+    monkeypatch.setattr(llamacpp.importlib.util, "find_spec", lambda name: None)
+    return tmp_path
+
+
+PROMPTS = [dict(id="p1", category="code", ids=[1, 2, 3], text="<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"),
+           dict(id="p2", category="qa", ids=[4, 5], text="Why is the sky blue?")]
+GGUFS = ("target.gguf", "draft.gguf")
+
+
+def calls(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+
+
+def test_parsers_read_llama_cpps_own_lines():
+    assert llamacpp.parse_completion(COMPLETION_LOG) == dict(prompt_tokens=99, prefill_s=pytest.approx(0.61976),
+                                                             new_tokens=32, decode_tokens=31,
+                                                             decode_s=pytest.approx(0.73281))
+    got = llamacpp.parse_speculative(SPECULATIVE_LOG)
+    assert got == dict(prompt_tokens=99, prefill_s=0.929, new_tokens=33, decode_tokens=33, decode_s=1.495,
+                       drafted=28, accepted=23)
+    with pytest.raises(ValueError, match="n_drafted"):  # another version's output is refused, not misread
+        llamacpp.parse_speculative(SPECULATIVE_LOG.replace("n_drafted", "drafted"))
+
+
+def test_find_and_plan(fakes, monkeypatch):
+    found = llamacpp.find()
+    assert set(found["binaries"]) == {llamacpp.COMPLETION, llamacpp.SPECULATIVE} and found["python"] is None
+    assert llamacpp.plan(found) == dict(target_alone=llamacpp.COMPLETION, speculative=llamacpp.SPECULATIVE)
+    # the Python package alone: the target alone only, and the sentence says what is missing and how to build it
+    python_only = dict(binaries={}, python="0.3.36")
+    assert llamacpp.plan(python_only) == dict(target_alone=llamacpp.PYTHON)
+    assert "speculation is not" in llamacpp.describe(python_only) and "build_llama_cpp.sh" in llamacpp.describe(python_only)
+    # speculation without any target alone is not timed: it would have no baseline
+    assert llamacpp.plan(dict(binaries={llamacpp.SPECULATIVE: "x"}, python=None)) == {}
+    monkeypatch.setenv(llamacpp.ENV, str(fakes / "nowhere"))
+    nothing = llamacpp.find()
+    assert nothing == dict(binaries={}, python=None) and "not available" in llamacpp.describe(nothing)
+
+
+def test_commands_are_greedy_fixed_length_and_name_the_draft_settings():
+    alone = llamacpp.completion_command("bin", "t.gguf", "p.txt", 32, 2)
+    spec = llamacpp.speculative_command("bin", "t.gguf", "d.gguf", "p.txt", 32, 2, 3, 0.0)
+    for cmd in (alone, spec):
+        assert cmd[cmd.index("-n") + 1] == "32" and "--ignore-eos" in cmd and cmd[cmd.index("--temp") + 1] == "0"
+        assert cmd[cmd.index("-t") + 1] == "2"
+    assert "-no-cnv" in alone and "-md" not in alone
+    assert spec[spec.index("--spec-type") + 1] == "draft-simple" and spec[spec.index("-md") + 1] == "d.gguf"
+    assert spec[spec.index("--spec-draft-n-max") + 1] == "3" and spec[spec.index("--spec-draft-p-min") + 1] == "0.0"
+
+
+def test_sweep_times_every_cell_keeps_finished_ones_and_records_failures(fakes, monkeypatch):
+    found = llamacpp.find()
+    drafts = [[3, 0.0], [16, 0.75]]
+    monkeypatch.setenv("FAIL_ON", "sky")  # every run on p2 fails
+    rows = llamacpp.sweep(fakes / "out", found, GGUFS, PROMPTS, drafts, 32, 2, iterations=2, seed=0)
+    assert len(rows) == 3 * 2 * 2 and set(rows["status"]) == {"ok", "failed"}
+    failed = rows[rows["status"] == "failed"]
+    assert set(failed["prompt_id"]) == {"p2"} and failed["error"].str.contains("out of memory").all()
+    ok = rows[rows["status"] == "ok"]
+    alone, spec = ok[ok["mode"] == "target_alone"], ok[ok["mode"] == "speculative"]
+    assert np.allclose(alone["decode_tok_s"], 31 / 0.73281) and alone["drafted"].isna().all()
+    assert np.allclose(spec["decode_tok_s"], 33 / 1.495) and (spec["accepted"] == 23).all()
+    assert set(zip(spec["draft_max"], spec["p_min"])) == {(3, 0.0), (16, 0.75)}
+    assert (ok["text"].str.rstrip() == "the answer is 42").all()  # the speculative binary's prompt echo is cut off
+    assert (ok["hf_prompt_tokens"] == 3).all() and (ok["version"] == "0.5.0-dev (build 1, commit 0c1e570)").all()
+    # the binary read exactly the prompt's text: -f drops one trailing newline, so the file carries one more
+    timed = [c for c in calls(fakes) if c["args"][c["args"].index("-n") + 1] == "32"]
+    assert {c["prompt"][:-1] for c in timed} == {q["text"] for q in PROMPTS}
+    # rerun: only the failed cells are tried again
+    monkeypatch.delenv("FAIL_ON")
+    before = len(calls(fakes))
+    rows = llamacpp.sweep(fakes / "out", found, GGUFS, PROMPTS, drafts, 32, 2, iterations=2, seed=0)
+    retried = calls(fakes)[before:]
+    assert len([c for c in retried if c["args"][c["args"].index("-n") + 1] == "32"]) == len(failed)
+    assert (rows.groupby(list(llamacpp.KEY), dropna=False)["status"].apply(lambda s: (s == "ok").any())).all()
+
+
+def test_summary_compares_each_cell_with_llama_cpps_own_target_alone():
+    def row(mode, prompt, tok_s, text, dmax=None, p_min=None, drafted=None, accepted=None):
+        return dict(tool="t", mode=mode, draft_max=dmax, p_min=p_min, prompt_id=prompt, category="c", iteration=0,
+                    decode_tok_s=tok_s, text=text, drafted=drafted, accepted=accepted, status="ok", version="v")
+    rows = pd.DataFrame([row("target_alone", "a", 40.0, "x y"), row("target_alone", "b", 30.0, "u v"),
+                         row("speculative", "a", 20.0, "x y z", 3, 0.0, 30, 15),
+                         row("speculative", "b", 30.0, "u w", 3, 0.0, 10, 5),
+                         row("speculative", "c", 99.0, "orphan", 3, 0.0, 10, 10)])  # no baseline: not paired
+    table = llamacpp.summary(rows).set_index("mode")
+    spec = table.loc["speculative"]
+    assert spec["speedup"] == pytest.approx(np.sqrt(0.5 * 1.0)) and spec["prompts"] == 2
+    assert spec["speedup_lo"] <= spec["speedup"] <= spec["speedup_hi"]
+    assert spec["acceptance"] == pytest.approx(25 / 50) and spec["identical"] == 1
+    assert table.loc["target_alone", "decode_tok_s"] == pytest.approx(np.sqrt(40 * 30))
+    assert spec["decode_tok_s"] == pytest.approx(np.sqrt(20 * 30))  # the orphan prompt left out here too
+    assert np.isnan(table.loc["target_alone", "speedup"])
+    assert llamacpp.cell_label(next(table.loc[["speculative"]].itertuples())) == "K=3"
+
+
+def test_readout_says_why_nothing_was_timed():
+    nothing = dict(binaries={}, python=None)
+    assert "build_llama_cpp.sh" in llamacpp.readout(nothing, None, None, "cpu", None)
+    found = dict(binaries={llamacpp.COMPLETION: "x", llamacpp.SPECULATIVE: "y"}, python=None)
+    assert "cuda target" in llamacpp.readout(found, None, None, "cuda", None)
+    assert "no GGUF files" in llamacpp.readout(found, None, None, "cpu", None)
+
+
+def test_pair_ggufs_only_for_offline_gguf_pairs(monkeypatch):
+    assert llamacpp.pair_ggufs("gpt2") is None and llamacpp.pair_ggufs("no-such-pair") is None
+    monkeypatch.setattr(weights, "gguf_file", lambda model: model)
+    assert llamacpp.pair_ggufs("qwen2.5-coder") == ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b")
+
+
+def test_gguf_file_is_assembled_once_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    parts = [tmp_path / f"part{i}.bin" for i in (1, 2)]
+    for p, data in zip(parts, (b"GGUF" + b"a" * 10, b"b" * 7)):
+        p.write_bytes(data)
+    whole = b"GGUF" + b"a" * 10 + b"b" * 7
+    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(weights.OFFLINE, "toy", dict(title="toy", parts=("toy_part", 2), size=len(whole),
+                                                     sha256=hashlib.sha256(whole).hexdigest()))
+    monkeypatch.setattr(weights, "part_paths", lambda model: parts)
+    out = weights.gguf_file("toy")
+    assert out == tmp_path / "cache" / "gguf" / "toy.gguf" and out.read_bytes() == whole
+    first = out.stat().st_mtime_ns
+    assert weights.gguf_file("toy").stat().st_mtime_ns == first  # not assembled again
+    out.write_bytes(whole[:5])  # truncated: rebuilt, checked
+    assert weights.gguf_file("toy").read_bytes() == whole
+    parts[1].write_bytes(b"c" * 7)  # same size, other bytes: refused by its SHA-256, nothing left behind
+    out.unlink()
+    with pytest.raises(ValueError, match="SHA-256"):
+        weights.gguf_file("toy")
+    assert not out.exists()
+
+
+def test_the_figure_draws_llama_cpps_points_beside_specdecs():
+    table = pd.DataFrame(dict(precision=["float32", "int4"], step_gb=[6.2, 0.8], speedup=[1.7, 1.0],
+                              speedup_lo=[1.4, 0.95], speedup_hi=[2.0, 1.1], verify_ratio_5=[1.1, 2.6]))
+    curves = pd.DataFrame(dict(precision=["float32"] * 2 + ["int4"] * 2, tokens=[1, 5] * 2, ratio=[1, 1.1, 1, 2.6]))
+    llama = pd.DataFrame(dict(label=["K=3"], step_gb=[1.1], speedup=[0.55], speedup_lo=[0.5], speedup_hi=[0.6]))
+    fig = plots_precision.precision_figure(table, curves, "t", llama=llama)
+    left = fig.axes[0]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else left.get_legend_handles_labels()[1]
+    assert "llama.cpp, K=3" in labels and "specdec auto, int4" in labels
+    assert any(t.get_text() == "2.60x" for t in left.texts)  # each precision's verify-cost ratio beside its point
