@@ -130,6 +130,20 @@ def test_calibrate_prints_its_choices_and_warns_beside_a_busy_process(capsys):
     assert capsys.readouterr().out.strip().splitlines() == lines  # printed as it went
 
 
+def test_calibrate_warns_of_load_while_measuring_only_when_it_measured(monkeypatch):
+    monkeypatch.setattr(calibrate, "others_cpu", lambda: 0.0)  # idle before each run
+    load = {"cores": 0.0}
+    monkeypatch.setattr(calibrate, "others_since", lambda clock: load["cores"])
+    assert "warning" not in "\n".join(calibrate.run("tiny-llama"))  # measured while idle
+    load["cores"] = 5.0
+    for kind in calibration.LEDGER.values():  # as in a new process: its ledger knows only what it measured
+        kind.clear()
+    cached = "\n".join(calibrate.run("tiny-llama"))  # busy, but all from the cache: nothing to spoil
+    assert " 0 entries measured now" in cached and "warning" not in cached
+    forced = "\n".join(calibrate.run("tiny-llama", force=True))  # measured under that load: said
+    assert " 0 entries measured now" not in forced and "warning: while it measured" in forced
+
+
 def test_a_sweep_records_the_calibration_of_its_rows(tmp_path):
     from specdec.study import bench, results
     pair = load_pair("tiny-llama")
