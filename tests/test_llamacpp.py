@@ -6,6 +6,7 @@ import hashlib
 import json
 import stat
 import sys
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -203,3 +204,50 @@ def test_the_figure_draws_llama_cpps_points_beside_specdecs():
     labels = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else left.get_legend_handles_labels()[1]
     assert "llama.cpp, K=3" in labels and "specdec auto, int4" in labels
     assert any(t.get_text() == "2.60x" for t in left.texts)  # each precision's verify-cost ratio beside its point
+
+
+def test_readout_and_summary_when_runs_failed_or_a_binary_is_missing():
+    found = dict(binaries={llamacpp.COMPLETION: "x", llamacpp.SPECULATIVE: "y"}, python=None)
+    failed = pd.DataFrame([dict(tool=llamacpp.COMPLETION, mode="target_alone", draft_max=None, p_min=None,
+                                prompt_id="a", category="c", iteration=0, decode_tok_s=None, text=None,
+                                drafted=None, accepted=None, status="failed", version="v")])
+    table = llamacpp.summary(failed)
+    assert table.empty and "mode" in table.columns  # the notebook can still select from it
+    assert "runs failed" in llamacpp.readout(found, (Path("t.gguf"), Path("d.gguf")), table, "cpu", None)
+    only_spec = dict(binaries={llamacpp.SPECULATIVE: "y"}, python=None)
+    said = llamacpp.readout(only_spec, (Path("t.gguf"), Path("d.gguf")), None, "cpu", None)
+    assert "nothing of it is timed" in said and llamacpp.COMPLETION in said
+
+
+class FakeLlama:
+    """llama_cpp.Llama's surface that python_target_alone uses: eval, sample (greedy), reset, detokenize."""
+    loads = 0
+
+    def __init__(self, path, **kw):
+        FakeLlama.loads += 1
+        self.evaluated = []
+
+    def reset(self):
+        self.evaluated = []
+
+    def eval(self, ids):
+        self.evaluated += list(ids)
+
+    def sample(self, temp):
+        assert temp == 0.0
+        return len(self.evaluated)  # a deterministic "next token"
+
+    def detokenize(self, tokens):
+        return " ".join(map(str, tokens)).encode()
+
+
+def test_the_python_package_times_the_target_alone_on_the_exact_ids(monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", type(sys)("llama_cpp"))
+    sys.modules["llama_cpp"].Llama = FakeLlama
+    llamacpp._LOADED.clear()
+    timing, text = llamacpp.python_target_alone("t.gguf", [7, 8, 9], 4, 2)
+    # the prompt's forward gives the first token; each later one needs the one before evaluated
+    assert text == "3 4 5 6" and timing["new_tokens"] == 4 and timing["decode_tokens"] == 3
+    assert timing["prompt_tokens"] == 3 and timing["decode_s"] >= 0 and timing["prefill_s"] >= 0
+    llamacpp.python_target_alone("t.gguf", [1], 2, 2)
+    assert FakeLlama.loads == 1  # loaded once, reset between prompts

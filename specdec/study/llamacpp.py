@@ -40,6 +40,8 @@ KEY = ("tool", "mode", "draft_max", "p_min", "prompt_id", "iteration")
 COLUMNS = KEY + ("category", "run_id", "version", "threads", "max_new_tokens", "prompt_tokens", "hf_prompt_tokens",
                  "new_tokens", "decode_tokens", "prefill_s", "decode_s", "decode_tok_s", "drafted", "accepted", "text", "status",
                  "error", "measured_utc")
+SUMMARY_COLUMNS = ("tool", "mode", "draft_max", "p_min", "prompts", "decode_tok_s", "speedup", "speedup_lo",
+                   "speedup_hi", "acceptance", "identical", "version")
 TIMEOUT_S = 600  # one llama.cpp process: loading both models and 32 tokens take seconds
 
 
@@ -77,9 +79,10 @@ def describe(found) -> str:
     if not have:
         return f"not available here (no {COMPLETION} or {SPECULATIVE} binary and no `import llama_cpp`); {BUILD_HELP}."
     text = f"found {', '.join(have)}"
-    if "speculative" not in modes:
-        missing = SPECULATIVE if "target_alone" in modes else f"{COMPLETION} or {PYTHON}"
-        text += f"; its target alone is timed, its speculation is not (that needs {missing}: {BUILD_HELP})"
+    if "target_alone" not in modes:
+        text += f"; nothing of it is timed: a target alone, which speculation is compared with, needs {COMPLETION} or {PYTHON} ({BUILD_HELP})"
+    elif "speculative" not in modes:
+        text += f"; its target alone is timed, its speculation is not (that needs {SPECULATIVE}: {BUILD_HELP})"
     return text + "."
 
 
@@ -268,6 +271,8 @@ def summary(rows, seed=0) -> pd.DataFrame:
     lines = []
     for (tool, mode, dmax, pmin), g in ok.groupby(["tool", "mode", "draft_max", "p_min"], dropna=False, sort=False):
         g = g[g["prompt_id"].isin(ref.index)]
+        if g.empty:  # no prompt of this cell has a target alone to compare with
+            continue
         runs = g.groupby("prompt_id", sort=False)
         line = dict(tool=tool, mode=mode, draft_max=dmax, p_min=pmin, prompts=runs.ngroups,
                     decode_tok_s=float(np.exp(np.log(runs["decode_tok_s"].mean()).mean())), speedup=np.nan,
@@ -280,7 +285,7 @@ def summary(rows, seed=0) -> pd.DataFrame:
                         acceptance=g["accepted"].sum() / g["drafted"].sum(),
                         identical=sum(_same_text(r["text"].iloc[0], ref_text[p]) for p, r in runs))
         lines.append(line)
-    return pd.DataFrame(lines)
+    return pd.DataFrame(lines, columns=SUMMARY_COLUMNS)
 
 
 def _same_text(a, b) -> bool:
@@ -301,6 +306,10 @@ def readout(found, ggufs, table, device_type, specdec_table) -> str:
         return f"{describe(found)} Not timed on a {device_type} target (llama.cpp's builds here are CPU builds). "
     if ggufs is None:
         return f"{describe(found)} Not timed: this pair has no GGUF files (the offline pair, qwen2.5-coder, has). "
+    if "target_alone" not in plan(found):
+        return describe(found) + " "
+    if table is None or not (table["mode"] == "target_alone").any():
+        return f"{describe(found)} Nothing could be timed: its runs failed (see llama_cpp/results.jsonl). "
     alone = table[table["mode"] == "target_alone"].iloc[0]
     best = specdec_table.loc[specdec_table["target_alone_tok_s"].idxmax()]
     text = (f"{describe(found)} Timed ({alone['version']}) on {ggufs[0].name} + {ggufs[1].name}, "
