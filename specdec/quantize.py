@@ -1,6 +1,6 @@
 """Weight-only quantization of a loaded HF causal LM on CPU, with torch's own kernels: the precision axis.
 
-    model = quantize(model, "int8")                 # per-output-channel int8, float32 activations
+    model = quantize(model, "int8")                 # per-output-channel int8, bfloat16 activations (ACT)
     model = quantize(model, "int4", group_size=64)  # groupwise asymmetric int4 (gpt-fast's recipe)
     pair = quantize_pair(load_pair("qwen2.5-coder"), "int8")   # the target only; the draft stays as it was
 

@@ -29,6 +29,7 @@ import pandas as pd
 from .. import weights
 from ..models import PAIRS
 from . import results, stats
+from .population import geomean
 from .prompts import encode
 
 ENV = "SPECDEC_LLAMA_CPP"  # a folder holding the llama.cpp binaries
@@ -275,7 +276,7 @@ def summary(rows, seed=0) -> pd.DataFrame:
             continue
         runs = g.groupby("prompt_id", sort=False)
         line = dict(tool=tool, mode=mode, draft_max=dmax, p_min=pmin, prompts=runs.ngroups,
-                    decode_tok_s=float(np.exp(np.log(runs["decode_tok_s"].mean()).mean())), speedup=np.nan,
+                    decode_tok_s=geomean(runs["decode_tok_s"].mean()), speedup=np.nan,
                     speedup_lo=np.nan, speedup_hi=np.nan, acceptance=np.nan, identical=np.nan,
                     version=g["version"].iloc[0])
         if mode != "target_alone":  # the reference itself has none of these
