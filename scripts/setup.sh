@@ -14,6 +14,9 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 # Every other dependency comes from pyproject.toml: the engine, the study extra, the test extra (environment.yml lists the same ones), so the three agree.
 "$PY" -m pip install -q -e ".[study,test]"
+# specdec's quantized linear kernel (C++, built against this torch into the cache folder); where it cannot be
+# built, this says why and torch's int4/int8 kernels serve quantized models.
+"$PY" -m specdec.qkernel
 pairs=("$@")
 [ ${#pairs[@]} -eq 0 ] && pairs=(qwen2.5-coder smollm2-135m)
 if [ "${pairs[0]}" != "none" ]; then

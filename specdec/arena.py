@@ -18,7 +18,8 @@ import inspect
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, get_layer_types_and_kwargs
 
-SERVED_ATTENTION = ("eager", "sdpa")
+ROWWISE = "specdec_rowwise"  # specdec.attention's row-invariant SDPA (boolean masks, as SDPA)
+SERVED_ATTENTION = ("eager", "sdpa", ROWWISE)
 SERVED_LAYERS = ("full_attention", "sliding_attention")
 
 

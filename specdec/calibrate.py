@@ -8,10 +8,11 @@ import torch
 
 from . import calibration
 from .linear import PLANS, mode as linear_mode, plan_key, plan_ranges, weights_by_shape
-from .machine import BUSY_CORES, cache_root, cpu_clock, others_cpu, others_since
+from .machine import BUSY_CORES, measurement_root, cpu_clock, others_cpu, others_since
 from .models import load_pair
 from .costs import DENSE, cached_costs, measure_costs, padded_rows
 from .policy import resolve
+from .quantize import QUANTIZED, kernel_report, kernel_table, precision_label
 
 def busy_warning(when, used) -> str | None:
     if used > BUSY_CORES:
@@ -25,7 +26,7 @@ def measured_busy(entry) -> bool:
     return bool(entry and entry.get("busy")) and not calibration.busy_now(max_age=0)
 
 
-def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft_dtype=None) -> list[str]:
+def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft_dtype=None, precision=None) -> list[str]:
     """Measure and report; returns the report's lines (also printed as they come)."""
     lines = []
     say = lambda line: (lines.append(line), print(line, flush=True))
@@ -33,12 +34,17 @@ def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft
     if before:
         say(before)
     start = time.perf_counter()
-    pair = load_pair(pair_name, device=device, dtype=dtype, draft_dtype=draft_dtype)
+    pair = load_pair(pair_name, device=device, dtype=dtype, draft_dtype=draft_dtype, precision=precision)
     loaded = time.perf_counter() - start
     models = [m for m in (pair.target, pair.draft) if m is not None]
-    say(f"calibration of {pair_name} on {plan_key()} (cache: {cache_root()})")
-    say(f"models loaded in {loaded:.1f} s: target {str(pair.dtype).removeprefix('torch.')}, draft "
-        f"{str(pair.draft_dtype).removeprefix('torch.') if pair.draft is not None else 'none'}")
+    say(f"calibration of {pair_name} on {plan_key()} (cache: {measurement_root()})")
+    name = lambda m, dt: precision_label(m) or str(dt).removeprefix("torch.")
+    say(f"models loaded in {loaded:.1f} s: target {name(pair.target, pair.dtype)}, draft "
+        f"{name(pair.draft, pair.draft_dtype) if pair.draft is not None else 'none'}")
+    if precision in QUANTIZED:
+        say(f"  quantized linears: {kernel_report()}")
+        for line in kernel_table([pair.target, pair.draft]):
+            say("  " + line)
     start, clock = time.perf_counter(), cpu_clock()
     if linear_mode() == "auto":
         for key, weight in weights_by_shape(models).items():

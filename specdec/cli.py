@@ -14,9 +14,10 @@ import torch
 
 from . import calibrate
 from .engine import VERIFY_MODES, generate
-from .machine import cache_root
+from .machine import measurement_root
 from .models import PAIRS, load_pair
 from .policy import MAX_K
+from .quantize import PRECISIONS
 
 DRAFTERS = ("model", "prompt_lookup", "none")
 
@@ -77,6 +78,9 @@ def parser():
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto")
     g.add_argument("--draft-dtype", default="auto", help="auto: float32 or bfloat16, whichever is faster here")
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="the target's weights: a float dtype, or int8/int4 (CPU; the draft then at its fastest "
+                        "precision here, specdec's quantized kernel where it is built)")
     c = sub.add_parser("calibrate", help="measure this machine's linear plans and auto-K costs for a pair")
     c.add_argument("--pair", default="qwen2.5-coder", help=f"a named pair (default: %(default)s): {', '.join(PAIRS)}")
     c.add_argument("--batch", default="1", help="batch sizes for auto's cost curves, e.g. 1,2,4 (default: 1)")
@@ -84,6 +88,8 @@ def parser():
     c.add_argument("--threads", type=positive_int, help="torch threads (plans hold per thread count; default: torch's)")
     c.add_argument("--device", default="auto")
     c.add_argument("--dtype", default="auto")
+    c.add_argument("--precision", choices=PRECISIONS, help="calibrate the pair at this precision (int8/int4: which "
+                                                           "kernel serves each shape, timed, and the draft's precision)")
     return p
 
 
@@ -97,7 +103,7 @@ def calibrate_main(args, p):
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
-    calibrate.run(args.pair, batches, args.force, args.device, args.dtype)
+    calibrate.run(args.pair, batches, args.force, args.device, args.dtype, precision=args.precision)
     return 0
 
 
@@ -180,7 +186,7 @@ def duration(seconds) -> str:
 def cache_state():
     """The measurement caches (linear plans, auto-K costs, draft dtype) change only when something
     was measured: comparing them before and after tells a first run from a later one."""
-    return {p.name: p.stat().st_mtime_ns for p in cache_root().glob("*.json")}
+    return {p.name: p.stat().st_mtime_ns for p in measurement_root().glob("*.json")}
 
 
 def summary(s, args, ttft) -> str:
@@ -203,10 +209,10 @@ def summary(s, args, ttft) -> str:
 
 def setup_line(load_s, calibration_s, measured_in_load, measured_in_generate) -> str:
     if not (measured_in_load or measured_in_generate):
-        return f"[load {duration(load_s)}; calibration reused from {cache_root()}]"
+        return f"[load {duration(load_s)}; calibration reused from {measurement_root()}]"
     load = f"load {duration(load_s)}" + (" (with measuring the draft's dtype)" if measured_in_load else "")
     return (f"[first run of these models on this machine: {load}, calibration {duration(calibration_s)} "
-            f"(cached in {cache_root()}: later runs skip it)]")
+            f"(cached in {measurement_root()}: later runs skip it)]")
 
 
 def main(argv=None):
@@ -225,7 +231,7 @@ def main(argv=None):
     before, start = cache_state(), time.perf_counter()
     try:
         pair = load_pair(args.pair or args.target, args.draft if args.target else None,
-                         device=args.device, dtype=args.dtype, draft_dtype=args.draft_dtype)
+                         device=args.device, dtype=args.dtype, draft_dtype=args.draft_dtype, precision=args.precision)
     except (ValueError, RuntimeError) as e:
         p.error(str(e))
     load_s, loaded = time.perf_counter() - start, cache_state()

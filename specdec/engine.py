@@ -137,8 +137,7 @@ class Decoder:
     def run(self) -> Result:
         synchronize(self.device)
         start = time.perf_counter()
-        self.prefill()
-        decode_start = time.perf_counter()  # prefill's own read of the device waited for it: no extra sync
+        decode_start = self.prefill()
         while not all(self.done):
             self.step()
         synchronize(self.device)
@@ -147,7 +146,9 @@ class Decoder:
             self.streamer.end()
         return Result(self.out, dict(self.stats(end - start), decode_seconds=end - decode_start))
 
-    def prefill(self):
+    def prefill(self) -> float:
+        """The target's prefill and first token, and the drafter's prefill; returns when the target's part ended:
+        where decode time starts. The draft's prefill is a cost only speculation pays, so decode time charges it."""
         with self.prof.phase("prefill"):
             prompts = self.seq[:, : max(self.prompt_lengths)]
             # Logits only at the positions some row's prompt ends (a long prompt's other positions
@@ -158,13 +159,18 @@ class Decoder:
             column = torch.tensor([ends.index(p - 1) for p in self.prompt_lengths], device=self.device)
             self.sampler.see(self.seq, torch.tensor(self.prompt_lengths, device=self.device))  # repetition penalty
             first, _ = self.sampler.pick(logits[torch.arange(self.batch, device=self.device), column])
+            synchronize(self.device)
+        decode_start = time.perf_counter()
+        with self.prof.phase("draft"):
             if self.drafter is not None:
                 self.drafter.prefill(prompts)
+        with self.prof.phase("accept"):
             self.lengths = torch.tensor(self.prompt_lengths, device=self.device)
             if self.streamer:  # as HF generate does: the prompt first (TextStreamer(skip_prompt=True) drops it)
                 self.streamer.put(torch.tensor(self.rows[0]))
             self.seq.scatter_(1, self.lengths[:, None], first[:, None])
             self.commit(torch.zeros_like(self.lengths), first[:, None], proposed=0)
+        return decode_start
 
     def step(self):
         k = self.k

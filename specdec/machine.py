@@ -22,12 +22,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("SPECDEC_CACHE") or Path.home() / ".cache" / "specdec").expanduser()
 
 
+def measurement_root() -> Path:
+    """Where this machine's measurements (linear plans, cost curves, draft precisions) are cached:
+    $SPECDEC_MEASUREMENTS, else cache_root(). The test suite points it at a folder of its own, so a test run never
+    decides a user's calibration."""
+    return Path(os.environ.get("SPECDEC_MEASUREMENTS") or cache_root()).expanduser()
+
+
 def cpuinfo(field: str) -> str | None:
-    """The first `field` line of /proc/cpuinfo (Linux), else None."""
+    """The value of the first `field` line of /proc/cpuinfo (Linux; the name matched exactly: "model" is not
+    "model name"), else None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(field):
-                return line.split(":", 1)[1].strip()
+            name, _, value = line.partition(":")
+            if name.strip() == field:
+                return value.strip()
     except OSError:
         pass
     return None
@@ -49,10 +58,19 @@ def cpu_features() -> str:
     return " ".join(f for f in FEATURES if f in flags.split()) or "none of " + "/".join(FEATURES)
 
 
+def cpu_identity() -> str:
+    """Vendor, family, model and stepping (x86 Linux): two CPUs sold under one name (an AMD EPYC Zen 4, family 25,
+    and a Zen 5, family 26) differ here, and their kernels run at different speeds."""
+    fields = [cpuinfo(f) for f in ("vendor_id", "cpu family", "model", "stepping")]
+    if all(f is None for f in fields):
+        return platform.machine() or "unknown"
+    return "{} family {} model {} stepping {}".format(*fields)
+
+
 def machine_key() -> str:
-    """Where a measured linear plan or cost holds: this CPU (model, kernel-deciding features, cores), torch
-    version and thread count."""
-    return (f"{cpu_name()} [{cpu_features()}] {os.cpu_count()} cores | torch {torch.__version__} | "
+    """Where a measured linear plan or cost holds: this CPU (name, vendor/family/model/stepping, kernel-deciding
+    features, cores), torch version and thread count."""
+    return (f"{cpu_name()} ({cpu_identity()}) [{cpu_features()}] {os.cpu_count()} cores | torch {torch.__version__} | "
             f"{torch.get_num_threads()} threads")
 
 
@@ -91,9 +109,9 @@ def busy() -> bool:
 # still atomic, but two processes writing at the same moment may drop one's entry (it is re-measured later).
 
 def read_cache(name: str) -> dict:
-    """The JSON object in cache_root()/name; {} when missing. A corrupt file is reported on stderr and
+    """The JSON object in measurement_root()/name; {} when missing. A corrupt file is reported on stderr and
     treated as empty (the next write replaces it)."""
-    path = cache_root() / name
+    path = measurement_root() / name
     try:
         text = path.read_text()
     except OSError:
@@ -109,8 +127,8 @@ def read_cache(name: str) -> dict:
 
 
 def write_cache(name: str, key: str, entries: dict):
-    """Merge `entries` into the object at `key` of cache_root()/name, under the lock, atomically."""
-    path = cache_root() / name
+    """Merge `entries` into the object at `key` of measurement_root()/name, under the lock, atomically."""
+    path = measurement_root() / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         if fcntl is not None:

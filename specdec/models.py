@@ -27,6 +27,7 @@ from huggingface_hub.errors import GatedRepoError
 from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding, GPT2Config, LlamaConfig, PreTrainedModel
 
 from .devices import faster_draft_dtype, resolve_device, resolve_dtype
+from .quantize import quantize_pair
 from .machine import cache_root
 from .weights import OFFLINE, _installed, _load_gguf, _pip_names, ensure_cached, install
 
@@ -315,10 +316,13 @@ def check_same_vocab(target_tokenizer, draft_tokenizer, target_model=None, draft
                     target_tokenizer.eos_token_id, draft_tokenizer.eos_token_id)
 
 
-def load_pair(target, draft=None, device="auto", dtype="auto", draft_dtype=None) -> Pair:
+def load_pair(target, draft=None, device="auto", dtype="auto", draft_dtype=None, precision=None,
+              group_size=64) -> Pair:
     """A named pair (`target` in PAIRS, no `draft`), or any two specs; draft=None with a spec: target only.
     `draft_dtype` None: the pair's, else "auto" (on CPU with a float32 target: float32 or bfloat16, whichever
-    runs the draft faster here; elsewhere the target's dtype)."""
+    runs the draft faster here; elsewhere the target's dtype). `precision` (specdec.quantize.PRECISIONS): the
+    target cast or quantized ("int8", "int4": weight-only, groups of `group_size`, CPU), the draft at its fastest
+    precision here (specdec.quantize.quantize_pair)."""
     name, pair = ("custom", {}) if draft is not None or target not in PAIRS else (target, PAIRS[target])
     device = resolve_device(device)
     t_dtype = resolve_dtype(pair.get("dtype", "auto") if dtype in (None, "auto") else dtype, device)
@@ -334,11 +338,13 @@ def load_pair(target, draft=None, device="auto", dtype="auto", draft_dtype=None)
         d_dtype = resolve_dtype(t_dtype if draft_dtype == "auto" else draft_dtype, device)
     t_model, tok, t_timing = _load(target, device, t_dtype)
     if draft is None:
-        return Pair(name, t_model, None, tok, device, t_dtype, t_timing, None)
+        pair = Pair(name, t_model, None, tok, device, t_dtype, t_timing, None)
+        return pair if precision is None else quantize_pair(pair, precision, group_size)
     d_model, d_tok, d_timing = _load(draft, device, d_dtype)
     check_same_vocab(tok, d_tok, t_model, d_model)
-    return Pair(name, t_model, d_model, tok, device, t_dtype, t_timing or d_timing, d_dtype, same_tokenizer=True,
+    pair = Pair(name, t_model, d_model, tok, device, t_dtype, t_timing or d_timing, d_dtype, same_tokenizer=True,
                 draft_spec=draft)
+    return pair if precision is None else quantize_pair(pair, precision, group_size)
 
 
 # -- command line -------------------------------------------------------------------------------------------

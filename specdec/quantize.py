@@ -1,36 +1,50 @@
-"""Weight-only quantization of a loaded HF causal LM on CPU, with torch's own kernels: the precision axis.
+"""Weight-only quantization of a loaded HF causal LM on CPU: the precision axis.
 
-    model = quantize(model, "int8")                 # per-output-channel int8, bfloat16 activations (ACT)
-    model = quantize(model, "int4", group_size=64)  # groupwise asymmetric int4 (gpt-fast's recipe)
-    pair = quantize_pair(load_pair("qwen2.5-coder"), "int8")   # the target only; the draft stays as it was
+    model = quantize(model, "int4", group_size=64)   # groups of 64 inputs, a float16 scale and min each
+    model = quantize(model, "int8")                  # symmetric int8, a float16 scale per group
+    pair = quantize_pair(load_pair("qwen2.5-coder"), "int4")   # the target, and the draft at its fastest precision
 
-Every nn.Linear (and GPT-2's Conv1D, the same product with a transposed weight) becomes a small module holding
-the packed weight and calling one aten kernel: `_weight_int8pack_mm` (int8) or `_weight_int4pack_mm_for_cpu`
-(int4). The kernels' inputs are bfloat16 (ACT): both also take float32, but measured on a 2-core AVX-512 EPYC
-(torch 2.13) their float32 path is 2-6x slower than bfloat16 and 4-10x slower than a float32 F.linear, so a
-float32-activation quantized model would be slower than the float one it came from. Only the linears' inputs and
-outputs are cast (back to the model's dtype after the kernel): norms, attention, RoPE and the KV cache stay float32.
+Every nn.Linear (and GPT-2's Conv1D, the same product with a transposed weight) becomes a QuantLinear calling one
+kernel, the same for every linear of a model:
+  specdec  specdec's own (specdec.qkernel, x86, built with a C++ compiler): activations quantized to int8 per row
+           and group, int8 dot products (AVX-512 VNNI or AVX2), each weight tile read once per call for every row,
+           so a verify over 8 tokens costs little more than one token; and row-invariant, so speculation at this
+           precision is token-identical to the quantized target alone.
+  aten     torch's `_weight_int4pack_mm_for_cpu` / `_weight_int8pack_mm`, multiplying in bfloat16 (ACT): where the
+           own kernel cannot be built or run. Its int4 kernel works 4 rows at a time (a 5-token verify reads the
+           weights twice) and its output for a row depends on the call's row count, so speculation is identical to
+           the target alone only up to near ties.
+`quantize(..., kernel=...)` forces one (the benchmarks compare both).
 
 What is quantized: every linear, the LM head included. Why the head: it is the largest single weight (Qwen2.5-1.5B:
 151936 x 1536, 0.93 GB in float32, 15% of a float32 step's bytes and half of an int4 step's), and a decode step
 streams it whole. The input embeddings are not: a step gathers one row of them per token, so their bytes do not
 count per token, and keeping them float keeps `model.dtype` (which the arena and HF read) the float dtype. A tied
-head gets its own quantized copy; the embedding keeps the float weight.
+head gets its own quantized copy; the embedding keeps the float weight. Norms, attention, RoPE and the KV cache
+stay in the model's float dtype.
 
 The quantized modules are not nn.Linear, so specdec.linear's measured few-row path (which patches exactly
 `type(module) is nn.Linear`) leaves them alone: they always run their one kernel.
 """
 import copy
 import dataclasses
+import time
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from . import attention, qkernel
+from .costs import model_key
+from .linear import plan_key
+from .machine import read_cache, write_cache
+from .profiler import time_forward
+
 PRECISIONS = ("float32", "bfloat16", "float16", "int8", "int4")
 QUANTIZED = ("int8", "int4")
 ACT = torch.bfloat16  # what the kernels multiply in (see above); the scales are stored in it too
 GROUP_SIZES = (32, 64, 128)
+KERNELS = ("specdec", "aten")
 
 
 def int8_weight(w):
@@ -54,37 +68,48 @@ def int4_weight(w, group_size):
 
 
 class QuantLinear(nn.Module):
-    """y = x W^T + b with W stored int8 (per channel) or int4 (per group), multiplied in ACT; x in any float
-    dtype, y in x's."""
+    """y = x W^T + b with W stored int8 or int4 in groups, multiplied by `kernel` ("specdec" or "aten", see the
+    module docstring); x in any float dtype, y in x's."""
 
-    def __init__(self, weight, bias, precision, group_size=64):
+    def __init__(self, weight, bias, precision, group_size=64, kernel="aten"):
         super().__init__()
         w = weight.detach().float().contiguous()  # Conv1D hands a transposed view
         self.out_features, self.in_features = w.shape
-        self.precision, self.group_size = precision, group_size
-        if precision == "int8":
+        self.precision, self.group_size, self.kernel = precision, group_size, kernel
+        self.bits = 8 if precision == "int8" else 4
+        if kernel == "specdec":
+            q, scales = qkernel.pack(w, self.bits, group_size)
+        elif precision == "int8":
             q, scales = int8_weight(w)
         else:
             q, scales = int4_weight(w, group_size)
         # Buffers, not parameters: nothing trains them, and model.parameters() keeps meaning the float weights.
         self.register_buffer("qweight", q)
-        self.register_buffer("scales", scales.to(ACT))
+        self.register_buffer("scales", scales if kernel == "specdec" else scales.to(ACT))
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.group = None  # a qkernel.Fused this linear is part of
 
     @property
     def weight(self):
-        """The packed weight: its shape[0] is out_features, which is all the engine reads of an LM head's weight
-        (dequantize() gives the float weight)."""
+        """The packed weight: the engine reads only an LM head's output size, `out_features` (dequantize() gives
+        the float weight)."""
         return self.qweight
 
     def dequantize(self):
         """The weight [out, in] the kernel multiplies by, in float32 (for tests and error bounds)."""
+        if self.kernel == "specdec":
+            return qkernel.dequantize(self.qweight, self.scales, self.bits, self.group_size, self.in_features)
         if self.precision == "int8":
             return self.qweight.float() * self.scales[:, None]
         eye = torch.eye(self.in_features, dtype=ACT)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.qweight, self.group_size, self.scales).float().T
 
     def forward(self, x):
+        if self.group is not None:  # fused with its siblings (specdec.qkernel.Fused)
+            return self.group(self, x)
+        if self.kernel == "specdec":
+            return qkernel.qlinear(x, self.qweight, self.scales, self.bias, self.out_features, self.group_size,
+                                   self.bits)
         x2 = x.reshape(-1, self.in_features).to(ACT).contiguous()
         if self.precision == "int8":
             y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales)
@@ -96,37 +121,95 @@ class QuantLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self):
-        group = f", group_size={self.group_size}" if self.precision == "int4" else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, {self.precision}{group}"
+        group = f", group_size={self.group_size}" if self.precision == "int4" or self.kernel == "specdec" else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.precision}{group}, " \
+               f"kernel={self.kernel}"
 
 
-def quantizable(module, precision, group_size) -> bool:
+def quantizable(module, precision, group_size, kernel) -> bool:
     if type(module) not in (nn.Linear, Conv1D) or module.weight.device.type != "cpu":
         return False
     out_f, in_f = module.weight.shape if type(module) is nn.Linear else module.weight.shape[::-1]
-    # int4: groups must tile the input features, and the packing takes output rows 16 at a time
-    return precision == "int8" or in_f % group_size == 0 and out_f % 16 == 0
+    # groups must tile the input features, and both int4 packings take output rows 16 at a time
+    if kernel == "specdec":
+        return qkernel.fits(out_f, in_f, group_size)
+    return precision == "int8" or in_f % group_size == 0 and out_f % 16 == 0  # torch's int4 packing: 16 rows
 
 
-def quantize(model, precision, group_size=64):
-    """Replace the model's CPU nn.Linear / Conv1D modules in place by QuantLinear ("int8" or "int4"); set
-    model.specdec_precision (what specdec.costs keys cost curves by) and return the model. An int4 linear whose
-    input size is not a multiple of `group_size`, or output size not one of 16, stays float (none in Qwen2.5 or
-    Llama at 32/64/128; a test model's odd-sized LM head)."""
+def resolve_kernel(kernel) -> str:
+    """"auto": specdec's own kernel where it is built and runs here, else torch's."""
+    if kernel == "auto":
+        return "specdec" if qkernel.available() else "aten"
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel {kernel!r}: choose auto or one of {KERNELS}")
+    if kernel == "specdec" and not qkernel.available():
+        raise ValueError(f"specdec's quantized kernel is not available here ({qkernel.why_not()}); use kernel='aten'")
+    return kernel
+
+
+def kernel_report() -> str:
+    """Which kernel quantized models get here, in words (calibrate prints it)."""
+    if qkernel.available():
+        return f"specdec's own kernel ({qkernel.best_path()} path, row-invariant)"
+    return f"torch's int4/int8 kernels: specdec's own is not available ({qkernel.why_not()})"
+
+
+def kernel_table(models, rows=(1, 4, 8), reps=5) -> list[str]:
+    """Per quantized weight shape of `models`: ms per call of the kernel they run and of the other one, at `rows`
+    rows (interleaved, min of `reps`), so a user sees what the choice is worth on this machine."""
+    shapes = {(m.out_features, m.in_features, m.precision, m.group_size, m.kernel): m
+              for model in models if model is not None for m in model.modules() if isinstance(m, QuantLinear)}
+    lines = []
+    for (out_f, in_f, precision, group, kernel), m in sorted(shapes.items()):
+        weight = m.dequantize()
+        kernels = [k for k in KERNELS if k == "aten" or qkernel.available()]
+        mods = {k: QuantLinear(weight, None, precision, group, k) for k in kernels}
+        best = {(k, r): float("inf") for k in kernels for r in rows}
+        with torch.inference_mode():
+            for _ in range(reps):
+                for r in rows:
+                    x = torch.randn(r, in_f)
+                    for k, mod in mods.items():
+                        start = time.perf_counter()
+                        mod(x)
+                        best[k, r] = min(best[k, r], time.perf_counter() - start)
+        timings = "; ".join(f"{k} " + "/".join(f"{best[k, r] * 1e3:.2f}" for r in rows) for k in kernels)
+        lines.append(f"{out_f}x{in_f} {precision}-g{group}: runs {kernel}; ms at {'/'.join(map(str, rows))} rows: {timings}")
+    return lines
+
+
+def precision_label(model) -> str | None:
+    """What the model's cost curves and results are keyed by: e.g. 'int4-g64 specdec'; None for a float model."""
+    return getattr(model, "specdec_precision", None)
+
+
+def quantize(model, precision, group_size=64, kernel="auto"):
+    """Replace the model's CPU nn.Linear / Conv1D modules in place by QuantLinear ("int8" or "int4") on one
+    `kernel`; set model.specdec_precision (what specdec.costs keys cost curves by) and return the model. A linear
+    whose input size is not a multiple of `group_size`, or output size not one of 16, stays float (none in Qwen2.5
+    or Llama at 32/64/128; a test model's odd-sized LM head)."""
     if precision not in QUANTIZED:
         raise ValueError(f"precision {precision!r}: quantize takes one of {QUANTIZED} (cast for float ones)")
-    if precision == "int4" and group_size not in GROUP_SIZES:
-        raise ValueError(f"int4 group_size {group_size}: use one of {GROUP_SIZES}")
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size {group_size}: use one of {GROUP_SIZES}")
     if model.device.type != "cpu":
-        raise ValueError(f"quantize uses torch's CPU weight-pack kernels; this model is on {model.device.type}")
+        raise ValueError(f"quantize runs CPU kernels; this model is on {model.device.type}")
+    kernel = resolve_kernel(kernel)
     if model.dtype not in (torch.float32, torch.bfloat16):
         model.float()  # float64 test models, float16: the kernels take float32 or bfloat16 activations
     swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-             if quantizable(child, precision, group_size)]
+             if quantizable(child, precision, group_size, kernel)]
+    made = set()
     for parent, name, child in swaps:
         weight = child.weight if type(child) is nn.Linear else child.weight.T  # Conv1D stores [in, out]
-        setattr(parent, name, QuantLinear(weight, child.bias, precision, group_size))
-    model.specdec_precision = precision if precision == "int8" else f"int4-g{group_size}"
+        setattr(parent, name, QuantLinear(weight, child.bias, precision, group_size, kernel))
+        made.add(getattr(parent, name))
+    if kernel == "specdec":  # row-invariant linears and attention: a verify gives each token its one-token logits
+        qkernel.fuse_siblings(model, made)
+        attention.enable(model)
+    grouped = precision == "int4" or kernel == "specdec"
+    model.specdec_precision = (f"{precision}-g{group_size}" if grouped else precision) + \
+        ("" if kernel == "aten" else f" {kernel}")
     return model
 
 
@@ -148,14 +231,21 @@ def step_bytes(model) -> int:
     return weight_bytes(model) - (0 if tied else emb.weight.numel() * emb.weight.element_size())
 
 
-def quantize_pair(pair, precision, group_size=64):
+def quantize_pair(pair, precision, group_size=64, draft_precision="auto"):
     """The pair with its target at `precision` ("float32", "bfloat16", "float16": the target cast; "int8",
-    "int4": quantized from its float weights), in place. The draft stays as the pair chose it (on a CPU
-    float32 target: bfloat16 or float32, whichever runs it faster here, measured)."""
+    "int4": quantized from its float weights), in place. A quantized target gets a draft at `draft_precision`:
+    "auto" is the fastest on this machine of the draft as loaded, int8 and int4 (fastest_draft: measured, cached),
+    on the same kernel as the target; a float target keeps the draft as the pair chose it (on a CPU float32
+    target: bfloat16 or float32, whichever runs it faster here, measured)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose from {PRECISIONS}")
     if precision in QUANTIZED:
         quantize(pair.target, precision, group_size)
+        if pair.draft is not None and draft_precision is not None:
+            kernel = pair.target.specdec_precision.split(" ")[-1] if " " in pair.target.specdec_precision else "aten"
+            chosen = fastest_draft(pair.draft, group_size, kernel) if draft_precision == "auto" else draft_precision
+            if chosen in QUANTIZED:
+                quantize(pair.draft, chosen, group_size, kernel)
     else:
         # .to(dtype) also casts float buffers (RoPE's inv_freq): as HF's own from_pretrained(dtype=...) leaves
         # them, the rotation is computed in float32 either way (HF upcasts), so this is the model a user casts.
@@ -165,14 +255,45 @@ def quantize_pair(pair, precision, group_size=64):
     return pair
 
 
-def at_precision(pair, precision, group_size=64):
-    """A new pair sharing `pair`'s draft and tokenizer, whose target is a copy of `pair`'s at `precision` (the
-    original untouched: a study runs several precisions from one loaded pair). The copy costs the float target's
-    memory once more until quantization frees it; `precision` equal to the pair's own float dtype: the pair itself."""
+DRAFTS = "draft-precisions.json"  # under specdec.machine.cache_root()
+
+
+def fastest_draft(draft, group_size, kernel) -> str:
+    """"as loaded", "int8" or "int4": whichever runs the draft's forwards fastest here (one token, most draft
+    steps, plus two, a round's first step after a fully accepted round), each a quantized copy of `draft`. The
+    draft only proposes, so its precision is free: exactness comes from the target's verification. Interleaved
+    and repeated (min of 3 rounds), so a load spike hits every candidate alike; cached per machine and model."""
+    key = f"{model_key(draft)} | g{group_size} {kernel}"
+    entry = read_cache(DRAFTS).get(plan_key(), {}).get(key)
+    if entry is None:
+        candidates = {"as loaded": draft, **{p: quantize(copy.deepcopy(draft), p, group_size, kernel) for p in QUANTIZED}}
+        seconds = dict.fromkeys(candidates, float("inf"))
+        with torch.inference_mode():
+            for m in candidates.values():
+                time_forward(m, 2, reps=0)  # warm-up: page-in, kernel selection
+            for _ in range(3):
+                for name, m in candidates.items():
+                    seconds[name] = min(seconds[name], time_forward(m, 1, reps=1, warmup=False)
+                                        + time_forward(m, 2, reps=1, warmup=False))
+        entry = dict(seconds=seconds, choice=min(seconds, key=seconds.get))
+        write_cache(DRAFTS, plan_key(), {key: entry})
+    return entry["choice"]
+
+
+def at_precision(pair, precision, group_size=64, draft_precision="auto"):
+    """A new pair sharing `pair`'s tokenizer, whose target (and at a quantized precision, draft) is a copy of
+    `pair`'s at `precision` (the original untouched: a study runs several precisions from one loaded pair). The copy
+    costs the float model's memory once more until quantization frees it; `precision` equal to the pair's own float
+    dtype: the pair itself."""
     if precision not in QUANTIZED and getattr(torch, precision, None) == pair.dtype:
         return pair
-    # The weight copies specdec.linear keeps on modules (oneDNN-packed ones are opaque tensors, which deepcopy
-    # cannot copy) are left out: the copy starts without them and remakes what its own path needs.
-    memo = {id(m.__dict__["_specdec_weights"]): {} for m in pair.target.modules() if "_specdec_weights" in m.__dict__}
-    target = copy.deepcopy(pair.target, memo)
-    return quantize_pair(dataclasses.replace(pair, target=target), precision, group_size)
+    target = copy_model(pair.target)
+    draft = copy_model(pair.draft) if precision in QUANTIZED and pair.draft is not None else pair.draft
+    return quantize_pair(dataclasses.replace(pair, target=target, draft=draft), precision, group_size, draft_precision)
+
+
+def copy_model(model):
+    """A deep copy without the weight copies specdec.linear keeps on modules (oneDNN-packed ones are opaque
+    tensors, which deepcopy cannot copy): the copy remakes what its own path needs."""
+    memo = {id(m.__dict__["_specdec_weights"]): {} for m in model.modules() if "_specdec_weights" in m.__dict__}
+    return copy.deepcopy(model, memo)

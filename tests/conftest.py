@@ -4,6 +4,7 @@ SPECDEC_TEST_DEVICE=cuda builds them on that device instead of the cpu (scripts/
 """
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,6 +42,20 @@ def perturbed(model, noise, seed=1):
 
 
 BUILDERS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_measurements(tmp_path_factory):
+    """Every measurement the tests make (linear plans, cost curves, draft precisions) goes to a folder of the
+    suite's own, never into the user's cache, where a test run on a busy machine would decide later generations'
+    speed. Fails the session loudly if the user's measurement files changed anyway."""
+    user = Path(os.environ.get("SPECDEC_MEASUREMENTS") or os.environ.get("SPECDEC_CACHE") or
+                Path.home() / ".cache" / "specdec").expanduser()
+    stamp = lambda: {p.name: p.stat().st_mtime_ns for p in user.glob("*.json")}
+    before = stamp()
+    os.environ["SPECDEC_MEASUREMENTS"] = str(tmp_path_factory.mktemp("measurements"))
+    yield
+    assert stamp() == before, f"the tests changed the measurements cached in {user}"
 
 
 @pytest.fixture(scope="session", params=sorted(BUILDERS))

@@ -80,7 +80,7 @@ def test_catch_up_after_target_alone_rounds_is_lossless(pair, ks):
 
 @pytest.mark.parametrize("costs", [FLAT, LINEAR, None])
 def test_auto_is_lossless_and_records_k(pair, costs, tmp_path, monkeypatch):
-    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path))
+    monkeypatch.setenv("SPECDEC_MEASUREMENTS", str(tmp_path))
     _, target, draft = pair
     k = "auto" if costs is None else AutoK(costs=costs)  # None: measured on this machine
     result = specdec.generate(target, PROMPTS, draft=draft, k=k, max_new_tokens=24)
@@ -101,7 +101,7 @@ def test_sampling_with_zero_rounds_has_the_target_distribution(models):  # noqa:
 
 
 def test_costs_are_measured_once_and_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path))
+    monkeypatch.setenv("SPECDEC_MEASUREMENTS", str(tmp_path))
     target, draft = tiny_gpt2(layers=2), tiny_gpt2(layers=1)
     calls = []
     forward = costs.time_forward

@@ -16,7 +16,7 @@ from specdec.models import load_pair
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path))
+    monkeypatch.setenv("SPECDEC_MEASUREMENTS", str(tmp_path))
     monkeypatch.setattr(linear, "PLANS", linear.Plans())
     for kind in calibration.LEDGER.values():
         kind.clear()
@@ -73,7 +73,7 @@ def test_a_slow_plan_is_flagged_and_healed_with_unchanged_output(monkeypatch, ca
     run = lambda: specdec.generate(pair.target, ids, draft=pair.draft, k="auto", max_new_tokens=16)
     first = run()  # measures plans (avoiding the slow path) and auto's costs
     assert not first.stats["calibration_suspect"]
-    cache = machine.cache_root() / linear.CACHE
+    cache = machine.measurement_root() / linear.CACHE
     table = json.loads(cache.read_text())
     for plans in table.values():  # the deliberately slow plan, as a busy machine might have measured it
         for entry in plans.values():

@@ -121,7 +121,7 @@ def test_auto_choosing_k0_everywhere_says_so(monkeypatch, capsys):
 
 
 def test_first_run_reports_its_calibration_once(monkeypatch, capsys, tmp_path):
-    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path))  # no measured costs yet: auto-K calibrates
+    monkeypatch.setenv("SPECDEC_MEASUREMENTS", str(tmp_path))  # no measured costs yet: auto-K calibrates
     assert tiny(PROMPT, tokens=2) == 0
     first = capsys.readouterr().out.splitlines()[-1]
     assert re.fullmatch(r"\[first run of these models on this machine: load .+, calibration [\d.]+ m?s "

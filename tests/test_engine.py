@@ -1,9 +1,12 @@
 """Greedy losslessness, batching, verification modes and input checks of specdec.generate."""
+import time
+
 import pytest
 import torch
 from transformers.generation.streamers import BaseStreamer
 
 import specdec
+from specdec.drafters import ModelDrafter
 from conftest import perturbed, tiny_gpt2, tiny_llama
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24], [42]]
@@ -228,3 +231,20 @@ def test_the_cheapest_mask_reaches_sdpa(monkeypatch):
     specdec.generate(target, PROMPTS, draft=draft, k=3, max_new_tokens=NEW)  # ragged rows
     decode = [c for c in calls if c[0] != c[1]]
     assert decode and all(m is not None and m.dtype == torch.bool for _, _, m, _, _ in decode)
+
+
+def test_decode_time_charges_the_drafts_prefill(pair, monkeypatch):
+    """Decode time runs from the end of the target's prefill: a draft whose prefill takes 0.3 s makes the decode
+    0.3 s longer (a cost only speculation pays), and the profile's prefill phase is the target's alone."""
+    _, target, draft = pair
+    slow = 0.3
+    real_prefill = ModelDrafter.prefill
+
+    def sleepy(self, prompt_tokens):
+        time.sleep(slow)
+        return real_prefill(self, prompt_tokens)
+
+    monkeypatch.setattr(ModelDrafter, "prefill", sleepy)
+    r = specdec.generate(target, PROMPTS[:1], draft=draft, k=2, max_new_tokens=4, eos_token_id=[], profile=True)
+    assert r.stats["decode_seconds"] >= slow
+    assert r.stats["prefill_s"] < slow <= r.stats["draft_s"]

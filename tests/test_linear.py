@@ -14,7 +14,7 @@ from test_engine import PROMPTS, hf_greedy
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path))
+    monkeypatch.setenv("SPECDEC_MEASUREMENTS", str(tmp_path))
     monkeypatch.setattr(linear, "PLANS", linear.Plans())
 
 

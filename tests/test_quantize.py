@@ -17,8 +17,9 @@ FORMATS = [("int8", 64), ("int4", 32), ("int4", 64)]
 NEW = 16
 
 
-def quantized(build, precision, group_size):
-    return quantize(build().float(), precision, group_size)  # conftest's models are float64
+def quantized(build, precision, group_size, kernel="aten"):
+    """torch's kernels (tests/test_qkernel.py covers specdec's own); conftest's models are float64."""
+    return quantize(build().float(), precision, group_size, kernel)
 
 
 @pytest.mark.parametrize("precision,group_size,bound", [("int8", 64, 0.02), ("int4", 32, 0.15), ("int4", 128, 0.2)])
@@ -51,6 +52,8 @@ def test_quantize_swaps_every_linear_and_conv1d_but_keeps_the_embeddings():
         quantize(tiny_llama().float(), "int4", 48)
     with pytest.raises(ValueError, match="precision"):
         quantize(tiny_llama().float(), "int3")
+    with pytest.raises(ValueError, match="kernel"):
+        quantize(tiny_llama().float(), "int4", 32, kernel="openvino")
 
 
 def test_the_measured_linear_path_leaves_quantized_modules_alone(monkeypatch):
@@ -110,13 +113,16 @@ def test_padded_forwards_of_a_quantized_target_change_nothing(precision, group_s
         assert near_tie(target, row, got, ref) in (None, True), row
 
 
-def test_quantize_pair_changes_the_target_only():
+def test_quantize_pair_quantizes_the_target_and_the_draft_at_its_own_precision():
     pair = load_pair("tiny-llama")
     draft_dtype = pair.draft.dtype
-    assert quantize_pair(pair, "int8").target.specdec_precision == "int8"
-    assert pair.draft.dtype == draft_dtype and not any(isinstance(m, QuantLinear) for m in pair.draft.modules())
+    assert quantize_pair(pair, "int8", draft_precision="int4").target.specdec_precision.startswith("int8")
+    assert pair.draft.specdec_precision.startswith("int4-g64")
+    kept = quantize_pair(load_pair("tiny-llama"), "int4", draft_precision="as loaded")
+    assert kept.draft.dtype == draft_dtype and not any(isinstance(m, QuantLinear) for m in kept.draft.modules())
     cast = quantize_pair(load_pair("tiny-llama"), "bfloat16")
     assert cast.target.dtype == cast.dtype == torch.bfloat16 and cast.target.specdec_precision is None
+    assert not any(isinstance(m, QuantLinear) for m in cast.draft.modules())  # a float target keeps its draft
     with pytest.raises(ValueError, match="precision"):
         quantize_pair(pair, "fp8")
 
@@ -127,6 +133,7 @@ def test_at_precision_copies_a_target_that_ran_on_the_measured_path(monkeypatch)
     specdec.generate(pair.target, PROMPTS, max_new_tokens=2)
     assert any("_specdec_weights" in m.__dict__ for m in pair.target.modules())
     q = at_precision(pair, "int8")
-    assert q.target is not pair.target and q.draft is pair.draft and q.target.specdec_precision == "int8"
-    assert not any(isinstance(m, QuantLinear) for m in pair.target.modules())  # the original is untouched
+    assert q.target is not pair.target and q.draft is not pair.draft and q.target.specdec_precision.startswith("int8")
+    assert not any(isinstance(m, QuantLinear) for m in pair.target.modules())  # the originals are untouched
+    assert not any(isinstance(m, QuantLinear) for m in pair.draft.modules())
     assert at_precision(pair, "float32") is pair

@@ -24,6 +24,7 @@ from .. import calibration
 from ..engine import VERIFY_MODES, generate
 from ..models import PAIRS, load_pair
 from ..profiler import peak_memory_mib, reset_peak_memory
+from ..quantize import precision_label
 from .controls import JunkDrafter
 from .modes import BASELINE, DEFAULT_SWEEP, MODES, NAMES, cells_for
 from .prompts import PROMPTS_FILE, encode, load_prompts
@@ -141,7 +142,9 @@ def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,),
     target_name, draft_name = model_names(pair)
     dtype_name = lambda d: None if d is None else str(d).removeprefix("torch.")
     context = dict(pair=pair.name, target=target_name, draft=draft_name, device=str(pair.device),
-                   dtype=dtype_name(pair.dtype), draft_dtype=dtype_name(getattr(pair, "draft_dtype", None)),
+                   dtype=dtype_name(pair.dtype),
+                   # a quantized draft is named by its precision (e.g. "int4-g64 specdec"), a float one by its dtype
+                   draft_dtype=precision_label(pair.draft) or dtype_name(getattr(pair, "draft_dtype", None)),
                    temperature=float(temperature), top_p=top_p, seed=seed, ignore_eos=bool(ignore_eos))
     cells = [dict(context, **c) for c in plan_cells(modes, ks, batch_sizes, max_new_tokens, verify, prompts)]
     for cell in cells:

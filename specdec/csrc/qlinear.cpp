@@ -1,0 +1,352 @@
+// Few-row quantized linears for x86 CPUs: y[T, N] = x[T, K] W^T (+ b), W stored as 4-bit (or 8-bit) codes in groups
+// of G inputs, x quantized to int8 per row and group. Registered as torch.ops.specdec.qlinear; specdec/qkernel.py
+// packs the weights, builds this file and says when it cannot.
+//
+// Why a kernel of our own: ATen's int4 CPU kernel works on 4 rows at a time in float32, so a verify over 5..8
+// tokens streams the weights twice; this one unpacks each 16-output weight tile once per call and multiplies it
+// with every row of the call (up to 8 rows per pass over a tile that then sits in L1/L2), with int8 dot products
+// (AVX-512 VNNI vpdpbusd; AVX2 vpmaddubsw + vpmaddwd elsewhere).
+//
+// Row-invariant by construction: a row's output is computed by the same sequence of operations whatever else shares
+// the call. Per (row, output, group) the integer dot product is exact (int32); the float part is, in this order,
+//     acc_f = float(dot);  y = fma(acc_f, scale * x_scale, y);  y = fma(min, x_term, y)
+// and at the end y + bias. All three code paths (AVX-512, AVX2, scalar) do exactly that, so they agree bit for bit
+// and a speculative verify over T tokens gives each token the logits a one-token forward gives it.
+//
+// Layout (specdec/qkernel.py makes it): outputs in tiles of 16 (one 512-bit register of int32 / float32), tiles in
+// blocks of 4 stored interleaved, so that a block's weights are one sequential stream; inputs in groups of G.
+//   codes [N/64, K/L, 4, 64] uint8, L = 8 inputs per 64 bytes for int4, 4 for int8: the 64 bytes of tile n of a
+//     block at load index l hold, at byte 4c+j, for output 16n+c of the block:
+//     int4: q[., 8l+j] (low nibble) and q[., 8l+4+j] (high nibble), codes 0..15; w = q * scale + min.
+//     int8: q[., 4l+j] + 128 (symmetric codes -127..127 stored unsigned, as vpdpbusd wants); w = code * scale + min
+//           with min = -128 * scale (exact in float16).
+//   scales [N/64, K/G, 4, 2, 16] float16: per block, group and tile, 16 scales, then 16 mins.
+// Activations: per row and group, x_scale = max|x| / 127, xq = round(x / x_scale) in -127..127, and
+// x_term = x_scale * sum(xq): the min multiplies the group's sum of x.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define SPECDEC_X86 1
+#endif
+
+namespace {
+
+constexpr int TILE = 16;    // outputs per tile: one 512-bit register of int32 / float32
+
+struct Acts {               // one call's activations, quantized per row and group
+  const int8_t* q;          // [T, K]
+  const float* scale;       // [T, K/G]
+  const float* term;        // [T, K/G]
+  int64_t K, groups;
+};
+
+constexpr int BLOCK = 4;    // tiles per block of the layout
+
+struct Weights {
+  const uint8_t* codes;     // [N/64, K/L, 4, 64]
+  const c10::Half* scales;  // [N/64, K/G, 4, 2, 16]
+  const float* bias;        // [N] or nullptr
+  int64_t N, K, G, bits;
+  int64_t per_load() const { return bits == 4 ? 8 : 4; }
+  // The 64 bytes of tile t at load index l (inputs l * per_load() onwards).
+  const uint8_t* load(int64_t t, int64_t l) const {
+    return codes + ((t / BLOCK * (K / per_load()) + l) * BLOCK + t % BLOCK) * 64;
+  }
+  // Tile t's 16 scales of group g (its 16 mins follow).
+  const c10::Half* scale(int64_t t, int64_t g) const {
+    return scales + ((t / BLOCK * (K / G) + g) * BLOCK + t % BLOCK) * 2 * TILE;
+  }
+};
+
+// -- scalar: the definition the vector paths reproduce bit for bit ------------------------------------------------
+
+int32_t code(const Weights& w, int64_t t, int64_t k, int c) {
+  const uint8_t byte = w.load(t, k / w.per_load())[4 * c + (k % w.per_load()) % 4];
+  if (w.bits == 8) return byte;
+  return (k % 8) < 4 ? (byte & 15) : (byte >> 4);
+}
+
+void tile_scalar(const Weights& w, const Acts& a, int64_t t, int64_t r0, int64_t rows, float* y) {
+  for (int64_t r = r0; r < r0 + rows; ++r) {
+    const int8_t* xq = a.q + r * a.K;
+    for (int c = 0; c < TILE; ++c) {
+      float acc = 0.f;
+      for (int64_t g = 0; g < a.groups; ++g) {
+        int32_t dot = 0;
+        for (int64_t k = g * w.G; k < (g + 1) * w.G; ++k) dot += code(w, t, k, c) * int32_t(xq[k]);
+        const c10::Half* sc = w.scale(t, g);
+        float s = static_cast<float>(sc[c]), m = static_cast<float>(sc[TILE + c]);
+        acc = std::fma(static_cast<float>(dot), s * a.scale[r * a.groups + g], acc);
+        acc = std::fma(m, a.term[r * a.groups + g], acc);
+      }
+      if (w.bias) acc = acc + w.bias[t * TILE + c];
+      y[r * w.N + t * TILE + c] = acc;
+    }
+  }
+}
+
+#ifdef SPECDEC_X86
+// -- AVX-512 VNNI: 16 outputs per register, RB rows per pass ------------------------------------------------------
+
+// One block (4 tiles, 64 outputs) by RB rows per pass. Each broadcast of 4 bytes of x feeds 4 products: a broadcast
+// per product (or folded into vpdpbusd's memory operand) runs at a third of vpdpbusd's throughput (measured on Zen
+// 5), which is what bounds a few-row call. The int4 low and high nibbles are multiplied in two sweeps (the second
+// load hits L1), so the registers hold only the RB x 4 integer accumulators and 4 weights; the float partial sums
+// live in y itself (L1), updated once per group.
+template <int RB, int BITS>
+__attribute__((target("avx512f,avx512bw,avx512vnni,f16c,fma")))
+void block_avx512(const Weights& w, const Acts& a, int64_t t0, int64_t r0, float* y) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  constexpr int PER_LOAD = BITS == 4 ? 8 : 4;
+  constexpr int HALVES = BITS == 4 ? 2 : 1;
+  const int64_t loads = w.G / PER_LOAD;
+  const int32_t* xq[RB];
+  float* out[RB];
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r) {
+    xq[r] = reinterpret_cast<const int32_t*>(a.q + (r0 + r) * a.K);
+    out[r] = y + (r0 + r) * w.N + t0 * TILE;
+#pragma GCC unroll 4
+    for (int n = 0; n < BLOCK; ++n) _mm512_storeu_ps(out[r] + n * TILE, _mm512_setzero_ps());
+  }
+  for (int64_t g = 0; g < a.groups; ++g) {
+    __m512i acc[RB][BLOCK];
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+      for (int n = 0; n < BLOCK; ++n) acc[r][n] = _mm512_setzero_si512();
+    const uint8_t* src = w.load(t0, g * loads);  // the block's 4 tiles: 256 consecutive bytes per load index
+    for (int64_t o = 0; o < loads; ++o) {
+#pragma GCC unroll 2
+      for (int h = 0; h < HALVES; ++h) {
+        __m512i wv[BLOCK];
+#pragma GCC unroll 4
+        for (int n = 0; n < BLOCK; ++n) {
+          __m512i v = _mm512_loadu_si512(src + (o * BLOCK + n) * 64);
+          wv[n] = BITS == 8 ? v : h == 0 ? _mm512_and_si512(v, low4) : _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+        }
+        const int64_t q = (g * w.G + o * PER_LOAD) / 4 + h;  // x's 4-byte word for these codes
+#pragma GCC unroll 8
+        for (int r = 0; r < RB; ++r) {
+          const __m512i xb = _mm512_set1_epi32(xq[r][q]);
+#pragma GCC unroll 4
+          for (int n = 0; n < BLOCK; ++n) acc[r][n] = _mm512_dpbusd_epi32(acc[r][n], wv[n], xb);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int n = 0; n < BLOCK; ++n) {
+      const c10::Half* sc = w.scale(t0 + n, g);
+      __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
+      __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + TILE)));
+#pragma GCC unroll 8
+      for (int r = 0; r < RB; ++r) {
+        const int64_t i = (r0 + r) * a.groups + g;
+        __m512 f = _mm512_loadu_ps(out[r] + n * TILE);
+        f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][n]), _mm512_mul_ps(s, _mm512_set1_ps(a.scale[i])), f);
+        f = _mm512_fmadd_ps(m, _mm512_set1_ps(a.term[i]), f);
+        _mm512_storeu_ps(out[r] + n * TILE, f);
+      }
+    }
+  }
+  if (w.bias) {
+#pragma GCC unroll 4
+    for (int n = 0; n < BLOCK; ++n) {
+      __m512 b = _mm512_loadu_ps(w.bias + (t0 + n) * TILE);
+#pragma GCC unroll 8
+      for (int r = 0; r < RB; ++r)
+        _mm512_storeu_ps(out[r] + n * TILE, _mm512_add_ps(_mm512_loadu_ps(out[r] + n * TILE), b));
+    }
+  }
+}
+
+// -- AVX2: the same tile as two halves of 8 outputs; vpmaddubsw (u8 x s8 -> s16 pairs) then vpmaddwd by ones ------
+// The int16 pairs cannot saturate for int4 (2 * 15 * 127); int8 codes up to 255 could (2 * 255 * 127), so they
+// are split: code * x = (code - 128) * x + 128 * x, the first by the sign trick (|x| unsigned, x's sign moved onto
+// the signed code), both within 2 * 128 * 127.
+
+template <int RB, int BITS>
+__attribute__((target("avx2,fma,f16c")))
+void tile_avx2(const Weights& w, const Acts& a, int64_t t, int64_t r0, float* y) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  constexpr int per_load = BITS == 4 ? 8 : 4;
+  const int64_t loads = w.G / per_load;
+  for (int half = 0; half < 2; ++half) {
+    __m256 facc[RB];
+    for (int r = 0; r < RB; ++r) facc[r] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < a.groups; ++g) {
+      __m256i acc[RB];
+      for (int r = 0; r < RB; ++r) acc[r] = _mm256_setzero_si256();
+      for (int64_t o = 0; o < loads; ++o) {
+        __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.load(t, g * loads + o) + half * 32));
+        if (BITS == 4) {
+          __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+          int64_t q = (g * w.G + o * 8) / 4;
+          for (int r = 0; r < RB; ++r) {
+            const int32_t* x = reinterpret_cast<const int32_t*>(a.q + (r0 + r) * a.K);
+            __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(x[q])),
+                                         _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x[q + 1])));
+            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
+          }
+        } else {
+          const __m256i b128 = _mm256_set1_epi8(static_cast<char>(0x80));
+          __m256i signed_codes = _mm256_xor_si256(v, b128);  // code - 128, as int8
+          int64_t q = (g * w.G + o * 4) / 4;
+          for (int r = 0; r < RB; ++r) {
+            const int32_t* x = reinterpret_cast<const int32_t*>(a.q + (r0 + r) * a.K);
+            __m256i xs = _mm256_set1_epi32(x[q]);
+            __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xs), _mm256_sign_epi8(signed_codes, xs));
+            __m256i p128 = _mm256_maddubs_epi16(b128, xs);  // 128 * x, pairwise
+            acc[r] = _mm256_add_epi32(acc[r], _mm256_add_epi32(_mm256_madd_epi16(p, ones), _mm256_madd_epi16(p128, ones)));
+          }
+        }
+      }
+      const c10::Half* sc = w.scale(t, g) + half * 8;
+      __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
+      __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + TILE)));
+      for (int r = 0; r < RB; ++r) {
+        const int64_t i = (r0 + r) * a.groups + g;
+        facc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_mul_ps(s, _mm256_set1_ps(a.scale[i])), facc[r]);
+        facc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.term[i]), facc[r]);
+      }
+    }
+    for (int r = 0; r < RB; ++r) {
+      __m256 out = w.bias ? _mm256_add_ps(facc[r], _mm256_loadu_ps(w.bias + t * TILE + half * 8)) : facc[r];
+      _mm256_storeu_ps(y + (r0 + r) * w.N + t * TILE + half * 8, out);
+    }
+  }
+}
+
+using BlockFn = void (*)(const Weights&, const Acts&, int64_t, int64_t, float*);
+
+template <int BITS>
+BlockFn avx512_for(int rows) {
+  switch (rows) {
+    case 1: return block_avx512<1, BITS>;
+    case 2: return block_avx512<2, BITS>;
+    case 3: return block_avx512<3, BITS>;
+    default: return block_avx512<4, BITS>;
+  }
+}
+
+template <int BITS>
+BlockFn avx2_for(int rows) {
+  switch (rows) {
+    case 1: return tile_avx2<1, BITS>;
+    case 2: return tile_avx2<2, BITS>;
+    case 3: return tile_avx2<3, BITS>;
+    case 4: return tile_avx2<4, BITS>;
+    case 5: return tile_avx2<5, BITS>;
+    case 6: return tile_avx2<6, BITS>;
+    case 7: return tile_avx2<7, BITS>;
+    default: return tile_avx2<8, BITS>;
+  }
+}
+#endif
+
+// Which code path this CPU takes: 2 = AVX-512 VNNI, 1 = AVX2, 0 = scalar.
+int64_t best_path() {
+#ifdef SPECDEC_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("f16c"))
+    return 2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) return 1;
+#endif
+  return 0;
+}
+
+// Quantize each row's activations per group: x_scale = max|x| / 127 (1 for an all-zero group), xq = round(x / s).
+void quantize_rows(const float* x, int64_t T, int64_t K, int64_t G, int8_t* xq, float* scale, float* term) {
+  const int64_t groups = K / G;
+  at::parallel_for(0, T * groups, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* src = x + i * G;  // row r = i / groups, group g = i % groups: contiguous since K = groups * G
+      float amax = 0.f;
+      for (int64_t k = 0; k < G; ++k) amax = std::fmax(amax, std::fabs(src[k]));
+      float s = amax > 0.f ? amax / 127.f : 1.f;
+      int32_t sum = 0;
+      for (int64_t k = 0; k < G; ++k) {
+        int32_t q = static_cast<int32_t>(std::nearbyint(src[k] / s));
+        q = q > 127 ? 127 : (q < -127 ? -127 : q);
+        xq[i * G + k] = static_cast<int8_t>(q);
+        sum += q;
+      }
+      scale[i] = s;
+      term[i] = s * static_cast<float>(sum);
+    }
+  });
+}
+
+at::Tensor qlinear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
+                   const std::optional<at::Tensor>& bias, int64_t out_features, int64_t group_size, int64_t bits,
+                   int64_t path) {
+  // x [..., in] in any float dtype: computed in float32 (one call, so a module's forward is this op alone).
+  TORCH_CHECK(input.dim() >= 1 && at::isFloatingType(input.scalar_type()), "qlinear: x must be a float tensor [..., in]");
+  const at::Tensor x = input.reshape({-1, input.size(-1)}).to(at::kFloat).contiguous();
+  TORCH_CHECK(bits == 4 || bits == 8, "qlinear: bits must be 4 or 8");
+  const int64_t T = x.size(0), K = x.size(1), N = out_features, G = group_size;
+  TORCH_CHECK(N % (TILE * BLOCK) == 0 && K % G == 0 && G % 8 == 0,
+              "qlinear: needs out % 64 == 0, in % group == 0, group % 8 == 0");
+  TORCH_CHECK(codes.numel() == N * K * bits / 8 && codes.is_contiguous(), "qlinear: codes do not match the shape");
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.numel() == N / TILE * (K / G) * 2 * TILE,
+              "qlinear: scales must be float16 [out/64, in/group, 4, 2, 16]");
+  if (path < 0) path = best_path();
+  TORCH_CHECK(path <= best_path(), "qlinear: this CPU cannot run code path ", path);
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) b = bias->to(at::kFloat).contiguous();
+  auto shape = input.sizes().vec();
+  shape.back() = N;
+  auto y = at::empty({T, N}, x.options());
+  auto xq = at::empty({T, K}, x.options().dtype(at::kChar));
+  auto xs = at::empty({T, K / G}, x.options());
+  auto xt = at::empty({T, K / G}, x.options());
+  quantize_rows(x.data_ptr<float>(), T, K, G, xq.data_ptr<int8_t>(), xs.data_ptr<float>(), xt.data_ptr<float>());
+  Weights w{codes.data_ptr<uint8_t>(), scales.data_ptr<c10::Half>(), b.defined() ? b.data_ptr<float>() : nullptr,
+            N, K, G, bits};
+  Acts a{xq.data_ptr<int8_t>(), xs.data_ptr<float>(), xt.data_ptr<float>(), K, K / G};
+  float* out = y.data_ptr<float>();
+  // Blocks of 4 tiles split between the threads; in each, the rows in passes of near-equal size (at most 4 on
+  // AVX-512, 8 on AVX2: 9 rows are 3 + 3 + 3 or 5 + 4, not 8 + 1). Every pass after a block's first finds its
+  // weights in L1/L2.
+  const int64_t blocks = N / (TILE * BLOCK);
+  const int64_t rb_max = path == 2 ? 4 : 8;
+  const int64_t passes = (T + rb_max - 1) / rb_max;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t t0 = b * BLOCK;
+      for (int64_t p = 0, r0 = 0; p < passes; ++p) {
+        const int64_t rows = (T - r0) / (passes - p);
+#ifdef SPECDEC_X86
+        if (path == 2) {
+          (bits == 4 ? avx512_for<4>(rows) : avx512_for<8>(rows))(w, a, t0, r0, out);
+        } else if (path == 1) {
+          for (int64_t t = t0; t < t0 + BLOCK; ++t) (bits == 4 ? avx2_for<4>(rows) : avx2_for<8>(rows))(w, a, t, r0, out);
+        } else
+#endif
+        for (int64_t t = t0; t < t0 + BLOCK; ++t) tile_scalar(w, a, t, r0, rows, out);
+        r0 += rows;
+      }
+    }
+  });
+  return y.view(shape).to(input.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY(specdec, m) {
+  m.def("qlinear(Tensor x, Tensor codes, Tensor scales, Tensor? bias, int out_features, int group_size, int bits, "
+        "int path=-1) -> Tensor");
+  m.def("qlinear_best_path() -> int", &best_path);
+}
+
+TORCH_LIBRARY_IMPL(specdec, CPU, m) { m.impl("qlinear", &qlinear); }

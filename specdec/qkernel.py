@@ -1,0 +1,199 @@
+"""specdec's own few-row quantized linear kernel (specdec/csrc/qlinear.cpp): how its weights are packed, how it is
+built, and how to call it.
+
+    codes, scales = pack(weight, bits=4, group_size=64)
+    y = qlinear(x, codes, scales, bias, out_features=weight.shape[0], group_size=64, bits=4)
+
+Weights: int4 (asymmetric, a float16 scale and min per group of `group_size` inputs) or int8 (symmetric, a
+float16 scale per group). Activations: quantized to int8 per row and group inside the call. The output of a row
+does not depend on which other rows share the call (bitwise; see the C++ file), which is what lets a
+speculative verify over T tokens stay token-identical to the target alone at this precision.
+
+Built once with torch.utils.cpp_extension into the cache folder (`scripts/setup.sh` does it; otherwise the first
+quantized model does, saying so). Where it cannot be built (no C++ compiler) or run (not x86), `available()` is
+False, `why_not()` says why, and specdec.quantize takes torch's own kernels instead.
+"""
+import hashlib
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils import cpp_extension
+
+from .machine import cache_root
+
+SOURCE = Path(__file__).parent / "csrc" / "qlinear.cpp"
+PATH_NAMES = {2: "avx512-vnni", 1: "avx2", 0: "scalar"}
+TILE, BLOCK = 16, 4  # outputs per tile (one 512-bit register), tiles per block of the layout
+ROWS = TILE * BLOCK  # a weight's output count must be a multiple of this
+_state = {}  # "loaded": bool, "why": str
+
+
+def build_dir() -> Path:
+    """One folder per source and torch version: a changed kernel or torch builds anew, never loads a stale .so."""
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    return cache_root() / "kernels" / f"qlinear-{digest}-torch{torch.__version__.split('+')[0]}"
+
+
+def load(verbose=False) -> bool:
+    """Build (once) and load the kernel; False, with the reason in why_not(), where that cannot be done."""
+    if "loaded" in _state:
+        return _state["loaded"]
+    if os.environ.get("SPECDEC_QKERNEL", "on").lower() == "off":
+        return _fail("SPECDEC_QKERNEL=off")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return _fail(f"the kernel is written for x86 (this CPU is {platform.machine()})")
+    folder = build_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    built = any(folder.glob("*.so"))
+    if not built:
+        print(f"specdec: building the quantized linear kernel into {folder} (once; about a minute)", file=sys.stderr)
+    try:
+        cpp_extension.load(name="specdec_qlinear", sources=[str(SOURCE)], build_directory=str(folder),
+                           extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"], is_python_module=False, verbose=verbose)
+    except Exception as e:  # no compiler, no ninja, a failed build: torch's kernels serve
+        return _fail(f"the kernel could not be built here ({type(e).__name__}: {str(e).strip().splitlines()[-1][:200]})")
+    _state.update(loaded=True, why="")
+    return True
+
+
+def _fail(why) -> bool:
+    _state.update(loaded=False, why=why)
+    return False
+
+
+def available() -> bool:
+    return load()
+
+
+def why_not() -> str:
+    load()
+    return _state["why"]
+
+
+def best_path() -> str:
+    """The code path this CPU runs: avx512-vnni, avx2 or scalar."""
+    return PATH_NAMES[torch.ops.specdec.qlinear_best_path()]
+
+
+def pack(weight, bits=4, group_size=64):
+    """(codes uint8 [out/64, ...], scales float16 [out/64, in/group, 4, 2, 16]) in the kernel's layout (see the C++
+    file), from a float weight [out, in]. int4: w ~ q * scale + min, q in 0..15, min and max of each group spread
+    over the 16 codes; int8: w ~ (q - 128) * scale, q - 128 in -127..127, scale = max|w| / 127 (min = -128 * scale).
+    The codes are rounded against the float16 scale and min the kernel reads, so the stored values are the ones the
+    codes were chosen for."""
+    w = weight.detach().float()
+    out_f, in_f = w.shape
+    if not fits(out_f, in_f, group_size):
+        raise ValueError(f"qkernel.pack: shape {out_f}x{in_f} with groups of {group_size} needs out % {ROWS} == 0 "
+                         f"and in % group == 0")
+    g = w.reshape(out_f, in_f // group_size, group_size)
+    blocks = out_f // ROWS
+    if bits == 4:
+        lo, hi = g.amin(-1), g.amax(-1)
+        scale = ((hi - lo) / 15).clamp(min=1e-6).half()
+        mins = lo.half()
+        q = torch.round((g - mins.float()[..., None]) / scale.float()[..., None]).clamp(0, 15).to(torch.uint8)
+        q = q.reshape(blocks, BLOCK, TILE, in_f // 8, 2, 4)  # block, tile, column, load index, nibble, byte
+        codes = (q[..., 0, :] | (q[..., 1, :] << 4)).permute(0, 3, 1, 2, 4)  # block, load index, tile, column, byte
+    elif bits == 8:
+        scale = (g.abs().amax(-1) / 127).clamp(min=1e-6).half()
+        q = torch.round(g / scale.float()[..., None]).clamp(-127, 127) + 128  # stored unsigned, as vpdpbusd wants
+        codes = q.to(torch.uint8).reshape(blocks, BLOCK, TILE, in_f // 4, 4).permute(0, 3, 1, 2, 4)
+        mins = -128 * scale  # exact in float16
+    else:
+        raise ValueError(f"qkernel.pack: bits must be 4 or 8, not {bits}")
+    per_tile = lambda t: t.reshape(blocks, BLOCK, TILE, in_f // group_size).permute(0, 3, 1, 2)
+    scales = torch.stack([per_tile(scale), per_tile(mins)], dim=3).contiguous()
+    return codes.reshape(blocks, -1).contiguous(), scales
+
+
+def fits(out_features, in_features, group_size) -> bool:
+    """Whether the kernel takes this shape: outputs in whole blocks of 64, inputs in whole groups."""
+    return out_features % ROWS == 0 and in_features % group_size == 0 and group_size % 8 == 0
+
+
+def dequantize(codes, scales, bits, group_size, in_features):
+    """The float32 weight [out, in] the kernel multiplies by (before its activation quantization)."""
+    blocks = codes.shape[0]
+    out_f = blocks * ROWS
+    if bits == 4:
+        b = codes.reshape(blocks, in_features // 8, BLOCK, TILE, 4)
+        q = torch.stack([b & 15, b >> 4], dim=4)  # block, load index, tile, column, nibble, byte
+        q = q.permute(0, 2, 3, 1, 4, 5)
+    else:
+        q = codes.reshape(blocks, in_features // 4, BLOCK, TILE, 4).permute(0, 2, 3, 1, 4)
+    q = q.reshape(out_f, in_features).float()
+    per_col = lambda i: scales[:, :, :, i, :].permute(0, 2, 3, 1).reshape(out_f, -1).float().repeat_interleave(
+        group_size, 1)
+    return q * per_col(0) + per_col(1)
+
+
+def qlinear(x, codes, scales, bias, out_features, group_size, bits, path=-1):
+    """x [..., in] (any float dtype) -> [..., out] in x's dtype. `path`: -1 the best this CPU runs, else 2 (AVX-512
+    VNNI), 1 (AVX2), 0 (scalar): tests force each."""
+    return torch.ops.specdec.qlinear(x, codes, scales, bias, out_features, group_size, bits, path)
+
+
+# Sibling linears that read the same input, run as one kernel call: fewer calls (each has a fixed cost of some
+# microseconds, 7 per decoder layer otherwise) and more outputs per call to share between the threads.
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class Fused:
+    """Member linears whose codes and scales are views of one fused weight. The first member called with an input
+    computes every member's output; each other member, called next with that same tensor (as q/k/v and gate/up are in
+    transformers' Llama-family forwards), takes its part. Called with any other input, a member computes the fused
+    product anew, so the result is always the product of its own input (the same tensor object: nothing writes into
+    a layer's input between its sibling projections, and inference tensors keep no version counter to check it). Each output column is computed the same way
+    fused or not (the kernel works per 16 outputs), so fusing changes no bit."""
+
+    def __init__(self, members):
+        self.members = members
+        self.codes = torch.cat([m.qweight for m in members])
+        self.scales = torch.cat([m.scales for m in members])
+        self.bias = None if members[0].bias is None else torch.cat([m.bias.detach() for m in members])
+        self.sizes = [m.out_features for m in members]
+        start = 0
+        for m, size in zip(members, self.sizes):  # the members keep views: no second copy of the weights
+            m.qweight = self.codes[start // ROWS:(start + size) // ROWS]
+            m.scales = self.scales[start // ROWS:(start + size) // ROWS]
+            m.group = self
+            start += size
+        self.pending, self.input = {}, None
+
+    def __call__(self, member, x):
+        if self.input is x and member in self.pending:
+            return self.pending.pop(member)
+        m = self.members[0]
+        out = qlinear(x, self.codes, self.scales, self.bias, sum(self.sizes), m.group_size, m.bits)
+        parts = dict(zip(self.members, out.split(self.sizes, dim=-1)))
+        self.input = x
+        mine = parts.pop(member)
+        self.pending = parts
+        return mine
+
+
+def fuse_siblings(model, kernel_modules):
+    """Fuse each SIBLINGS set of `kernel_modules` (specdec-kernel linears) that share a parent, input size, format and
+    bias presence. Returns how many sets were fused."""
+    fused = 0
+    for parent in model.modules():
+        for names in SIBLINGS:
+            members = [getattr(parent, n, None) for n in names]
+            if not all(m in kernel_modules for m in members):
+                continue
+            formats = {(m.in_features, m.group_size, m.bits, m.bias is None) for m in members}
+            if len(formats) == 1:
+                Fused(members)
+                fused += 1
+    return fused
+
+
+if __name__ == "__main__":  # python -m specdec.qkernel: build it now (scripts/setup.sh) and say what runs
+    if load(verbose="-v" in sys.argv):
+        print(f"specdec quantized linear kernel: built in {build_dir()}; this CPU runs its {best_path()} path")
+    else:
+        print(f"specdec quantized linear kernel: not available ({why_not()}); torch's int4/int8 kernels serve")

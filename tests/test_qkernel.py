@@ -1,0 +1,132 @@
+"""specdec's quantized linear kernel (specdec.qkernel): bitwise row invariance for 1..16 rows on every code path this
+CPU runs, the paths agreeing bit for bit, an error bound against the float weights, fused siblings, and speculation
+on a model quantized with it token-identical to that model alone (not "up to near ties")."""
+import pytest
+import torch
+
+import specdec
+from specdec import attention, qkernel
+from specdec.quantize import QuantLinear, fastest_draft, quantize, quantize_pair
+from specdec.models import load_pair
+from conftest import perturbed, tiny_llama
+from test_engine import PROMPTS
+
+pytestmark = pytest.mark.skipif(not qkernel.available(), reason=f"no kernel here: {qkernel.why_not()}")
+FORMATS = [(4, 32), (4, 64), (4, 128), (8, 64)]
+SHAPES = [(64, 128), (192, 256), (128, 896)]  # out x in: one and several blocks of 64 outputs, Qwen's 896
+
+
+def paths():
+    """The code paths this CPU can run: 2 (AVX-512 VNNI), 1 (AVX2), 0 (scalar), whichever it has."""
+    best = {"avx512-vnni": 2, "avx2": 1, "scalar": 0}[qkernel.best_path()]
+    return list(range(best, -1, -1))
+
+
+def packed(out_f, in_f, bits, group, seed=0):
+    torch.manual_seed(seed)
+    w = torch.randn(out_f, in_f) * 0.05
+    return w, *qkernel.pack(w, bits, group)
+
+
+@pytest.mark.parametrize("bits,group", FORMATS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_rows_output_never_depends_on_the_other_rows_of_the_call(bits, group, shape):
+    out_f, in_f = shape
+    if in_f % group:
+        pytest.skip("groups must tile the input")
+    _, codes, scales = packed(out_f, in_f, bits, group)
+    x = torch.randn(16, in_f) * 2
+    bias = torch.randn(out_f)
+    for path in paths():
+        full = qkernel.qlinear(x, codes, scales, bias, out_f, group, bits, path)
+        for t in range(1, 17):  # every row count 1..16: each pass size, each split of rows into passes
+            assert torch.equal(qkernel.qlinear(x[:t], codes, scales, bias, out_f, group, bits, path), full[:t]), (path, t)
+        for i in range(16):  # and each row alone
+            assert torch.equal(qkernel.qlinear(x[i:i + 1], codes, scales, bias, out_f, group, bits, path), full[i:i + 1])
+
+
+@pytest.mark.parametrize("bits,group", FORMATS)
+def test_every_code_path_computes_the_same_bits(bits, group):
+    _, codes, scales = packed(128, 256, bits, group)
+    x = torch.randn(5, 256)
+    outs = [qkernel.qlinear(x, codes, scales, None, 128, group, bits, p) for p in paths()]
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
+@pytest.mark.parametrize("bits,group", FORMATS)
+def test_error_is_within_the_bound_of_its_two_roundings(bits, group):
+    """|y - x W^T| <= sum_k |W_q[n,k]| |x_k - x_q[k]| (activations rounded to int8 per group: at most half a step)
+    + sum_k |x_k| |W[n,k] - W_q[n,k]| (weights rounded to their codes: at most half a scale), plus float slack."""
+    w, codes, scales = packed(128, 256, bits, group)
+    wq = qkernel.dequantize(codes, scales, bits, group, 256).double()
+    assert ((w.double() - wq).abs() <= scales_of(scales, group, 256).double() / 2 + 1e-6).all()  # weights: half a step
+    x = torch.randn(7, 256) * 3
+    y = qkernel.qlinear(x, codes, scales, None, 128, group, bits).double()
+    xd = x.double()
+    x_step = xd.reshape(7, -1, group).abs().amax(-1, keepdim=True).expand(-1, -1, group).reshape(7, 256) / 127
+    bound = (x_step / 2) @ wq.abs().T + xd.abs() @ (w.double() - wq).abs().T + 1e-4 * (xd.abs() @ wq.abs().T)
+    assert ((y - xd @ w.double().T).abs() <= bound).all()
+    assert (y - xd @ w.double().T).abs().max() > 0  # it did quantize
+
+
+def scales_of(scales, group, in_f):
+    """The per-weight scale [out, in] of a packed weight (the stored float16 scale of each weight's group)."""
+    out_f = scales.shape[0] * qkernel.ROWS
+    return scales[:, :, :, 0, :].permute(0, 2, 3, 1).reshape(out_f, -1).float().repeat_interleave(group, 1)
+
+
+def test_pack_refuses_shapes_the_kernel_cannot_tile():
+    with pytest.raises(ValueError, match="out % 64"):
+        qkernel.pack(torch.randn(48, 64), 4, 32)
+    with pytest.raises(ValueError, match="bits"):
+        qkernel.pack(torch.randn(64, 64), 3, 32)
+
+
+def test_fused_siblings_give_the_bits_each_would_alone():
+    model = quantize(tiny_llama(layers=1).float(), "int4", 32, kernel="specdec")
+    mlp = model.model.layers[0].mlp
+    assert mlp.gate_proj.group is mlp.up_proj.group is not None  # gate/up fused (k/v: 32 outputs stay float)
+    x = torch.randn(1, 3, 64)
+    with torch.inference_mode():
+        gate, up = mlp.gate_proj(x), mlp.up_proj(x)  # the second takes its part of the first call
+        for m, got in ((mlp.gate_proj, gate), (mlp.up_proj, up)):
+            alone = qkernel.qlinear(x, m.qweight, m.scales, m.bias, m.out_features, m.group_size, m.bits)
+            assert torch.equal(got, alone)
+        other = torch.randn(1, 3, 64)
+        assert torch.equal(mlp.up_proj(other), qkernel.qlinear(other, mlp.up_proj.qweight, mlp.up_proj.scales, None,
+                                                                mlp.up_proj.out_features, 32, 4))
+
+
+def test_quantize_with_the_kernel_swaps_what_it_can_tile_and_makes_attention_row_invariant():
+    model = quantize(tiny_llama().float(), "int4", 32, kernel="specdec")
+    kinds = {name.rsplit(".", 1)[-1]: type(m).__name__ for name, m in model.named_modules()}
+    assert kinds["q_proj"] == kinds["gate_proj"] == "QuantLinear"  # 64 and 128 outputs
+    assert kinds["k_proj"] == "Linear" and kinds["lm_head"] == "Linear"  # 32 and 97 outputs: not whole blocks
+    assert model.specdec_precision == "int4-g32 specdec"
+    assert model.config._attn_implementation == attention.NAME
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_speculation_on_a_kernel_quantized_target_is_token_identical_to_it(bits):
+    """Not 'identical up to near ties': every K, auto, padding, rows of different lengths in one batch."""
+    precision = f"int{bits}"
+    target = quantize(tiny_llama(layers=2).float(), precision, 32, kernel="specdec")
+    draft = quantize(perturbed(tiny_llama(layers=2), 0.05).float(), "int4", 32, kernel="specdec")
+    alone = specdec.generate(target, PROMPTS, max_new_tokens=16, eos_token_id=[]).tokens
+    for k in (1, 3, 8, 15, "auto"):
+        result = specdec.generate(target, PROMPTS, draft=draft, k=k, max_new_tokens=16, eos_token_id=[])
+        assert result.tokens == alone, k
+        assert k == "auto" or result.stats["proposed"] > 0
+    for prompt, ref in zip(PROMPTS, alone):  # batch 1 too (no mask: the aligned path)
+        assert specdec.generate(target, [prompt], draft=draft, k=4, max_new_tokens=16, eos_token_id=[]).tokens == [ref]
+
+
+def test_a_quantized_pair_runs_a_draft_at_its_measured_fastest_precision():
+    pair = quantize_pair(load_pair("tiny-llama"), "int4", 32)
+    choice = fastest_draft(load_pair("tiny-llama").draft, 32, "specdec")  # cached by the call above
+    if choice == "as loaded":
+        assert not any(isinstance(m, QuantLinear) for m in pair.draft.modules())
+    else:
+        assert pair.draft.specdec_precision.startswith(choice)
+    forced = quantize_pair(load_pair("tiny-llama"), "int4", 32, draft_precision="int8")
+    assert forced.draft.specdec_precision == "int8-g32 specdec"
