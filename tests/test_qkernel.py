@@ -6,7 +6,7 @@ import torch
 
 import specdec
 from specdec import attention, qkernel
-from specdec.quantize import QuantLinear, fastest_draft, quantize, quantize_pair
+from specdec.quantize import QuantLinear, fastest_draft, kernel_report, quantize, quantize_pair
 from specdec.models import load_pair
 from conftest import perturbed, tiny_llama
 from test_engine import PROMPTS
@@ -130,3 +130,14 @@ def test_a_quantized_pair_runs_a_draft_at_its_measured_fastest_precision():
         assert pair.draft.specdec_precision.startswith(choice)
     forced = quantize_pair(load_pair("tiny-llama"), "int4", 32, draft_precision="int8")
     assert forced.draft.specdec_precision == "int8-g32 specdec"
+
+
+def test_without_the_kernel_torchs_kernels_serve_and_calibrate_says_why(monkeypatch):
+    """No compiler, not x86, or SPECDEC_QKERNEL=off: quantize's "auto" takes torch's kernels, forcing specdec's own is
+    refused with the reason, and the report names it."""
+    monkeypatch.setattr(qkernel, "_state", dict(loaded=False, why="no C++ compiler found"))
+    model = quantize(tiny_llama().float(), "int4", 32)
+    assert model.specdec_precision == "int4-g32" and model.config._attn_implementation != attention.NAME
+    with pytest.raises(ValueError, match="no C\\+\\+ compiler"):
+        quantize(tiny_llama().float(), "int4", 32, kernel="specdec")
+    assert "no C++ compiler" in kernel_report()
