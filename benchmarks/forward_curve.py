@@ -1,0 +1,45 @@
+"""The int4 target's cost of a forward over T tokens, on specdec's kernel and on torch's, and the draft's step at each
+precision: what decides whether a verify over K + 1 tokens costs about one step.
+
+    python benchmarks/forward_curve.py [--out data/cpu/int4_vs_llamacpp]
+
+Whole cache-free forwards (`profiler.time_forward`: logits of the last position, min of 3 after a warm-up), every
+model timed in one process, one after another. Writes forward_curve.csv: model, tokens, seconds, ratio (to T = 1).
+"""
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from specdec.models import load_pair
+from specdec.profiler import time_forward
+from specdec.quantize import copy_model, quantize
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="data/cpu/int4_vs_llamacpp")
+    args = p.parse_args()
+    pair = load_pair("qwen2.5-coder", draft_dtype="bfloat16")
+    models = {"target int4-g64 specdec": quantize(copy_model(pair.target), "int4", 64, "specdec"),
+              "target int4-g128 aten": quantize(copy_model(pair.target), "int4", 128, "aten"),
+              "draft int4-g64 specdec": quantize(copy_model(pair.draft).float(), "int4", 64, "specdec"),
+              "draft int8-g64 specdec": quantize(copy_model(pair.draft).float(), "int8", 64, "specdec"),
+              "draft bfloat16": pair.draft}
+    del pair
+    rows = []
+    with torch.inference_mode():
+        for m in models.values():
+            time_forward(m, 1)
+        for name, m in models.items():
+            points = (1, 2, 3, 4, 5, 6, 8, 9) if name.startswith("target") else (1, 2)
+            seconds = {t: time_forward(m, t, reps=3) for t in points}
+            rows += [dict(model=name, tokens=t, seconds=s, ratio=s / seconds[1]) for t, s in seconds.items()]
+            print(name, ", ".join(f"{t}: {s * 1e3:.1f} ms" for t, s in seconds.items()), flush=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(Path(args.out) / "forward_curve.csv", index=False)
+
+
+if __name__ == "__main__":
+    main()
