@@ -39,6 +39,8 @@ def rowwise_attention(module, query, key, value, attention_mask, **kwargs):
             (attention_mask is not None and attention_mask.dtype != torch.bool):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kwargs["is_causal"] = False
+    if batch == 1 and rows == 1 and attention_mask is None:  # a one-token step: the row sees every key already
+        return sdpa_attention_forward(module, query, key, value, None, **kwargs)
     out = []
     for b, lengths in enumerate(visible_keys(attention_mask, batch, rows, key.shape[2])):
         row = [sdpa_attention_forward(module, query[b:b + 1, :, i:i + 1], key[b:b + 1, :, :n], value[b:b + 1, :, :n],

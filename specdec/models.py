@@ -27,8 +27,8 @@ from huggingface_hub.errors import GatedRepoError
 from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding, GPT2Config, LlamaConfig, PreTrainedModel
 
 from .devices import faster_draft_dtype, resolve_device, resolve_dtype
-from .quantize import quantize_pair
 from .machine import cache_root
+from .quantize import quantize_pair
 from .weights import OFFLINE, _installed, _load_gguf, _pip_names, ensure_cached, install
 
 log = logging.getLogger("specdec")

@@ -16,6 +16,7 @@ False, `why_not()` says why, and specdec.quantize takes torch's own kernels inst
 import hashlib
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def load(verbose=False) -> bool:
         return _fail("SPECDEC_QKERNEL=off")
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return _fail(f"the kernel is written for x86 (this CPU is {platform.machine()})")
+    if shutil.which("ninja") is None:  # pip's ninja lives beside this interpreter, off PATH in an unactivated venv
+        os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     folder = build_dir()
     folder.mkdir(parents=True, exist_ok=True)
     built = any(folder.glob("*.so"))
@@ -164,12 +167,16 @@ class Fused:
             start += size
         self.pending, self.input = {}, None
 
+    def full(self, x) -> tuple:
+        """Every member's output for `x`, from one kernel call (specdec.lean calls this directly)."""
+        m = self.members[0]
+        out = qlinear(x, self.codes, self.scales, self.bias, sum(self.sizes), m.group_size, m.bits)
+        return out.split(self.sizes, dim=-1)
+
     def __call__(self, member, x):
         if self.input is x and member in self.pending:
             return self.pending.pop(member)
-        m = self.members[0]
-        out = qlinear(x, self.codes, self.scales, self.bias, sum(self.sizes), m.group_size, m.bits)
-        parts = dict(zip(self.members, out.split(self.sizes, dim=-1)))
+        parts = dict(zip(self.members, self.full(x)))
         self.input = x
         mine = parts.pop(member)
         self.pending = parts

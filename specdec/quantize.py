@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from . import attention, qkernel
+from . import attention, lean, qkernel
 from .costs import model_key
 from .linear import plan_key
 from .machine import read_cache, write_cache
@@ -130,7 +130,7 @@ def quantizable(module, precision, group_size, kernel) -> bool:
     if type(module) not in (nn.Linear, Conv1D) or module.weight.device.type != "cpu":
         return False
     out_f, in_f = module.weight.shape if type(module) is nn.Linear else module.weight.shape[::-1]
-    # groups must tile the input features, and both int4 packings take output rows 16 at a time
+    # groups must tile the input features; specdec's kernel takes outputs in blocks of 64
     if kernel == "specdec":
         return qkernel.fits(out_f, in_f, group_size)
     return precision == "int8" or in_f % group_size == 0 and out_f % 16 == 0  # torch's int4 packing: 16 rows
@@ -186,8 +186,8 @@ def precision_label(model) -> str | None:
 def quantize(model, precision, group_size=64, kernel="auto"):
     """Replace the model's CPU nn.Linear / Conv1D modules in place by QuantLinear ("int8" or "int4") on one
     `kernel`; set model.specdec_precision (what specdec.costs keys cost curves by) and return the model. A linear
-    whose input size is not a multiple of `group_size`, or output size not one of 16, stays float (none in Qwen2.5
-    or Llama at 32/64/128; a test model's odd-sized LM head)."""
+    whose input size is not a multiple of `group_size`, or output size not one of 64 (specdec's kernel; 16 for
+    torch's int4), stays float (none in Qwen2.5 or Llama at 32/64/128; a test model's odd-sized LM head)."""
     if precision not in QUANTIZED:
         raise ValueError(f"precision {precision!r}: quantize takes one of {QUANTIZED} (cast for float ones)")
     if group_size not in GROUP_SIZES:
@@ -207,6 +207,7 @@ def quantize(model, precision, group_size=64, kernel="auto"):
     if kernel == "specdec":  # row-invariant linears and attention: a verify gives each token its one-token logits
         qkernel.fuse_siblings(model, made)
         attention.enable(model)
+        lean.enable(model)
     grouped = precision == "int4" or kernel == "specdec"
     model.specdec_precision = (f"{precision}-g{group_size}" if grouped else precision) + \
         ("" if kernel == "aten" else f" {kernel}")
@@ -242,7 +243,7 @@ def quantize_pair(pair, precision, group_size=64, draft_precision="auto"):
     if precision in QUANTIZED:
         quantize(pair.target, precision, group_size)
         if pair.draft is not None and draft_precision is not None:
-            kernel = pair.target.specdec_precision.split(" ")[-1] if " " in pair.target.specdec_precision else "aten"
+            kernel = resolve_kernel("auto")  # the one the target got
             chosen = fastest_draft(pair.draft, group_size, kernel) if draft_precision == "auto" else draft_precision
             if chosen in QUANTIZED:
                 quantize(pair.draft, chosen, group_size, kernel)

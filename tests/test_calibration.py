@@ -171,3 +171,13 @@ def test_costs_are_measured_on_the_path_generations_take(monkeypatch):
     costs.measure_costs(pair.target, pair.draft, 1, 2, fresh=True)
     assert calls  # every forward went through the planned path
     assert all("forward" not in m.__dict__ for m in linear.linears([pair.target, pair.draft]))  # restored after
+
+
+def test_machines_that_differ_only_in_cpu_family_get_different_keys(monkeypatch):
+    """A Zen 4 and a Zen 5 EPYC report the same name and features; their family tells them apart."""
+    info = {"vendor_id": "AuthenticAMD", "cpu family": "25", "model": "17", "stepping": "1", "model name": "AMD EPYC",
+            "flags": "avx2 fma avx512f avx512_vnni avx512_bf16"}
+    monkeypatch.setattr(machine, "cpuinfo", info.get)
+    zen4 = machine.machine_key()
+    monkeypatch.setattr(machine, "cpuinfo", dict(info, **{"cpu family": "26", "model": "2"}).get)
+    assert machine.machine_key() != zen4 and "family 26" in machine.machine_key() and "family 25" in zen4

@@ -3,9 +3,10 @@ CPU runs, the paths agreeing bit for bit, an error bound against the float weigh
 on a model quantized with it token-identical to that model alone (not "up to near ties")."""
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import specdec
-from specdec import attention, qkernel
+from specdec import attention, lean, qkernel
 from specdec.quantize import QuantLinear, fastest_draft, kernel_report, quantize, quantize_pair
 from specdec.models import load_pair
 from conftest import perturbed, tiny_llama
@@ -141,3 +142,30 @@ def test_without_the_kernel_torchs_kernels_serve_and_calibrate_says_why(monkeypa
     with pytest.raises(ValueError, match="no C\\+\\+ compiler"):
         quantize(tiny_llama().float(), "int4", 32, kernel="specdec")
     assert "no C++ compiler" in kernel_report()
+
+
+def tiny_blockwise(kind, layers=2, seed=0):
+    """A tiny Llama or Qwen2 (q/k/v bias) whose every projection has a multiple of 64 outputs, so q/k/v and gate/up
+    all run fused on the kernel and the layers get specdec.lean's forward."""
+    torch.manual_seed(seed)
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[kind]
+    config = config_cls(vocab_size=97, hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                        initializer_range=0.3, bos_token_id=0, eos_token_id=1)
+    return model_cls(config).eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_the_lean_layer_forward_matches_transformers_and_keeps_speculation_exact(kind):
+    plain = quantize(tiny_blockwise(kind), "int4", 32, kernel="specdec")
+    for layer in plain.model.layers:
+        del layer.forward  # transformers' own forward, on the same quantized weights
+    lean_model = quantize(tiny_blockwise(kind), "int4", 32, kernel="specdec")
+    assert lean.enable(lean_model) == 0 and all("forward" in layer.__dict__ for layer in lean_model.model.layers)
+    ids = torch.tensor([PROMPTS[2]])
+    with torch.inference_mode():  # the same computation, up to the norm's rounding
+        torch.testing.assert_close(lean_model(ids).logits, plain(ids).logits, rtol=1e-4, atol=1e-4)
+    draft = quantize(tiny_blockwise(kind, seed=1), "int4", 32, kernel="specdec")
+    alone = specdec.generate(lean_model, PROMPTS, max_new_tokens=12, eos_token_id=[]).tokens
+    for k in (2, 5, "auto"):
+        assert specdec.generate(lean_model, PROMPTS, draft=draft, k=k, max_new_tokens=12, eos_token_id=[]).tokens == alone

@@ -146,7 +146,8 @@ def run_notebook(path, executed, params, cwd, verbose=False) -> tuple:
     start = time.perf_counter()
     try:
         papermill.execute_notebook(str(path), str(executed), parameters=params, kernel_name="python3",
-                                   cwd=str(cwd), progress_bar=False, log_output=verbose,
+                                   # papermill's bar on stderr: cells done out of the total, and the time left
+                                   cwd=str(cwd), progress_bar=not verbose, log_output=verbose,
                                    request_save_on_cell_execute=True)
         return "ok", time.perf_counter() - start, ""
     except Exception as e:  # noqa: BLE001 -- one failing notebook must not stop the others
