@@ -87,6 +87,8 @@ def main():
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout
+    source = dict(commit=git("rev-parse", "HEAD").strip(), dirty=bool(git("status", "--porcelain")))  # before writing
     found = llamacpp.find()
     ggufs = llamacpp.pair_ggufs("qwen2.5-coder")
     if llamacpp.COMPLETION not in found["binaries"]:
@@ -140,9 +142,7 @@ def main():
                 kernel_path=qkernel.best_path() if qkernel.available() else f"none ({qkernel.why_not()})",
                 target=precision_label(pair.target), draft=precision_label(pair.draft) or str(pair.draft.dtype),
                 target_gb_per_step=step_bytes(pair.target) / 1e9, draft_gb_per_step=step_bytes(pair.draft) / 1e9,
-                llama_cpp=llamacpp.version(llamacpp.COMPLETION, found), new_tokens=args.new, seed=args.seed,
-                commit=subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-                dirty=bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout))
+                llama_cpp=llamacpp.version(llamacpp.COMPLETION, found), new_tokens=args.new, seed=args.seed, **source)
     (out / "provenance.json").write_text(json.dumps(meta, indent=1) + "\n")
     pd.set_option("display.width", 250)
     print(summary.round(3).to_string(index=False))
