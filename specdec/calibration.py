@@ -8,7 +8,8 @@ check, and imports nothing of specdec but machine:
   this process, or loaded from the cache and when it was measured there, and whether the machine was busy then).
   `snapshot()` is that record with an id (a hash of the entries), for provenance; every generation's stats carry
   the id (`calibration_id`).
-- Checked: after every generation the engine compares its decode time with what the cost curve predicts for
+- Checked: after every generation the engine compares the time of its rounds (decode time less the draft's prefill,
+  which no curve prices) with what the cost curve predicts for
   the rounds it ran (`check`). A generation more than SLOW x the prediction is marked in its stats; after
   CONSISTENT such generations in a row for one (models, batch), or when an entry in use was measured on a busy
   machine, the calibration of those models is `stale` and the engine measures it again before the next
@@ -75,7 +76,7 @@ def healing() -> bool:
 
 
 def check(key: str, predicted_s, decode_s: float) -> dict:
-    """Judge one generation of (models, batch) `key`: its decode time against the prediction (None: no cost
+    """Judge one generation of (models, batch) `key`: the time of its rounds against the prediction (None: no cost
     curve for these models). Returns the stats it adds; marks `key` stale after CONSISTENT slow ones."""
     stats = dict(calibration_id=snapshot()["id"], predicted_decode_s=predicted_s, calibration_ratio=None,
                  calibration_suspect=False)

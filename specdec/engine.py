@@ -73,7 +73,7 @@ def generate(target, input_ids, *, draft=None, attention_mask=None, k=4, max_new
     result.stats.update(k=policy.k_max if policy.label == "fixed" else policy.label, policy=policy.label,
                         k_max=policy.k_max)
     predicted = predict(target, draft_model, len(rows), result.stats["k_per_iteration"])
-    result.stats.update(calibration.check(judged, predicted, result.stats["decode_seconds"]))
+    result.stats.update(calibration.check(judged, predicted, result.stats["rounds_seconds"]))
     return result
 
 
@@ -138,13 +138,15 @@ class Decoder:
         synchronize(self.device)
         start = time.perf_counter()
         decode_start = self.prefill()
+        rounds_start = time.perf_counter()  # after the draft's prefill: what the cost curves predict starts here
         while not all(self.done):
             self.step()
         synchronize(self.device)
         end = time.perf_counter()
         if self.streamer:
             self.streamer.end()
-        return Result(self.out, dict(self.stats(end - start), decode_seconds=end - decode_start))
+        return Result(self.out, dict(self.stats(end - start), decode_seconds=end - decode_start,
+                                     rounds_seconds=end - rounds_start))
 
     def prefill(self) -> float:
         """The target's prefill and first token, and the drafter's prefill; returns when the target's part ended:

@@ -10,6 +10,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from specdec import machine
+
 VOCAB = 97
 DEVICE = torch.device(os.environ.get("SPECDEC_TEST_DEVICE", "cpu"))
 if DEVICE.type != "cpu":  # the tests' own tensors (prompts, masks) then land on the models' device too
@@ -48,14 +50,21 @@ BUILDERS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
 def private_measurements(tmp_path_factory):
     """Every measurement the tests make (linear plans, cost curves, draft precisions) goes to a folder of the
     suite's own, never into the user's cache, where a test run on a busy machine would decide later generations'
-    speed. Fails the session loudly if the user's measurement files changed anyway."""
+    speed. Subprocesses inherit the variable; in this process any read or write that would still reach the user's
+    folder fails loudly (a check on the files' times would blame the tests for other processes' writes)."""
     user = Path(os.environ.get("SPECDEC_MEASUREMENTS") or os.environ.get("SPECDEC_CACHE") or
-                Path.home() / ".cache" / "specdec").expanduser()
-    stamp = lambda: {p.name: p.stat().st_mtime_ns for p in user.glob("*.json")}
-    before = stamp()
+                Path.home() / ".cache" / "specdec").expanduser().resolve()
     os.environ["SPECDEC_MEASUREMENTS"] = str(tmp_path_factory.mktemp("measurements"))
+    real = machine.measurement_root
+
+    def guarded():
+        root = real()
+        if root.resolve() == user:
+            raise AssertionError(f"a test reached the user's measurements in {user}: set SPECDEC_MEASUREMENTS")
+        return root
+    machine.measurement_root = guarded
     yield
-    assert stamp() == before, f"the tests changed the measurements cached in {user}"
+    machine.measurement_root = real
 
 
 @pytest.fixture(scope="session", params=sorted(BUILDERS))

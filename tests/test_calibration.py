@@ -181,3 +181,11 @@ def test_machines_that_differ_only_in_cpu_family_get_different_keys(monkeypatch)
     zen4 = machine.machine_key()
     monkeypatch.setattr(machine, "cpuinfo", dict(info, **{"cpu family": "26", "model": "2"}).get)
     assert machine.machine_key() != zen4 and "family 26" in machine.machine_key() and "family 25" in zen4
+
+
+def test_the_suite_cannot_reach_the_users_measurements(monkeypatch):
+    """conftest's guard: with the variable pointing back at the user's folder, a read fails loudly."""
+    monkeypatch.delenv("SPECDEC_MEASUREMENTS")
+    monkeypatch.delenv("SPECDEC_CACHE", raising=False)
+    with pytest.raises(AssertionError, match="user's measurements"):
+        machine.read_cache(linear.CACHE)
