@@ -3,9 +3,9 @@
 // packs the weights, builds this file and says when it cannot.
 //
 // Why a kernel of our own: ATen's int4 CPU kernel works on 4 rows at a time in float32, so a verify over 5..8
-// tokens streams the weights twice; this one unpacks each 16-output weight tile once per call and multiplies it
-// with every row of the call (up to 8 rows per pass over a tile that then sits in L1/L2), with int8 dot products
-// (AVX-512 VNNI vpdpbusd; AVX2 vpmaddubsw + vpmaddwd elsewhere).
+// tokens streams the weights twice from memory; this one streams each block of 64 outputs once per call and
+// multiplies it with every row of the call (up to 4 rows per pass on AVX-512, 8 on AVX2; later passes find the
+// block in L1/L2), with int8 dot products (AVX-512 VNNI vpdpbusd; AVX2 vpmaddubsw + vpmaddwd elsewhere).
 //
 // Row-invariant by construction: a row's output is computed by the same sequence of operations whatever else shares
 // the call. Per (row, output, group) the integer dot product is exact (int32); the float part is, in this order,
