@@ -12,7 +12,8 @@ Quality beside speed: the share of each configuration's greedy tokens equal to t
 first difference (llama.cpp's text tokenized with the same tokenizer).
 
 Writes rows.csv (one row per run) and summary.csv (geometric mean over prompts of the speed ratio against
-llama.cpp's faster configuration, 95% bootstrap interval over prompts, stratified by category) to --out.
+llama.cpp's faster configuration, 95% interval over prompts, stratified by category: stats.geomean_speedup) to
+--out; --summarize recomputes summary.csv from a committed rows.csv.
 """
 import argparse
 import json
@@ -32,11 +33,15 @@ from specdec.machine import cpu_identity, machine_key
 from specdec.models import load_pair
 from specdec.quantize import at_precision, precision_label, step_bytes
 from specdec.study import llamacpp
-from specdec.study.prompts import encode
+from specdec.study.population import geomean
+from specdec.study.stats import geomean_speedup
 
 POPULATION = Path(__file__).parent.parent / "data" / "prompts" / "population.jsonl"
 CATEGORIES = ("code", "chat", "qa", "translation")
 LLAMA_SPEC = (16, 0.75)
+CONFIGS = {"specdec int4 alone": ("specdec", None), "specdec int4 auto": ("specdec", "auto"),
+           "specdec int4 K=3": ("specdec", 3), "llama.cpp Q4_K_M alone": ("llama", "target_alone"),
+           f"llama.cpp Q4_K_M speculative ({LLAMA_SPEC[0]} drafts, p-min {LLAMA_SPEC[1]})": ("llama", "speculative")}
 
 
 def pick_prompts(n):
@@ -69,13 +74,27 @@ def run_llama(found, ggufs, prompt, mode, new, folder, tokenizer):
                 acceptance=timing["accepted"] / timing["drafted"] if timing.get("drafted") else None)
 
 
-def bootstrap(ratios, categories, reps=2000, seed=0):
-    """Geometric mean of per-prompt ratios and its 95% interval, prompts resampled within their category."""
-    logs, cats = np.log(np.asarray(ratios)), np.asarray(categories)
-    rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(cats == c) for c in dict.fromkeys(cats)]
-    means = [np.mean(np.concatenate([logs[rng.choice(g, len(g))] for g in groups])) for _ in range(reps)]
-    return float(np.exp(logs.mean())), *np.exp(np.percentile(means, [2.5, 97.5]))
+def summarize(frame, seed=0) -> pd.DataFrame:
+    """One line per configuration: its decode tok/s (geometric mean over prompts), its speed against llama.cpp's
+    faster configuration of the same prompt and against specdec's int4 target alone of the same prompt (geometric
+    mean of per-prompt ratios, 95% interval over prompts stratified by category: stats.geomean_speedup), and the
+    means of acceptance, K and agreement with the float32 target."""
+    wide = frame.pivot(index="prompt_id", columns="config", values="decode_tok_s")
+    cats = frame.groupby("prompt_id")["category"].first()[wide.index]
+    configs = [c for c in CONFIGS if c in set(frame["config"])]
+    llama_best = wide[[c for c in configs if c.startswith("llama")]].max(axis=1)  # per prompt: its faster mode
+    alone = wide["specdec int4 alone"]
+    lines = []
+    for name in configs:
+        vs_llama = geomean_speedup([([wide[name][p]], [llama_best[p]]) for p in wide.index], cats, seed)
+        vs_alone = geomean_speedup([([wide[name][p]], [alone[p]]) for p in wide.index], cats, seed)
+        sub = frame[frame["config"] == name]
+        lines.append(dict(config=name, prompts=len(wide), decode_tok_s=geomean(wide[name]),
+                          vs_llama_best=vs_llama.est, vs_llama_best_lo=vs_llama.lo, vs_llama_best_hi=vs_llama.hi,
+                          vs_specdec_alone=vs_alone.est, vs_specdec_alone_lo=vs_alone.lo,
+                          vs_specdec_alone_hi=vs_alone.hi, acceptance=sub["acceptance"].mean(),
+                          mean_k=sub["mean_k"].mean(), agreement_with_float32=sub["agreement_with_float32"].mean()))
+    return pd.DataFrame(lines)
 
 
 def main():
@@ -84,8 +103,12 @@ def main():
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="data/cpu/int4_vs_llamacpp")
+    p.add_argument("--summarize", action="store_true", help="only recompute summary.csv from --out's rows.csv")
     args = p.parse_args()
     out = Path(args.out)
+    if args.summarize:
+        summarize(pd.read_csv(out / "rows.csv"), args.seed).to_csv(out / "summary.csv", index=False)
+        return
     out.mkdir(parents=True, exist_ok=True)
     git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout
     source = dict(commit=git("rev-parse", "HEAD").strip(), dirty=bool(git("status", "--porcelain")))  # before writing
@@ -101,9 +124,7 @@ def main():
                  for q in prompts}
     pair = at_precision(base, "int4", 64)
     del base
-    configs = {"specdec int4 alone": ("specdec", None), "specdec int4 auto": ("specdec", "auto"),
-               "specdec int4 K=3": ("specdec", 3), "llama.cpp Q4_K_M alone": ("llama", "target_alone"),
-               f"llama.cpp Q4_K_M speculative ({LLAMA_SPEC[0]} drafts, p-min {LLAMA_SPEC[1]})": ("llama", "speculative")}
+    configs = CONFIGS
     rng = np.random.default_rng(args.seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,21 +143,7 @@ def main():
             print(f"prompt {qi + 1}/{len(prompts)} ({time.perf_counter() - start:.0f} s)", flush=True)
     frame = pd.DataFrame(rows)
     frame.to_csv(out / "rows.csv", index=False)
-    wide = frame.pivot(index="prompt_id", columns="config", values="decode_tok_s")
-    cats = frame.groupby("prompt_id")["category"].first()[wide.index]
-    llama_best = wide[[c for c in configs if c.startswith("llama")]].max(axis=1)  # per prompt: its faster mode
-    alone = wide["specdec int4 alone"]
-    lines = []
-    for name in configs:
-        vs_llama = bootstrap(wide[name] / llama_best, cats)
-        vs_alone = bootstrap(wide[name] / alone, cats)
-        sub = frame[frame["config"] == name]
-        lines.append(dict(config=name, prompts=len(wide), decode_tok_s=float(np.exp(np.log(wide[name]).mean())),
-                          vs_llama_best=vs_llama[0], vs_llama_best_lo=vs_llama[1], vs_llama_best_hi=vs_llama[2],
-                          vs_specdec_alone=vs_alone[0], vs_specdec_alone_lo=vs_alone[1], vs_specdec_alone_hi=vs_alone[2],
-                          acceptance=sub["acceptance"].mean(), mean_k=sub["mean_k"].mean(),
-                          agreement_with_float32=sub["agreement_with_float32"].mean()))
-    summary = pd.DataFrame(lines)
+    summary = summarize(frame, args.seed)
     summary.to_csv(out / "summary.csv", index=False)
     meta = dict(machine=machine_key(), cpu=cpu_identity(), platform=platform.platform(),
                 kernel_path=qkernel.best_path() if qkernel.available() else f"none ({qkernel.why_not()})",
