@@ -150,8 +150,9 @@ class Fused:
     computes every member's output; each other member, called next with that same tensor (as q/k/v and gate/up are in
     transformers' Llama-family forwards), takes its part. Called with any other input, a member computes the fused
     product anew, so the result is always the product of its own input (the same tensor object: nothing writes into
-    a layer's input between its sibling projections, and inference tensors keep no version counter to check it). Each output column is computed the same way
-    fused or not (the kernel works per 16 outputs), so fusing changes no bit."""
+    a layer's input between its sibling projections, and inference tensors keep no version counter to check it).
+    Each output column is computed the same way fused or not (the kernel works per 16 outputs): fusing changes no
+    bit."""
 
     def __init__(self, members):
         self.members = members

