@@ -147,7 +147,7 @@ def main():
     summary.to_csv(out / "summary.csv", index=False)
     meta = dict(machine=machine_key(), cpu=cpu_identity(), platform=platform.platform(),
                 kernel_path=qkernel.best_path() if qkernel.available() else f"none ({qkernel.why_not()})",
-                target=precision_label(pair.target), draft=precision_label(pair.draft) or str(pair.draft.dtype),
+                target=precision_label(pair.target), draft=precision_label(pair.draft),
                 target_gb_per_step=step_bytes(pair.target) / 1e9, draft_gb_per_step=step_bytes(pair.draft) / 1e9,
                 llama_cpp=llamacpp.version(llamacpp.COMPLETION, found), new_tokens=args.new, seed=args.seed, **source)
     (out / "provenance.json").write_text(json.dumps(meta, indent=1) + "\n")

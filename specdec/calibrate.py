@@ -38,9 +38,8 @@ def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft
     loaded = time.perf_counter() - start
     models = [m for m in (pair.target, pair.draft) if m is not None]
     say(f"calibration of {pair_name} on {plan_key()} (cache: {measurement_root()})")
-    name = lambda m, dt: precision_label(m) or str(dt).removeprefix("torch.")
-    say(f"models loaded in {loaded:.1f} s: target {name(pair.target, pair.dtype)}, draft "
-        f"{name(pair.draft, pair.draft_dtype) if pair.draft is not None else 'none'}")
+    say(f"models loaded in {loaded:.1f} s: target {precision_label(pair.target)}, draft "
+        f"{precision_label(pair.draft) or 'none'}")
     if precision in QUANTIZED:
         say(f"  quantized linears: {kernel_report()}")
         for line in kernel_table([pair.target, pair.draft]):

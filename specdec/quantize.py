@@ -179,8 +179,11 @@ def kernel_table(models, rows=(1, 4, 8), reps=5) -> list[str]:
 
 
 def precision_label(model) -> str | None:
-    """What the model's cost curves and results are keyed by: e.g. 'int4-g64 specdec'; None for a float model."""
-    return getattr(model, "specdec_precision", None)
+    """A model's precision in words: its quantized format (e.g. 'int4-g64 specdec', what its cost curves are keyed
+    by), else its float dtype ('bfloat16'); None without a model."""
+    if model is None:
+        return None
+    return getattr(model, "specdec_precision", None) or str(model.dtype).removeprefix("torch.")
 
 
 def quantize(model, precision, group_size=64, kernel="auto"):

@@ -144,7 +144,7 @@ def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,),
     context = dict(pair=pair.name, target=target_name, draft=draft_name, device=str(pair.device),
                    dtype=dtype_name(pair.dtype),
                    # a quantized draft is named by its precision (e.g. "int4-g64 specdec"), a float one by its dtype
-                   draft_dtype=precision_label(pair.draft) or dtype_name(getattr(pair, "draft_dtype", None)),
+                   draft_dtype=precision_label(pair.draft),
                    temperature=float(temperature), top_p=top_p, seed=seed, ignore_eos=bool(ignore_eos))
     cells = [dict(context, **c) for c in plan_cells(modes, ks, batch_sizes, max_new_tokens, verify, prompts)]
     for cell in cells:
