@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import specdec
-from specdec.study import bench, modes, results, summary
+from specdec.study import bench, modes, pairing, results, summary
 from specdec.study.controls import JunkDrafter
 from specdec.models import load_pair
 
@@ -145,10 +145,26 @@ def test_failing_cell_is_recorded_and_retried(tmp_path, monkeypatch, llama):
     assert (cells[cells["k"] == 2]["success_rate"] == 0).all()
     assert (cells[cells["k"] != 2]["success_rate"] == 1).all()
 
-    monkeypatch.setattr(bench, "generate", real)  # rerun: only the failed cells run again, now fine
+    monkeypatch.setattr(bench, "generate", real)  # rerun: the failed cells' blocks run again whole, now fine
     rows = bench.sweep(llama, tmp_path, **kw)
     assert len(rows) == 12 and (rows["status"] == "ok").all()
-    assert len(results.read_rows(tmp_path / "results.jsonl")) == 12 + 4  # the 4 retried rows were appended
+    assert len(results.read_rows(tmp_path / "results.jsonl")) == 12 + 12  # each pair timed together again
+    assert rows["run_id"].nunique() == 1  # every row it reports comes from the rerun's blocks
+
+
+def test_a_blocks_runs_are_consecutive_and_a_disturbed_block_is_timed_again(tmp_path, monkeypatch, llama):
+    verdicts = iter(["a run took 9.00x its prediction"])  # the first block straddled a change of machine state
+    monkeypatch.setattr(bench, "disturbed", lambda rows: next(verdicts, ""))
+    rows = bench.sweep(llama, tmp_path, modes=("baseline", "target_again", "speculative"), ks=(1, 2),
+                       max_new_tokens=(4,), prompts=PROMPTS[:3], iterations=2, warmup=False, progress=False)
+    written = results.read_rows(tmp_path / "results.jsonl")
+    assert len(rows) == 3 * 4 * 2 and len(written) == len(rows) + 4  # one block of 4 cells timed twice
+    assert pairing.not_consecutive(written) == []
+    first = [r for r in written if r["attempt"] == 2]
+    assert len(first) == 4 and all(pairing.block_of(r) == pairing.block_of(written[0]) for r in first)
+    assert (rows["attempt"] == 2).sum() == 4  # the summaries read the block's later timing
+    shuffled = written[1:5] + written[:1] + written[5:]  # a row moved away from its block: caught
+    assert pairing.not_consecutive(shuffled)
 
 
 def test_hf_references_match_baseline(tmp_path, llama):

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from specdec.study import plots, runner
+from specdec.study import page, plots, runner
 from specdec.study.modes import HF_GENERATE, MODES
 
 NAN = float("nan")
@@ -120,11 +120,12 @@ def summary_page(tmp_path, smoke=False, ran=None, names=NOTEBOOKS):
     data = tmp_path / "data" / "cpu"
     data.mkdir(parents=True)
     run = dict(status="ok", seconds=1.0, finished_utc="2026-01-01T00:00:00+00:00", error="", skipped=[])
-    (data / runner.RUNS_FILE).write_text(json.dumps({n: run for n in names}))
+    (data / page.RUNS_FILE).write_text(json.dumps({n: run for n in names}))
     if ran is not None:  # what study-provenance.json records of the notebooks this run gave parameters
         (data / "study-provenance.json").write_text(json.dumps(dict(params=dict(notebooks=ran))))
     state = dict(run_id="r", started_utc="2026-01-01T00:00:00+00:00", status="complete")
-    runner.write_summary(data, tmp_path / "figures" / "cpu", "cpu", smoke, state, NOTEBOOKS)
+    page.write_summary(data, tmp_path / "figures" / "cpu", "cpu", smoke, state, NOTEBOOKS,
+                       runner.notebook_sections(data, "cpu", smoke))
     return (data / "README.md").read_text()
 
 

@@ -3,7 +3,7 @@ import json
 
 from specdec.models import load_pair
 from specdec.study import latency
-from specdec.study.bench import run_order
+from specdec.study.pairing import run_order
 
 KS = [1, 2, 3, 4, 5, 6, 7, 8]
 
@@ -30,8 +30,8 @@ def test_the_order_is_reproducible_from_the_seed_and_its_own_stream():
     assert latency.latency_order(KS, 3, seed=7) == latency.latency_order(KS, 3, seed=7)
     assert latency.latency_order(KS, 3, seed=7) != latency.latency_order(KS, 3, seed=8)
     # not bench.run_order's stream: the two experiments do not share one random sequence
-    cells = [(k, m) for k in KS for m in latency.MODES]
-    sweep = [c for c, _ in run_order(cells, 3, seed=7)]
+    cells = [dict(k=k, mode=m) for k in KS for m in latency.MODES]
+    sweep = [(c["k"], c["mode"]) for c, _ in run_order(cells, 3, seed=7)]
     assert [(k, m) for _, k, m in latency.latency_order(KS, 3, seed=7)] != sweep
 
 

@@ -3,7 +3,8 @@
     python -m specdec.study.bench --pair tiny-llama --k 1,2,4 --batch 1,2 --max-new-tokens 64 --out runs/x
 
 Rows go to <out>/results.jsonl as they are produced (one write + fsync per row), so a killed sweep loses
-nothing finished, and rerunning the same command skips every (cell, iteration) already recorded as ok.
+nothing finished, and rerunning the same command skips every block (pairing.py: one prompt group's cells at one
+iteration, timed back to back) whose runs are all recorded as ok.
 Each run's provenance is <out>/provenance-<run_id>.json; every row names its run_id.
 Metrics follow DESIGN.md section 3.
 """
@@ -15,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -27,9 +27,10 @@ from ..profiler import peak_memory_mib, reset_peak_memory
 from ..quantize import precision_label
 from .controls import JunkDrafter
 from .modes import BASELINE, DEFAULT_SWEEP, MODES, NAMES, cells_for
+from .pairing import MAX_ATTEMPTS, blocks_in_order, disturbed, run_order
 from .prompts import PROMPTS_FILE, encode, load_prompts
 from .references import run_hf
-from .results import (COLUMNS, KEY, LATER_CELL, PHASES, RESULTS, ROUNDS, append_row, done_keys, end_torn_line,
+from .results import (COLUMNS, KEY, LATER_CELL, PHASES, RESULTS, ROUNDS, append_row, end_torn_line,
                       latest_by_key, now, read_rows, record_calibrations, save_calibration, start_run)
 from .summary import summarize
 
@@ -42,8 +43,8 @@ def plan_cells(modes, ks, batch_sizes, max_new_tokens, verify, prompts) -> list[
     """Every cell of the sweep. A batch of size b takes b different prompts, and the groups of one batch size
     are disjoint (prompts 1..b, b+1..2b, ...), so no row repeats a prompt and no group is a permutation of
     another; prompts beyond the last full group are left out at that batch size. The modes of one group are
-    listed together, baseline first (run_order decides the order they are timed in). A cell's category is its
-    first prompt's."""
+    listed together, baseline first (pairing.run_order decides the order they are timed in). A cell's category
+    is its first prompt's."""
     modes = sorted(set(modes), key=NAMES.index)
     short = [b for b in batch_sizes if b > len(prompts)]
     if short:
@@ -155,32 +156,40 @@ def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,),
         raise ValueError(f"modes {needs_draft} need a draft model; this pair has none")
 
     end_torn_line(results)
-    done = done_keys(read_rows(results, LATER_CELL), KEY)
-    # Timed runs in a seeded shuffled order, iteration by iteration (run_order): drift in machine load spreads
-    # over every mode and K instead of lining up with one of them.
-    todo = [(c, i) for c, i in run_order(cells, iterations, seed) if key_of(dict(c, iteration=i)) not in done]
+    latest = latest_by_key(read_rows(results, LATER_CELL), KEY)
+    # Paired timing (pairing.py): each prompt group's cells back to back, blocks in a seeded shuffled order. A
+    # block is done when its runs are ok and were timed together (one run, one attempt); otherwise it is timed
+    # whole again, so a resumed sweep, or a sweep adding cells to another's prompts, keeps its pairs together.
+    todo = [b for b in blocks_in_order(run_order(cells, iterations, seed)) if not timed_together(b, latest)]
 
     if todo:  # a run that has nothing left to do leaves no trace
         tokenized = {p["id"]: encode(pair.tokenizer, p) for p in prompts}  # refuses a prompt before any trace
         run_id = start_run(out, **context, weights=weights_of(pair), timing_only=pair.timing_only, modes=modes, ks=ks,
                            batch_sizes=batch_sizes, max_new_tokens=max_new_tokens, verify=verify,
-                           iterations=iterations, warmup=warmup, prompts=prompts, order="run_order", order_seed=seed,
-                           **(params or {}))
+                           iterations=iterations, warmup=warmup, prompts=prompts, order="pairing.run_order",
+                           order_seed=seed, max_attempts=MAX_ATTEMPTS, **(params or {}))
         runner = CellRunner(pair, results, dict(run_id=run_id, timing_only=pair.timing_only), tokenized)
         if warmup:  # every code path pays its one-off costs (allocations, kernel choice) before any timed run
-            for cell in warmup_cells([c for c, _ in todo]):
+            for cell in warmup_cells([c for b in todo for c, _ in b]):
                 runner.warm(cell)
-        bar = tqdm(todo, disable=not progress, unit="run", total=len(cells) * iterations,
-                   initial=len(cells) * iterations - len(todo))
-        for cell, i in bar:
-            bar.set_description(f"{cell['mode']} k={cell['k']} b={cell['batch_size']} n={cell['max_new_tokens']} "
-                                f"{cell['verify']} {cell['prompt_id']}")
-            runner.run(cell, i)
+        total = len(cells) * iterations
+        bar = tqdm(total=total, disable=not progress, unit="run", initial=total - sum(map(len, todo)))
+        for block in todo:
+            cell = block[0][0]
+            bar.set_description(f"b={cell['batch_size']} n={cell['max_new_tokens']} {cell['prompt_id']}")
+            runner.run_block(block)
+            bar.update(len(block))
         record_calibrations(out, run_id, runner.calibrations)
     mine = {key_of(dict(c, iteration=i)) for c in cells for i in range(iterations)}
     latest = latest_by_key(read_rows(results, LATER_CELL), KEY)
     rows = pd.DataFrame([r for k, r in latest.items() if k in mine], columns=list(COLUMNS))
     return mark_matches(rows)
+
+
+def timed_together(block, latest) -> bool:
+    rows = [latest.get(key_of(dict(c, iteration=i))) for c, i in block]
+    return (all(r is not None and r.get("status") == "ok" for r in rows)
+            and len({(r.get("run_id"), r.get("attempt")) for r in rows}) == 1)
 
 
 def mark_matches(rows) -> pd.DataFrame:
@@ -219,11 +228,22 @@ class CellRunner:
     def warm(self, cell):
         self.generate(dict(cell, max_new_tokens=min(cell["max_new_tokens"], 8)), cell["seed"])
 
-    def run(self, cell, iteration):
+    def run_block(self, block):
+        """Time a block's (cell, iteration) runs back to back; time them all again while pairing.disturbed says
+        they straddled a change of machine state, at most MAX_ATTEMPTS times in all."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            rows = [self.run(cell, iteration, attempt) for cell, iteration in block]
+            why = disturbed(rows)
+            if not why:
+                return
+            if attempt < MAX_ATTEMPTS:
+                print(f"specdec.study: timing {block[0][0]['prompt_id']}'s block again ({why})", file=sys.stderr)
+
+    def run(self, cell, iteration, attempt=1) -> dict:
         specdec, on_cpu = not MODES[cell["mode"]].hf, self.pair.device.type == "cpu"
         key = key_of(cell)
         seed = sampling_seed(cell, iteration)
-        extra = dict(self.extra, iteration=iteration, sampling_seed=seed)
+        extra = dict(self.extra, iteration=iteration, attempt=attempt, sampling_seed=seed)
         try:
             if specdec and not on_cpu and key not in self.phases:
                 self.phases[key] = phase_stats(self.generate(cell, seed, profile=True)[1])
@@ -239,10 +259,12 @@ class CellRunner:
             if isinstance(e, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             row = dict(cell, **extra, status="failed", error=f"{type(e).__name__}: {e}"[:2000])
-        append_row(self.results, dict(row, finished_utc=now()), COLUMNS)  # the cell's k wins over the stats'
+        row = dict(row, finished_utc=now())
+        append_row(self.results, row, COLUMNS)  # the cell's k wins over the stats'
         self.written += 1
         if str(self.written) == os.environ.get(KILL_AFTER_ROWS):
             os.kill(os.getpid(), signal.SIGKILL)
+        return row
 
 
 def sampling_seed(cell, iteration) -> int:
@@ -251,20 +273,11 @@ def sampling_seed(cell, iteration) -> int:
     return cell["seed"] + iteration if cell["temperature"] > 0 else cell["seed"]
 
 
-# -- run order ---------------------------------------------------------------------------------------------
-
-def run_order(cells, iterations, seed=0) -> list[tuple]:
-    """The order a sweep times its (cell, iteration) pairs in: `iterations` blocks, each block every cell once
-    in a seeded random order (a randomised complete block design), so that drift in machine load over the
-    sweep spreads over every mode and K instead of lining up with one of them. Deterministic in `seed`;
-    record the seed (the sweep's seed) with the rows. Returns [(cell, iteration), ...]."""
-    rng = np.random.default_rng([seed, 11])  # its own stream: independent of the sampling seed's uses
-    return [(cells[i], it) for it in range(iterations) for i in rng.permutation(len(cells))]
-
+# -- warm-up ---------------------------------------------------------------------------------------------
 
 def warmup_cells(cells) -> list[dict]:
     """One cell per shape (mode, k, verify, batch size, new tokens): what to run once, untimed, before the
-    first block of run_order, so every code path has paid its one-off costs before any timed run."""
+    first block of pairing.run_order, so every code path has paid its one-off costs before any timed run."""
     return list({(c["mode"], c["k"], c["verify"], c["batch_size"], c["max_new_tokens"]): c for c in cells}.values())
 
 

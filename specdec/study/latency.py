@@ -30,13 +30,13 @@ MODES = VERIFY_MODES  # the engine's: one (K+1)-token forward, or K+1 one-token 
 SETTING = ("pair", "target", "device", "dtype", "linear", "context", "batch_size")  # what makes two rows comparable
 KEY = SETTING + ("k", "mode", "repeat")
 COLUMNS = ("run_id", *KEY, "timing_only", "tokens", "forwards", "seconds", "calibration_id", "finished_utc")
-ORDER_STREAM = 13  # latency_order's rng is default_rng([seed, ORDER_STREAM]); bench.run_order uses 11
+ORDER_STREAM = 13  # latency_order's rng is default_rng([seed, ORDER_STREAM]); pairing.run_order uses 11
 
 
 def latency_order(ks, repeats, seed, modes=MODES) -> list[tuple]:
     """The order measure() times its cells in: [(repeat, k, mode), ...], repeats outermost, each repeat every
     (K, mode) once in a seeded random order of its own (a randomised complete block design, like
-    bench.run_order), so that drift in machine load, or a cache warming over the run, spreads over every K
+    pairing.run_order), so that drift in machine load, or a cache warming over the run, spreads over every K
     instead of lining up with the largest ones. Deterministic in `seed`; its own random stream, independent
     of every other use of the seed."""
     rng = np.random.default_rng([seed, ORDER_STREAM])

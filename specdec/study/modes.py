@@ -57,6 +57,8 @@ class Mode:
 
 MODES = {m.name: m for m in (
     Mode("baseline", "target only (specdec)", None, "none"),
+    # the A/A control: the same work as the baseline, timed in the same block; its "speedup" is the noise floor
+    Mode("target_again", "target only, timed again (A/A control)", None, "none"),
     Mode("speculative", "specdec, draft model", "model", "fixed"),
     Mode("auto", "specdec auto K", "model", "auto"),
     Mode("adaptive", "specdec adaptive K", "model", "adaptive"),
@@ -121,5 +123,6 @@ LOOP = ("baseline", "hf_generate_fast")          # the decode loop and KV cache 
 SPECULATION = ("speculative", "baseline")        # drafting and verifying at a fixed K, within specdec
 AUTO_SPECULATION = ("auto", "baseline")          # the same with K chosen per round by specdec's auto policy
 ENGINE = ("speculative", "hf_assisted_fast")     # same K, kernel and draft dtype: specdec's loop against HF's
+A_A = ("target_again", "baseline")               # the same work twice: what a pair's ratio is when nothing differs
 VERIFY_COST = ("junk", "baseline")               # a round that yields one token at (K+1)-token verify cost:
                                                  # what a wholly wrong draft costs, with no draft model run

@@ -5,9 +5,13 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
+from . import population
 from .bench import load_warm  # noqa: F401  (the notebooks call notebook.load_warm)
-from .modes import BASELINE
+from .modes import A_A, BASELINE
+from .stats import NAN, Estimate
 from .summary import summarize
+
+AA_FILE = "aa_control.csv"  # every experiment's A/A control, which the summary page collects
 
 
 def seed_reference(experiment, devices, out_dir, reference_file):
@@ -50,6 +54,25 @@ def save_tables(rows, out_dir, by=("mode", "k", "batch_size", "max_new_tokens", 
     summary = summary[list(dict.fromkeys(wanted))]
     summary.to_csv(out / "summary.csv", index=False)
     return pd.read_csv(out / "cells.csv"), pd.read_csv(out / "summary.csv")
+
+
+def aa_control(rows, out_dir, metric=population.DECODE, seed=0, by=None) -> dict:
+    """The experiment's A/A control: the target alone timed twice in each block (modes.A_A), its paired ratio
+    over prompts like every speedup of the experiment (geometric mean, 95% interval over prompts then pairs).
+    Written to <out_dir>/aa_control.csv, one line per value of `by` (a column, e.g. batch_size) or one line
+    'all'; returns {value: Estimate} (NAN where the control did not run)."""
+    rows = pd.DataFrame(rows)
+    groups = [("all", rows)] if by is None else list(rows.groupby(by))
+    found, lines = {}, []
+    for value, g in groups:
+        t = population.speedup_table(g, A_A[0], A_A[1], metric=metric, seed=seed) if (g["mode"] == A_A[0]).any() \
+            else pd.DataFrame()
+        o = t.set_index("category").loc[population.OVERALL] if len(t) else None
+        found[value] = NAN if o is None else Estimate(o["speedup"], o["speedup_lo"], o["speedup_hi"])
+        lines.append(dict(group=value, by=by or "", metric=metric, prompts=0 if o is None else int(o["prompts"]),
+                          speedup=found[value].est, speedup_lo=found[value].lo, speedup_hi=found[value].hi))
+    pd.DataFrame(lines).to_csv(Path(out_dir) / AA_FILE, index=False)
+    return found
 
 
 def readout(out_dir, text):

@@ -3,9 +3,10 @@ x prompts, 1-3 repeats each), which of that spread is prompts and which is repea
 oracle would have given, and how acceptance falls along the drafted positions.
 
 Every function takes the rows (one per timed generation, specdec.study.results) and returns a DataFrame that the
-notebook saves as CSV. Only ok rows count; speedups are paired by prompt (a mode's runs on a prompt over the
-reference's runs on the same prompt) and default to greedy rows (temperature 0), where acceptance is the same in
-every repeat and only timing varies. Intervals: stats.geomean_speedup (over prompts and their repeats).
+notebook saves as CSV. Only ok rows count; speedups are paired by block (a mode's run on a prompt over the
+reference's run on the same prompt, timed back to back: pairing.py) and default to greedy rows (temperature 0),
+where acceptance is the same in every repeat and only timing varies. Intervals: stats.geomean_speedup (over
+prompts, then their pairs).
 """
 import json
 
@@ -19,6 +20,7 @@ from .stats import NAN, RESAMPLES, geomean_speedup
 AUTO = "auto"
 OVERALL = "overall"  # the category line over all prompts (stratified by category)
 DECODE = "decode_throughput"
+ONE = np.ones(1)  # the reference side of a ratio already paired
 GROUP = ["mode", "k", "category"]  # a configuration (k: the cell's fixed K, NaN for auto) and a category
 
 
@@ -49,22 +51,26 @@ def select(r, mode, k=None) -> pd.DataFrame:
     return s
 
 
+def blocks(r, mode, reference, metric, k=None) -> pd.DataFrame:
+    """Per prompt and iteration both configurations ran (one block of pairing.py: timed back to back): prompt_id,
+    iteration, category, m and ref (`metric` of each side) and ratio = m / ref."""
+    at = lambda s: s.groupby(["prompt_id", "iteration"])[metric].mean()
+    both = pd.concat([at(select(r, mode, k)).rename("m"), at(select(r, reference)).rename("ref")], axis=1).dropna()
+    category = r.drop_duplicates("prompt_id").set_index("prompt_id")["category"]
+    both = both.reset_index()
+    return both.assign(category=both["prompt_id"].map(category), ratio=both["m"] / both["ref"])
+
+
 def paired(r, mode, reference, metric, k=None) -> pd.DataFrame:
-    """Per prompt both configurations ran: prompt_id, category, mode_runs and reference_runs (arrays of `metric`)."""
-    runs = lambda s: s.groupby("prompt_id")[metric].agg(lambda x: x.dropna().to_numpy(float))
-    m, ref = runs(select(r, mode, k)), runs(select(r, reference))
-    both = [p for p in m.index if p in ref.index and len(m[p]) and len(ref[p])]
-    category = r.drop_duplicates("prompt_id").set_index("prompt_id")["category"]
-    return pd.DataFrame(dict(prompt_id=both, category=category.reindex(both).to_numpy(),
-                             mode_runs=[m[p] for p in both], reference_runs=[ref[p] for p in both]))
-
-
-def by_iteration(r, mode, reference, metric, k=None) -> pd.DataFrame:
-    """Per prompt and iteration both ran: prompt_id, iteration, category, ratio (mode / reference that repeat)."""
-    mean = lambda s: s.groupby(["prompt_id", "iteration"])[metric].mean()
-    ratio = (mean(select(r, mode, k)) / mean(select(r, reference))).dropna().rename("ratio").reset_index()
-    category = r.drop_duplicates("prompt_id").set_index("prompt_id")["category"]
-    return ratio.assign(category=ratio["prompt_id"].map(category))
+    """Per prompt with a block of both: prompt_id, category, mode_runs and reference_runs (arrays of `metric`,
+    aligned by iteration) and ratios (mode run / reference run, block by block)."""
+    b = blocks(r, mode, reference, metric, k)
+    g = b.groupby("prompt_id", sort=True)
+    arrays = lambda col: g[col].agg(lambda x: x.to_numpy(float))
+    return pd.DataFrame(dict(prompt_id=list(g.groups), category=g["category"].first().to_numpy(),
+                             mode_runs=list(arrays("m")), reference_runs=list(arrays("ref")),
+                             ratios=list(arrays("ratio"))),
+                        columns=["prompt_id", "category", "mode_runs", "reference_runs", "ratios"])
 
 
 def geomean(x) -> float:
@@ -73,8 +79,9 @@ def geomean(x) -> float:
 
 
 def estimate(d, seed, resamples):
-    """geomean_speedup of a `paired` frame, stratified by its categories."""
-    return geomean_speedup(zip(d["mode_runs"], d["reference_runs"]), d["category"], seed, resamples)
+    """geomean_speedup of a `paired` frame's per-block ratios, stratified by its categories: the geometric mean
+    over prompts of each prompt's mean ratio; the interval resamples prompts, then their pairs."""
+    return geomean_speedup([(x, ONE) for x in d["ratios"]], d["category"], seed, resamples)
 
 
 def categories_then_overall(cats):
@@ -113,11 +120,10 @@ def per_prompt(rows, mode=AUTO, reference=BASELINE, metric=DECODE, k=None, tempe
     and repeat_min / repeat_max: the extremes of the ratios paired by iteration (NaN with fewer than 2)."""
     r = ok_rows(rows, temperature)
     d = paired(r, mode, reference, metric, k)
-    it = by_iteration(r, mode, reference, metric, k).groupby("prompt_id")["ratio"].agg(["min", "max", "size"])
-    it = it[it["size"] >= 2].reindex(d["prompt_id"])
+    several = d["ratios"].map(len) >= 2
     return pd.DataFrame(dict(prompt_id=d["prompt_id"], category=d["category"], runs=d["mode_runs"].map(len),
-                             speedup=d["mode_runs"].map(np.mean) / d["reference_runs"].map(np.mean),
-                             repeat_min=it["min"].to_numpy(), repeat_max=it["max"].to_numpy()))
+                             speedup=d["ratios"].map(np.mean), repeat_min=d["ratios"].map(np.min).where(several),
+                             repeat_max=d["ratios"].map(np.max).where(several)))
 
 
 def repeat_vs_prompt_variance(rows, mode=AUTO, reference=BASELINE, metric=DECODE, k=None,
@@ -128,7 +134,7 @@ def repeat_vs_prompt_variance(rows, mode=AUTO, reference=BASELINE, metric=DECODE
     (the same around each category's mean), their square roots (repeat_sd, prompt_sd, ~ relative spreads),
     and dominant: whichever of repeats and prompts moves a speedup more."""
     r = ok_rows(rows, temperature)
-    it = by_iteration(r, mode, reference, metric, k).assign(log=lambda f: np.log(f["ratio"]))
+    it = blocks(r, mode, reference, metric, k).assign(log=lambda f: np.log(f["ratio"]))
     it = it[it.groupby("prompt_id")["log"].transform("size") >= 2]
     g = it.groupby("prompt_id")["log"]
     n, means = g.size(), g.mean()

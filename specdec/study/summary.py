@@ -9,12 +9,7 @@ from scipy.stats import iqr
 
 from . import stats
 from .modes import BASELINE, SPECULATIVE, VS_HF, VS_HF_DEFAULT
-from .results import CELL, METRICS, PHASES, decode_throughput
-
-# What makes two cells comparable (a mode against the baseline, or HF's defaults, on the same prompts). Not the
-# draft's dtype: the baseline does not use the draft, and HF assisted generation gets it in the target's dtype.
-MATCH = ("pair", "target", "draft", "device", "dtype", "temperature", "top_p", "seed", "ignore_eos",
-         "batch_size", "max_new_tokens", "prompt_id", "prompt_ids")
+from .results import CELL, METRICS, PAIRED_ON, PHASES, decode_throughput
 
 
 def predicted_speedup(a, k, c, v):
@@ -28,17 +23,18 @@ def predicted_speedup(a, k, c, v):
 
 
 def summarize(rows, by=None, seed=0) -> pd.DataFrame:
-    """One row per cell (metrics over its ok runs: throughput is their mean) with speedup (throughput / the
-    baseline's on the same prompts, every non-baseline mode), speedup_vs_hf and predicted_speedup (in-sample:
+    """One row per cell (metrics over its ok runs: throughput is their mean) with speedup (the mean over its runs
+    of throughput / the baseline's run in the same block, pairing.py; every non-baseline mode), speedup_vs_hf and predicted_speedup (in-sample:
     use calibrated_prediction for an honest one); with `by` (e.g. ("mode", "k", "batch_size",
     "max_new_tokens", "verify")), the mean over prompts of those per-cell numbers.
+    decode_speedup: the same ratio of decode throughputs (specdec modes: what Leviathan's formula predicts).
     95% intervals (specdec.stats, stratified by prompt, paired for ratios): throughput_lo/_hi,
-    decode_throughput_lo/_hi and speedup_lo/_hi. decode_throughput = (new tokens - one per row) /
+    decode_throughput_lo/_hi, speedup_lo/_hi and decode_speedup_lo/_hi. decode_throughput = (new tokens - one per row) /
     (seconds - prefill_s): the decode phase alone, without the time to first token (specdec modes only)."""
 
     rows = pd.DataFrame(rows)
     cell = [c for c in CELL if c in rows]
-    match = [c for c in MATCH if c in rows]
+    match = [c for c in PAIRED_ON if c in rows]
     key = lambda cols: rows[cols].map(str).agg("|".join, axis=1)  # NaN-proof join keys (NaN -> "nan")
     rows = rows.assign(_cell=key(cell), _match=key(match))
     keys = cell + ["_cell", "_match"]
@@ -47,6 +43,12 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
     for col in METRICS:  # null-only columns load as object; make every metric numeric
         ok[col] = pd.to_numeric(ok[col], errors="coerce")
     ok["decode_throughput"] = decode_throughput(ok)
+    # paired timing (pairing.py): a run's speedup is over its reference's run in the same block (prompts, iteration)
+    ok["_vs_base"] = np.where(ok["mode"] != BASELINE, ok["throughput"] / block_mate(ok, BASELINE), np.nan)
+    ok["_vs_base_decode"] = np.where(ok["mode"] != BASELINE,
+                                     ok["decode_throughput"] / block_mate(ok, BASELINE, "decode_throughput"), np.nan)
+    ok["_vs_hf_default"] = np.where(ok["mode"] == VS_HF_DEFAULT[0], ok["throughput"] / block_mate(ok, VS_HF_DEFAULT[1]),
+                                    np.nan)
     matches = lambda s: bool(s.dropna().astype(bool).all()) if s.notna().any() else None
     agg = dict(runs=("throughput", "size"), throughput=("throughput", "mean"),
                throughput_iqr=("throughput", iqr), throughput_min=("throughput", "min"),
@@ -54,6 +56,8 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
                seconds=("seconds", "median"), new_tokens=("new_tokens", "median"),
                acceptance_rate=("acceptance_rate", "mean"), mean_k=("mean_k", "mean"),
                tokens_per_target_forward=("tokens_per_target_forward", "mean"),
+               speedup=("_vs_base", "mean"), decode_speedup=("_vs_base_decode", "mean"),
+               speedup_vs_hf_default=("_vs_hf_default", "mean"),
                **{p: (p, "median") for p in (*PHASES, "draft_step_s", "verify_iter_s")},
                peak_memory_mib=("peak_memory_mib", "max"), timing_only=("timing_only", "first"),
                matches_baseline=("matches_baseline", matches),
@@ -65,35 +69,26 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
     base = cells[cells["mode"] == BASELINE][match + ["throughput", "verify_iter_s"]]
     cells = cells.merge(base.rename(columns={"throughput": "baseline_throughput", "verify_iter_s": "target_step_s"}),
                         on=match, how="left")
-    others = cells["mode"] != BASELINE
-    cells["speedup"] = np.where(others, cells["throughput"] / cells["baseline_throughput"], np.nan)
     hf = cells[cells["mode"] == VS_HF[1]][match + ["k", "throughput"]]
     cells = cells.merge(hf.rename(columns={"throughput": "hf_assisted_throughput"}), on=match + ["k"], how="left")
     spec = cells["mode"] == SPECULATIVE
     cells["speedup_vs_hf"] = np.where(cells["mode"] == VS_HF[0], cells["throughput"] / cells["hf_assisted_throughput"],
                                       np.nan)
     # what a user would otherwise get: generate(assistant_model=...) at HF's own defaults, vs specdec's auto K
-    hf_default = cells[cells["mode"] == VS_HF_DEFAULT[1]][match + ["throughput"]]
-    cells = cells.merge(hf_default.rename(columns={"throughput": "hf_default_throughput"}), on=match, how="left")
-    auto = cells["mode"] == VS_HF_DEFAULT[0]
-    cells["speedup_vs_hf_default"] = np.where(auto, cells["throughput"] / cells["hf_default_throughput"], np.nan)
     predicted = predicted_speedup(cells["acceptance_rate"], cells["k"], cells["draft_step_s"] / cells["target_step_s"],
                                   cells["verify_iter_s"] / cells["target_step_s"])
     cells["predicted_speedup"] = np.where(spec, predicted, np.nan)
 
     runs = {k: g for k, g in ok.groupby("_cell", sort=False)}
-    runs_of = lambda mode: {k: g["throughput"].to_numpy(float) for k, g in ok[ok["mode"] == mode].groupby("_match")}
-    base_runs, hf_default_runs = runs_of(BASELINE), runs_of(VS_HF_DEFAULT[1])
     col = lambda c, name: [runs[k][name].to_numpy(float) if k in runs else np.array([np.nan]) for k in c["_cell"]]
-    # (this cell's runs, the reference's runs on the same prompts) for the cells of `modes`: paired ratios
-    pairs = lambda c, ref, modes: [(t, ref[m]) for t, m, mode in zip(col(c, "throughput"), c["_match"], c["mode"])
-                                   if mode in modes and m in ref]
-    paired = lambda c, ref, modes: stats.ratio_interval(pairs(c, ref, modes), seed)  # no pairs: stats.NAN
-    drafted = set(ok["mode"]) - {BASELINE}
+    # the mean over prompts of each prompt's mean paired ratio, its runs resampled (cells without pairs: stats.NAN)
+    ratios = lambda c, name: (stats.mean_interval(found, seed) if (found := [x for x in col(c, name)
+                                                                             if np.isfinite(x).any()]) else stats.NAN)
     intervals = lambda c: dict(
         throughput=stats.mean_interval(col(c, "throughput"), seed),
         decode_throughput=stats.mean_interval(col(c, "decode_throughput"), seed),
-        speedup=paired(c, base_runs, drafted), speedup_vs_hf_default=paired(c, hf_default_runs, {VS_HF_DEFAULT[0]}))
+        speedup=ratios(c, "_vs_base"), decode_speedup=ratios(c, "_vs_base_decode"),
+        speedup_vs_hf_default=ratios(c, "_vs_hf_default"))
     if by is None:
         found = [intervals(cells.iloc[[i]]) for i in range(len(cells))]
         out = cells
@@ -101,10 +96,16 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
         grouped = cells.groupby(list(by), dropna=False, sort=False)
         found = [intervals(g) for _, g in grouped]
         out = grouped.mean(numeric_only=True).join(grouped["prompt_id"].nunique().rename("prompts")).reset_index()
-    for name in ("throughput", "decode_throughput", "speedup", "speedup_vs_hf_default"):
+    for name in ("throughput", "decode_throughput", "speedup", "decode_speedup", "speedup_vs_hf_default"):
         out[f"{name}_lo"] = [f[name].lo for f in found]
         out[f"{name}_hi"] = [f[name].hi for f in found]
     return out.drop(columns=["_cell", "_match"], errors="ignore")
+
+
+def block_mate(rows, mode, metric="throughput") -> np.ndarray:
+    """Per row, `metric` of `mode`'s run in the same block (same _match and iteration; NaN where none)."""
+    ref = rows[rows["mode"] == mode].groupby(["_match", "iteration"])[metric].mean()
+    return ref.reindex(pd.MultiIndex.from_arrays([rows["_match"], rows["iteration"]])).to_numpy(float)
 
 
 def calibrated_prediction(calibration, ks, seed=0) -> pd.DataFrame:

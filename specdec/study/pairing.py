@@ -1,0 +1,79 @@
+"""Paired timing: the runs a comparison divides are timed back to back, in the same machine state.
+
+These shared machines change speed by ~25% within minutes. A sweep therefore times in blocks: a block is every
+cell of one prompt group (same prompts, length, sampling; any mode, K or verify setting), at one iteration. A
+block's runs go consecutively, in a seeded random order within the block, and the blocks of an iteration in a
+seeded random order (a randomised complete block design). A speedup is a ratio inside one block: a mode's run
+over the target alone's run of the same block (results.PAIRED_ON + iteration).
+
+A block whose runs disagree with their calibration's prediction (specdec.calibration: the measured rounds over
+the time the cost curves predict) is timed again, up to MAX_ATTEMPTS times: one run far slower than predicted, or
+runs whose ratios differ as much as the machine's two speed states do, mean the pair straddled a change of state.
+The rows of every attempt stay in results.jsonl (column `attempt`); the latest attempt is the one summarised.
+"""
+import numpy as np
+
+from .results import PAIRED_ON
+
+MAX_ATTEMPTS = 3   # a block is timed at most this many times
+SLOW = 1.5         # a run over 1.5x its prediction was disturbed (the calibration check's own threshold)
+SPREAD = 1.3       # runs of one block whose prediction ratios differ by more ran in different machine states
+
+
+def block_of(cell) -> tuple:
+    """What a cell is compared on: its prompt group and setting, without mode, K, verify or draft dtype."""
+    return tuple(cell.get(c) for c in PAIRED_ON)
+
+
+def run_order(cells, iterations, seed=0) -> list[tuple]:
+    """The order a sweep times its (cell, iteration) pairs in: per iteration, the blocks in a seeded random order,
+    each block's cells consecutively in a seeded random order of their own. Deterministic in `seed` (record it
+    with the rows). Returns [(cell, iteration), ...]."""
+    rng = np.random.default_rng([seed, 11])  # its own stream: independent of the sampling seed's uses
+    blocks = {}
+    for cell in cells:
+        blocks.setdefault(block_of(cell), []).append(cell)
+    groups = list(blocks.values())
+    order = []
+    for it in range(iterations):
+        for b in rng.permutation(len(groups)):
+            order += [(groups[b][i], it) for i in rng.permutation(len(groups[b]))]
+    return order
+
+
+def blocks_in_order(order) -> list[list[tuple]]:
+    """run_order's list cut into its blocks: consecutive (cell, iteration) of one block and iteration."""
+    out = []
+    for cell, it in order:
+        if out and (block_of(out[-1][-1][0]), out[-1][-1][1]) == (block_of(cell), it):
+            out[-1].append((cell, it))
+        else:
+            out.append([(cell, it)])
+    return out
+
+
+def not_consecutive(rows) -> list[tuple]:
+    """The timings (block, iteration, attempt, run) whose rows, in the order they were written, are not one
+    consecutive stretch: pairs that were not timed back to back. [] for a paired sweep's results.jsonl."""
+    seen, last, broken = set(), None, []
+    for row in rows:
+        timing = (block_of(row), row.get("iteration"), row.get("attempt"), row.get("run_id"))
+        if timing != last and timing in seen and timing not in broken:
+            broken.append(timing)
+        seen.add(timing)
+        last = timing
+    return broken
+
+
+def disturbed(rows) -> str:
+    """Why a block's rows (one attempt) should be timed again, or '' if they should not: a run over SLOW x its
+    calibration's prediction, or prediction ratios that differ by more than SPREAD between the block's runs.
+    Rows without a prediction (HF references, failed runs) are not judged."""
+    ratios = [r["calibration_ratio"] for r in rows if r.get("status") == "ok" and r.get("calibration_ratio")]
+    if not ratios:
+        return ""
+    if max(ratios) > SLOW:
+        return f"a run took {max(ratios):.2f}x its prediction"
+    if max(ratios) / min(ratios) > SPREAD:
+        return f"its runs took {min(ratios):.2f}x to {max(ratios):.2f}x their predictions"
+    return ""
