@@ -12,6 +12,7 @@ from .stats import NAN, Estimate
 from .summary import summarize
 
 AA_FILE = "aa_control.csv"  # every experiment's A/A control, which the summary page collects
+FINDING_FILE = "finding.md"  # every experiment's headline in one sentence, for the summary page
 
 
 def seed_reference(experiment, devices, out_dir, reference_file):
@@ -75,7 +76,9 @@ def aa_control(rows, out_dir, metric=population.DECODE, seed=0, by=None) -> dict
     return found
 
 
-def readout(out_dir, text):
-    """Show the notebook's reading of its result and keep it for the summary page."""
+def readout(out_dir, text, finding=""):
+    """Show the notebook's reading of its result and keep it for the summary page; `finding`: its headline in one
+    sentence (number, interval, population, figure), which the page's at-a-glance section lists."""
     Path(out_dir, "readout.md").write_text(text.strip() + "\n")
+    Path(out_dir, FINDING_FILE).write_text(finding.strip() + "\n")
     display(Markdown(text))

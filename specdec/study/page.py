@@ -1,5 +1,5 @@
-"""The study's summary page, data/<target>/README.md: at a glance (what each notebook cost, how many of its blocks
-were timed again, its A/A control), the models, the calibration, then each notebook's readout, tables, figures
+"""The study's summary page, data/<target>/README.md: at a glance (each notebook's finding in one sentence, what it
+cost, how many of its blocks were timed again, its A/A control), the models, the calibration, then each notebook's readout, tables, figures
 and data, from the files the notebooks left behind."""
 import json
 import os
@@ -9,7 +9,7 @@ import pandas as pd
 from ..calibration import SLOW
 from ..models import PAIRS, RANDOM
 from ..weights import OFFLINE
-from .notebook import AA_FILE
+from .notebook import AA_FILE, FINDING_FILE
 from .results import RESULTS, STATE as STATE_FILE, describe_calibrations, describe_runs, read_rows
 
 RUNS_FILE = "study-runs.json"  # per notebook: status, seconds, error of its latest run (the summary's source)
@@ -45,7 +45,9 @@ def at_a_glance(data_dir, runs, names) -> list[str]:
         lines.append(f"| {name} | {run['status']} | {run['seconds'] / 60:.1f} | {len(rows)} | "
                      f"{remeasured_blocks(rows)} | {control} |")
     total = sum(runs[n]["seconds"] for n in names if n in runs) / 60
-    return ["## At a glance", "", f"The notebooks ran {total:.0f} minutes. A block is one prompt's runs, timed back to "
+    found = [(n, data_dir / section(n) / FINDING_FILE) for n in names if n in runs]
+    findings = [f"- {n}: {p.read_text().strip()}" for n, p in found if p.is_file() and p.read_text().strip()]
+    return ["## At a glance", "", *findings, "", f"The notebooks ran {total:.0f} min. A block is one prompt's runs, timed back to "
             "back; a block whose runs strayed from their calibration's prediction was timed again (up to 3 times). "
             "The A/A control times the target alone twice in each block: its ratio is the noise floor of the "
             "experiment's pairs, and no effect inside it is called a difference.", "",

@@ -165,11 +165,13 @@ def k_sweep(cells, table, reference=None, target=""):
         b = base.iloc[0]
         ax["throughput"].axhline(b["throughput"], color=BASE_COLOR, lw=1.5, label="target only (specdec baseline)")
         ax["throughput"].axhspan(b["throughput_lo"], b["throughput_hi"], color=BASE_COLOR, alpha=0.12)
-    ax["throughput"].set(xlabel="K (draft tokens per round)", ylabel="throughput (tokens/s)", title="Throughput")
+    ax["throughput"].set(xlabel="K (draft tokens per round)", ylabel="throughput (tokens/s, end to end)",
+                         title="Throughput (end to end, prefill included)")
     interval_line(ax["speedup"], spec, "k", "vs_baseline", "speedup over target only (paired by prompt)",
                   color="tab:green")
     ax["speedup"].axhline(1.0, color=BASE_COLOR, ls="--", lw=1)
-    ax["speedup"].set(xlabel="K (draft tokens per round)", ylabel="speedup (x)", title="Speedup over target only")
+    ax["speedup"].set(xlabel="K (draft tokens per round)", ylabel="speedup (x, end to end)",
+                      title="Speedup over target only (end to end)")
     if "acceptance" in ax:
         ok = cells[(cells["runs"] > 0) & (cells["mode"] == SPECULATIVE)]
         ax["acceptance"].scatter(ok["k"], ok["acceptance_rate"] * 100, color="tab:blue", alpha=0.5, s=18,
@@ -199,9 +201,12 @@ def grouped_bars(ax, t, x, y, series, order, palette, fmt="%.2f"):
     for j, name in enumerate(order):
         s = t[t[series] == name].set_index(x).reindex(xs)
         pos = np.arange(len(xs)) - 0.4 + width * (j + 0.5)
-        bars = ax.bar(pos, s[y], width, color=palette[name], label=name,
-                      yerr=yerr(s, y), capsize=3, error_kw=dict(lw=1))
+        bars = ax.bar(pos, s[y], width, color=palette[name], label=name)
         ax.bar_label(bars, fmt=fmt, fontsize=7, padding=2)
+        err = yerr(s, y)
+        if err is not None:  # caps only on bars that have an interval
+            has = (s[f"{y}_lo"].notna() & s[f"{y}_hi"].notna()).to_numpy()
+            ax.errorbar(pos[has], s[y].to_numpy()[has], yerr=err[:, has], fmt="none", ecolor="0.2", capsize=3, lw=1)
     return xs
 
 
@@ -370,7 +375,8 @@ def speedup(table, target=""):
 def drafters(cells, table, target=""):
     """Speedup over target only per drafter and prompt category (95% intervals), and acceptance per drafter."""
     t = table.copy()
-    t["drafter"] = t.apply(mode_label, axis=1)
+    # one label per drafter: a policy's mean K differs by category, and would split its bars into groups
+    t["drafter"] = t.assign(mean_k=np.nan).apply(mode_label, axis=1)
     t["drafter"] = distinguish(t, "drafter", ["category"] if "category" in t else [])
     hide_acceptance = timing_only(cells)
     fig, axes = plt.subplots(1, 1 if hide_acceptance else 2, figsize=(7 if hide_acceptance else 13, 5.8),

@@ -13,7 +13,7 @@ NOTE = ("Speedup: geometric mean over prompts of decode throughput over the targ
         "(each precision, and llama.cpp, has its own baseline), 95% interval over prompts. GB per step: the weights "
         "one decode step reads (input embeddings excluded; llama.cpp: its GGUF file). Verify-cost ratio (beside "
         "each point, and right): one cache-free forward over T tokens / over 1 token, min of 3 shuffled repeats, on "
-        "specdec's linear path. Flat verification (ratio near 1) is what lets K drafts pay.")
+        "specdec's linear path (not a speedup). Flat verification (ratio near 1) is what lets K drafts pay.")
 
 
 def _errorbar(ax, x, r, **kw):
@@ -29,7 +29,7 @@ def precision_figure(table, curves, title, subtitle="", llama=None):
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
     for r in table.itertuples():
         _errorbar(left, r.step_gb, r, fmt="o", ms=7, color=colors[r.precision], label=f"specdec auto, {r.precision}")
-        left.annotate(f"{r.verify_ratio_5:.2f}x", (r.step_gb, r.speedup), xytext=(6, 6), textcoords="offset points",
+        left.annotate(f"verify cost 5 vs 1 token: {r.verify_ratio_5:.2f}", (r.step_gb, r.speedup), xytext=(6, 6), textcoords="offset points",
                       fontsize=8, color=colors[r.precision])
     markers = iter("sDv^P")
     for r in (llama.itertuples() if llama is not None else ()):
