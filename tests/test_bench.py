@@ -154,7 +154,7 @@ def test_failing_cell_is_recorded_and_retried(tmp_path, monkeypatch, llama):
 
 def test_a_blocks_runs_are_consecutive_and_a_disturbed_block_is_timed_again(tmp_path, monkeypatch, llama):
     verdicts = iter(["a run took 9.00x its prediction"])  # the first block straddled a change of machine state
-    monkeypatch.setattr(bench, "disturbed", lambda rows: next(verdicts, ""))
+    monkeypatch.setattr(bench, "disturbed", lambda rows, typical: next(verdicts, ""))
     rows = bench.sweep(llama, tmp_path, modes=("baseline", "target_again", "speculative"), ks=(1, 2),
                        max_new_tokens=(4,), prompts=PROMPTS[:3], iterations=2, warmup=False, progress=False)
     written = results.read_rows(tmp_path / "results.jsonl")

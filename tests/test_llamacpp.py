@@ -203,7 +203,7 @@ def test_the_figure_draws_llama_cpps_points_beside_specdecs():
     left = fig.axes[0]
     labels = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else left.get_legend_handles_labels()[1]
     assert "llama.cpp, K=3" in labels and "specdec auto, int4" in labels
-    assert any(t.get_text() == "2.60x" for t in left.texts)  # each precision's verify-cost ratio beside its point
+    assert any(t.get_text() == "verify cost 5 vs 1 token: 2.60" for t in left.texts)  # labelled: not a speedup
 
 
 def test_readout_and_summary_when_runs_failed_or_a_binary_is_missing():

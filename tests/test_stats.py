@@ -122,11 +122,13 @@ def test_run_order_times_each_prompts_cells_back_to_back_in_seeded_blocks():
 
 
 def test_a_block_is_timed_again_when_its_runs_straddle_two_machine_states():
-    row = lambda ratio, status="ok": dict(status=status, calibration_ratio=ratio)
-    assert pairing.disturbed([row(1.0), row(1.1), row(None)]) == ""
-    assert "took" in pairing.disturbed([row(0.82), row(1.10)])  # the two speed states, within one block
-    assert "1.60x" in pairing.disturbed([row(1.0), row(1.6)])  # one run far over its prediction
-    assert pairing.disturbed([row(1.0), row(3.0, status="failed")]) == ""  # a failure is not judged
+    row = lambda ratio, mode="baseline", status="ok": dict(mode=mode, status=status, calibration_ratio=ratio)
+    typical = dict(baseline=1.0, auto=1.4)  # auto's cost model is off by a steady 1.4x: not a change of state
+    assert pairing.disturbed([row(1.0), row(1.4, "auto"), row(None, "hf_generate")], typical) == ""
+    assert "took" in pairing.disturbed([row(0.82), row(1.6, "auto")], typical)  # two speed states in one block
+    assert "1.60x" in pairing.disturbed([row(1.6), row(1.4, "auto")], typical)  # one run far over its usual
+    assert "1.60x" in pairing.disturbed([row(1.6, "junk")], typical)  # no history: judged on its prediction
+    assert pairing.disturbed([row(1.0), row(3.0, status="failed")], typical) == ""  # a failure is not judged
 
 
 def test_calibrated_prediction_recovers_known_parameters():

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -30,8 +31,8 @@ from .modes import BASELINE, DEFAULT_SWEEP, MODES, NAMES, cells_for
 from .pairing import MAX_ATTEMPTS, blocks_in_order, disturbed, run_order
 from .prompts import PROMPTS_FILE, encode, load_prompts
 from .references import run_hf
-from .results import (COLUMNS, KEY, LATER_CELL, PHASES, RESULTS, ROUNDS, append_row, end_torn_line,
-                      latest_by_key, now, read_rows, record_calibrations, save_calibration, start_run)
+from .results import (COLUMNS, KEY, LATER_CELL, PHASES, RESULTS, ROUNDS, append_row, end_torn_line, now, read_rows,
+                      record_calibrations, save_calibration, start_run)
 from .summary import summarize
 
 # Tests only: the sweep kills itself (SIGKILL, as a crash would) right after this many rows are on disk, so a
@@ -156,10 +157,11 @@ def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,),
         raise ValueError(f"modes {needs_draft} need a draft model; this pair has none")
 
     end_torn_line(results)
-    latest = latest_by_key(read_rows(results, LATER_CELL), KEY)
+    latest = last_timing(read_rows(results, LATER_CELL))
     # Paired timing (pairing.py): each prompt group's cells back to back, blocks in a seeded shuffled order. A
-    # block is done when its runs are ok and were timed together (one run, one attempt); otherwise it is timed
-    # whole again, so a resumed sweep, or a sweep adding cells to another's prompts, keeps its pairs together.
+    # block is done when its latest runs are ok and were timed together (one run, one attempt); otherwise it is
+    # timed whole again (a failed cell retries its block), so a resumed sweep, or a sweep adding cells to another's
+    # prompts, keeps its pairs together.
     todo = [b for b in blocks_in_order(run_order(cells, iterations, seed)) if not timed_together(b, latest)]
 
     if todo:  # a run that has nothing left to do leaves no trace
@@ -181,9 +183,15 @@ def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,),
             bar.update(len(block))
         record_calibrations(out, run_id, runner.calibrations)
     mine = {key_of(dict(c, iteration=i)) for c in cells for i in range(iterations)}
-    latest = latest_by_key(read_rows(results, LATER_CELL), KEY)
+    latest = last_timing(read_rows(results, LATER_CELL))
     rows = pd.DataFrame([r for k, r in latest.items() if k in mine], columns=list(COLUMNS))
     return mark_matches(rows)
+
+
+def last_timing(rows) -> dict:
+    """{key: row}: each (cell, iteration)'s row from its latest timing, failed or not, so that a block's rows all
+    come from the same timing (an ok row of an earlier attempt never stands in for a cell that failed later)."""
+    return {key_of(r): r for r in rows}
 
 
 def timed_together(block, latest) -> bool:
@@ -216,6 +224,7 @@ class CellRunner:
         self.pair, self.results, self.extra, self.tokenized = pair, results, extra, tokenized
         self.phases = {}  # per cell, from the profiled run on GPUs
         self.written = 0
+        self.ratios = {}  # per mode, the calibration ratios of its runs so far (pairing.disturbed's typical ratio)
         self.calibrations = set()  # ids of the calibrations its rows ran under
 
     def generate(self, cell, seed, profile=False):
@@ -233,7 +242,10 @@ class CellRunner:
         they straddled a change of machine state, at most MAX_ATTEMPTS times in all."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             rows = [self.run(cell, iteration, attempt) for cell, iteration in block]
-            why = disturbed(rows)
+            why = disturbed(rows, {m: float(np.median(r)) for m, r in self.ratios.items() if len(r) >= 2})
+            for r in rows:
+                if r.get("status") == "ok" and r.get("calibration_ratio"):
+                    self.ratios.setdefault(r["mode"], []).append(r["calibration_ratio"])
             if not why:
                 return
             if attempt < MAX_ATTEMPTS:

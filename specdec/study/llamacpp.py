@@ -225,8 +225,9 @@ def cells(found, drafts) -> list[dict]:
 
 
 def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=0, params=None) -> pd.DataFrame:
-    """Time every cell on every prompt, `iterations` times, each iteration in its own seeded shuffled order, after
-    one untimed run of each tool (page-in). A (cell, prompt, iteration) already recorded ok is kept, not re-run; a
+    """Time every cell on every prompt, `iterations` times, each prompt's cells back to back (its target alone and
+    its speculation in one machine state), prompts and cells in a seeded shuffled order, after one untimed run of
+    each tool (page-in). A (cell, prompt, iteration) already recorded ok is kept, not re-run; a
     failing run is recorded with its error and the sweep goes on. `prompts`: dicts with id, category, ids, text."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -242,9 +243,9 @@ def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=
         for cell in {c["tool"]: c for c in todo}.values():  # warm-up: the GGUF files into the page cache
             measure(**cell, found=found, ggufs=ggufs, prompt=prompts[0], n=4, threads=threads, folder=tmp)
         for iteration in range(iterations):
-            order = [(c, q) for c in todo for q in prompts]
-            for i in rng.permutation(len(order)):
-                cell, q = order[i]
+            # paired timing (pairing.py): a prompt's cells back to back in a random order, prompts in a random order
+            order = [(todo[c], prompts[q]) for q in rng.permutation(len(prompts)) for c in rng.permutation(len(todo))]
+            for cell, q in order:
                 row = dict(cell, draft_max=cell.get("draft_max"), p_min=cell.get("p_min"), prompt_id=q["id"],
                            iteration=iteration)
                 if tuple(row[c] for c in KEY) in done:

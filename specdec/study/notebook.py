@@ -32,9 +32,10 @@ def save_tables(rows, out_dir, by=("mode", "k", "batch_size", "max_new_tokens", 
                 extra=None):
     """rows.csv (this configuration's runs), cells.csv (per cell) and summary.csv (the notebook's table,
     means over prompts); returns (cells, summary) read back from the files the figures are made from.
-    vs_baseline = throughput / specdec target-only throughput on the same prompts, for every mode (HF ones
-    included), with its paired 95% interval vs_baseline_lo/_hi; every listed column that has an interval
-    (throughput, decode_throughput, vs_baseline) is followed by its _lo and _hi columns.
+    vs_baseline = throughput / specdec target-only throughput in the same block (pairing.py), for every mode (HF
+    ones included), with its paired 95% interval vs_baseline_lo/_hi (decode_speedup: the same in decode
+    throughput); every listed column that has an interval (throughput, decode_throughput, vs_baseline) is followed
+    by its _lo and _hi columns.
     Timing-only pairs (random weights) get no acceptance columns: their acceptance means nothing."""
     out = Path(out_dir)
     rows = pd.DataFrame(rows)

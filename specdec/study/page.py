@@ -1,6 +1,6 @@
 """The study's summary page, data/<target>/README.md: at a glance (each notebook's finding in one sentence, what it
-cost, how many of its blocks were timed again, its A/A control), the models, the calibration, then each notebook's readout, tables, figures
-and data, from the files the notebooks left behind."""
+cost, how many of its blocks were timed again, its A/A control), the models, the calibration, then each notebook's
+readout, tables, figures and data, from the files the notebooks left behind."""
 import json
 import os
 
@@ -39,18 +39,19 @@ def at_a_glance(data_dir, runs, names) -> list[str]:
         rows = read_rows(data_dir / sec / RESULTS)
         aa_path = data_dir / sec / AA_FILE
         aa = pd.read_csv(aa_path) if aa_path.is_file() else pd.DataFrame()
-        control = "; ".join(f"{'' if r.group == 'all' else f'{r.by} {r.group}: '}{r.speedup:.3f}x "
-                            f"[{r.speedup_lo:.3f}, {r.speedup_hi:.3f}] ({r.metric}, {r.prompts} prompts)"
-                            for r in aa.itertuples()) or "none"
+        control = "; ".join(f"{'' if r.group == 'all' else f'{r.by} {r.group}: '}"
+                            + (f"{r.speedup:.3f}x [{r.speedup_lo:.3f}, {r.speedup_hi:.3f}] ({r.metric}, {r.prompts} "
+                               "prompts)" if r.prompts else "not run") for r in aa.itertuples()) or "none"
         lines.append(f"| {name} | {run['status']} | {run['seconds'] / 60:.1f} | {len(rows)} | "
                      f"{remeasured_blocks(rows)} | {control} |")
     total = sum(runs[n]["seconds"] for n in names if n in runs) / 60
     found = [(n, data_dir / section(n) / FINDING_FILE) for n in names if n in runs]
     findings = [f"- {n}: {p.read_text().strip()}" for n, p in found if p.is_file() and p.read_text().strip()]
-    return ["## At a glance", "", *findings, "", f"The notebooks ran {total:.0f} min. A block is one prompt's runs, timed back to "
-            "back; a block whose runs strayed from their calibration's prediction was timed again (up to 3 times). "
-            "The A/A control times the target alone twice in each block: its ratio is the noise floor of the "
-            "experiment's pairs, and no effect inside it is called a difference.", "",
+    return ["## At a glance", "", *findings, "",
+            f"The notebooks ran {total:.0f} min. A block is one prompt group's runs, timed back to back; a block "
+            "whose runs strayed from their calibration's prediction was timed again (up to 3 times). The A/A control "
+            "times the target alone twice in each block: its ratio is the noise floor of the experiment's pairs, and "
+            "no effect inside it is called a difference.", "",
             "| notebook | status | minutes | rows | blocks timed again | A/A control, 95% interval |",
             "|---|---|---|---|---|---|", *lines, ""]
 
@@ -66,10 +67,8 @@ def markdown_table(frame, digits=3) -> str:
     return "\n".join(lines)
 
 
-
 SEED_MODELS = ("The seed (`docs/seed_results.md`) measured GPT-2 + DistilGPT2 and Llama-3.2-3B + 1B pairs downloaded "
                "from the Hugging Face hub.")
-
 
 
 def model_kind(name) -> str:

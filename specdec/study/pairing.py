@@ -7,8 +7,9 @@ seeded random order (a randomised complete block design). A speedup is a ratio i
 over the target alone's run of the same block (results.PAIRED_ON + iteration).
 
 A block whose runs disagree with their calibration's prediction (specdec.calibration: the measured rounds over
-the time the cost curves predict) is timed again, up to MAX_ATTEMPTS times: one run far slower than predicted, or
-runs whose ratios differ as much as the machine's two speed states do, mean the pair straddled a change of state.
+the time the cost curves predict, taken relative to what is typical for the run's mode) is timed again, up to
+MAX_ATTEMPTS times: one run far slower than expected, or runs whose ratios differ as much as the machine's two
+speed states do, mean the pair straddled a change of state.
 The rows of every attempt stay in results.jsonl (column `attempt`); the latest attempt is the one summarised.
 """
 import numpy as np
@@ -65,15 +66,21 @@ def not_consecutive(rows) -> list[tuple]:
     return broken
 
 
-def disturbed(rows) -> str:
-    """Why a block's rows (one attempt) should be timed again, or '' if they should not: a run over SLOW x its
-    calibration's prediction, or prediction ratios that differ by more than SPREAD between the block's runs.
-    Rows without a prediction (HF references, failed runs) are not judged."""
-    ratios = [r["calibration_ratio"] for r in rows if r.get("status") == "ok" and r.get("calibration_ratio")]
-    if not ratios:
-        return ""
-    if max(ratios) > SLOW:
-        return f"a run took {max(ratios):.2f}x its prediction"
-    if max(ratios) / min(ratios) > SPREAD:
-        return f"its runs took {min(ratios):.2f}x to {max(ratios):.2f}x their predictions"
+def disturbed(rows, typical=None) -> str:
+    """Why a block's rows (one attempt) should be timed again, or '' if they should not. Each run's calibration
+    ratio (measured rounds / predicted) is taken relative to its mode's typical ratio (`typical`: {mode: median
+    ratio of the mode's earlier runs in this sweep}), so a cost model that is off by a steady factor for one mode
+    is not read as a change of machine state. Timed again: a run over SLOW x its mode's typical ratio (or over
+    SLOW x its prediction, for a mode with no history yet), or relative ratios more than SPREAD apart within the
+    block. Rows without a prediction (HF references, failed runs) are not judged."""
+    typical = typical or {}
+    judged = [(r["mode"], r["calibration_ratio"]) for r in rows
+              if r.get("status") == "ok" and r.get("calibration_ratio")]
+    relative = [ratio / typical[mode] for mode, ratio in judged if typical.get(mode)]
+    first = [ratio for mode, ratio in judged if not typical.get(mode)]
+    worst = max(relative + first, default=0.0)
+    if worst > SLOW:
+        return f"a run took {worst:.2f}x its expected time"
+    if len(relative) >= 2 and max(relative) / min(relative) > SPREAD:
+        return f"its runs took {min(relative):.2f}x to {max(relative):.2f}x their expected times"
     return ""

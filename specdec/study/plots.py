@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .modes import BASELINE, MODES, SPECULATIVE, label as mode_label  # noqa: E402
+from .modes import A_A, BASELINE, MODES, SPECULATIVE, label as mode_label  # noqa: E402
 from .results import RESULTS, describe_runs, read_rows  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -167,7 +167,7 @@ def k_sweep(cells, table, reference=None, target=""):
         ax["throughput"].axhspan(b["throughput_lo"], b["throughput_hi"], color=BASE_COLOR, alpha=0.12)
     ax["throughput"].set(xlabel="K (draft tokens per round)", ylabel="throughput (tokens/s, end to end)",
                          title="Throughput (end to end, prefill included)")
-    interval_line(ax["speedup"], spec, "k", "vs_baseline", "speedup over target only (paired by prompt)",
+    interval_line(ax["speedup"], spec, "k", "vs_baseline", "speedup over target only (paired by block)",
                   color="tab:green")
     ax["speedup"].axhline(1.0, color=BASE_COLOR, ls="--", lw=1)
     ax["speedup"].set(xlabel="K (draft tokens per round)", ylabel="speedup (x, end to end)",
@@ -231,7 +231,7 @@ def batch_sweep(cells, table, reference=None, target=""):
     ax["speedup"].set_xticks(range(len(xs)), xs)
     ax["speedup"].axhline(1.0, color=BASE_COLOR, ls="--", lw=1)
     ax["speedup"].set(xlabel="batch size (new tokens per row)", ylabel="speedup over target only (x)",
-                      title="Speedup (paired by prompt group)")
+                      title="Speedup (paired by block)")
     if "acceptance" in ax:
         for series, s in spec.groupby("series", sort=False):
             ax["acceptance"].plot(s["where"], s["acceptance_rate"] * 100, marker="o", label=series, color=palette[series])
@@ -383,7 +383,7 @@ def drafters(cells, table, target=""):
                              squeeze=False)
     cats = sorted(t["category"].dropna().unique()) if "category" in t else []
     palette = dict(zip(cats, sns.color_palette("deep", len(cats))))
-    drafted = t[t["mode"] != BASELINE]
+    drafted = t[~t["mode"].isin(A_A)]  # the A/A control is the readout's noise floor, not a drafter
     xs = grouped_bars(axes[0, 0], drafted, "drafter", "vs_baseline", "category", cats, palette)
     axes[0, 0].set_xticks(range(len(xs)), [textwrap.fill(x, 14) for x in xs], fontsize=8)
     axes[0, 0].axhline(1.0, color=BASE_COLOR, ls="--", lw=1)

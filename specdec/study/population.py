@@ -116,7 +116,7 @@ def speedup_table(rows, mode=AUTO, reference=BASELINE, metric=DECODE, seed=0, k=
 
 
 def per_prompt(rows, mode=AUTO, reference=BASELINE, metric=DECODE, k=None, temperature=0.0) -> pd.DataFrame:
-    """Per prompt: prompt_id, category, runs (the mode's), speedup (mean of its runs / mean of the reference's),
+    """Per prompt: prompt_id, category, runs (the mode's), speedup (the mean of its per-block ratios),
     and repeat_min / repeat_max: the extremes of the ratios paired by iteration (NaN with fewer than 2)."""
     r = ok_rows(rows, temperature)
     d = paired(r, mode, reference, metric, k)

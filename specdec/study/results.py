@@ -150,14 +150,12 @@ def append_row(path, row, columns):
 
 
 def latest_by_key(rows, key) -> dict:
-    """One row per key (a tuple of column names): the last ok row if there is one (failed attempts are retried;
-    a block timed again replaces its earlier timing), else the last failure. Rows without a status (e.g.
-    latency timings) count as ok."""
+    """One row per key (a tuple of column names): an ok row if there is one (failed attempts are retried),
+    else the last failure. Rows without a status (e.g. latency timings) count as ok."""
     best = {}
-    ok = lambda r: r.get("status", "ok") == "ok"
     for row in rows:
         k = tuple(row.get(c) for c in key)
-        if k not in best or ok(row) or not ok(best[k]):
+        if k not in best or best[k].get("status", "ok") != "ok":
             best[k] = row
     return best
 

@@ -5,9 +5,11 @@ Two kinds. Per cell and per configuration (mean_interval, ratio_interval): perce
 statistic is the mean over prompts of a per-prompt number, so an interval says how much the result would move if
 the repeats were run again on the same prompts. Over a prompt population (geomean_speedup): prompts are resampled
 too, within their categories, so the interval says what other prompts of the same kinds would see. Speedups
-are paired: each prompt's speculative runs are divided by the same prompt's baseline runs.
+are paired (specdec.study.pairing): each run is divided by the baseline's run of the same block, timed back to
+back with it, and the intervals resample those per-block ratios (summary, population).
 With 3 repeats per prompt a bootstrap interval is on the narrow side (it cannot see noise the runs did not
-show); the readouts stay conservative by claiming a difference only when two intervals do not overlap.
+show); the readouts stay conservative by claiming a difference only when two intervals do not overlap, and
+(versus_one) only outside the experiment's A/A control.
 """
 from typing import NamedTuple
 

@@ -24,7 +24,8 @@ def predicted_speedup(a, k, c, v):
 
 def summarize(rows, by=None, seed=0) -> pd.DataFrame:
     """One row per cell (metrics over its ok runs: throughput is their mean) with speedup (the mean over its runs
-    of throughput / the baseline's run in the same block, pairing.py; every non-baseline mode), speedup_vs_hf and predicted_speedup (in-sample:
+    of throughput / the baseline's run in the same block, pairing.py; every non-baseline mode), speedup_vs_hf
+    (specdec at a fixed K over HF assisted at that K, in the same block) and predicted_speedup (in-sample:
     use calibrated_prediction for an honest one); with `by` (e.g. ("mode", "k", "batch_size",
     "max_new_tokens", "verify")), the mean over prompts of those per-cell numbers.
     decode_speedup: the same ratio of decode throughputs (specdec modes: what Leviathan's formula predicts).
@@ -47,6 +48,8 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
     ok["_vs_base"] = np.where(ok["mode"] != BASELINE, ok["throughput"] / block_mate(ok, BASELINE), np.nan)
     ok["_vs_base_decode"] = np.where(ok["mode"] != BASELINE,
                                      ok["decode_throughput"] / block_mate(ok, BASELINE, "decode_throughput"), np.nan)
+    ok["_vs_hf"] = np.where(ok["mode"] == VS_HF[0], ok["throughput"] / block_mate(ok, VS_HF[1], by=("k",)), np.nan)
+    # what a user would otherwise get: generate(assistant_model=...) at HF's own defaults, vs specdec's auto K
     ok["_vs_hf_default"] = np.where(ok["mode"] == VS_HF_DEFAULT[0], ok["throughput"] / block_mate(ok, VS_HF_DEFAULT[1]),
                                     np.nan)
     matches = lambda s: bool(s.dropna().astype(bool).all()) if s.notna().any() else None
@@ -57,6 +60,7 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
                acceptance_rate=("acceptance_rate", "mean"), mean_k=("mean_k", "mean"),
                tokens_per_target_forward=("tokens_per_target_forward", "mean"),
                speedup=("_vs_base", "mean"), decode_speedup=("_vs_base_decode", "mean"),
+               speedup_vs_hf=("_vs_hf", "mean"),
                speedup_vs_hf_default=("_vs_hf_default", "mean"),
                **{p: (p, "median") for p in (*PHASES, "draft_step_s", "verify_iter_s")},
                peak_memory_mib=("peak_memory_mib", "max"), timing_only=("timing_only", "first"),
@@ -69,12 +73,7 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
     base = cells[cells["mode"] == BASELINE][match + ["throughput", "verify_iter_s"]]
     cells = cells.merge(base.rename(columns={"throughput": "baseline_throughput", "verify_iter_s": "target_step_s"}),
                         on=match, how="left")
-    hf = cells[cells["mode"] == VS_HF[1]][match + ["k", "throughput"]]
-    cells = cells.merge(hf.rename(columns={"throughput": "hf_assisted_throughput"}), on=match + ["k"], how="left")
     spec = cells["mode"] == SPECULATIVE
-    cells["speedup_vs_hf"] = np.where(cells["mode"] == VS_HF[0], cells["throughput"] / cells["hf_assisted_throughput"],
-                                      np.nan)
-    # what a user would otherwise get: generate(assistant_model=...) at HF's own defaults, vs specdec's auto K
     predicted = predicted_speedup(cells["acceptance_rate"], cells["k"], cells["draft_step_s"] / cells["target_step_s"],
                                   cells["verify_iter_s"] / cells["target_step_s"])
     cells["predicted_speedup"] = np.where(spec, predicted, np.nan)
@@ -102,10 +101,12 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
     return out.drop(columns=["_cell", "_match"], errors="ignore")
 
 
-def block_mate(rows, mode, metric="throughput") -> np.ndarray:
-    """Per row, `metric` of `mode`'s run in the same block (same _match and iteration; NaN where none)."""
-    ref = rows[rows["mode"] == mode].groupby(["_match", "iteration"])[metric].mean()
-    return ref.reindex(pd.MultiIndex.from_arrays([rows["_match"], rows["iteration"]])).to_numpy(float)
+def block_mate(rows, mode, metric="throughput", by=()) -> np.ndarray:
+    """Per row, `metric` of `mode`'s run in the same block (same _match and iteration, and the same `by` columns,
+    e.g. k; NaN where none)."""
+    keys = ["_match", "iteration", *by]
+    ref = rows[rows["mode"] == mode].groupby(keys)[metric].mean()
+    return ref.reindex(pd.MultiIndex.from_arrays([rows[k] for k in keys])).to_numpy(float)
 
 
 def calibrated_prediction(calibration, ks, seed=0) -> pd.DataFrame:
