@@ -125,9 +125,10 @@ def test_a_block_is_timed_again_when_its_runs_straddle_two_machine_states():
     row = lambda ratio, mode="baseline", status="ok": dict(mode=mode, status=status, calibration_ratio=ratio)
     typical = dict(baseline=1.0, auto=1.4)  # auto's cost model is off by a steady 1.4x: not a change of state
     assert pairing.disturbed([row(1.0), row(1.4, "auto"), row(None, "hf_generate")], typical) == ""
-    assert "took" in pairing.disturbed([row(0.82), row(1.6, "auto")], typical)  # two speed states in one block
-    assert "1.60x" in pairing.disturbed([row(1.6), row(1.4, "auto")], typical)  # one run far over its usual
-    assert "1.60x" in pairing.disturbed([row(1.6, "junk")], typical)  # no history: judged on its prediction
+    assert pairing.disturbed([row(1.25), row(1.1, "auto")], typical) == ""  # ordinary noise: 1.25 vs 0.79
+    assert "took" in pairing.disturbed([row(0.7), row(1.7, "auto")], typical)  # two speed states in one block
+    assert "3.96x" in pairing.disturbed([row(3.96), row(1.4, "auto")], typical)  # one run far over its usual
+    assert pairing.disturbed([row(9.0, "junk")], typical) == ""  # no history yet: not judged
     assert pairing.disturbed([row(1.0), row(3.0, status="failed")], typical) == ""  # a failure is not judged
 
 
