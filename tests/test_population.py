@@ -185,6 +185,18 @@ def test_acceptance_by_position_conditional_and_unconditional():
     assert o.loc[2, ["proposed", "reached", "accepted"]].tolist() == [6, 4, 3]  # a's and b's rounds together
 
 
+def test_acceptance_by_window_places_each_round_where_it_started():
+    # 101 tokens: prefill gives token 1; rounds of K=3 accepting 3 (4 tokens each) start at 1, 5, 9, ..., 97
+    rounds_k = [3] * 25
+    long = row("auto", "p", 20.0, ks=json.dumps(rounds_k), accepted=json.dumps([[3]] * 25))
+    short = row("auto", "q", 20.0, ks="[2, 2]", accepted="[[0], [2]]")
+    w = population.acceptance_by_window(pd.DataFrame([dict(long, max_new_tokens=101), dict(short, max_new_tokens=4)]),
+                                        window=32).set_index(["max_new_tokens", "window_start"])
+    assert w.loc[(101, 0), "rounds"] == 8 and w.loc[(101, 32), "rounds"] == 8 and w.loc[(101, 96), "rounds"] == 1
+    assert w.loc[(101, 64), "acceptance"] == 1.0 and w.loc[(101, 64), "tokens_per_round"] == 4.0
+    assert w.loc[(4, 0), "acceptance"] == pytest.approx(0.5) and w.loc[(4, 0), "rounds"] == 2
+
+
 def test_mean_accepted_length_counts_every_round():
     m = population.mean_accepted_length(acceptance_rows()).set_index(["mode", "category"])
     assert m.loc[("auto", "a"), "rounds"] == 6 and m.loc[("auto", "a"), "mean_accepted_length"] == pytest.approx(13 / 6)

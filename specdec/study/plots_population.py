@@ -107,3 +107,25 @@ def k_chosen(dist_df, title, subtitle=""):
         ax.set_xticks(range(len(ks)), [str(int(k)) for k in ks])
     return finish(fig, title, subtitle, ["Share of verify rounds, per category, in which auto proposed K drafts "
                                          "(K = 0: a round of the target alone)."])
+
+
+def length_axis(lengths_df, windows_df, title, subtitle=""):
+    """Left: auto's decode speedup over the target alone per generation length (95% intervals over prompts).
+    Right: acceptance per window of new tokens, one line per generation length: does speculation pay more or
+    less as a generation goes on?"""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
+    t = lengths_df.sort_values("max_new_tokens")
+    err = np.nan_to_num(np.clip([t["speedup"] - t["speedup_lo"], t["speedup_hi"] - t["speedup"]], 0, None))
+    left.errorbar(t["max_new_tokens"], t["speedup"], yerr=err, fmt="o-", capsize=4, color=BASE_COLOR,
+                  label="auto over the target alone")
+    left.axhline(1.0, color="0.6", ls="--", lw=1)
+    left.set(xlabel="new tokens per generation (EOS ignored)", ylabel="speedup (x, decode)",
+             xticks=sorted(t["max_new_tokens"].unique()))
+    for n, w in windows_df.groupby("max_new_tokens"):
+        right.plot(w["window_start"], 100 * w["acceptance"], "o-", ms=4, label=f"{n} tokens")
+    right.set(xlabel=f"window of {int(windows_df['window'].iloc[0]) if len(windows_df) else 0} new tokens "
+                     "(its first token)", ylabel="acceptance of auto's drafts (%)", ylim=(0, 105))
+    note = ("Left: geometric mean over the prompts of the length subset, decode phase (the draft's prefill "
+            "charged), each length's runs paired with the target alone's; right: accepted / proposed drafts of the "
+            "verify rounds that started in each window, over all those prompts.")
+    return finish(fig, title, subtitle, [note], ncol=4)

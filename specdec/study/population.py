@@ -223,19 +223,24 @@ def parsed(value) -> list:
 
 
 def rounds(rows, modes=(AUTO, SPECULATIVE), temperature=0.0) -> pd.DataFrame:
-    """One line per verify round of the ok rows of `modes`: mode, k (the cell's), category, prompt_id, round_k
-    (the K that round proposed) and accepted (drafts it accepted; batch 1: the first row's). Rounds after the row
-    had finished (null) are dropped."""
+    """One line per verify round of the ok rows of `modes`: mode, k (the cell's), category, prompt_id,
+    max_new_tokens, round_k (the K that round proposed), accepted (drafts it accepted; batch 1: the first row's)
+    and start (new tokens the row had before the round: 1 from prefill, then accepted + 1 per round). Rounds
+    after the row had finished (null) are dropped."""
     r = ok_rows(rows, temperature)
     r = r[r["mode"].isin(modes)]
     out = []
-    for mode, k, cat, prompt, ks, acc in zip(r["mode"], r["k"], r["category"], r["prompt_id"],
-                                             r["k_per_iteration"], r["accepted_per_iteration"]):
+    lengths = r["max_new_tokens"] if "max_new_tokens" in r else [None] * len(r)
+    for mode, k, cat, prompt, n, ks, acc in zip(r["mode"], r["k"], r["category"], r["prompt_id"], lengths,
+                                                r["k_per_iteration"], r["accepted_per_iteration"]):
+        start = 1
         for round_k, a in zip(parsed(ks), parsed(acc)):
             a = a[0] if isinstance(a, list) else a
             if a is not None:
-                out.append((mode, k, cat, prompt, int(round_k), int(a)))
-    return pd.DataFrame(out, columns=["mode", "k", "category", "prompt_id", "round_k", "accepted"])
+                out.append((mode, k, cat, prompt, n, int(round_k), int(a), start))
+                start += int(a) + 1
+    return pd.DataFrame(out, columns=["mode", "k", "category", "prompt_id", "max_new_tokens", "round_k", "accepted",
+                                      "start"])
 
 
 def with_overall(rd):
@@ -272,6 +277,20 @@ def mean_accepted_length(rows, modes=(AUTO, SPECULATIVE), temperature=0.0) -> pd
     return (rd.assign(length=rd["accepted"] + 1).groupby(GROUP, dropna=False)
             .agg(rounds=("length", "size"), mean_k=("round_k", "mean"), mean_accepted_length=("length", "mean"))
             .reset_index())
+
+
+def acceptance_by_window(rows, mode=AUTO, window=32, temperature=0.0) -> pd.DataFrame:
+    """How acceptance moves along a generation: per generation length (max_new_tokens) and window of `window` new
+    tokens (by where each verify round started), over `mode`'s rounds on every prompt: rounds, prompts, mean_k
+    (drafts proposed per round), acceptance (accepted / proposed drafts) and tokens_per_round (accepted + 1)."""
+    rd = rounds(rows, (mode,), temperature)
+    rd = rd.assign(window_start=(rd["start"] // window) * window)
+    g = rd.groupby(["max_new_tokens", "window_start"])
+    out = g.agg(rounds=("accepted", "size"), prompts=("prompt_id", "nunique"), mean_k=("round_k", "mean"),
+                proposed=("round_k", "sum"), accepted=("accepted", "sum")).reset_index()
+    out["acceptance"] = (out["accepted"] / out["proposed"]).where(out["proposed"] > 0)
+    out["tokens_per_round"] = 1 + out["accepted"] / out["rounds"]
+    return out.assign(mode=mode, window=window)
 
 
 def k_distribution(rows, mode=AUTO, temperature=0.0) -> pd.DataFrame:
