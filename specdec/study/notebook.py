@@ -8,11 +8,9 @@ from IPython.display import Markdown, display
 from . import population
 from .bench import load_warm  # noqa: F401  (the notebooks call notebook.load_warm)
 from .modes import A_A, BASELINE
+from .results import AA_FILE, FINDING_FILE
 from .stats import NAN, Estimate
 from .summary import summarize
-
-AA_FILE = "aa_control.csv"  # every experiment's A/A control, which the summary page collects
-FINDING_FILE = "finding.md"  # every experiment's headline in one sentence, for the summary page
 
 
 def seed_reference(experiment, devices, out_dir, reference_file):

@@ -9,13 +9,14 @@ import pandas as pd
 from ..calibration import SLOW
 from ..models import PAIRS, RANDOM
 from ..weights import OFFLINE
-from .notebook import AA_FILE, FINDING_FILE
-from .results import RESULTS, STATE as STATE_FILE, describe_calibrations, describe_runs, read_rows
+from .pairing import block_of
+from .results import (AA_FILE, FINDING_FILE, RESULTS, STATE as STATE_FILE, describe_calibrations, describe_runs,
+                      read_rows)
 
 RUNS_FILE = "study-runs.json"  # per notebook: status, seconds, error of its latest run (the summary's source)
 # Tables a notebook may write beside summary.csv that the summary page shows too (the population experiment's)
 PAGE_TABLES = ("headline.csv", "subset_fixed_k.csv", "oracle.csv", "accepted_length.csv", "sampling.csv",
-               "decomposition.csv", "llama_cpp.csv")
+               "decomposition.csv", "llama_cpp.csv", "length.csv")
 
 
 def section(name) -> str:
@@ -25,12 +26,11 @@ def section(name) -> str:
 
 def remeasured_blocks(rows) -> int:
     """How many blocks (pairing.py) were timed more than once: blocks with a row of attempt 2 or later."""
-    return len({(r.get("run_id"), r.get("iteration"), r.get("prompt_ids"), r.get("max_new_tokens"),
-                 r.get("temperature")) for r in rows if (r.get("attempt") or 1) > 1})
+    return len({(r.get("run_id"), block_of(r), r.get("iteration")) for r in rows if (r.get("attempt") or 1) > 1})
 
 
 def at_a_glance(data_dir, runs, names) -> list[str]:
-    """One line per notebook: its time, its blocks timed again (pairing.py) and its A/A control (notebook.AA_FILE)."""
+    """One line per notebook: its time, its blocks timed again (pairing.py) and its A/A control (results.AA_FILE)."""
     lines = []
     for name in names:
         if name not in runs:

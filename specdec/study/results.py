@@ -22,6 +22,8 @@ from ..linear import plan_ranges
 from .provenance import device_name, git_state, provenance
 
 RESULTS = "results.jsonl"
+AA_FILE = "aa_control.csv"  # an experiment's A/A control (notebook.aa_control), which the summary page collects
+FINDING_FILE = "finding.md"  # an experiment's headline in one sentence (notebook.readout), for the summary page
 
 # The row schema of a sweep (specdec.study.bench), read by the summaries. Metrics follow DESIGN.md section 3.
 PHASES = ("prefill_s", "draft_s", "verify_s", "accept_s", "rollback_s")
