@@ -152,3 +152,18 @@ def test_the_summary_page_names_only_the_models_of_the_notebooks_it_shows(tmp_pa
 def test_a_smoke_summary_page_says_its_models_are_tiny_and_random(tmp_path):
     page = summary_page(tmp_path, smoke=True)
     assert "tiny random models" in page and "`tiny-llama` in" in page and "Qwen2.5" not in page
+
+
+def test_the_batch_sweep_stars_a_batch_size_with_a_suspect_run():
+    base = dict(pair="p", target="t", draft="d", device="cpu", dtype="float32", draft_dtype="float32",
+                timing_only=False, throughput=10.0, throughput_lo=9.0, throughput_hi=11.0, vs_baseline=1.1,
+                vs_baseline_lo=1.0, vs_baseline_hi=1.2, acceptance_rate=0.6)
+    lines = [dict(base, mode=m, k=k, batch_size=b, max_new_tokens=8, suspect_runs=int(b == 2 and k == 1))
+             for b in (1, 2) for m, k in (("baseline", 0), ("speculative", 1))]
+    cells = pd.DataFrame(lines)
+    fig = plots.batch_sweep(cells, cells.drop(columns="suspect_runs"), None, "cpu")
+    labels = ticks(fig.axes[0], "x")
+    assert labels == ["1 (8 tok/row)", "2 * (8 tok/row)"], labels
+    assert any("calibration_suspect" in t.get_text() for t in fig.texts)
+    calm = plots.batch_sweep(cells.assign(suspect_runs=0), cells, None, "cpu")
+    assert not any("*" in t for t in ticks(calm.axes[0], "x"))

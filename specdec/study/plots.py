@@ -216,7 +216,10 @@ def batch_sweep(cells, table, reference=None, target=""):
     t = table.copy()
     t["series"] = t.apply(mode_label, axis=1)
     t = t.sort_values(["batch_size", "mode", "k"])
-    t["where"] = t["batch_size"].astype(str) + "\n(" + t["max_new_tokens"].astype(str) + " tok/row)"
+    # a batch size with a run over 1.5x its calibration's prediction (calibration_suspect) is starred
+    flagged = set(cells.loc[cells.get("suspect_runs", pd.Series(0, index=cells.index)).fillna(0) > 0, "batch_size"])
+    star = t["batch_size"].map(lambda b: " *" if b in flagged else "")
+    t["where"] = t["batch_size"].astype(str) + star + "\n(" + t["max_new_tokens"].astype(str) + " tok/row)"
     order = list(dict.fromkeys(t.sort_values(["k"])["series"]))  # the target alone (K=0) first, then K ascending
     palette = dict(zip(order, sns.color_palette("deep", len(order))))
     fig, ax = sweep_panels(cells, reference, 6.5, 4.4)
@@ -242,7 +245,9 @@ def batch_sweep(cells, table, reference=None, target=""):
                    ylabel="throughput (tokens/s)")
     return finish(fig, "Batch sweep: speculative vs target-only throughput per batch size", describe(cells, target),
                   [CI_NOTE, TIMING_ONLY_NOTE if hide_acceptance else "", SEED_NOTE if has(reference) else "",
-                   "Throughput counts the new tokens of all rows of the batch; every row has its own prompt."])
+                   "Throughput counts the new tokens of all rows of the batch; every row has its own prompt."
+                   + (" *: a run at this batch size took over 1.5x its calibration's prediction (calibration_suspect "
+                      "in rows.csv)." if flagged else "")])
 
 
 # -- 3. verification latency ---------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
     use calibrated_prediction for an honest one); with `by` (e.g. ("mode", "k", "batch_size",
     "max_new_tokens", "verify")), the mean over prompts of those per-cell numbers.
     decode_speedup: the same ratio of decode throughputs (specdec modes: what Leviathan's formula predicts).
+    suspect_runs: runs over 1.5x their calibration's prediction (calibration_suspect), which figures mark.
     95% intervals (specdec.stats, stratified by prompt, paired for ratios): throughput_lo/_hi,
     decode_throughput_lo/_hi, speedup_lo/_hi and decode_speedup_lo/_hi. decode_throughput = (new tokens - one per row) /
     (seconds - prefill_s): the decode phase alone, without the time to first token (specdec modes only)."""
@@ -44,6 +45,8 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
     for col in METRICS:  # null-only columns load as object; make every metric numeric
         ok[col] = pd.to_numeric(ok[col], errors="coerce")
     ok["decode_throughput"] = decode_throughput(ok)
+    suspect = ok["calibration_suspect"] if "calibration_suspect" in ok else pd.Series(False, index=ok.index)
+    ok["_suspect"] = suspect.map(lambda v: v is True or v == 1)  # None (HF references): not judged
     # paired timing (pairing.py): a run's speedup is over its reference's run in the same block (prompts, iteration)
     ok["_vs_base"] = np.where(ok["mode"] != BASELINE, ok["throughput"] / block_mate(ok, BASELINE), np.nan)
     ok["_vs_base_decode"] = np.where(ok["mode"] != BASELINE,
@@ -64,6 +67,7 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
                speedup_vs_hf_default=("_vs_hf_default", "mean"),
                **{p: (p, "median") for p in (*PHASES, "draft_step_s", "verify_iter_s")},
                peak_memory_mib=("peak_memory_mib", "max"), timing_only=("timing_only", "first"),
+               suspect_runs=("_suspect", "sum"),
                matches_baseline=("matches_baseline", matches),
                **{c: (c, "first") for c in (by or ()) if c in ok and c not in keys})  # e.g. a prompt's category
     metrics = ok.groupby(keys, dropna=False, sort=False).agg(**agg)
