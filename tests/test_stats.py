@@ -122,8 +122,10 @@ def test_run_order_times_each_prompts_cells_back_to_back_in_seeded_blocks():
 
 
 def test_a_block_is_timed_again_when_its_runs_straddle_two_machine_states():
-    row = lambda ratio, mode="baseline", status="ok": dict(mode=mode, status=status, calibration_ratio=ratio)
-    typical = dict(baseline=1.0, auto=1.4)  # auto's cost model is off by a steady 1.4x: not a change of state
+    row = lambda ratio, mode="baseline", status="ok": dict(mode=mode, k=dict(baseline=0).get(mode), status=status,
+                                                           calibration_ratio=ratio)
+    # auto's cost model is off by a steady 1.4x: not a change of state
+    typical = {("baseline", 0): 1.0, ("auto", None): 1.4}
     assert pairing.disturbed([row(1.0), row(1.4, "auto"), row(None, "hf_generate")], typical) == ""
     assert pairing.disturbed([row(1.25), row(1.1, "auto")], typical) == ""  # ordinary noise: 1.25 vs 0.79
     assert "took" in pairing.disturbed([row(0.7), row(1.7, "auto")], typical)  # two speed states in one block

@@ -28,7 +28,7 @@ from ..profiler import peak_memory_mib, reset_peak_memory
 from ..quantize import precision_label
 from .controls import JunkDrafter
 from .modes import BASELINE, DEFAULT_SWEEP, MODES, NAMES, cells_for
-from .pairing import MAX_ATTEMPTS, blocks_in_order, disturbed, run_order
+from .pairing import MAX_ATTEMPTS, blocks_in_order, config_of, disturbed, run_order
 from .prompts import PROMPTS_FILE, encode, load_prompts
 from .references import run_hf
 from .results import (COLUMNS, KEY, LATER_CELL, PHASES, RESULTS, ROUNDS, append_row, end_torn_line, now, read_rows,
@@ -224,7 +224,7 @@ class CellRunner:
         self.pair, self.results, self.extra, self.tokenized = pair, results, extra, tokenized
         self.phases = {}  # per cell, from the profiled run on GPUs
         self.written = 0
-        self.ratios = {}  # per mode, the calibration ratios of its runs so far (pairing.disturbed's typical ratio)
+        self.ratios = {}  # per (mode, K), the calibration ratios of its runs so far (pairing.disturbed's typical)
         self.calibrations = set()  # ids of the calibrations its rows ran under
 
     def generate(self, cell, seed, profile=False):
@@ -245,7 +245,7 @@ class CellRunner:
             why = disturbed(rows, {m: float(np.median(r)) for m, r in self.ratios.items() if len(r) >= 2})
             for r in rows:
                 if r.get("status") == "ok" and r.get("calibration_ratio"):
-                    self.ratios.setdefault(r["mode"], []).append(r["calibration_ratio"])
+                    self.ratios.setdefault(config_of(r), []).append(r["calibration_ratio"])
             if not why:
                 return
             if attempt < MAX_ATTEMPTS:
