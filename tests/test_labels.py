@@ -167,3 +167,12 @@ def test_the_batch_sweep_stars_a_batch_size_with_a_suspect_run():
     assert any("calibration_suspect" in t.get_text() for t in fig.texts)
     calm = plots.batch_sweep(cells.assign(suspect_runs=0), cells, None, "cpu")
     assert not any("*" in t for t in ticks(calm.axes[0], "x"))
+
+
+def test_speedup_bars_without_an_interval_get_no_error_caps():
+    table = speedup_table()
+    table.loc[table["mode"] == "hf_assisted", ["vs_baseline_lo", "vs_baseline_hi"]] = NAN  # one run: no interval
+    ax = plots.speedup(table, "cpu").axes[0]
+    bars = [c for c in ax.containers if type(c).__name__ == "BarContainer"]
+    capped = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(capped) == len(bars) - 1, (len(capped), len(bars))  # every bar but HF assisted's has its interval

@@ -321,8 +321,10 @@ def speedup_bars(ax, p, palette) -> tuple[list, float]:
         start = y
         for _, r in present.sort_values("series", key=lambda s: s.map(RANK)).iterrows():
             err = np.nan_to_num(np.clip([[r["value"] - r["lo"]], [r["hi"] - r["value"]]], 0, None))
-            ax.barh(y, r["value"], 0.8, color=palette[r["series"]], label=r["series"], xerr=err, capsize=2,
-                    hatch="//" if r["outside"] else None, edgecolor="white")
+            has_interval = bool(np.isfinite(float(r["lo"])) and np.isfinite(float(r["hi"])))  # else: no cap at all
+            ax.barh(y, r["value"], 0.8, color=palette[r["series"]], label=r["series"],
+                    xerr=err if has_interval else None, capsize=2, hatch="//" if r["outside"] else None,
+                    edgecolor="white")
             ax.text(r["value"] + err[1, 0] + 0.02, y, f"{r['value']:.2f}", va="center", fontsize=7)
             y += 1
         ticks.append(((start + y - 1) / 2, textwrap.fill(config, 56)))
@@ -364,8 +366,8 @@ def speedup(table, target=""):
         ax.set_ylim(max(y for y, _ in ticks) + 0.7, -0.7)  # top to bottom in the order drawn
         ax.set(xlabel="speedup over target only (x)", title=describe(table[table["pair"] == pair], target))
         ax.set_xlim(0, max(1.1, np.nanmax(p[["value", "hi"]].to_numpy(float)) * 1.15))
-    notes = ["Speedup = throughput / specdec target-only throughput on the same prompts (paired); error bars: 95% "
-             "bootstrap intervals. The prediction uses a, c and v from a separate calibration pass on other prompts."]
+    notes = ["Speedup = throughput / specdec target-only throughput in the same block (the same prompts, timed back "
+             "to back); error bars: 95% bootstrap intervals, only where there is one. The prediction uses a, c and v from a separate calibration pass on other prompts."]
     refs = [MODES[m].label for m in dict.fromkeys(long["mode"]) if outside(m)]
     if refs:
         notes.append(f"Hatched, below the line: {'; '.join(refs)}: Hugging Face's own decoding loop over the target "
