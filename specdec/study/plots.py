@@ -367,7 +367,8 @@ def speedup(table, target=""):
         ax.set(xlabel="speedup over target only (x)", title=describe(table[table["pair"] == pair], target))
         ax.set_xlim(0, max(1.1, np.nanmax(p[["value", "hi"]].to_numpy(float)) * 1.15))
     notes = ["Speedup = throughput / specdec target-only throughput in the same block (the same prompts, timed back "
-             "to back); error bars: 95% bootstrap intervals, only where there is one. The prediction uses a, c and v from a separate calibration pass on other prompts."]
+             "to back); error bars: 95% bootstrap intervals, only where there is one. The prediction uses a, c and v "
+             "from a separate calibration pass on other prompts."]
     refs = [MODES[m].label for m in dict.fromkeys(long["mode"]) if outside(m)]
     if refs:
         notes.append(f"Hatched, below the line: {'; '.join(refs)}: Hugging Face's own decoding loop over the target "

@@ -1,6 +1,6 @@
 """95% intervals for the study's numbers, and the only sentences the readouts may draw from them.
 
-Two kinds. Per cell and per configuration (mean_interval, ratio_interval): percentile bootstraps
+Two kinds. Per cell and per configuration (mean_interval, of runs or of per-block ratios): percentile bootstraps
 (scipy.stats.bootstrap) stratified by prompt: the runs (repeats) of each prompt are resampled separately and the
 statistic is the mean over prompts of a per-prompt number, so an interval says how much the result would move if
 the repeats were run again on the same prompts. Over a prompt population (geomean_speedup): prompts are resampled
@@ -36,11 +36,6 @@ def _mean_of_means(*samples, axis=-1):
     return np.mean([s.mean(axis=axis) for s in samples], axis=0)
 
 
-def _mean_of_ratios(*samples, axis=-1):
-    """samples = (num_1, den_1, num_2, den_2, ...): the mean over prompts of mean(num_p) / mean(den_p)."""
-    return np.mean([n.mean(axis=axis) / d.mean(axis=axis) for n, d in zip(samples[0::2], samples[1::2])], axis=0)
-
-
 def _interval(samples, statistic, seed) -> Estimate:
     samples = [np.asarray(s, float) for s in samples]
     samples = [s[np.isfinite(s)] for s in samples]
@@ -61,12 +56,6 @@ def mean_interval(strata, seed=0) -> Estimate:
     the runs within each stratum. `strata`: a list of arrays, or one array (a single prompt)."""
     strata = [strata] if np.ndim(strata[0]) == 0 else strata
     return _interval(strata, _mean_of_means, seed)
-
-
-def ratio_interval(pairs, seed=0) -> Estimate:
-    """Paired speedup: mean over prompts of mean(num runs) / mean(den runs) of the same prompt, with a 95%
-    interval. `pairs`: a list of (numerator runs, denominator runs), one per prompt."""
-    return _interval([x for pair in pairs for x in pair], _mean_of_ratios, seed)
 
 
 # -- readouts -----------------------------------------------------------------------------------------------
