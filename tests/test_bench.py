@@ -1,4 +1,5 @@
 """Benchmark sweeps on tiny random-weight pairs: the row schema, kill -9 resume, failing cells, HF references."""
+import io
 import json
 import math
 import os
@@ -165,6 +166,18 @@ def test_a_blocks_runs_are_consecutive_and_a_disturbed_block_is_timed_again(tmp_
     assert (rows["attempt"] == 2).sum() == 4  # the summaries read the block's later timing
     shuffled = written[1:5] + written[:1] + written[5:]  # a row moved away from its block: caught
     assert pairing.not_consecutive(shuffled)
+
+
+def test_progress_reaches_the_real_stderr_and_counts_a_resumed_sweeps_runs(tmp_path, monkeypatch, llama):
+    """papermill shows a notebook's output only when it ends: the sweep's bar writes to the process's real stderr
+    (a kernel's reaches the runner's terminal), named by its folder, starting from the runs already recorded."""
+    out = tmp_path / "k_sweep"
+    kw = dict(modes=("baseline", "speculative"), ks=(2,), max_new_tokens=(4,), iterations=1, warmup=False)
+    bench.sweep(llama, out, prompts=PROMPTS[:1], progress=False, **kw)
+    monkeypatch.setattr(sys, "__stderr__", io.StringIO())
+    bench.sweep(llama, out, prompts=PROMPTS[:2], **kw)
+    shown = sys.__stderr__.getvalue()
+    assert "k_sweep:" in shown and "| 2/4 [" in shown and "| 4/4 [" in shown, shown
 
 
 def test_hf_references_match_baseline(tmp_path, llama):

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .. import calibration
 from ..engine import VERIFY_MODES, generate
@@ -29,6 +28,7 @@ from ..quantize import precision_label
 from .controls import JunkDrafter
 from .modes import BASELINE, DEFAULT_SWEEP, MODES, NAMES, cells_for
 from .pairing import MAX_ATTEMPTS, blocks_in_order, config_of, disturbed, run_order
+from .progress import bar as progress_bar
 from .prompts import PROMPTS_FILE, encode, load_prompts
 from .references import run_hf
 from .results import (COLUMNS, KEY, LATER_CELL, PHASES, RESULTS, ROUNDS, append_row, end_torn_line, now, read_rows,
@@ -175,12 +175,11 @@ def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,),
             for cell in warmup_cells([c for b in todo for c, _ in b]):
                 runner.warm(cell)
         total = len(cells) * iterations
-        bar = tqdm(total=total, disable=not progress, unit="run", initial=total - sum(map(len, todo)))
+        bar = progress_bar(out.name, total, done=total - sum(map(len, todo)), enabled=progress)
         for block in todo:
-            cell = block[0][0]
-            bar.set_description(f"b={cell['batch_size']} n={cell['max_new_tokens']} {cell['prompt_id']}")
             runner.run_block(block)
             bar.update(len(block))
+        bar.close()
         record_calibrations(out, run_id, runner.calibrations)
     mine = {key_of(dict(c, iteration=i)) for c in cells for i in range(iterations)}
     latest = last_timing(read_rows(results, LATER_CELL))

@@ -24,6 +24,7 @@ from ..engine import VERIFY_MODES
 from .bench import model_names, weights_of
 from ..linear import fast_linears, mode as linear_mode
 from ..profiler import synchronize
+from .progress import bar as progress_bar
 from .results import RESULTS, append_row, done_keys, now, read_rows, record_calibrations, save_calibration, start_run
 
 MODES = VERIFY_MODES  # the engine's: one (K+1)-token forward, or K+1 one-token forwards
@@ -114,16 +115,16 @@ def time_all(pair, todo, ks, context, batch_size, warmup, seed, results, run_id,
             time_verify(arena, prefix[:, context:context + t], "parallel", context)
     calibration_id = save_calibration(results.parent, calibration.snapshot())  # the plans the timings ran on
     record_calibrations(results.parent, run_id, [calibration_id])
-    start = time.perf_counter()
-    for i, p in enumerate(todo):
+    bar = progress_bar(results.parent.name, len(todo), unit="forward", enabled=progress)
+    for p in todo:
         block = prefix[:, context:context + p["k"] + 1]  # the "drafts": content is irrelevant to cost
         seconds = time_verify(arena, block, p["mode"], context)
         append_row(results, dict(p, run_id=run_id, timing_only=pair.timing_only, tokens=p["k"] + 1,
                                  forwards=1 if p["mode"] == "parallel" else p["k"] + 1, seconds=seconds,
                                  calibration_id=calibration_id, finished_utc=now()),
                    COLUMNS)
-        if progress and (i + 1) % max(len(todo) // 10, 1) == 0:
-            print(f"latency: {i + 1}/{len(todo)} measurements, {time.perf_counter() - start:.0f} s", flush=True)
+        bar.update()
+    bar.close()
 
 
 def summarize(rows) -> pd.DataFrame:

@@ -30,6 +30,7 @@ from .. import weights
 from ..models import PAIRS
 from . import results, stats
 from .population import geomean
+from .progress import bar as progress_bar
 from .prompts import encode
 
 ENV = "SPECDEC_LLAMA_CPP"  # a folder holding the llama.cpp binaries
@@ -242,6 +243,8 @@ def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=
     with tempfile.TemporaryDirectory() as tmp:
         for cell in {c["tool"]: c for c in todo}.values():  # warm-up: the GGUF files into the page cache
             measure(**cell, found=found, ggufs=ggufs, prompt=prompts[0], n=4, threads=threads, folder=tmp)
+        total = iterations * len(prompts) * len(todo)
+        bar = progress_bar(folder.name, total, done=min(len(done), total))
         for iteration in range(iterations):
             # paired timing (pairing.py): a prompt's cells back to back in a random order, prompts in a random order
             order = [(todo[c], prompts[q]) for q in rng.permutation(len(prompts)) for c in rng.permutation(len(todo))]
@@ -259,6 +262,8 @@ def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=
                 except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as e:
                     row.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000])
                 results.append_row(path, row, COLUMNS)
+                bar.update()
+        bar.close()
     return pd.DataFrame(results.read_rows(path))
 
 
