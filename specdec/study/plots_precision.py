@@ -35,10 +35,10 @@ def precision_figure(table, curves, title, subtitle="", llama=None):
     for r in (llama.itertuples() if llama is not None else ()):
         _errorbar(left, r.step_gb, r, fmt=next(markers, "s"), ms=6, color="0.3", label=f"llama.cpp, {r.label}")
     left.axhline(1.0, color=BASE_COLOR, ls="--", lw=1, label="target alone (= 1)")
-    left.set(xlabel="GB of weights read per decode step", ylabel="speculation over the target alone (x, decode)")
+    left.set(xlabel="GB of weights read per decode step", ylabel="speculation over the\ntarget alone (x, decode)")
     for precision, c in curves.groupby("precision", sort=False):
         right.plot(c["tokens"], c["ratio"], "o-", ms=4, color=colors.get(precision, BASE_COLOR))
     right.axhline(1.0, color="0.7", lw=0.8, ls=":")
-    right.set(xlabel="tokens in one forward (K + 1)", ylabel="forward time / one-token forward",
+    right.set(xlabel="tokens in one forward (K + 1)", ylabel="forward time /\none-token forward",
               xticks=sorted(curves["tokens"].unique()))
     return finish(fig, title, subtitle, [NOTE], ncol=3)
