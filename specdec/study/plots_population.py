@@ -121,11 +121,15 @@ def length_axis(lengths_df, windows_df, title, subtitle=""):
     left.axhline(1.0, color="0.6", ls="--", lw=1)
     left.set(xlabel="new tokens per generation (EOS ignored)", ylabel="speedup (x, decode)",
              xticks=sorted(t["max_new_tokens"].unique()))
-    for n, w in windows_df.groupby("max_new_tokens"):
-        right.plot(w["window_start"], 100 * w["acceptance"], "o-", ms=4, label=f"{n} tokens")
+    # Longest first, shorter ones on top as larger hollow markers: greedy, a shorter generation's windows are the
+    # longer one's first windows (the same tokens), so their lines would hide each other.
+    for i, (n, w) in enumerate(sorted(windows_df.groupby("max_new_tokens"), key=lambda g: -g[0])):
+        right.plot(w["window_start"], 100 * w["acceptance"], "o-", ms=4 + 3 * i, mfc="none" if i else None,
+                   lw=1.5, label=f"{n} tokens")
     right.set(xlabel=f"window of {int(windows_df['window'].iloc[0]) if len(windows_df) else 0} new tokens "
-                     "(its first token)", ylabel="acceptance of auto's drafts (%)", ylim=(0, 105))
+                     "(its first token)", ylabel="acceptance of\nauto's drafts (%)", ylim=(0, 105))
     note = ("Left: geometric mean over the prompts of the length subset, decode phase (the draft's prefill "
             "charged), each length's runs paired with the target alone's; right: accepted / proposed drafts of the "
-            "verify rounds that started in each window, over all those prompts.")
+            "verify rounds that started in each window, over all those prompts (greedy: a shorter generation's "
+            "windows are the same tokens as a longer one's first windows, so their points coincide).")
     return finish(fig, title, subtitle, [note], ncol=4)
