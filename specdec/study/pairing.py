@@ -78,9 +78,10 @@ def disturbed(rows, typical=None) -> str:
     """Why a block's rows (one attempt) should be timed again, or '' if they should not. Each run's calibration
     ratio (measured rounds / predicted) is taken relative to its configuration's typical ratio (`typical`:
     {config_of(row): median ratio of that configuration's earlier runs in this sweep}), so a cost model that is off
-    by a steady factor for one mode or K is not read as a change of machine state. Timed again: a run over SLOW x its mode's typical ratio, or relative
-    ratios more than SPREAD apart within the block. Rows without a prediction (HF references, failed runs) or
-    whose mode has no typical ratio yet (its first runs of the sweep) are not judged."""
+    by a steady factor for one mode or K is not read as a change of machine state. Timed again: a run over SLOW x
+    its configuration's typical ratio, or relative ratios more than SPREAD apart within the block. Rows without a
+    prediction (HF references, failed runs) or whose configuration has no typical ratio yet (its first runs of the
+    sweep) are not judged."""
     typical = typical or {}
     relative = [r["calibration_ratio"] / typical[config_of(r)] for r in rows
                 if r.get("status") == "ok" and r.get("calibration_ratio") and typical.get(config_of(r))]
