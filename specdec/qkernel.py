@@ -29,6 +29,7 @@ SOURCE = Path(__file__).parent / "csrc" / "qlinear.cpp"
 PATH_NAMES = {2: "avx512-vnni", 1: "avx2", 0: "scalar"}
 TILE, BLOCK = 16, 4  # outputs per tile (one 512-bit register), tiles per block of the layout
 ROWS = TILE * BLOCK  # a weight's output count must be a multiple of this
+FIT_STEPS = 12  # candidate int4 grids per group besides min..max (pack)
 _state = {}  # "loaded": bool, "why": str
 
 
@@ -83,8 +84,10 @@ def best_path() -> str:
 
 def pack(weight, bits=4, group_size=64):
     """(codes uint8 [out/64, ...], scales float16 [out/64, in/group, 4, 2, 16]) in the kernel's layout (see the C++
-    file), from a float weight [out, in]. int4: w ~ q * scale + min, q in 0..15, min and max of each group spread
-    over the 16 codes; int8: w ~ (q - 128) * scale, q - 128 in -127..127, scale = max|w| / 127 (min = -128 * scale).
+    file), from a float weight [out, in]. int4: w ~ q * scale + min, q in 0..15, each group's scale and min the
+    least-squares fit of FIT_STEPS + 1 candidate grids (the C++ file's fit_int4: a grid spanning the group's min..max
+    and tighter ones that clip outliers); int8: w ~ (q - 128) * scale, q - 128 in -127..127, scale = max|w| / 127
+    (min = -128 * scale).
     The codes are rounded against the float16 scale and min the kernel reads, so the stored values are the ones the
     codes were chosen for."""
     w = weight.detach().float()
@@ -95,9 +98,10 @@ def pack(weight, bits=4, group_size=64):
     g = w.reshape(out_f, in_f // group_size, group_size)
     blocks = out_f // ROWS
     if bits == 4:
-        lo, hi = g.amin(-1), g.amax(-1)
-        scale = ((hi - lo) / 15).clamp(min=1e-6).half()
-        mins = lo.half()
+        if not load():
+            raise RuntimeError(f"qkernel.pack fits int4 grids with the kernel's own code, not available: {why_not()}")
+        fitted = torch.ops.specdec.fit_int4(g.reshape(-1, group_size).contiguous(), FIT_STEPS)
+        scale, mins = fitted.half().reshape(out_f, in_f // group_size, 2).unbind(-1)
         q = torch.round((g - mins.float()[..., None]) / scale.float()[..., None]).clamp(0, 15).to(torch.uint8)
         q = q.reshape(blocks, BLOCK, TILE, in_f // 8, 2, 4)  # block, tile, column, load index, nibble, byte
         codes = (q[..., 0, :] | (q[..., 1, :] << 4)).permute(0, 3, 1, 2, 4)  # block, load index, tile, column, byte
