@@ -21,8 +21,8 @@ a few dozen forwards gives the whole curve before the first round, and the cache
 
 Acceptance: per row an exponentially weighted count of accepted drafts over drafts tried (a prior of
 PRIOR worth PRIOR_WEIGHT drafts), updated from rounds where the row drafted. A batch at K=0 learns
-nothing, so after PROBE_EVERY such rounds it drafts one token (a probe), unless no K could pay even
-with every draft accepted.
+nothing, so the first round, where the prior alone would pick K=0, and every PROBE_EVERY-th round at K=0
+draft one token (a probe), unless no K could pay even with every draft accepted.
 """
 from .costs import measure_costs
 
@@ -117,7 +117,10 @@ class AutoK:
         self.accepted = [PRIOR * PRIOR_WEIGHT] * batch
         self.tried = [PRIOR_WEIGHT] * batch
         self.idle_rounds = 0
-        return self.pick(range(batch))
+        first = self.pick(range(batch))
+        if first == 0 and self.pick(range(batch), alpha=1.0) > 0:
+            first = 1  # the prior is a guess and a round at K=0 learns nothing: probe now, not PROBE_EVERY rounds in
+        return first
 
     def alpha(self, b) -> float:
         return self.accepted[b] / self.tried[b]

@@ -64,6 +64,12 @@ def test_acceptance_moves_k_and_a_row_at_zero_reprobes():
     assert k > 1
 
 
+def test_the_first_round_probes_where_only_better_acceptance_than_the_prior_would_pay():
+    costs = dict(verify_s=[0.0] + [1.0] * 9, draft_s=0.7)  # K=1 pays above acceptance 0.7; the prior is 0.6
+    assert best_k([policies.PRIOR], costs["verify_s"], costs["draft_s"], 8) == 0
+    assert AutoK(high=8, costs=costs).begin(None, None, 1) == 1
+
+
 def test_no_probe_when_nothing_could_pay():
     policy = AutoK(high=8, costs=dict(verify_s=[0.0] + [1.0 * t for t in range(1, 10)], draft_s=5.0))
     assert policy.begin(None, None, 2) == 0
