@@ -126,7 +126,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert len(results.read_rows(path)) == len(expected) and len(list(killed.glob("provenance-*.json"))) == 2
 
 
-def test_failing_cell_is_recorded_and_retried(tmp_path, monkeypatch, llama):
+def fail_at_k2(monkeypatch):
+    """Make every speculative run at K=2 raise; returns the real generate."""
     real = bench.generate
 
     def flaky(target, input_ids, *, draft=None, k=4, **kw):
@@ -135,6 +136,11 @@ def test_failing_cell_is_recorded_and_retried(tmp_path, monkeypatch, llama):
         return real(target, input_ids, draft=draft, k=k, **kw)
 
     monkeypatch.setattr(bench, "generate", flaky)
+    return real
+
+
+def test_failing_cell_is_recorded_and_retried(tmp_path, monkeypatch, llama):
+    real = fail_at_k2(monkeypatch)
     kw = dict(ks=(1, 2), max_new_tokens=(4,), prompts=PROMPTS[:2], iterations=2, warmup=False, progress=False)
     rows = bench.sweep(llama, tmp_path, **kw)
     failed = rows[rows["status"] == "failed"]
@@ -151,6 +157,20 @@ def test_failing_cell_is_recorded_and_retried(tmp_path, monkeypatch, llama):
     assert len(rows) == 12 and (rows["status"] == "ok").all()
     assert len(results.read_rows(tmp_path / "results.jsonl")) == 12 + 12  # each pair timed together again
     assert rows["run_id"].nunique() == 1  # every row it reports comes from the rerun's blocks
+
+
+def test_a_cell_that_fails_in_two_sweeps_is_not_timed_again(tmp_path, monkeypatch, llama):
+    fail_at_k2(monkeypatch)
+    kw = dict(ks=(1, 2), max_new_tokens=(4,), prompts=PROMPTS[:2], iterations=1, warmup=False, progress=False)
+    path = tmp_path / "results.jsonl"
+    bench.sweep(llama, tmp_path, **kw)
+    first = len(results.read_rows(path))
+    bench.sweep(llama, tmp_path, **kw)  # failed once: its blocks are timed again
+    second = len(results.read_rows(path))
+    assert second == 2 * first
+    rows = bench.sweep(llama, tmp_path, **kw)  # failed in two sweeps: nothing is timed again
+    assert len(results.read_rows(path)) == second
+    assert (rows[rows["k"] == 2]["status"] == "failed").all() and (rows[rows["k"] != 2]["status"] == "ok").all()
 
 
 def test_a_blocks_runs_are_consecutive_and_a_disturbed_block_is_timed_again(tmp_path, monkeypatch, llama):

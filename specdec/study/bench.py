@@ -27,11 +27,12 @@ from ..profiler import peak_memory_mib, reset_peak_memory
 from ..quantize import precision_label
 from .controls import JunkDrafter
 from .modes import BASELINE, DEFAULT_SWEEP, MODES, NAMES, cells_for
-from .pairing import MAX_ATTEMPTS, blocks_in_order, config_of, disturbed, run_order
+from .pairing import (MAX_ATTEMPTS, blocks_in_order, config_of, disturbed, failing_in_two_runs, key_of, last_timing,
+                      run_order, timed_together)
 from .progress import bar as progress_bar
 from .prompts import PROMPTS_FILE, encode, load_prompts
 from .references import run_hf
-from .results import (COLUMNS, KEY, LATER_CELL, PHASES, RESULTS, ROUNDS, append_row, end_torn_line, now, read_rows,
+from .results import (COLUMNS, LATER_CELL, PHASES, RESULTS, ROUNDS, append_row, end_torn_line, now, read_rows,
                       record_calibrations, save_calibration, start_run)
 from .summary import summarize
 
@@ -110,11 +111,6 @@ def phase_stats(stats) -> dict:
     return out
 
 
-# -- the results file (storage itself: results.py) ---------------------------------------------------------
-
-def key_of(row) -> tuple:
-    return tuple(row.get(c) for c in KEY)
-
 
 # -- the sweep ------------------------------------------------------------------------------------------------
 
@@ -157,12 +153,18 @@ def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,),
         raise ValueError(f"modes {needs_draft} need a draft model; this pair has none")
 
     end_torn_line(results)
-    latest = last_timing(read_rows(results, LATER_CELL))
+    written = read_rows(results, LATER_CELL)
+    latest = last_timing(written)
+    hopeless = failing_in_two_runs(written)
+    if hopeless:
+        print(f"specdec.study: {len(hopeless)} cell(s) of {out.name} failed in two sweeps; not timed again "
+              f"(their failed rows stand; delete them from results.jsonl to retry)", file=sys.stderr)
     # Paired timing (pairing.py): each prompt group's cells back to back, blocks in a seeded shuffled order. A
     # block is done when its latest runs are ok and were timed together (one run, one attempt); otherwise it is
-    # timed whole again (a failed cell retries its block), so a resumed sweep, or a sweep adding cells to another's
+    # timed whole again (a failed cell retries its block, unless it failed in two sweeps already: a failure that
+    # persists is not worth a re-timing on every rerun), so a resumed sweep, or a sweep adding cells to another's
     # prompts, keeps its pairs together.
-    todo = [b for b in blocks_in_order(run_order(cells, iterations, seed)) if not timed_together(b, latest)]
+    todo = [b for b in blocks_in_order(run_order(cells, iterations, seed)) if not timed_together(b, latest, hopeless)]
 
     if todo:  # a run that has nothing left to do leaves no trace
         tokenized = {p["id"]: encode(pair.tokenizer, p) for p in prompts}  # refuses a prompt before any trace
@@ -185,18 +187,6 @@ def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,),
     latest = last_timing(read_rows(results, LATER_CELL))
     rows = pd.DataFrame([r for k, r in latest.items() if k in mine], columns=list(COLUMNS))
     return mark_matches(rows)
-
-
-def last_timing(rows) -> dict:
-    """{key: row}: each (cell, iteration)'s row from its latest timing, failed or not, so that a block's rows all
-    come from the same timing (an ok row of an earlier attempt never stands in for a cell that failed later)."""
-    return {key_of(r): r for r in rows}
-
-
-def timed_together(block, latest) -> bool:
-    rows = [latest.get(key_of(dict(c, iteration=i))) for c, i in block]
-    return (all(r is not None and r.get("status") == "ok" for r in rows)
-            and len({(r.get("run_id"), r.get("attempt")) for r in rows}) == 1)
 
 
 def mark_matches(rows) -> pd.DataFrame:

@@ -14,7 +14,7 @@ The rows of every attempt stay in results.jsonl (column `attempt`); the latest a
 """
 import numpy as np
 
-from .results import PAIRED_ON
+from .results import KEY, PAIRED_ON
 
 MAX_ATTEMPTS = 3   # a block is timed at most this many times
 # Both thresholds sit above ordinary run-to-run noise: on a 2-core Zen 4 EPYC (family 25), back-to-back runs of
@@ -91,3 +91,35 @@ def disturbed(rows, typical=None) -> str:
     if len(relative) >= 2 and max(relative) / min(relative) > SPREAD:
         return f"its runs took {min(relative):.2f}x to {max(relative):.2f}x their expected times"
     return ""
+
+
+# -- which blocks a sweep still has to time (bench.sweep) ----------------------------------------------------
+
+def key_of(row) -> tuple:
+    """A (cell, iteration)'s identity in results.jsonl."""
+    return tuple(row.get(c) for c in KEY)
+
+
+def last_timing(rows) -> dict:
+    """{key: row}: each (cell, iteration)'s row from its latest timing, failed or not, so that a block's rows all
+    come from the same timing (an ok row of an earlier attempt never stands in for a cell that failed later)."""
+    return {key_of(r): r for r in rows}
+
+
+def failing_in_two_runs(rows) -> set:
+    """Keys whose latest row failed and that have failed rows from two or more sweeps (run ids)."""
+    runs = {}
+    for r in rows:
+        if r.get("status") != "ok":
+            runs.setdefault(key_of(r), set()).add(r.get("run_id"))
+    latest = last_timing(rows)
+    return {k for k, ids in runs.items() if len(ids) >= 2 and latest[k].get("status") != "ok"}
+
+
+def timed_together(block, latest, hopeless=frozenset()) -> bool:
+    """Whether a block's latest rows all exist, were timed together (one run, one attempt), and are ok, or failed
+    where failing persists (`hopeless`: failing_in_two_runs)."""
+    keys = [key_of(dict(c, iteration=i)) for c, i in block]
+    rows = [latest.get(k) for k in keys]
+    return (all(r is not None and (r.get("status") == "ok" or k in hopeless) for k, r in zip(keys, rows))
+            and len({(r.get("run_id"), r.get("attempt")) for r in rows}) == 1)
