@@ -56,10 +56,14 @@ def test_auto_and_hf_defaults_are_labelled_by_their_policy_never_by_a_k(auto_k, 
 
 
 def test_hf_generate_is_an_outside_reference_off_the_baseline_line():
-    ax = plots.speedup(speedup_table(), "cpu").axes[0]
+    fig = plots.speedup(speedup_table(), "cpu")
+    ax = fig.axes[0]
     (hf,) = [(y, t.get_text().replace("\n", " ")) for y, t in zip(ax.get_yticks(), ax.get_yticklabels())
              if t.get_text().startswith(MODES[HF_GENERATE].label)]
-    assert "outside reference" in hf[1] and not hf[1].startswith("target only")
+    assert not hf[1].startswith("target only")
+    # said by its hatch and the caption (a tick label saying it ran into its neighbours)
+    assert any("an outside reference, not the baseline" in t.get_text().replace("\n", " ") for t in fig.texts)
+    assert any(bar.get_hatch() for bar in ax.patches if abs(bar.get_y() + bar.get_height() / 2 - hf[0]) < 1e-6)
     (baseline,) = [ln for ln in ax.get_lines() if ln.get_label() == "specdec target-only baseline (= 1)"]
     assert set(baseline.get_xdata()) == {1.0} and baseline.get_linestyle() == "--"
     ys = baseline.get_ydata()
