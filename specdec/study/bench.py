@@ -111,7 +111,6 @@ def phase_stats(stats) -> dict:
     return out
 
 
-
 # -- the sweep ------------------------------------------------------------------------------------------------
 
 def model_names(pair) -> tuple:
