@@ -82,11 +82,11 @@ def best_path() -> str:
     return PATH_NAMES[torch.ops.specdec.qlinear_best_path()]
 
 
-def pack(weight, bits=4, group_size=64):
+def pack(weight, bits=4, group_size=64, steps=None):
     """(codes uint8 [out/64, ...], scales float16 [out/64, in/group, 4, 2, 16]) in the kernel's layout (see the C++
     file), from a float weight [out, in]. int4: w ~ q * scale + min, q in 0..15, each group's scale and min the
-    least-squares fit of FIT_STEPS + 1 candidate grids (the C++ file's fit_int4: a grid spanning the group's min..max
-    and tighter ones that clip outliers); int8: w ~ (q - 128) * scale, q - 128 in -127..127, scale = max|w| / 127
+    least-squares fit of `steps` (default FIT_STEPS; 0: none) + 1 candidate grids (the C++ file's fit_int4: a grid
+    spanning the group's min..max and tighter ones that clip outliers); int8: w ~ (q - 128) * scale, q - 128 in -127..127, scale = max|w| / 127
     (min = -128 * scale).
     The codes are rounded against the float16 scale and min the kernel reads, so the stored values are the ones the
     codes were chosen for."""
@@ -100,7 +100,8 @@ def pack(weight, bits=4, group_size=64):
     if bits == 4:
         if not load():
             raise RuntimeError(f"qkernel.pack fits int4 grids with the kernel's own code, not available: {why_not()}")
-        fitted = torch.ops.specdec.fit_int4(g.reshape(-1, group_size).contiguous(), FIT_STEPS)
+        fitted = torch.ops.specdec.fit_int4(g.reshape(-1, group_size).contiguous(),
+                                            FIT_STEPS if steps is None else steps)
         scale, mins = fitted.half().reshape(out_f, in_f // group_size, 2).unbind(-1)
         q = torch.round((g - mins.float()[..., None]) / scale.float()[..., None]).clamp(0, 15).to(torch.uint8)
         q = q.reshape(blocks, BLOCK, TILE, in_f // 8, 2, 4)  # block, tile, column, load index, nibble, byte

@@ -83,12 +83,7 @@ def test_fitted_int4_grids_err_less_than_the_min_max_grid_and_never_more(group):
     w[::7, ::5] *= 6
     errors = {}
     for steps in (0, qkernel.FIT_STEPS):
-        qkernel_steps = qkernel.FIT_STEPS
-        try:
-            qkernel.FIT_STEPS = steps
-            codes, scales = qkernel.pack(w, 4, group)
-        finally:
-            qkernel.FIT_STEPS = qkernel_steps
+        codes, scales = qkernel.pack(w, 4, group, steps)
         wq = qkernel.dequantize(codes, scales, 4, group, 256)
         errors[steps] = ((w - wq) ** 2).reshape(128, -1, group).sum(-1)
     fitted, min_max = errors[qkernel.FIT_STEPS], errors[0]

@@ -154,7 +154,7 @@ def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,),
     end_torn_line(results)
     written = read_rows(results, LATER_CELL)
     latest = last_timing(written)
-    hopeless = failing_in_two_runs(written)
+    hopeless = failing_in_two_runs(written, latest)
     if hopeless:
         print(f"specdec.study: {len(hopeless)} cell(s) of {out.name} failed in two sweeps; not timed again "
               f"(their failed rows stand; delete them from results.jsonl to retry)", file=sys.stderr)

@@ -106,13 +106,13 @@ def last_timing(rows) -> dict:
     return {key_of(r): r for r in rows}
 
 
-def failing_in_two_runs(rows) -> set:
-    """Keys whose latest row failed and that have failed rows from two or more sweeps (run ids)."""
+def failing_in_two_runs(rows, latest) -> set:
+    """Keys whose latest row (`latest`: last_timing(rows)) failed and that have failed rows from two or more sweeps
+    (run ids)."""
     runs = {}
     for r in rows:
         if r.get("status") != "ok":
             runs.setdefault(key_of(r), set()).add(r.get("run_id"))
-    latest = last_timing(rows)
     return {k for k, ids in runs.items() if len(ids) >= 2 and latest[k].get("status") != "ok"}
 
 
