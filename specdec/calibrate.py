@@ -10,7 +10,7 @@ from . import calibration
 from .linear import PLANS, mode as linear_mode, plan_key, plan_ranges, weights_by_shape
 from .machine import BUSY_CORES, measurement_root, cpu_clock, others_cpu, others_since
 from .models import load_pair
-from .costs import DENSE, cached_costs, measure_costs, padded_rows
+from . import costs
 from .policy import resolve
 from .quantize import QUANTIZED, kernel_report, kernel_table, precision_label
 
@@ -54,14 +54,15 @@ def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft
     high = resolve("auto").k_max
     for batch in batches:
         with torch.inference_mode():
-            cached = dict(cached_costs(pair.target, pair.draft, batch, high + 1))
-            fresh = force or any(measured_busy(e) for e in cached.values())
-            costs = measure_costs(pair.target, pair.draft, batch, high, fresh=fresh)
-            alone = dict(cached_costs(pair.target, None, batch, DENSE))
-            padded = padded_rows(pair.target, batch, fresh=force or any(measured_busy(e) for e in alone.values()))
-        verify = ", ".join(f"{t}: {costs['verify_s'][t] * 1e3:.1f}" for t in (1, 2, 3, 5, high + 1))
-        say(f"  auto costs at batch {batch}: target forward over T tokens (ms, each at its padded forward): {verify}; "
-            f"draft step {costs['draft_s'] * 1e3:.1f} ms")
+            again = lambda role, model: force or measured_busy(costs.table().get(costs.entry_key(role, model, batch)))
+            costs.target_curve(pair.target, batch, high + 1, fresh=again("target", pair.target))
+            if pair.draft is not None:
+                costs.draft_step(pair.draft, batch, fresh=again("draft", pair.draft))
+            prices = costs.prices(pair.target, pair.draft, batch, high)
+            padded = costs.padded_rows(pair.target, batch)
+        verify = ", ".join(f"{t}: {prices['verify_s'][t] * 1e3:.1f}" for t in (1, 2, 3, 5, high + 1))
+        say(f"  prices at batch {batch}: target forward over T tokens (ms, each at its padded forward): {verify}; "
+            f"draft step {prices['draft_s'] * 1e3:.1f} ms")
         say(f"  padding at batch {batch} (a forward over T tokens runs as): "
             + (", ".join(f"{t} -> {r}" for t, r in padded.items() if r != t) or "none (every T as itself)"))
     snap = calibration.snapshot()

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from . import calibrate
-from .engine import VERIFY_MODES, generate
+from .engine import generate
+from .inputs import VERIFY_MODES
 from .machine import measurement_root
 from .models import PAIRS, load_pair
 from .policy import MAX_K

@@ -1,12 +1,14 @@
 """Which device and dtype a model runs on: names, the defaults per device, and the draft's dtype on CPU, chosen by
 measuring the draft's own forwards."""
+import functools
 import logging
 
 import torch
 
+from . import paired
 from .linear import fast_linears, plan_key
 from .machine import read_cache, write_cache
-from .profiler import time_forward
+from .profiler import draft_forwards
 
 log = logging.getLogger("specdec")
 
@@ -75,20 +77,19 @@ DRAFT_DTYPES = "draft-dtypes.json"  # under specdec.machine.cache_root()
 
 
 def faster_draft_dtype(load_draft, key) -> torch.dtype:
-    """float32 or bfloat16, whichever runs the draft model's own forwards faster on this CPU: one token (most
-    draft steps) plus two tokens (a round's first step after a fully accepted round), each dtype at its
-    measured linear paths. Whole forwards, not one product: with PyTorch's default path a bfloat16
-    Qwen2.5-0.5B ran one token 2x faster than float32 but two tokens 2x slower (its vocabulary projection
-    left the fast bfloat16 kernel), and CPUs without native bfloat16 run it slower throughout.
-    `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per machine and model."""
+    """float32, unless bfloat16 runs the draft model's own forwards clearly faster on this CPU: one token (most
+    draft steps) plus two tokens (a round's first step after a fully accepted round), each dtype at its measured
+    linear paths, the two timed interleaved and compared paired (specdec.paired). Whole forwards, not one
+    product: with PyTorch's default path a bfloat16 Qwen2.5-0.5B ran one token 2x faster than float32 but two
+    tokens 2x slower (its vocabulary projection left the fast bfloat16 kernel), and CPUs without native bfloat16
+    run it slower throughout. `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per machine
+    and model."""
     entry = read_cache(DRAFT_DTYPES).get(plan_key(), {}).get(key)
     if entry is None:
-        seconds = {}
-        for dtype in (torch.float32, torch.bfloat16):
-            model = load_draft(dtype)
-            with torch.inference_mode(), fast_linears([model]):
-                seconds[str(dtype).removeprefix("torch.")] = sum(time_forward(model, t) for t in (1, 2))
-            del model
-        entry = dict(**{f"{d}_s": s for d, s in seconds.items()}, choice=min(seconds, key=seconds.get))
+        models = {str(d).removeprefix("torch."): load_draft(d) for d in (torch.float32, torch.bfloat16)}
+        with torch.inference_mode(), fast_linears(list(models.values())):
+            seconds = paired.interleaved({d: functools.partial(draft_forwards, m) for d, m in models.items()}, 3)
+        del models
+        entry = dict(**{f"{d}_s": min(s) for d, s in seconds.items()}, choice=paired.fastest(seconds, "float32"))
         write_cache(DRAFT_DTYPES, plan_key(), {key: entry})
     return getattr(torch, entry["choice"])

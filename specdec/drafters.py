@@ -122,3 +122,10 @@ class PromptLookupDrafter(ModelFreeDrafter):
             latest = torch.where(hit, start, -1).max(1).values
             found = torch.where((found < 0) & (latest >= 0), latest + n, found)
         return found
+
+
+def as_drafter(draft):
+    """The drafter behind generate's `draft` (checked already): None, a model, "prompt_lookup" or a drafter object."""
+    if isinstance(draft, torch.nn.Module):
+        return ModelDrafter(draft)
+    return PromptLookupDrafter() if draft == "prompt_lookup" else draft

@@ -9,8 +9,11 @@ in the weight's dtype (float32, or bfloat16 for a draft loaded in it):
   onednn  oneDNN's matmul on the weight as it is (torch.ops.mkldnn._linear_pointwise, what Inductor calls)
   packed  the same, against a weight reordered once into oneDNN's blocked layout (a copy)
 Which path wins differs from CPU to CPU (DESIGN.md section 6), so nothing is fixed in code: for each
-(out, in) shape, dtype and row count 1..MAX_ROWS the paths are timed once, and the plan is cached per machine
-(CPU model, torch version, threads) under specdec.machine.cache_root().
+(out, in) shape and dtype the paths are timed once at a dozen row counts, and the plan is cached per machine
+(CPU model, torch version, threads) under specdec.machine.cache_root(). A plan is one path per range of row
+counts (RANGES), not per row count, and a path replaces the default only when it wins by more than the
+measurement's own spread: on a shared machine whose speed drifts, a path per row count was noise recorded as a
+decision (two calibrations minutes apart disagreed on 8 of 10 shapes).
 
 A copy costs the weight's memory again (kept on the module for the next generations). A copy path must beat
 the best in-place path by 10%, and a copy is made only while the machine keeps MEMORY_FLOOR of its RAM
@@ -27,21 +30,24 @@ and calls with more than MAX_ROWS rows, take the default `F.linear`.
 """
 import argparse
 import contextlib
+import functools
 import os
-import time
 
 import psutil
 import torch
 import torch.nn.functional as F
 from torch.utils.benchmark import Timer
 
-from . import calibration
+from . import calibration, paired
 from .machine import machine_key, read_cache, write_cache
 
 MAX_ROWS = 64                 # a verify over K+1 <= 9 tokens at batch <= 4 (and then some)
 PACK_ROWS = 16                # the row count oneDNN lays a packed weight out for
 COPIES = ("xwt", "packed")    # paths that keep a second copy of the weight
-WIN_MARGIN = 0.9              # a copy must beat the best in-place path by 10%
+IN_PLACE_GAIN = 0.05          # another in-place path must beat the default by 5% (plus the noise: specdec.paired)
+COPY_GAIN = 0.10              # a copy must beat the best in-place path by 10% (plus the noise)
+RANGES = ((1, 1), (2, 4), (5, 8), (9, 16), (17, 32), (33, 64))  # row counts that share one path
+SAMPLE_BYTES = 80e6           # weight bytes one timed sample reads (~4 ms at 20 GB/s): small products repeat
 MEMORY_FLOOR = 0.2            # make no copy that would leave less than this share of RAM available
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -76,41 +82,41 @@ def run_path(path, x2, weight, bias):
 
 
 def time_paths(weight, rows, reps) -> dict:
-    """{path: seconds}, min over `reps` calls after one warm-up; paths interleaved so drifting load hits all."""
+    """{path: [seconds per call in each of `reps` interleaved passes]} for products over `rows` rows
+    (specdec.paired). A pass times each path over ~SAMPLE_BYTES of weight reads (up to 16 calls in a row): one
+    call of a small product takes microseconds, where the jitter of a single call decides nothing."""
     x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
     operands = {path: prepare(path, weight) for path in PATHS}
-    best = dict.fromkeys(PATHS, float("inf"))
-    for rep in range(reps + 1):
-        for path in PATHS:
-            t = time.perf_counter()
-            run_path(path, x, operands[path], None)
-            if rep:  # rep 0 is the warm-up (first touch of the weight, kernel selection)
-                best[path] = min(best[path], time.perf_counter() - t)
-    return best
+    calls = int(min(max(SAMPLE_BYTES // (weight.numel() * weight.element_size()), 1), 16))
+    return paired.interleaved({p: functools.partial(run_path, p, x, operands[p], None) for p in PATHS}, reps, calls)
 
 
-def pick(times, lean=False) -> str:
-    """The default path unless another wins clearly (noise must not flip it); a copy must also beat the
-    best in-place path by WIN_MARGIN. `lean`: in-place paths only."""
-    in_place = [p for p in times if p not in COPIES and times[p] < 0.95 * times["linear"]]
-    best = min(in_place, key=times.get, default="linear")
-    copies = [p for p in times if p in COPIES and times[p] < WIN_MARGIN * times[best]]
-    return best if lean or not copies else min(copies, key=times.get)
+def pick(times, lean=False, spread=0.0) -> str:
+    """The in-place path (in PATHS order, the default first) that no other clearly beats (specdec.paired: by
+    IN_PLACE_GAIN plus the noise); then a copy instead only when it clearly beats that one, by COPY_GAIN plus the
+    noise. `lean`: in-place paths only. `times`: each path's cost relative to the default's, or seconds."""
+    in_place = paired.preferred(times, [p for p in PATHS if p in times and p not in COPIES], IN_PLACE_GAIN, spread)
+    copies = [p for p in PATHS if p in times and p in COPIES]
+    return in_place if lean else paired.preferred(times, [in_place, *copies], COPY_GAIN, spread)
 
 
 def measure_shape(weight, max_rows=MAX_ROWS) -> dict:
-    """{"fast": {rows: path}, "lean": {rows: path}} for one weight [out, in], measured at a few row counts;
-    a row count between two measured ones takes the plan of the next measured one up."""
+    """{"fast": {rows: path}, "lean": {rows: path}} for one weight [out, in]: a path per range of RANGES, compared
+    paired over the row counts measured inside it (specdec.paired)."""
     weight = weight.detach()
     big = weight.numel() >= 2**25  # an LM head: ~0.1 s per call, so fewer points and repetitions
     points = (1, 2, 4, 8, 16, 32, 64) if big else (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-    # Small products take well under a millisecond, where one disturbed call decides a min of two: give
-    # them more repetitions (the whole measurement stays within a second or so per shape).
-    reps = 1 if big else 3 if weight.numel() >= 2**23 else 12
-    times = {r: time_paths(weight, r, reps) for r in points if r <= max_rows}
-    up = lambda r: min(p for p in times if p >= r)
-    return {half: {r: pick(times[up(r)], lean=half == "lean") for r in range(1, max_rows + 1)}
-            for half in ("fast", "lean")}
+    # Small products take well under a millisecond, where single calls are noisy: give them more passes (the
+    # whole measurement stays within a second or so per shape).
+    reps = 2 if big else 3 if weight.numel() >= 2**23 else 6
+    samples = {r: time_paths(weight, r, reps) for r in points if r <= max_rows}
+    plan = {"fast": {}, "lean": {}}
+    for lo, hi in RANGES:
+        inside = {r: t for r, t in samples.items() if lo <= r <= hi}
+        cost, spread = paired.ratios(list(inside.values()), "linear") if inside else (None, None)
+        for half in plan if inside else ():
+            plan[half].update(dict.fromkeys(range(lo, min(hi, max_rows) + 1), pick(cost, half == "lean", spread)))
+    return plan
 
 
 def plan_key() -> str:

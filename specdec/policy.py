@@ -1,7 +1,8 @@
 """How K is chosen: the one protocol every K policy follows, the three policies, and `resolve`, the only place
 where the user's `k` (an int, "adaptive", "auto" or a policy object) becomes a policy.
 
-    begin(target, drafter, batch) -> k    once per generation, before the timed run: the first round's K
+    begin(batch, prices) -> k             once per generation, before the timed run: the first round's K;
+                                          prices(high) is the machine's price list for rounds of K <= high
     next_k(k, accepted) -> k              after each round; accepted[b]: drafts row b accepted, None if finished
     k_max                                 the largest K it may return (sizes the arenas)
     label                                 "fixed", "adaptive" or "auto": what results call it
@@ -14,8 +15,8 @@ target forward over K+1 tokens per row) and row b gains on average 1 + a_b + a_b
 where a_b is the row's acceptance probability per draft. The round picks the K in 0..high maximising
 (sum of expected tokens) / (round cost); K = 0 is the target alone for that round, chosen when no K pays.
 
-Costs: the measured target curve (every T at its padded forward) and draft step of specdec.costs, read once in
-begin(), outside the timed generation. Why not online from the rounds' wall time: a round only measures the K it
+Costs: the machine's price list (specdec.costs: the target curve, every T at its padded forward, and the draft
+step), handed to begin() by the engine outside the timed generation; auto never measures anything itself. Why not online from the rounds' wall time: a round only measures the K it
 ran, so the curve for the other K's would need exploration rounds that cost real tokens; a one-off calibration of
 a few dozen forwards gives the whole curve before the first round, and the cache makes it cost nothing next time.
 
@@ -24,8 +25,6 @@ PRIOR worth PRIOR_WEIGHT drafts), updated from rounds where the row drafted. A b
 nothing, so the first round, where the prior alone would pick K=0, and every PROBE_EVERY-th round at K=0
 draft one token (a probe), unless no K could pay even with every draft accepted.
 """
-from .costs import measure_costs
-
 MAX_K = 64  # beyond this a draft is never worth it; a bigger k is almost surely a typo
 PRIOR, PRIOR_WEIGHT = 0.6, 2.0  # a draft from the same family accepts roughly this often before any evidence
 DECAY = 0.7                     # weight of past rounds per round: a row's acceptance moves within ~3 rounds
@@ -56,7 +55,7 @@ class FixedK:
     def __init__(self, k: int):
         self.k_max = k
 
-    def begin(self, target, drafter, batch: int) -> int:
+    def begin(self, batch: int, prices) -> int:
         return self.k_max
 
     def next_k(self, k: int, accepted: list) -> int:
@@ -74,7 +73,7 @@ class AdaptiveK:
                              f"high={high}")
         self.start, self.low, self.k_max = start, low, high
 
-    def begin(self, target, drafter, batch: int) -> int:
+    def begin(self, batch: int, prices) -> int:
         return self.start
 
     def next_k(self, k: int, accepted: list) -> int:
@@ -99,19 +98,19 @@ def best_k(alphas, verify_s, draft_s, high) -> int:
 
 
 class AutoK:
-    """The cost-based K policy (see the module docstring). `costs` skips the measurement (tests, or a
-    caller that measured already): {"verify_s": [unused, T=1, T=2, ...], "draft_s": seconds}."""
+    """The cost-based K policy (see the module docstring). `costs` replaces the machine's price list (tests, or
+    a caller that priced rounds already): {"verify_s": [unused, T=1, T=2, ...], "draft_s": seconds}."""
     label = "auto"
 
     def __init__(self, high: int = 8, costs: dict | None = None):
         if not 1 <= high <= MAX_K:
             raise ValueError(f"AutoK needs 1 <= high <= {MAX_K} (the largest K it may pick); got high={high}")
-        self.k_max, self.costs = high, costs
+        self.k_max, self.given = high, costs
 
-    def begin(self, target, drafter, batch: int) -> int:
-        """Measure (or load) the costs and pick the first round's K from the prior."""
-        if self.costs is None:
-            self.costs = measure_costs(target, getattr(drafter, "model", None), batch, self.k_max)
+    def begin(self, batch: int, prices) -> int:
+        """Take this generation's prices (the given ones, else the machine's) and pick the first round's K from
+        the prior."""
+        self.costs = self.given or prices(self.k_max)
         if len(self.costs["verify_s"]) < self.k_max + 2:
             raise ValueError(f"costs['verify_s'] needs entries for T = 1..{self.k_max + 1} (index 0 unused)")
         self.accepted = [PRIOR * PRIOR_WEIGHT] * batch

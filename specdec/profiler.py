@@ -85,3 +85,10 @@ def time_forward(model, tokens, batch=1, keep=1, reps=3, warmup=True) -> float:
         if rep >= warmup:
             best = min(best, time.perf_counter() - t)
     return best
+
+
+def draft_forwards(model):
+    """A draft's forwards over one token (most draft steps) and over two (a round's first step after a fully
+    accepted round), once each: what a draft's speed is judged by."""
+    time_forward(model, 1, reps=1, warmup=False)
+    time_forward(model, 2, reps=1, warmup=False)

@@ -28,17 +28,18 @@ The quantized modules are not nn.Linear, so specdec.linear's measured few-row pa
 """
 import copy
 import dataclasses
+import functools
 import time
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from . import attention, lean, qkernel
+from . import attention, lean, paired, qkernel
 from .costs import model_key
 from .linear import plan_key
 from .machine import read_cache, write_cache
-from .profiler import time_forward
+from .profiler import draft_forwards
 
 PRECISIONS = ("float32", "bfloat16", "float16", "int8", "int4")
 QUANTIZED = ("int8", "int4")
@@ -267,23 +268,17 @@ DRAFTS = "draft-precisions.json"  # under specdec.machine.cache_root()
 
 
 def fastest_draft(draft, group_size, kernel) -> str:
-    """"as loaded", "int8" or "int4": whichever runs the draft's forwards fastest here (one token, most draft
-    steps, plus two, a round's first step after a fully accepted round), each a quantized copy of `draft`. The
-    draft only proposes, so its precision is free: exactness comes from the target's verification. Interleaved
-    and repeated (min of 3 rounds), so a load spike hits every candidate alike; cached per machine and model."""
+    """"as loaded", "int8" or "int4": the one that runs the draft's forwards clearly fastest here (one token, most
+    draft steps, plus two, a round's first step after a fully accepted round), each a quantized copy of `draft`;
+    "as loaded" unless another wins clearly. The draft only proposes, so its precision is free: exactness comes
+    from the target's verification. Interleaved and compared paired (specdec.paired); cached per machine and model."""
     key = f"{model_key(draft)} | g{group_size} {kernel}"
     entry = read_cache(DRAFTS).get(plan_key(), {}).get(key)
     if entry is None:
         candidates = {"as loaded": draft, **{p: quantize(copy.deepcopy(draft), p, group_size, kernel) for p in QUANTIZED}}
-        seconds = dict.fromkeys(candidates, float("inf"))
         with torch.inference_mode():
-            for m in candidates.values():
-                time_forward(m, 2, reps=0)  # warm-up: page-in, kernel selection
-            for _ in range(3):
-                for name, m in candidates.items():
-                    seconds[name] = min(seconds[name], time_forward(m, 1, reps=1, warmup=False)
-                                        + time_forward(m, 2, reps=1, warmup=False))
-        entry = dict(seconds=seconds, choice=min(seconds, key=seconds.get))
+            seconds = paired.interleaved({n: functools.partial(draft_forwards, m) for n, m in candidates.items()}, 3)
+        entry = dict(seconds={n: min(s) for n, s in seconds.items()}, choice=paired.fastest(seconds, "as loaded"))
         write_cache(DRAFTS, plan_key(), {key: entry})
     return entry["choice"]
 

@@ -23,7 +23,7 @@ class Scripted:
     def __init__(self, ks, high=4):
         self.ks, self.k_max, self.i = ks, high, 0
 
-    def begin(self, target, drafter, batch):
+    def begin(self, batch, prices):
         return self.ks[0]
 
     def next_k(self, k, accepted):
@@ -45,7 +45,7 @@ def test_cost_picks_k():
 
 def test_acceptance_moves_k_and_a_row_at_zero_reprobes():
     policy = AutoK(high=8, costs=FLAT)
-    start = policy.begin(None, None, 1)
+    start = policy.begin(1, None)
     assert start > 0
     k = start
     for _ in range(6):  # every draft rejected: acceptance falls, K falls to 0
@@ -67,12 +67,12 @@ def test_acceptance_moves_k_and_a_row_at_zero_reprobes():
 def test_the_first_round_probes_where_only_better_acceptance_than_the_prior_would_pay():
     costs = dict(verify_s=[0.0] + [1.0] * 9, draft_s=0.7)  # K=1 pays above acceptance 0.7; the prior is 0.6
     assert best_k([policies.PRIOR], costs["verify_s"], costs["draft_s"], 8) == 0
-    assert AutoK(high=8, costs=costs).begin(None, None, 1) == 1
+    assert AutoK(high=8, costs=costs).begin(1, None) == 1
 
 
 def test_no_probe_when_nothing_could_pay():
     policy = AutoK(high=8, costs=dict(verify_s=[0.0] + [1.0 * t for t in range(1, 10)], draft_s=5.0))
-    assert policy.begin(None, None, 2) == 0
+    assert policy.begin(2, None) == 0
     assert all(policy.next_k(0, [0, 0]) == 0 for _ in range(3 * policies.PROBE_EVERY))
 
 
@@ -106,18 +106,33 @@ def test_sampling_with_zero_rounds_has_the_target_distribution(models):  # noqa:
     assert chi_square_pvalue(first, exact_joint(target, 1.0, None)) > 1e-3
 
 
-def test_costs_are_measured_once_and_cached(tmp_path, monkeypatch):
+def test_prices_are_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECDEC_MEASUREMENTS", str(tmp_path))
     target, draft = tiny_gpt2(layers=2), tiny_gpt2(layers=1)
     calls = []
     forward = costs.time_forward
     monkeypatch.setattr(costs, "time_forward", lambda *a, **kw: calls.append(a[1]) or forward(*a, **kw))  # a[1]: tokens
-    curve = costs.measure_costs(target, draft, 2, 8)
-    assert len(curve["verify_s"]) == 10 and curve["draft_s"] > 0
+    prices = costs.prices(target, draft, 2, 8)
+    assert len(prices["verify_s"]) == 10 and prices["draft_s"] > 0
     n = len(calls)
     assert sorted(set(calls)) == list(range(1, 10))  # dense: padding chooses among every T up to DENSE
-    assert costs.measure_costs(target, draft, 2, 8) == curve and len(calls) == n
-    assert json.loads((tmp_path / "autok-costs.json").read_text())
+    assert costs.prices(target, draft, 2, 8) == prices and len(calls) == n
+    assert costs.prices(target, None, 2, 8)["verify_s"] == prices["verify_s"] and len(calls) == n  # the same curve
+    assert len(json.loads((tmp_path / costs.COSTS).read_text())) == 2  # one target curve, one draft step
+    costs.prices(target, draft, 2, 16)  # a longer reach measures the curve again, once
+    assert 17 in calls[n:] and costs.reach(costs.table()[costs.entry_key("target", target, 2)]) == 17
+
+
+def test_a_generation_reads_the_price_file_at_most_once(tmp_path, monkeypatch, pair):
+    monkeypatch.setenv("SPECDEC_MEASUREMENTS", str(tmp_path))
+    _, target, draft = pair
+    specdec.generate(target, PROMPTS, draft=draft, k="auto", max_new_tokens=8)  # measures and writes the prices
+    costs._tables.clear()  # as a new process would start
+    reads = []
+    read_cache = costs.read_cache
+    monkeypatch.setattr(costs, "read_cache", lambda name: reads.append(name) or read_cache(name))
+    result = specdec.generate(target, PROMPTS, draft=draft, k="auto", max_new_tokens=8)
+    assert reads == [costs.COSTS] and result.stats["predicted_decode_s"] is not None
 
 
 def test_bad_high_is_refused():

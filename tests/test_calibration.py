@@ -128,7 +128,7 @@ def test_calibrate_prints_its_choices_and_warns_beside_a_busy_process(capsys):
         spin.kill()
         spin.wait()
     text = "\n".join(lines)
-    assert "linear 64x64 float32: 1" in text and "auto costs at batch 1" in text and "calibration " in text
+    assert "linear 64x64 float32: 1" in text and "prices at batch 1" in text and "calibration " in text
     assert "warning: before measuring, other processes used" in text
     assert capsys.readouterr().out.strip().splitlines() == lines  # printed as it went
 
@@ -174,7 +174,8 @@ def test_costs_are_measured_on_the_path_generations_take(monkeypatch):
     monkeypatch.setattr(linear, "run_path", lambda path, *a: calls.append(path) or run_path(path, *a))
     pair = load_pair("tiny-llama")  # float32
     calls.clear()  # (loading timed the draft's dtype on the path already)
-    costs.measure_costs(pair.target, pair.draft, 1, 2, fresh=True)
+    costs.target_curve(pair.target, 1, fresh=True)
+    costs.draft_step(pair.draft, 1, fresh=True)
     assert calls  # every forward went through the planned path
     assert all("forward" not in m.__dict__ for m in linear.linears([pair.target, pair.draft]))  # restored after
 

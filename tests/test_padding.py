@@ -19,8 +19,16 @@ def test_padding_ignores_gains_within_timing_noise():
 
 
 def test_auto_prices_every_t_at_its_padded_forward():
-    verify = costs.curve(dict(verify_s=FOUR_IS_CHEAPEST, draft_s=0.1), high=5)["verify_s"]
+    verify = costs.priced(FOUR_IS_CHEAPEST, 0.1, high=5)["verify_s"]
     assert verify[1:5] == [0.8] * 4 and verify[5:] == [0.85, 1.2]
+
+
+def test_beyond_dense_a_t_is_priced_as_itself_as_the_engine_runs_it():
+    """The engine pads only up to DENSE tokens (the arena's spare slots), so a cheaper forward beyond prices nothing."""
+    points = {t: 1.0 for t in range(1, costs.DENSE + 1)} | {17: 0.5}
+    verify = costs.priced(points, 0.1, high=16)["verify_s"]
+    assert verify[1:costs.DENSE + 1] == [1.0] * costs.DENSE and verify[17] == 0.5
+    assert 17 not in costs.padding(points)
 
 
 def widths(model):

@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 
 from .. import calibration
-from ..engine import VERIFY_MODES, generate
+from ..engine import generate
+from ..inputs import VERIFY_MODES
 from ..models import PAIRS, load_pair
 from ..profiler import peak_memory_mib, reset_peak_memory
 from ..quantize import precision_label

@@ -5,7 +5,7 @@ They follow the drafter protocol of specdec.drafters (start, prefill, propose, r
 import torch
 
 from ..drafters import ModelFreeDrafter
-from ..engine import vocab_size
+from ..inputs import vocab_size
 
 
 class JunkDrafter(ModelFreeDrafter):

@@ -20,7 +20,7 @@ import torch
 
 from .. import calibration
 from ..arena import Arena
-from ..engine import VERIFY_MODES
+from ..inputs import VERIFY_MODES
 from .bench import model_names, weights_of
 from ..linear import fast_linears, mode as linear_mode
 from ..profiler import synchronize

@@ -7,7 +7,7 @@ import time
 import torch
 
 from .. import calibration
-from ..engine import eos_ids
+from ..inputs import eos_ids
 from ..linear import fast_linears
 from ..profiler import synchronize
 from .modes import HF_ASSISTED_DEFAULTS, MODES
