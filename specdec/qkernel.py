@@ -25,7 +25,8 @@ from torch.utils import cpp_extension
 
 from .machine import cache_root
 
-SOURCE = Path(__file__).parent / "csrc" / "qlinear.cpp"
+# the quantized linear, and the elementwise layer ops that specdec.lean calls beside it: one extension
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("qlinear.cpp", "layer.cpp")]
 PATH_NAMES = {2: "avx512-vnni", 1: "avx2", 0: "scalar"}
 TILE, BLOCK = 16, 4  # outputs per tile (one 512-bit register), tiles per block of the layout
 ROWS = TILE * BLOCK  # a weight's output count must be a multiple of this
@@ -35,7 +36,7 @@ _state = {}  # "loaded": bool, "why": str
 
 def build_dir() -> Path:
     """One folder per source and torch version: a changed kernel or torch builds anew, never loads a stale .so."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:12]
     return cache_root() / "kernels" / f"qlinear-{digest}-torch{torch.__version__.split('+')[0]}"
 
 
@@ -55,7 +56,7 @@ def load(verbose=False) -> bool:
     if not built:
         print(f"specdec: building the quantized linear kernel into {folder} (once; about a minute)", file=sys.stderr)
     try:
-        cpp_extension.load(name="specdec_qlinear", sources=[str(SOURCE)], build_directory=str(folder),
+        cpp_extension.load(name="specdec_qlinear", sources=[str(source) for source in SOURCES], build_directory=str(folder),
                            extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"], is_python_module=False, verbose=verbose)
     except Exception as e:  # no compiler, no ninja, a failed build: torch's kernels serve
         return _fail(f"the kernel could not be built here ({type(e).__name__}: {str(e).strip().splitlines()[-1][:200]})")
@@ -173,11 +174,14 @@ class Fused:
             start += size
         self.pending, self.input = {}, None
 
-    def full(self, x) -> tuple:
-        """Every member's output for `x`, from one kernel call (specdec.lean calls this directly)."""
+    def whole(self, x):
+        """The fused product for `x`: every member's output side by side, from one kernel call (specdec.lean)."""
         m = self.members[0]
-        out = qlinear(x, self.codes, self.scales, self.bias, sum(self.sizes), m.group_size, m.bits)
-        return out.split(self.sizes, dim=-1)
+        return qlinear(x, self.codes, self.scales, self.bias, sum(self.sizes), m.group_size, m.bits)
+
+    def full(self, x) -> tuple:
+        """Every member's output for `x`, from one kernel call."""
+        return self.whole(x).split(self.sizes, dim=-1)
 
     def __call__(self, member, x):
         if self.input is x and member in self.pending:

@@ -128,6 +128,24 @@ def test_quantize_with_the_kernel_swaps_what_it_can_tile_and_makes_attention_row
     assert model.config._attn_implementation == attention.NAME
 
 
+def test_a_prefill_attends_in_one_call_per_layer_and_a_verify_row_by_row(monkeypatch):
+    """A prefill (no earlier keys) is run alike by speculation and the target alone: one SDPA call per layer. A verify
+    over T tokens after it calls SDPA once per row, so each row matches its one-token step."""
+    model = quantize(tiny_blockwise("llama", layers=2), "int4", 32, kernel="specdec")
+    calls = []
+    sdpa = attention.sdpa_attention_forward
+    monkeypatch.setattr(attention, "sdpa_attention_forward", lambda *a, **kw: calls.append(a[1].shape[2]) or sdpa(*a, **kw))
+    draft = quantize(tiny_blockwise("llama", seed=1), "int4", 32, kernel="specdec")
+    run = lambda: specdec.generate(model, [PROMPTS[2]], draft=draft, k=3, max_new_tokens=4, eos_token_id=[])
+    run()  # measures the prices (cache-free forwards) first
+    calls.clear()
+    run()
+    prompt = len(PROMPTS[2])
+    assert calls[:2] == [prompt, prompt]  # the target's prefill: its two layers, all rows at once
+    assert calls[2:4] == [prompt, prompt]  # the draft's
+    assert set(calls[4:]) == {1}  # every draft step and verify row: one query row per call
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_speculation_on_a_kernel_quantized_target_is_token_identical_to_it(bits):
     """Not 'identical up to near ties': every K, auto, padding, rows of different lengths in one batch."""
@@ -190,6 +208,28 @@ def test_the_lean_layer_forward_matches_transformers_and_keeps_speculation_exact
     alone = specdec.generate(lean_model, PROMPTS, max_new_tokens=12, eos_token_id=[]).tokens
     for k in (2, 5, "auto"):
         assert specdec.generate(lean_model, PROMPTS, draft=draft, k=k, max_new_tokens=12, eos_token_id=[]).tokens == alone
+
+
+def test_the_layer_ops_compute_transformers_values_row_by_row():
+    """specdec/csrc/layer.cpp: the rotary embedding bit for bit as transformers', RMSNorm and SiLU * up to float32
+    rounding; each row's result the same alone as among others (a verify's rows, as one-token steps)."""
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+    assert qkernel.load(), qkernel.why_not()
+    ops, g = torch.ops.specdec, torch.Generator().manual_seed(0)
+    qkv, cos, sin = torch.randn(2, 5, (4 + 2 * 2) * 16, generator=g), torch.randn(2, 5, 16, generator=g), \
+        torch.randn(2, 5, 16, generator=g)
+    q, k, v = ops.rope_qkv(qkv, cos, sin, 4, 2)
+    heads = lambda t: t.view(2, 5, -1, 16).transpose(1, 2)
+    q_ref, k_ref = apply_rotary_pos_emb(heads(qkv[..., :64]), heads(qkv[..., 64:96]), cos, sin)
+    assert torch.equal(q, q_ref) and torch.equal(k, k_ref) and torch.equal(v, heads(qkv[..., 96:]))
+    x, w = torch.randn(3, 4, 96, generator=g), torch.randn(96, generator=g)
+    torch.testing.assert_close(ops.rms_norm(x, w, 1e-6), torch.nn.functional.rms_norm(x, (96,), w, 1e-6))
+    torch.testing.assert_close(ops.silu_mul(x), torch.nn.functional.silu(x[..., :48]) * x[..., 48:])
+    assert torch.equal(ops.rms_norm(x, w, 1e-6)[1, 2], ops.rms_norm(x[1, 2:3], w, 1e-6)[0])
+    assert torch.equal(ops.silu_mul(x)[2, 1], ops.silu_mul(x[2, 1:2])[0])
+    assert torch.equal(ops.rope_qkv(qkv[1:, 3:4], cos[1:, 3:4], sin[1:, 3:4], 4, 2)[0][0, :, 0], q[1, :, 3])
+    shared = ops.rope_qkv(qkv, cos[:1], sin[:1], 4, 2)  # one rotation for every batch row, as transformers broadcasts
+    assert torch.equal(shared[1], apply_rotary_pos_emb(heads(qkv[..., :64]), heads(qkv[..., 64:96]), cos[:1], sin[:1])[1])
 
 
 @pytest.mark.slow
