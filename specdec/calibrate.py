@@ -6,13 +6,13 @@ import time
 
 import torch
 
-from . import calibration
+from . import calibration, costs
 from .linear import PLANS, mode as linear_mode, plan_key, plan_ranges, weights_by_shape
 from .machine import BUSY_CORES, measurement_root, cpu_clock, others_cpu, others_since
 from .models import load_pair
-from . import costs
 from .policy import resolve
 from .quantize import QUANTIZED, kernel_report, kernel_table, precision_label
+
 
 def busy_warning(when, used) -> str | None:
     if used > BUSY_CORES:

@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import calibration
+from . import calibration, costs
 from .arena import Arena
 from .drafters import as_drafter, last_tokens
 from .inputs import check_arguments, eos_ids, prompt_rows
 from .linear import fast_linears, mode as linear_mode, plans_in_use, remeasure
-from . import costs
 from .costs import DENSE, padded_rows
 from .policy import resolve
 from .profiler import Profiler, synchronize
 from .sampling import Sampler, accept_greedy, accept_sampled
+
 
 @dataclass
 class Result:
