@@ -7,10 +7,9 @@ forward of Qwen2.5-0.5B differs from six 1-token forwards by up to 0.33 in a log
 computed as sdpa(q_row, keys[:p+1], values[:p+1]): the very call a one-token forward at p makes, so a verify gives
 every token the logits the target alone gives it, bit for bit, and greedy speculation is token-identical to it.
 
-It costs T small SDPA calls per layer where one would do (a few ms per verify on a 28-layer model). A prefill (a
-forward with no earlier keys, which speculation and the target alone run alike), forwards over more than MAX_ROWS
-tokens and sliding-window layers (whose visible keys are not a prefix) take transformers' SDPA as it is: one call,
-where a 53-token prompt would cost 53 per layer.
+It costs T small SDPA calls per layer where one would do (a few ms per verify on a 28-layer model); forwards over
+more than MAX_ROWS tokens (prefill of a long prompt, which speculation and the target alone share) and
+sliding-window layers (whose visible keys are not a prefix) take transformers' SDPA as it is.
 
     enable(model)   # what specdec.quantize does for models on specdec's kernel
 """
@@ -36,7 +35,7 @@ def visible_keys(attention_mask, batch, rows, keys) -> list:
 def rowwise_attention(module, query, key, value, attention_mask, **kwargs):
     """transformers' attention interface: query [B, H, T, D], key/value [B, H_kv, S, D] -> ([B, T, H, D], None)."""
     batch, _, rows, _ = query.shape
-    if rows > MAX_ROWS or rows == key.shape[2] or getattr(module, "sliding_window", None) or \
+    if rows > MAX_ROWS or getattr(module, "sliding_window", None) or \
             (attention_mask is not None and attention_mask.dtype != torch.bool):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kwargs["is_causal"] = False

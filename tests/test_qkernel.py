@@ -128,24 +128,6 @@ def test_quantize_with_the_kernel_swaps_what_it_can_tile_and_makes_attention_row
     assert model.config._attn_implementation == attention.NAME
 
 
-def test_a_prefill_attends_in_one_call_per_layer_and_a_verify_row_by_row(monkeypatch):
-    """A prefill (no earlier keys) is run alike by speculation and the target alone: one SDPA call per layer. A verify
-    over T tokens after it calls SDPA once per row, so each row matches its one-token step."""
-    model = quantize(tiny_blockwise("llama", layers=2), "int4", 32, kernel="specdec")
-    calls = []
-    sdpa = attention.sdpa_attention_forward
-    monkeypatch.setattr(attention, "sdpa_attention_forward", lambda *a, **kw: calls.append(a[1].shape[2]) or sdpa(*a, **kw))
-    draft = quantize(tiny_blockwise("llama", seed=1), "int4", 32, kernel="specdec")
-    run = lambda: specdec.generate(model, [PROMPTS[2]], draft=draft, k=3, max_new_tokens=4, eos_token_id=[])
-    run()  # measures the prices (cache-free forwards) first
-    calls.clear()
-    run()
-    prompt = len(PROMPTS[2])
-    assert calls[:2] == [prompt, prompt]  # the target's prefill: its two layers, all rows at once
-    assert calls[2:4] == [prompt, prompt]  # the draft's
-    assert set(calls[4:]) == {1}  # every draft step and verify row: one query row per call
-
-
 @pytest.mark.parametrize("bits", [4, 8])
 def test_speculation_on_a_kernel_quantized_target_is_token_identical_to_it(bits):
     """Not 'identical up to near ties': every K, auto, padding, rows of different lengths in one batch."""
