@@ -2,7 +2,7 @@
 
     SPECDEC_LLAMA_CPP=~/.cache/specdec/llama.cpp/build/bin python benchmarks/cpu_int4.py [--prompts 16] [--new 64]
 
-Configurations: specdec's int4 target (its own kernel, groups of 64) alone, with auto K and with K = 1 and 3, its draft
+Configurations: specdec's int4 target (its own kernel, groups of 64) alone, with auto K and with K = 1, 2 and 3, its draft
 at the precision specdec.quantize.fastest_draft measured here; llama.cpp's Q4_K_M target alone (llama-completion)
 and its speculation (llama-speculative-simple, the committed study's best setting: up to 16 drafts, p-min 0.75).
 Per prompt every configuration runs once, back to back, in a seeded random order (the machine's speed drifts by
@@ -40,7 +40,8 @@ POPULATION = Path(__file__).parent.parent / "data" / "prompts" / "population.jso
 CATEGORIES = ("code", "chat", "qa", "translation")
 LLAMA_SPEC = (16, 0.75)
 CONFIGS = {"specdec int4 alone": ("specdec", None), "specdec int4 auto": ("specdec", "auto"),
-           "specdec int4 K=1": ("specdec", 1), "specdec int4 K=3": ("specdec", 3), "llama.cpp Q4_K_M alone": ("llama", "target_alone"),
+           **{f"specdec int4 K={k}": ("specdec", k) for k in (1, 2, 3)},
+           "llama.cpp Q4_K_M alone": ("llama", "target_alone"),
            f"llama.cpp Q4_K_M speculative ({LLAMA_SPEC[0]} drafts, p-min {LLAMA_SPEC[1]})": ("llama", "speculative")}
 
 

@@ -3,8 +3,10 @@ precision: what decides whether a verify over K + 1 tokens costs about one step.
 
     python benchmarks/forward_curve.py [--out data/cpu/int4_vs_llamacpp]
 
-Whole cache-free forwards (`profiler.time_forward`: logits of the last position, min of 3 after a warm-up), every
-model timed in one process, one after another. Writes forward_curve.csv: model, tokens, seconds, ratio (to T = 1).
+Whole forwards as a generation runs them (`profiler.Forwards`: through the KV arena after 64 cached tokens; a target's
+over T tokens with the logits of all T, as a verify; a draft's with the last one's), the points of a model interleaved,
+a warm-up pass then the min of 3 passes; every model timed in one process, one after another. Writes
+forward_curve.csv: model, tokens, seconds, ratio (to T = 1).
 """
 import argparse
 from pathlib import Path
@@ -13,7 +15,7 @@ import pandas as pd
 import torch
 
 from specdec.models import load_pair
-from specdec.profiler import time_forward
+from specdec.profiler import Forwards
 from specdec.quantize import copy_model, quantize
 
 
@@ -30,11 +32,12 @@ def main():
     del pair
     rows = []
     with torch.inference_mode():
-        for m in models.values():
-            time_forward(m, 1)
         for name, m in models.items():
-            points = (1, 2, 3, 4, 5, 6, 8, 9) if name.startswith("target") else (1, 2)
-            seconds = {t: time_forward(m, t, reps=3) for t in points}
+            target = name.startswith("target")
+            points = (1, 2, 3, 4, 5, 6, 8, 9, 16) if target else (1, 2)
+            forward = Forwards(m, most=max(points))
+            passes = [{t: forward(t, keep=0 if target else 1) for t in points} for _ in range(4)][1:]
+            seconds = {t: min(p[t] for p in passes) for t in points}
             rows += [dict(model=name, tokens=t, seconds=s, ratio=s / seconds[1]) for t, s in seconds.items()]
             print(name, ", ".join(f"{t}: {s * 1e3:.1f} ms" for t, s in seconds.items()), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -21,10 +21,10 @@ exact path), and `prices` charges every T what the engine will run for it.
 """
 import torch
 
-from . import calibration
+from . import calibration, qkernel
 from .linear import fast_linears, mode, plan_key
 from .machine import measurement_root, read_cache, write_cache
-from .profiler import time_forward
+from .profiler import CONTEXT, Forwards
 
 COSTS = "prices.json"  # under specdec.machine.cache_root()
 DENSE = 9   # every T up to here is measured (padding chooses among them); sparser beyond
@@ -56,13 +56,15 @@ def cost_points(high):
 def model_key(model) -> str:
     c = model.config.get_text_config()
     shape = [getattr(c, n, None) for n in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")]
-    return f"{type(model).__name__} {shape} {model.dtype} {model.device.type}" + (  # quantized: own curves
-        f" {model.specdec_precision}" if getattr(model, "specdec_precision", None) else "")
+    precision = getattr(model, "specdec_precision", None) or ""  # quantized: own curves, and per kernel version
+    kernel = f" kernel {qkernel.digest()}" if precision.endswith("specdec") else ""
+    return f"{type(model).__name__} {shape} {model.dtype} {model.device.type}" + (f" {precision}" if precision else "") + kernel
 
 
 def entry_key(role, model, batch) -> str:
-    """Where one price is kept: machine, the model and its role ("target" or "draft"), batch size, linear path."""
-    return f"{plan_key()} | {role} {model_key(model)} | batch {batch} | linear {mode()}"
+    """Where one price is kept: machine, the model and its role ("target" or "draft"), batch size, linear path, and
+    how it was timed (forwards through the arena after CONTEXT cached tokens)."""
+    return f"{plan_key()} | {role} {model_key(model)} | batch {batch} | linear {mode()} | after {CONTEXT} cached"
 
 
 def price_entry(role, model, batch, measure, fresh=False, enough=lambda entry: True) -> dict:
@@ -74,7 +76,6 @@ def price_entry(role, model, batch, measure, fresh=False, enough=lambda entry: T
         # On the path the generation will run (re-entering is a no-op inside generate): a price measured on
         # torch's default path would be stored under `linear auto` and mislead every later run.
         with torch.inference_mode(), fast_linears([model]):
-            time_forward(model, 1, batch, 1, reps=0)  # warm-up only: page-in, kernel selection
             entry = calibration.stamp(measure())
         table()[key] = entry
         write_cache(COSTS, key, entry)
@@ -89,9 +90,10 @@ def target_curve(target, batch, need=DENSE, fresh=False) -> dict:
 
     def measure():
         points = dict.fromkeys(cost_points(top - 1), float("inf"))
+        forward = Forwards(target, batch, max(points))
         for _ in range(3):  # interleaved, min of 3: a load spike on a shared machine hits all points alike
             for t in points:
-                points[t] = min(points[t], time_forward(target, t, batch, 0, reps=1, warmup=False))
+                points[t] = min(points[t], forward(t, keep=0))
         return dict(verify_s=points)
     entry = price_entry("target", target, batch, measure, fresh, lambda e: reach(e) >= need)
     return {int(t): s for t, s in entry["verify_s"].items()}
@@ -101,8 +103,10 @@ def draft_step(draft, batch, fresh=False) -> float:
     """Seconds of the draft's one-token forward (0 without a draft model: prompt lookup is priced as free)."""
     if draft is None:
         return 0.0
-    return price_entry("draft", draft, batch, lambda: dict(step_s=time_forward(draft, 1, batch, 1, reps=5,
-                                                                               warmup=False)), fresh)["step_s"]
+    def measure():
+        forward = Forwards(draft, batch)
+        return dict(step_s=min(forward(1) for _ in range(5)))
+    return price_entry("draft", draft, batch, measure, fresh)["step_s"]
 
 
 def reach(entry) -> int:

@@ -3,29 +3,33 @@
 Why: at 4 bits a step's products are fast enough that the framework code around them shows. Measured on a 2-core
 EPYC, replacing every quantized product by zeros left 5.8 ms per token for Qwen2.5-1.5B (28 layers) and 5.2 ms for
 the 0.5B draft: about 200 us a layer of module calls, keyword plumbing, a six-op RMSNorm, the attention interface's
-lookups. This forward does the same computation with fewer calls: one kernel call for q/k/v and one for gate/up
-(the fused siblings' whole output), the kernel extension's single-call RMSNorm, rotary embedding (bitwise
-transformers' own) and SiLU(gate) * up (specdec/csrc/layer.cpp; torch ran a one-row RMSNorm as ~8 ops, ~60 us on a
-Zen 4), the cache's own update, and specdec.attention's row-invariant attention. Every operation is per row, so
-the forward stays row-invariant: a verify still gives each token its one-token logits, bit for bit.
+lookups. A forward over up to MAX_ROWS tokens that writes specdec's KV arena (decode steps, verifies, short
+prefills) runs each layer as one call of the kernel extension (specdec/csrc/decoder.cpp: norms, fused q/k/v and
+gate/up products, rotary embedding, the arena's write, row-by-row attention, SiLU * up, residuals). Any other forward
+(a long prefill, a cache-free one) calls the same extension's ops one by one from Python, with specdec.attention's
+row-invariant SDPA. Every operation is per row, so the forward stays row-invariant: a verify still gives each token
+its one-token logits, bit for bit.
 
     enable(model)   # what specdec.quantize does for models on specdec's kernel; other layers keep their forward
 """
 import torch
 
-from .attention import rowwise_attention
+from . import qkernel
+from .arena import Arena
+from .attention import MAX_ROWS, rowwise_attention
 
 SERVED = ("Qwen2DecoderLayer", "LlamaDecoderLayer", "MistralDecoderLayer")
 
 
 def eligible(layer) -> bool:
-    """A Llama-family float32 layer whose q/k/v and gate/up run fused on specdec's kernel, with full attention and
-    SiLU in its MLP."""
+    """A Llama-family float32 layer whose q/k/v and gate/up run fused on specdec's kernel (o and down on it alone),
+    with full attention and SiLU in its MLP."""
     if type(layer).__name__ not in SERVED:
         return False
     attn, mlp = layer.self_attn, layer.mlp
     fused = [getattr(m, "group", None) for m in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj)]
-    return all(fused) and fused[0] is fused[1] is fused[2] and fused[3] is fused[4] and \
+    alone = [getattr(m, "kernel", None) == "specdec" and m.group is None for m in (attn.o_proj, mlp.down_proj)]
+    return all(fused) and all(alone) and fused[0] is fused[1] is fused[2] and fused[3] is fused[4] and \
         getattr(attn, "sliding_window", None) is None and hasattr(layer.input_layernorm, "variance_epsilon") and \
         getattr(getattr(mlp, "config", None), "hidden_act", None) == "silu" and \
         layer.input_layernorm.weight.dtype == torch.float32
@@ -40,9 +44,24 @@ def layer_forward(layer):
     attn, mlp = layer.self_attn, layer.mlp
     qkv, gate_up = attn.q_proj.group, mlp.gate_proj.group
     q_heads, kv_heads = (m.out_features // attn.head_dim for m in (attn.q_proj, attn.k_proj))
+    # What the whole-layer op reads (specdec/csrc/decoder.cpp): the norms' weights, then each linear's packed weight.
+    weights, ints = [layer.input_layernorm.weight, layer.post_attention_layernorm.weight], [q_heads, kv_heads]
+    for codes, scales, bias, member in ((qkv.codes, qkv.scales, qkv.bias, qkv.members[0]),
+                                        (attn.o_proj.qweight, attn.o_proj.scales, attn.o_proj.bias, attn.o_proj),
+                                        (gate_up.codes, gate_up.scales, gate_up.bias, gate_up.members[0]),
+                                        (mlp.down_proj.qweight, mlp.down_proj.scales, mlp.down_proj.bias, mlp.down_proj)):
+        weights += [codes, scales, codes.new_empty(0, dtype=torch.float32) if bias is None else bias.detach()]
+        ints += [codes.shape[0] * qkernel.ROWS, member.group_size, member.bits]
+    floats = [layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon, attn.scaling]
 
     def forward(hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         batch, rows, _ = hidden_states.shape
+        if isinstance(cache, Arena) and rows <= MAX_ROWS:  # decode steps and verifies: the layer as one call
+            store = cache.layers[attn.layer_idx]
+            if not store.is_initialized:  # a short prompt's prefill: the arena allocates from a write's shape
+                store.lazy_initialization(*[hidden_states.new_empty(batch, kv_heads, 0, attn.head_dim)] * 2)
+            return torch.ops.specdec.decoder_layer(hidden_states, weights, ints, floats, *position_embeddings,
+                                                   store.keys, store.values, cache.write_slots)
         q, k, v = torch.ops.specdec.rope_qkv(qkv.whole(rms_norm(layer.input_layernorm, hidden_states)),
                                              *position_embeddings, q_heads, kv_heads)
         if cache is not None:

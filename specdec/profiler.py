@@ -14,6 +14,11 @@ from pathlib import Path
 
 import torch
 
+from .arena import Arena
+
+CONTEXT = 64     # cached tokens before a timed forward: about what a short prompt's decode steps attend over
+DENSE_MOST = 17  # new tokens a Forwards takes by default: a verify over K + 1 <= 16 and then some
+
 
 def synchronize(device) -> None:
     """Wait until all queued work on `device` is done (no-op on CPU)."""
@@ -87,8 +92,28 @@ def time_forward(model, tokens, batch=1, keep=1, reps=3, warmup=True) -> float:
     return best
 
 
-def draft_forwards(model):
+class Forwards:
+    """Timed forwards as a generation runs them: over new tokens after CONTEXT cached ones, through the engine's KV
+    arena (a quantized model's layers take their one-call path only there; without a cache they run the slower
+    general one). The pointers never move, so every call writes the same slots."""
+
+    def __init__(self, model, batch=1, most=DENSE_MOST):
+        self.model, self.batch = model, batch
+        self.arena = Arena(model, batch, CONTEXT + most)
+        self.arena.forward(torch.zeros(batch, CONTEXT, dtype=torch.long, device=model.device), keep=1)
+        self.arena.point_to(torch.full((batch,), CONTEXT, device=model.device), CONTEXT, aligned=True)
+
+    def __call__(self, tokens, keep=1) -> float:
+        """Seconds of one forward over [batch, tokens] new tokens (logits of the last `keep`; 0: all)."""
+        ids = torch.zeros(self.batch, tokens, dtype=torch.long, device=self.model.device)
+        t = time.perf_counter()
+        self.arena.forward(ids, keep=keep)
+        synchronize(self.model.device)
+        return time.perf_counter() - t
+
+
+def draft_forwards(forwards: Forwards):
     """A draft's forwards over one token (most draft steps) and over two (a round's first step after a fully
     accepted round), once each: what a draft's speed is judged by."""
-    time_forward(model, 1, reps=1, warmup=False)
-    time_forward(model, 2, reps=1, warmup=False)
+    forwards(1)
+    forwards(2)

@@ -13,6 +13,7 @@ Built once with torch.utils.cpp_extension into the cache folder (`scripts/setup.
 quantized model does, saying so). Where it cannot be built (no C++ compiler) or run (not x86), `available()` is
 False, `why_not()` says why, and specdec.quantize takes torch's own kernels instead.
 """
+import functools
 import hashlib
 import os
 import platform
@@ -25,8 +26,9 @@ from torch.utils import cpp_extension
 
 from .machine import cache_root
 
-# the quantized linear, and the elementwise layer ops that specdec.lean calls beside it: one extension
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("qlinear.cpp", "layer.cpp")]
+# the quantized linear, the elementwise layer ops and the whole decoder layer that specdec.lean calls: one extension
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("qlinear.cpp", "layer.cpp", "decoder.cpp")]
+HEADERS = [Path(__file__).parent / "csrc" / "ops.h"]
 PATH_NAMES = {2: "avx512-vnni", 1: "avx2", 0: "scalar"}
 TILE, BLOCK = 16, 4  # outputs per tile (one 512-bit register), tiles per block of the layout
 ROWS = TILE * BLOCK  # a weight's output count must be a multiple of this
@@ -34,10 +36,15 @@ FIT_STEPS = 12  # candidate int4 grids per group besides min..max (pack)
 _state = {}  # "loaded": bool, "why": str
 
 
+@functools.lru_cache(maxsize=1)
+def digest() -> str:
+    """The sources' hash: which version of the kernel this is (measured prices of its models are keyed by it)."""
+    return hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES + HEADERS)).hexdigest()[:12]
+
+
 def build_dir() -> Path:
     """One folder per source and torch version: a changed kernel or torch builds anew, never loads a stale .so."""
-    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:12]
-    return cache_root() / "kernels" / f"qlinear-{digest}-torch{torch.__version__.split('+')[0]}"
+    return cache_root() / "kernels" / f"qlinear-{digest()}-torch{torch.__version__.split('+')[0]}"
 
 
 def load(verbose=False) -> bool:

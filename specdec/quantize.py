@@ -39,7 +39,7 @@ from . import attention, lean, paired, qkernel
 from .costs import model_key
 from .linear import plan_key
 from .machine import read_cache, write_cache
-from .profiler import draft_forwards
+from .profiler import Forwards, draft_forwards
 
 PRECISIONS = ("float32", "bfloat16", "float16", "int8", "int4")
 QUANTIZED = ("int8", "int4")
@@ -277,7 +277,7 @@ def fastest_draft(draft, group_size, kernel) -> str:
     if entry is None:
         candidates = {"as loaded": draft, **{p: quantize(copy.deepcopy(draft), p, group_size, kernel) for p in QUANTIZED}}
         with torch.inference_mode():
-            seconds = paired.interleaved({n: functools.partial(draft_forwards, m) for n, m in candidates.items()}, 3)
+            seconds = paired.interleaved({n: functools.partial(draft_forwards, Forwards(m)) for n, m in candidates.items()}, 3)
         entry = dict(seconds={n: min(s) for n, s in seconds.items()}, choice=paired.fastest(seconds, "as loaded"))
         write_cache(DRAFTS, plan_key(), {key: entry})
     return entry["choice"]

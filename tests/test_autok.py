@@ -4,7 +4,7 @@ import json
 import pytest
 
 import specdec
-from specdec import costs, policy as policies
+from specdec import costs, profiler, policy as policies
 from specdec.policy import AutoK, best_k, expected_tokens
 from specdec.study import bench, modes, references
 from conftest import tiny_gpt2
@@ -110,8 +110,8 @@ def test_prices_are_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECDEC_MEASUREMENTS", str(tmp_path))
     target, draft = tiny_gpt2(layers=2), tiny_gpt2(layers=1)
     calls = []
-    forward = costs.time_forward
-    monkeypatch.setattr(costs, "time_forward", lambda *a, **kw: calls.append(a[1]) or forward(*a, **kw))  # a[1]: tokens
+    forward = profiler.Forwards.__call__
+    monkeypatch.setattr(profiler.Forwards, "__call__", lambda self, tokens, **kw: calls.append(tokens) or forward(self, tokens, **kw))
     prices = costs.prices(target, draft, 2, 8)
     assert len(prices["verify_s"]) == 10 and prices["draft_s"] > 0
     n = len(calls)

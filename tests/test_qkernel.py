@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 import specdec
 from specdec import attention, lean, qkernel
+from specdec.arena import Arena
 from specdec.quantize import QuantLinear, fastest_draft, kernel_report, quantize, quantize_pair
 from specdec.models import load_pair
 from specdec.study.prompts import encode, load_prompts
@@ -165,12 +166,12 @@ def test_without_the_kernel_torchs_kernels_serve_and_calibrate_says_why(monkeypa
     assert "no C++ compiler" in kernel_report()
 
 
-def tiny_blockwise(kind, layers=2, seed=0):
+def tiny_blockwise(kind, layers=2, seed=0, vocab=97):
     """A tiny Llama or Qwen2 (q/k/v bias) whose every projection has a multiple of 64 outputs, so q/k/v and gate/up
     all run fused on the kernel and the layers get specdec.lean's forward."""
     torch.manual_seed(seed)
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[kind]
-    config = config_cls(vocab_size=97, hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
+    config = config_cls(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                         initializer_range=0.3, bos_token_id=0, eos_token_id=1)
     return model_cls(config).eval()
@@ -212,6 +213,36 @@ def test_the_layer_ops_compute_transformers_values_row_by_row():
     assert torch.equal(ops.rope_qkv(qkv[1:, 3:4], cos[1:, 3:4], sin[1:, 3:4], 4, 2)[0][0, :, 0], q[1, :, 3])
     shared = ops.rope_qkv(qkv, cos[:1], sin[:1], 4, 2)  # one rotation for every batch row, as transformers broadcasts
     assert torch.equal(shared[1], apply_rotary_pos_emb(heads(qkv[..., :64]), heads(qkv[..., 64:96]), cos[:1], sin[:1])[1])
+
+
+def test_the_whole_layer_op_gives_every_row_of_a_verify_its_one_token_output(monkeypatch):
+    """specdec/csrc/decoder.cpp, T = 1..16 new tokens on two rows of different lengths: each row's logits bit for bit
+    those of one-token forwards, and close to those of the layer's general path (the same ops called from Python,
+    SDPA per row): its own attention rounds differently in the last bit, which the kernel's int8 activation
+    quantization turns into one code step now and then (~0.1 in a logit), never more."""
+    model = quantize(tiny_blockwise("qwen2", vocab=128), "int4", 32, kernel="specdec")  # the LM head on the kernel too
+    g = torch.Generator().manual_seed(0)
+    prompts, lengths = torch.randint(2, 97, (2, 20), generator=g), torch.tensor([20, 13])
+
+    def arena():
+        a = Arena(model, 2, 40)
+        a.forward(prompts)
+        a.point_to(lengths, 20)  # ragged: row 1 continues after 13 tokens
+        return a
+
+    with torch.inference_mode():
+        for t in range(1, 17):
+            block = torch.randint(2, 97, (2, t), generator=g)
+            together = arena().forward(block)
+            one, steps = arena(), []
+            for i in range(t):
+                steps.append(one.forward(block[:, i:i + 1]))
+                one.point_to(lengths + i + 1, 21 + i)
+            assert torch.equal(together, torch.cat(steps, 1)), t
+            with monkeypatch.context() as m:
+                m.setattr(lean, "MAX_ROWS", 0)  # the general path
+                general = arena().forward(block)
+            assert (together - general).abs().amax() < 0.5 and (together - general).abs().mean() < 0.01, t
 
 
 @pytest.mark.slow

@@ -19,11 +19,17 @@
 #include <tuple>
 #include <vector>
 
+#include "ops.h"
+
 namespace {
 
 void check_float(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu(), name, ": float32 CPU tensors only");
 }
+
+}  // namespace
+
+namespace specdec {
 
 // x [..., D] -> x * rsqrt(mean(x^2) + eps) * weight, per row (as transformers' RMSNorm in float32).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
@@ -107,10 +113,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_qkv(const at::Tensor& qkv, c
   return {q, k, v};
 }
 
-}  // namespace
+}  // namespace specdec
 
 TORCH_LIBRARY_FRAGMENT(specdec, m) {
-  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor", &rms_norm);
-  m.def("silu_mul(Tensor gate_up) -> Tensor", &silu_mul);
-  m.def("rope_qkv(Tensor qkv, Tensor cos, Tensor sin, int q_heads, int kv_heads) -> (Tensor, Tensor, Tensor)", &rope_qkv);
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor", &specdec::rms_norm);
+  m.def("silu_mul(Tensor gate_up) -> Tensor", &specdec::silu_mul);
+  m.def("rope_qkv(Tensor qkv, Tensor cos, Tensor sin, int q_heads, int kv_heads) -> (Tensor, Tensor, Tensor)", &specdec::rope_qkv);
 }

@@ -34,6 +34,8 @@
 #include <cstring>
 #include <optional>
 
+#include "ops.h"
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define SPECDEC_X86 1
@@ -254,8 +256,8 @@ BlockFn avx2_for(int rows) {
 }
 #endif
 
-// Which code path this CPU takes: 2 = AVX-512 VNNI, 1 = AVX2, 0 = scalar.
-int64_t best_path() {
+// Which code path this CPU takes: 2 = AVX-512 VNNI, 1 = AVX2, 0 = scalar (asked once: every call checks it).
+int64_t detect_path() {
 #ifdef SPECDEC_X86
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("f16c"))
@@ -263,6 +265,11 @@ int64_t best_path() {
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) return 1;
 #endif
   return 0;
+}
+
+int64_t best_path() {
+  static const int64_t path = detect_path();
+  return path;
 }
 
 // Quantize each row's activations per group: x_scale = max|x| / 127 (1 for an all-zero group), xq = round(x / s).
@@ -344,6 +351,10 @@ at::Tensor fit_int4(const at::Tensor& groups, int64_t steps) {
   return out;
 }
 
+}  // namespace
+
+namespace specdec {
+
 at::Tensor qlinear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
                    const std::optional<at::Tensor>& bias, int64_t out_features, int64_t group_size, int64_t bits,
                    int64_t path) {
@@ -398,7 +409,7 @@ at::Tensor qlinear(const at::Tensor& input, const at::Tensor& codes, const at::T
   return y.view(shape).to(input.scalar_type());
 }
 
-}  // namespace
+}  // namespace specdec
 
 TORCH_LIBRARY(specdec, m) {
   m.def("qlinear(Tensor x, Tensor codes, Tensor scales, Tensor? bias, int out_features, int group_size, int bits, "
@@ -407,4 +418,4 @@ TORCH_LIBRARY(specdec, m) {
   m.def("fit_int4(Tensor groups, int steps) -> Tensor", &fit_int4);
 }
 
-TORCH_LIBRARY_IMPL(specdec, CPU, m) { m.impl("qlinear", &qlinear); }
+TORCH_LIBRARY_IMPL(specdec, CPU, m) { m.impl("qlinear", &specdec::qlinear); }
