@@ -53,10 +53,11 @@ def layer_forward(layer):
         weights += [codes, scales, codes.new_empty(0, dtype=torch.float32) if bias is None else bias.detach()]
         ints += [codes.shape[0] * qkernel.ROWS, member.group_size, member.bits]
     floats = [layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon, attn.scaling]
+    one_call = attn.head_dim % 16 == 0  # the op's attention works in 16-lane chunks of a head
 
     def forward(hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         batch, rows, _ = hidden_states.shape
-        if isinstance(cache, Arena) and rows <= MAX_ROWS:  # decode steps and verifies: the layer as one call
+        if one_call and isinstance(cache, Arena) and rows <= MAX_ROWS:  # decode steps, verifies: the layer in one call
             store = cache.layers[attn.layer_idx]
             if not store.is_initialized:  # a short prompt's prefill: the arena allocates from a write's shape
                 store.lazy_initialization(*[hidden_states.new_empty(batch, kv_heads, 0, attn.head_dim)] * 2)
