@@ -3,7 +3,8 @@
     SPECDEC_LLAMA_CPP=~/.cache/specdec/llama.cpp/build/bin python benchmarks/cpu_int4.py [--prompts 16] [--new 64]
 
 Configurations: specdec's int4 target (its own kernel, groups of 64) alone, with auto K and with K = 1, 2 and 3, its draft
-at the precision specdec.quantize.fastest_draft measured here; llama.cpp's Q4_K_M target alone (llama-completion)
+at the precision specdec.quantize.fastest_draft measured here, and with prompt lookup (no draft model: no draft step,
+no draft prefill) at auto K; llama.cpp's Q4_K_M target alone (llama-completion)
 and its speculation (llama-speculative-simple, the committed study's best setting: up to 16 drafts, p-min 0.75).
 Per prompt every configuration runs once, back to back, in a seeded random order (the machine's speed drifts by
 ~25% within minutes: a comparison is made inside one prompt's block). Decode: from the end of the target's prefill
@@ -41,6 +42,7 @@ CATEGORIES = ("code", "chat", "qa", "translation")
 LLAMA_SPEC = (16, 0.75)
 CONFIGS = {"specdec int4 alone": ("specdec", None), "specdec int4 auto": ("specdec", "auto"),
            **{f"specdec int4 K={k}": ("specdec", k) for k in (1, 2, 3)},
+           "specdec int4 prompt lookup auto": ("specdec", ("prompt_lookup", "auto")),
            "llama.cpp Q4_K_M alone": ("llama", "target_alone"),
            f"llama.cpp Q4_K_M speculative ({LLAMA_SPEC[0]} drafts, p-min {LLAMA_SPEC[1]})": ("llama", "speculative")}
 
@@ -57,9 +59,10 @@ def agreement(ids, ref) -> float:
     return same / len(ref)
 
 
-def run_specdec(pair, ids, k, new):
-    draft = None if k is None else pair.draft
-    r = specdec.generate(pair.target, [ids], draft=draft, k=k or 1, max_new_tokens=new, eos_token_id=[],
+def run_specdec(pair, ids, how, new):
+    """`how`: None (the target alone), K or "auto" with the draft model, or ("prompt_lookup", K)."""
+    drafter, k = how if isinstance(how, tuple) else (None if how is None else pair.draft, how)
+    r = specdec.generate(pair.target, [ids], draft=drafter, k=k or 1, max_new_tokens=new, eos_token_id=[],
                          same_tokenizer=True)
     return dict(decode_tok_s=(new - 1) / r.stats["decode_seconds"], tokens=r.tokens[0],
                 acceptance=r.stats.get("acceptance_rate"), mean_k=r.stats.get("mean_k"))
