@@ -58,7 +58,8 @@ def model_key(model) -> str:
     shape = [getattr(c, n, None) for n in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")]
     precision = getattr(model, "specdec_precision", None) or ""  # quantized: own curves, and per kernel version
     kernel = f" kernel {qkernel.digest()}" if precision.endswith("specdec") else ""
-    return f"{type(model).__name__} {shape} {model.dtype} {model.device.type}" + (f" {precision}" if precision else "") + kernel
+    named = f"{type(model).__name__} {shape} {model.dtype} {model.device.type}"
+    return named + (f" {precision}" if precision else "") + kernel
 
 
 def entry_key(role, model, batch) -> str:

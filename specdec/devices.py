@@ -88,7 +88,8 @@ def faster_draft_dtype(load_draft, key) -> torch.dtype:
     if entry is None:
         models = {str(d).removeprefix("torch."): load_draft(d) for d in (torch.float32, torch.bfloat16)}
         with torch.inference_mode(), fast_linears(list(models.values())):
-            seconds = paired.interleaved({d: functools.partial(draft_forwards, Forwards(m)) for d, m in models.items()}, 3)
+            timed = {d: functools.partial(draft_forwards, Forwards(m)) for d, m in models.items()}
+            seconds = paired.interleaved(timed, 3)
         del models
         entry = dict(**{f"{d}_s": min(s) for d, s in seconds.items()}, choice=paired.fastest(seconds, "float32"))
         write_cache(DRAFT_DTYPES, plan_key(), {key: entry})

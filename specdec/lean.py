@@ -46,10 +46,11 @@ def layer_forward(layer):
     q_heads, kv_heads = (m.out_features // attn.head_dim for m in (attn.q_proj, attn.k_proj))
     # What the whole-layer op reads (specdec/csrc/decoder.cpp): the norms' weights, then each linear's packed weight.
     weights, ints = [layer.input_layernorm.weight, layer.post_attention_layernorm.weight], [q_heads, kv_heads]
+    o, down = attn.o_proj, mlp.down_proj
     for codes, scales, bias, member in ((qkv.codes, qkv.scales, qkv.bias, qkv.members[0]),
-                                        (attn.o_proj.qweight, attn.o_proj.scales, attn.o_proj.bias, attn.o_proj),
+                                        (o.qweight, o.scales, o.bias, o),
                                         (gate_up.codes, gate_up.scales, gate_up.bias, gate_up.members[0]),
-                                        (mlp.down_proj.qweight, mlp.down_proj.scales, mlp.down_proj.bias, mlp.down_proj)):
+                                        (down.qweight, down.scales, down.bias, down)):
         weights += [codes, scales, codes.new_empty(0, dtype=torch.float32) if bias is None else bias.detach()]
         ints += [codes.shape[0] * qkernel.ROWS, member.group_size, member.bits]
     floats = [layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon, attn.scaling]

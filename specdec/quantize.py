@@ -277,7 +277,8 @@ def fastest_draft(draft, group_size, kernel) -> str:
     if entry is None:
         candidates = {"as loaded": draft, **{p: quantize(copy.deepcopy(draft), p, group_size, kernel) for p in QUANTIZED}}
         with torch.inference_mode():
-            seconds = paired.interleaved({n: functools.partial(draft_forwards, Forwards(m)) for n, m in candidates.items()}, 3)
+            timed = {n: functools.partial(draft_forwards, Forwards(m)) for n, m in candidates.items()}
+            seconds = paired.interleaved(timed, 3)
         entry = dict(seconds={n: min(s) for n, s in seconds.items()}, choice=paired.fastest(seconds, "as loaded"))
         write_cache(DRAFTS, plan_key(), {key: entry})
     return entry["choice"]

@@ -111,7 +111,8 @@ def test_prices_are_measured_once_and_cached(tmp_path, monkeypatch):
     target, draft = tiny_gpt2(layers=2), tiny_gpt2(layers=1)
     calls = []
     forward = profiler.Forwards.__call__
-    monkeypatch.setattr(profiler.Forwards, "__call__", lambda self, tokens, **kw: calls.append(tokens) or forward(self, tokens, **kw))
+    monkeypatch.setattr(profiler.Forwards, "__call__",
+                        lambda self, tokens, **kw: calls.append(tokens) or forward(self, tokens, **kw))
     prices = costs.prices(target, draft, 2, 8)
     assert len(prices["verify_s"]) == 10 and prices["draft_s"] > 0
     n = len(calls)
