@@ -78,20 +78,6 @@ def peak_memory_mib(device) -> float:
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def time_forward(model, tokens, batch=1, keep=1, reps=3, warmup=True) -> float:
-    """Seconds of the fastest of `reps` cache-free forwards over [batch, tokens] (logits of the last `keep`
-    positions; 0: all), the device synchronised."""
-    ids = torch.zeros(batch, tokens, dtype=torch.long, device=model.device)
-    best = float("inf")
-    for rep in range(reps + warmup):  # the warm-up pays page-in and kernel choice
-        t = time.perf_counter()
-        model(input_ids=ids, use_cache=False, logits_to_keep=keep)
-        synchronize(model.device)
-        if rep >= warmup:
-            best = min(best, time.perf_counter() - t)
-    return best
-
-
 class Forwards:
     """Timed forwards as a generation runs them: over new tokens after CONTEXT cached ones, through the engine's KV
     arena (a quantized model's layers take their one-call path only there; without a cache they run the slower
