@@ -1,10 +1,10 @@
 """The calibration a generation runs under, recorded and checked.
 
 Two measurements make specdec fast on a machine and are cached per machine under machine.cache_root(): the
-linear plans (specdec.linear) and auto's cost curves (specdec.policy). This module is their ledger and their
+linear plans (specdec.linear) and auto's price list (specdec.costs). This module is their ledger and their
 check, and imports nothing of specdec but machine:
 
-- Recorded: linear and policy `note` every plan and cost entry they use, with where it came from (measured in
+- Recorded: linear and costs `note` every plan and cost entry they use, with where it came from (measured in
   this process, or loaded from the cache and when it was measured there, and whether the machine was busy then).
   `snapshot()` is that record with an id (a hash of the entries), for provenance; every generation's stats carry
   the id (`calibration_id`).

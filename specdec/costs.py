@@ -4,8 +4,9 @@ by everything that prices a round (the engine's padding, auto's K model, the cal
 
 Two kinds of entry, each cached per machine in one JSON file under specdec.machine.cache_root() and held in memory
 after the first read (a generation reads the file at most once):
-  target curve  per (machine, target, precision, batch, linear path): whole cache-free forwards over T = 1..DENSE
-                tokens, then 17, 33, ... as far as a policy's K needs; the min of 3 interleaved passes
+  target curve  per (machine, target, precision, batch, linear path): whole forwards over T = 1..DENSE tokens,
+                then 17, 33, ... as far as a policy's K needs, through the KV arena after profiler.CONTEXT cached
+                tokens, as generations run them; the min of 3 interleaved passes
   draft step    per (machine, draft, precision, batch, linear path): a one-token forward, the min of 5
 The draft does not key the target's curve: with or without a draft, a target runs the same forwards.
 

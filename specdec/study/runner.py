@@ -6,7 +6,7 @@
     python -m specdec.study --target cpu --only 03_verification_latency
     python -m specdec.study --target cuda -p k_sweep.pair=gpt2-random -p batch_sweep.pair=llama-3.2-random
 
-Parameters: specdec/targets/<target>.yaml has a `common` section (given to every notebook that declares
+Parameters: specdec/study/targets/<target>.yaml has a `common` section (given to every notebook that declares
 the key) and one section per notebook (k_sweep, batch_sweep, ...); --smoke lays targets/smoke.yaml over
 it; `-p [section.]key=value` (value parsed as YAML; no section = common) comes last.
 Outputs, under --out (default: the repository root; with --smoke: <repo>/smoke):
@@ -185,7 +185,7 @@ def parser():
     p = argparse.ArgumentParser(prog="python -m specdec.study", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.split("\n")[2:]))
-    p.add_argument("--target", required=True, help="hardware target: a file in specdec/targets/")
+    p.add_argument("--target", required=True, help="hardware target: a file in specdec/study/targets/")
     p.add_argument("--smoke", action="store_true", help="tiny random models, a few tokens: seconds per notebook")
     p.add_argument("--only", action="append", default=[], help="notebook(s) to run, e.g. 03_verification_latency")
     p.add_argument("--out", help="output root (default: the checkout; with --smoke: <checkout>/smoke)")
