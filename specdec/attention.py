@@ -8,7 +8,7 @@ computed as sdpa(q_row, keys[:p+1], values[:p+1]): the very call a one-token for
 every token the logits the target alone gives it, bit for bit, and greedy speculation is token-identical to it.
 
 It costs T small SDPA calls per layer where one would do (a few ms per verify on a 28-layer model); forwards over
-more than MAX_ROWS tokens (prefill of a long prompt, which speculation and the target alone share) and
+more than MAX_TOKENS tokens (prefill of a long prompt, which speculation and the target alone share) and
 sliding-window layers (whose visible keys are not a prefix) take transformers' SDPA as it is.
 
     enable(model)   # what specdec.quantize does for models on specdec's kernel
@@ -19,7 +19,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .arena import ROWWISE as NAME  # the arena serves it by this name
-MAX_ROWS = 65  # a verify over K + 1 tokens for any K up to specdec.policy.MAX_K
+MAX_TOKENS = 65  # a verify over K + 1 tokens for any K up to specdec.policy.MAX_K
 
 
 def visible_keys(attention_mask, batch, rows, keys) -> list:
@@ -35,7 +35,7 @@ def visible_keys(attention_mask, batch, rows, keys) -> list:
 def rowwise_attention(module, query, key, value, attention_mask, **kwargs):
     """transformers' attention interface: query [B, H, T, D], key/value [B, H_kv, S, D] -> ([B, T, H, D], None)."""
     batch, _, rows, _ = query.shape
-    if rows > MAX_ROWS or getattr(module, "sliding_window", None) or \
+    if rows > MAX_TOKENS or getattr(module, "sliding_window", None) or \
             (attention_mask is not None and attention_mask.dtype != torch.bool):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kwargs["is_causal"] = False

@@ -3,7 +3,7 @@
 Why: at 4 bits a step's products are fast enough that the framework code around them shows. Measured on a 2-core
 EPYC, replacing every quantized product by zeros left 5.8 ms per token for Qwen2.5-1.5B (28 layers) and 5.2 ms for
 the 0.5B draft: about 200 us a layer of module calls, keyword plumbing, a six-op RMSNorm, the attention interface's
-lookups. A forward over up to MAX_ROWS tokens that writes specdec's KV arena (decode steps, verifies, short
+lookups. A forward over up to MAX_TOKENS tokens that writes specdec's KV arena (decode steps, verifies, short
 prefills) runs each layer as one call of the kernel extension (specdec/csrc/decoder.cpp: norms, fused q/k/v and
 gate/up products, rotary embedding, the arena's write, row-by-row attention, SiLU * up, residuals). Any other forward
 (a long prefill, a cache-free one) calls the same extension's ops one by one from Python, with specdec.attention's
@@ -16,7 +16,7 @@ import torch
 
 from . import qkernel
 from .arena import Arena
-from .attention import MAX_ROWS, rowwise_attention
+from .attention import MAX_TOKENS, rowwise_attention
 
 SERVED = ("Qwen2DecoderLayer", "LlamaDecoderLayer", "MistralDecoderLayer")
 
@@ -58,7 +58,7 @@ def layer_forward(layer):
 
     def forward(hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         batch, rows, _ = hidden_states.shape
-        if one_call and isinstance(cache, Arena) and rows <= MAX_ROWS:  # decode steps, verifies: the layer in one call
+        if one_call and isinstance(cache, Arena) and rows <= MAX_TOKENS:  # decode steps, verifies: one call
             store = cache.layers[attn.layer_idx]
             if not store.is_initialized:  # a short prompt's prefill: the arena allocates from a write's shape
                 store.lazy_initialization(*[hidden_states.new_empty(batch, kv_heads, 0, attn.head_dim)] * 2)

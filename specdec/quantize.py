@@ -37,7 +37,7 @@ from transformers.pytorch_utils import Conv1D
 
 from . import attention, lean, paired, qkernel
 from .costs import model_key
-from .linear import plan_key
+from .linear import fast_linears, plan_key
 from .machine import read_cache, write_cache
 from .profiler import Forwards, draft_forwards
 
@@ -276,7 +276,8 @@ def fastest_draft(draft, group_size, kernel) -> str:
     entry = read_cache(DRAFTS).get(plan_key(), {}).get(key)
     if entry is None:
         candidates = {"as loaded": draft, **{p: quantize(copy.deepcopy(draft), p, group_size, kernel) for p in QUANTIZED}}
-        with torch.inference_mode():
+        # each on the path a generation runs it on: the float draft on its measured linear plans, not torch's default
+        with torch.inference_mode(), fast_linears(list(candidates.values())):
             timed = {n: functools.partial(draft_forwards, Forwards(m)) for n, m in candidates.items()}
             seconds = paired.interleaved(timed, 3)
         entry = dict(seconds={n: min(s) for n, s in seconds.items()}, choice=paired.fastest(seconds, "as loaded"))

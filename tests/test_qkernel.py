@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 import specdec
 from specdec import attention, lean, qkernel
+from specdec import quantize as quantize_module
 from specdec.arena import Arena
 from specdec.quantize import QuantLinear, fastest_draft, kernel_report, quantize, quantize_pair
 from specdec.models import load_pair
@@ -155,6 +156,21 @@ def test_a_quantized_pair_runs_a_draft_at_its_measured_fastest_precision():
     assert forced.draft.specdec_precision == "int8-g32 specdec"
 
 
+def test_the_draft_precision_choice_times_every_candidate_on_the_path_a_generation_runs_it_on(monkeypatch, tmp_path):
+    """The float draft ("as loaded") is timed on its measured linear plans, as generate runs it, not on torch's
+    default path: a handicapped float candidate would bias the choice toward the quantized ones."""
+    monkeypatch.setenv("SPECDEC_MEASUREMENTS", str(tmp_path))  # an empty cache: the choice is measured here
+    real, timed = quantize_module.draft_forwards, []
+
+    def spy(forwards):
+        plain = [m for m in forwards.model.modules() if type(m) is torch.nn.Linear]
+        timed.append(bool(plain) and all("forward" in m.__dict__ for m in plain))  # patched by fast_linears
+        return real(forwards)
+    monkeypatch.setattr(quantize_module, "draft_forwards", spy)
+    fastest_draft(tiny_llama(layers=2).float(), 32, "specdec")
+    assert len(timed) >= 3 and all(timed)  # as loaded, int8 and int4, in every pass
+
+
 def test_without_the_kernel_torchs_kernels_serve_and_calibrate_says_why(monkeypatch):
     """No compiler, not x86, or SPECDEC_QKERNEL=off: quantize's "auto" takes torch's kernels, forcing specdec's own is
     refused with the reason, and the report names it."""
@@ -240,7 +256,7 @@ def test_the_whole_layer_op_gives_every_row_of_a_verify_its_one_token_output(mon
                 one.point_to(lengths + i + 1, 21 + i)
             assert torch.equal(together, torch.cat(steps, 1)), t
             with monkeypatch.context() as m:
-                m.setattr(lean, "MAX_ROWS", 0)  # the general path
+                m.setattr(lean, "MAX_TOKENS", 0)  # the general path
                 general = arena().forward(block)
             assert (together - general).abs().amax() < 0.5 and (together - general).abs().mean() < 0.01, t
 

@@ -116,3 +116,15 @@ def test_dirty_check_ignores_study_outputs_and_hashes_source_changes(tmp_path):
     assert edited["git_dirty"] is True and edited["git_diff_sha256"]
     (tmp_path / "specdec" / "new.py").write_text("b = 1\n")
     assert git_state(tmp_path / "specdec")["git_diff_sha256"] != edited["git_diff_sha256"]
+
+
+def test_a_new_run_removes_every_figure_of_its_sections_and_no_other(tmp_path):
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    names = ["k_sweep.png", "k_sweep.svg", "k_sweep_acceptance.png", "k_sweep_dropped.svg", "drafters.png",
+             "k_sweepstakes.png"]
+    for name in names:
+        (figures / name).write_bytes(b"png")
+    state, decided = results.open_study_run(tmp_path / "data", figures, ["k_sweep"], {"machine": "m"})
+    assert "new run" in decided
+    assert sorted(f.name for f in figures.iterdir()) == ["drafters.png", "k_sweepstakes.png"]

@@ -84,7 +84,8 @@ def measure(pair, out_dir, *, ks=range(1, 9), modes=MODES, context=64, batch_siz
         raise ValueError(f"unknown verification modes {sorted(unknown)}; choose from {MODES}")
     model = pair.target
     # `linear`: the few-row linear path the engine itself uses inside generate (specdec.linear; "off" is torch's
-    # default), so that this curve is the verification cost the engine pays.
+    # default). Each forward runs over its own K+1 tokens, not padded as the engine may run it (specdec.costs): the
+    # question is how a forward's cost grows with its tokens; the price list holds what the engine pays.
     setting = dict(pair=pair.name, target=model_names(pair)[0], device=str(pair.device),
                    dtype=str(pair.dtype).removeprefix("torch."), linear=linear_mode(), context=int(context),
                    batch_size=int(batch_size))

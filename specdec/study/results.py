@@ -246,12 +246,18 @@ def open_study_run(data_dir, figures_dir, sections, fingerprint_now, resume=Fals
                         f"with its finished cells")
         for sec in sections:
             shutil.rmtree(data_dir / sec, ignore_errors=True)
-            for fig in figures_dir.glob(f"{sec}.*"):
+            for fig in section_figures(figures_dir, sec):
                 fig.unlink()
         state = dict(run_id=new_run_id(), started_utc=now(), status="running", fingerprint=fingerprint_now)
     data_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(state, indent=1))
     return state, message
+
+
+def section_figures(figures_dir, sec) -> list[Path]:
+    """The figures a section's notebook draws: <sec>.png and <sec>_<what>.png (and .svg), e.g. k_sweep_length.png;
+    a figure a notebook no longer draws is removed with the rest, not left beside the new run's."""
+    return [f for f in Path(figures_dir).glob(f"{sec}*") if f.stem == sec or f.stem.startswith(sec + "_")]
 
 
 def close_study_run(data_dir, state, status):
