@@ -124,7 +124,7 @@ NOTEBOOKS = ["01_k_sweep", "02_batch_sweep", "03_verification_latency", "04_spec
 
 def summary_page(tmp_path, smoke=False, ran=None, names=NOTEBOOKS):
     data = tmp_path / "data" / "cpu"
-    data.mkdir(parents=True)
+    data.mkdir(parents=True, exist_ok=True)
     run = dict(status="ok", seconds=1.0, finished_utc="2026-01-01T00:00:00+00:00", error="", skipped=[])
     (data / page.RUNS_FILE).write_text(json.dumps({n: run for n in names}))
     if ran is not None:  # what study-provenance.json records of the notebooks this run gave parameters
@@ -156,6 +156,19 @@ def test_the_summary_page_names_only_the_models_of_the_notebooks_it_shows(tmp_pa
 def test_a_smoke_summary_page_says_its_models_are_tiny_and_random(tmp_path):
     page = summary_page(tmp_path, smoke=True)
     assert "tiny random models" in page and "`tiny-llama` in" in page and "Qwen2.5" not in page
+
+
+def test_the_summary_page_counts_its_verdicts_and_says_they_are_not_corrected_for_their_number(tmp_path):
+    readouts = {"k_sweep": "auto 1.27x [1.21, 1.32]: faster than the target alone; QA: no clear difference from it.",
+                "drafters": "K=3 beats auto; prompt lookup 0.90x [0.85, 0.95]: slower than the target alone."}
+    for sec, text in readouts.items():
+        (tmp_path / "data" / "cpu" / sec).mkdir(parents=True)
+        (tmp_path / "data" / "cpu" / sec / "readout.md").write_text(text)
+    shown = summary_page(tmp_path).split("## Calibration")[0]
+    assert "state 4 verdicts, each from its own 95% interval and not corrected" in shown
+    assert "3 call a difference (faster, slower, beats), 1 find no clear difference" in shown
+    quiet = summary_page(tmp_path / "none")  # no readouts, no verdicts: no sentence about them
+    assert "verdicts" not in quiet
 
 
 def test_the_batch_sweep_stars_a_batch_size_with_a_suspect_run():

@@ -2,6 +2,7 @@
 the files it must leave behind. One smoke run is shared by the module (about a minute on 2 cores)."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,9 @@ def test_runner_succeeds_with_a_progress_line_per_notebook(smoke):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for i, name in enumerate(NOTEBOOKS, 1):
         assert f"[{i}/{len(NOTEBOOKS)}] {name}: ok in" in proc.stdout
+    for sec in SECTIONS:  # each sweep's own bar reaches the runner's terminal while the notebook runs: runs done
+        # out of the total and the time left (papermill shows a notebook's output only when it ends)
+        assert re.search(rf"{sec}: +\d+%\|.*\| \d+/\d+ \[", proc.stderr), sec
 
 
 def test_executed_notebooks_have_no_errors(smoke):

@@ -12,6 +12,7 @@ from ..weights import OFFLINE
 from .pairing import block_of
 from .results import (AA_FILE, FINDING_FILE, RESULTS, STATE as STATE_FILE, describe_calibrations, describe_runs,
                       read_rows)
+from .stats import NO_DIFFERENCE
 
 RUNS_FILE = "study-runs.json"  # per notebook: status, seconds, error of its latest run (the summary's source)
 # Tables a notebook may write beside summary.csv that the summary page shows too (the population experiment's)
@@ -27,6 +28,30 @@ def section(name) -> str:
 def remeasured_blocks(rows) -> int:
     """How many blocks (pairing.py) were timed more than once: blocks with a row of attempt 2 or later."""
     return len({(r.get("run_id"), block_of(r), r.get("iteration")) for r in rows if (r.get("attempt") or 1) > 1})
+
+
+# What a readout says when an interval decides (stats.versus_one, compare, best); "no clear difference" otherwise
+CLAIMS = ("faster than", "slower than", " beats ")
+
+
+def verdicts(data_dir, names) -> tuple[int, int]:
+    """(differences, no differences): how many verdicts the notebooks' readouts state, each from its own 95%
+    interval, counted by the words stats writes them with."""
+    text = " ".join((data_dir / section(n) / "readout.md").read_text() for n in names
+                    if (data_dir / section(n) / "readout.md").is_file())
+    return sum(text.count(c) for c in CLAIMS), text.count(NO_DIFFERENCE)
+
+
+def multiplicity(data_dir, names) -> str:
+    """The page's verdicts are not corrected for their number: say how many there are and what that means."""
+    claimed, none = verdicts(data_dir, names)
+    if not claimed + none:
+        return ""
+    return (f"The readouts below state {claimed + none} verdicts, each from its own 95% interval and not corrected for "
+            f"their number: {claimed} call a difference (faster, slower, beats), {none} find {NO_DIFFERENCE}. Where no "
+            f"effect is real, about 1 interval in 20 still excludes it by chance, so about "
+            f"{(claimed + none) / 20:.1f} of these could be such; the findings above, one per notebook and each the "
+            "question its notebook was designed for, are the study's claims, and a lone verdict elsewhere is a lead.")
 
 
 def at_a_glance(data_dir, runs, names) -> list[str]:
@@ -51,7 +76,7 @@ def at_a_glance(data_dir, runs, names) -> list[str]:
             f"The notebooks ran {total:.0f} min. A block is one prompt group's runs, timed back to back; a block "
             "whose runs strayed from their calibration's prediction was timed again (up to 3 times). The A/A control "
             "times the target alone twice in each block: its ratio is the noise floor of the experiment's pairs, and "
-            "no effect inside it is called a difference.", "",
+            "no effect inside it is called a difference." + (" " + multiplicity(data_dir, names)).rstrip(), "",
             "| notebook | status | minutes | rows | blocks timed again | A/A control, 95% interval |",
             "|---|---|---|---|---|---|", *lines, ""]
 
