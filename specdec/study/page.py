@@ -3,6 +3,7 @@ cost, how many of its blocks were timed again, its A/A control), the models, the
 readout, tables, figures and data, from the files the notebooks left behind."""
 import json
 import os
+import re
 
 import pandas as pd
 
@@ -30,8 +31,9 @@ def remeasured_blocks(rows) -> int:
     return len({(r.get("run_id"), block_of(r), r.get("iteration")) for r in rows if (r.get("attempt") or 1) > 1})
 
 
-# What a readout says when an interval decides (stats.versus_one, compare, best); "no clear difference" otherwise
-CLAIMS = ("faster than", "slower than", " beats ")
+# What a readout says when an interval decides (stats.versus_one after an interval, compare, best); "no clear
+# difference" otherwise. Prose such as "the seed reported it 2x faster than" is no verdict and does not count.
+CLAIMS = re.compile(r"\]: (?:faster|slower) than| beats ")
 
 
 def verdicts(data_dir, names) -> tuple[int, int]:
@@ -39,7 +41,7 @@ def verdicts(data_dir, names) -> tuple[int, int]:
     interval, counted by the words stats writes them with."""
     text = " ".join((data_dir / section(n) / "readout.md").read_text() for n in names
                     if (data_dir / section(n) / "readout.md").is_file())
-    return sum(text.count(c) for c in CLAIMS), text.count(NO_DIFFERENCE)
+    return len(CLAIMS.findall(text)), text.count(NO_DIFFERENCE)
 
 
 def multiplicity(data_dir, names) -> str:
