@@ -13,7 +13,7 @@ from ..weights import OFFLINE
 from .pairing import block_of
 from .results import (AA_FILE, FINDING_FILE, RESULTS, STATE as STATE_FILE, describe_calibrations, describe_runs,
                       read_rows)
-from .stats import NO_DIFFERENCE
+from .stats import BEATS, FASTER, NO_DIFFERENCE, SLOWER
 
 RUNS_FILE = "study-runs.json"  # per notebook: status, seconds, error of its latest run (the summary's source)
 # Tables a notebook may write beside summary.csv that the summary page shows too (the population experiment's)
@@ -33,7 +33,7 @@ def remeasured_blocks(rows) -> int:
 
 # What a readout says when an interval decides (stats.versus_one after an interval, compare, best); "no clear
 # difference" otherwise. Prose such as "the seed reported it 2x faster than" is no verdict and does not count.
-CLAIMS = re.compile(r"\]: (?:faster|slower) than| beats ")
+CLAIMS = re.compile(rf"\]: (?:{FASTER}|{SLOWER})| {BEATS} ")
 
 
 def verdicts(data_dir, names) -> tuple[int, int]:

@@ -19,6 +19,8 @@ from scipy.stats import bootstrap, norm, t as student_t
 LEVEL = 0.95
 RESAMPLES = 2000
 NO_DIFFERENCE = "no clear difference"
+# the words of a verdict an interval decided (the summary page counts them by these)
+FASTER, SLOWER, BEATS = "faster than", "slower than", "beats"
 
 
 class Estimate(NamedTuple):
@@ -83,7 +85,7 @@ def fmt(e, digits=2, unit="") -> str:
     return f"{head} [{e.lo * scale:.{digits}f}, {e.hi * scale:.{digits}f}]{tail}"
 
 
-def compare(name_a, a, name_b, b, higher="beats") -> str:
+def compare(name_a, a, name_b, b, higher=BEATS) -> str:
     """'A beats B' only when the 95% intervals separate; otherwise 'no clear difference between A and B'."""
     s = separated(a, b)
     if s > 0:
@@ -105,7 +107,7 @@ def versus_one(name, e, reference="the target-only baseline", unit="x", floor=No
     A/A control's interval (`floor`, None: not measured); otherwise no clear difference."""
     s = separated(e, (1.0, 1.0, 1.0))
     inside = s != 0 and within_floor(e, floor)
-    verdict = {1: "faster than", -1: "slower than", 0: f"{NO_DIFFERENCE} from"}[0 if inside else s]
+    verdict = {1: FASTER, -1: SLOWER, 0: f"{NO_DIFFERENCE} from"}[0 if inside else s]
     return f"{name} {fmt(e, unit=unit)}: {verdict} {reference}" + (" (inside the A/A noise floor)" if inside else "")
 
 
@@ -120,7 +122,7 @@ def a_a(e, unit="x") -> str:
     return said + ": the noise floor of this experiment's pairs"
 
 
-def best(names, estimates, unit="", higher="beats") -> str:
+def best(names, estimates, unit="", higher=BEATS) -> str:
     """Which of several configurations is highest, claimed only as far as the intervals allow: the top
     estimate, and either 'beats every other' or the configurations it shows no clear difference from."""
     items = [(n, Estimate(*e)) for n, e in zip(names, estimates) if np.isfinite(Estimate(*e).est)]
