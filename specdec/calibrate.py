@@ -53,16 +53,17 @@ def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft
         say(f"  linear path: SPECDEC_LINEAR={linear_mode()} (no plans)")
     high = resolve("auto").k_max
     for batch in batches:
+        roles = [("target", pair.target)] + ([("draft", pair.draft)] if pair.draft is not None else [])
+        again = force or any(measured_busy(costs.table().get(costs.entry_key(r, m, batch))) for r, m in roles)
         with torch.inference_mode():
-            again = lambda role, model: force or measured_busy(costs.table().get(costs.entry_key(role, model, batch)))
-            costs.target_curve(pair.target, batch, high + 1, fresh=again("target", pair.target))
-            if pair.draft is not None:
-                costs.draft_step(pair.draft, batch, fresh=again("draft", pair.draft))
+            curve = costs.price_list(pair.target, pair.draft, batch, high + 1, fresh=again)[0]
             prices = costs.prices(pair.target, pair.draft, batch, high)
             padded = costs.padded_rows(pair.target, batch)
         verify = ", ".join(f"{t}: {prices['verify_s'][t] * 1e3:.1f}" for t in (1, 2, 3, 5, high + 1))
         say(f"  prices at batch {batch}: target forward over T tokens (ms, each at its padded forward): {verify}; "
-            f"draft step {prices['draft_s'] * 1e3:.1f} ms")
+            f"draft step {prices['draft_s'] * 1e3:.1f} ms, draft prefill {prices['draft_prefill_s'] * 1e3:.2f} ms "
+            f"a token ({curve['passes']} timing passes, noise {curve['noise']:.1%}, halves "
+            f"{'agree' if curve['halves_agree'] else 'still disagree'})")
         say(f"  padding at batch {batch} (a forward over T tokens runs as): "
             + (", ".join(f"{t} -> {r}" for t, r in padded.items() if r != t) or "none (every T as itself)"))
     snap = calibration.snapshot()

@@ -21,7 +21,7 @@ from .drafters import as_drafter, last_tokens
 from .inputs import check_arguments, eos_ids, prompt_rows
 from .linear import fast_linears, mode as linear_mode, plans_in_use, remeasure
 from .costs import DENSE, padded_rows
-from .policy import resolve
+from .policy import FixedK, resolve
 from .profiler import Profiler, synchronize
 from .sampling import Sampler, accept_greedy, accept_sampled
 
@@ -95,14 +95,18 @@ class Decoder:
     def __init__(self, target, drafter, rows, max_new_tokens, sampler, verify, eos, profile, policy, prices,
                  streamer=None):
         # policy.k_max, the largest K this generation may use, sizes the arenas; the policy picks each round's K.
-        self.target, self.drafter, self.sampler, self.policy = target, drafter, sampler, policy
+        self.target, self.sampler = target, sampler
         k = policy.k_max
-        # begin() runs outside the timed run: "auto" reads the price list there (measured once per machine).
-        self.k = policy.begin(len(rows), prices)
         self.verify_mode, self.eos, self.max_new = verify, eos, max_new_tokens
         self.device = target.device
         self.batch = len(rows)
         self.prompt_lengths = [len(r) for r in rows]
+        # begin() runs outside the timed run: "auto" reads the price list there (measured once per machine).
+        self.k = policy.begin(len(rows), prices)
+        if drafter is not None and not getattr(policy, "drafts", lambda *_: True)(max(self.prompt_lengths),
+                                                                                 max_new_tokens):
+            drafter, policy, self.k = None, FixedK(0), 0  # no K pays back the draft's prefill: the target alone
+        self.drafter, self.policy = drafter, policy
         # The target's forwards over T tokens run as padded[T] tokens where that is cheaper (specdec.costs):
         # the padding needs DENSE spare slots and must stay inside the model's position limit.
         self.padded = padded_rows(target, self.batch)

@@ -15,13 +15,18 @@ import numpy as np
 MAX_SPREAD = 0.25  # the most extra margin noise adds (a candidate twice as fast still wins on a noisy day)
 
 
-def interleaved(candidates: dict, passes: int, calls: int = 1) -> dict:
+def interleaved(candidates: dict, passes: int, calls: int = 1, shuffle=None, warm_up=True) -> dict:
     """{name: [seconds per call in each pass]}: each `candidates[name]()` called `calls` times in a row per pass
-    (a short call's jitter averages out over several), the names in turn, after one untimed warm-up pass
-    (page-in, kernel selection)."""
+    (a short call's jitter averages out over several), the names in turn (in an order `shuffle`, a random.Random,
+    draws anew for every pass, so no name always follows the same one), after one untimed warm-up pass (page-in,
+    kernel selection)."""
     times = {name: [] for name in candidates}
-    for rep in range(passes + 1):
-        for name, run in candidates.items():
+    for rep in range(0 if warm_up else 1, passes + 1):
+        order = list(candidates)
+        if shuffle is not None:
+            shuffle.shuffle(order)
+        for name in order:
+            run = candidates[name]
             start = time.perf_counter()
             for _ in range(calls):
                 run()

@@ -6,6 +6,8 @@ where the user's `k` (an int, "adaptive", "auto" or a policy object) becomes a p
     next_k(k, accepted) -> k              after each round; accepted[b]: drafts row b accepted, None if finished
     k_max                                 the largest K it may return (sizes the arenas)
     label                                 "fixed", "adaptive" or "auto": what results call it
+    drafts(prompt_tokens, new_tokens)     optional, after begin: False to run this generation without the draft
+                                          (its prefill included); a policy without it always drafts
 
 FixedK is a constant K. AdaptiveK is Hugging Face's heuristic schedule. AutoK ("auto") picks the K of each
 round from what a round costs on this machine and how well rows accept:
@@ -19,6 +21,11 @@ Costs: the machine's price list (specdec.costs: the target curve, every T at its
 step), handed to begin() by the engine outside the timed generation; auto never measures anything itself. Why not online from the rounds' wall time: a round only measures the K it
 ran, so the curve for the other K's would need exploration rounds that cost real tokens; a one-off calibration of
 a few dozen forwards gives the whole curve before the first round, and the cache makes it cost nothing next time.
+
+Whether to draft at all: the draft's prefill is a cost only speculation pays, and with few new tokens or a draft
+barely cheaper than the target (4-bit weights on a CPU) rounds cannot win it back. Before the prefill, the time K
+drafts are expected to save over the generation at the prior acceptance is weighed against the prefill's price;
+when it does not cover it, the generation is the target alone, K = 0 in every round, and no draft work at all.
 
 Acceptance: per row an exponentially weighted count of accepted drafts over drafts tried (a prior of
 PRIOR worth PRIOR_WEIGHT drafts), updated from rounds where the row drafted. A batch at K=0 learns
@@ -120,6 +127,16 @@ class AutoK:
         if first == 0 and self.pick(range(batch), alpha=1.0) > 0:
             first = 1  # the prior is a guess and a round at K=0 learns nothing: probe now, not PROBE_EVERY rounds in
         return first
+
+    def drafts(self, prompt_tokens: int, new_tokens: int) -> bool:
+        """Whether K drafts at the prior acceptance save more over `new_tokens` than the draft's prefill over
+        `prompt_tokens` (the batch's longest prompt) costs. A free prefill (prompt lookup, or no price for it) is
+        always worth it: the rounds decide, probes included."""
+        prefill = self.costs.get("draft_prefill_s", 0.0) * prompt_tokens
+        verify, draft_s = self.costs["verify_s"], self.costs["draft_s"]
+        k = best_k([PRIOR], verify, draft_s, self.k_max)
+        saved = new_tokens * (verify[1] - (k * draft_s + verify[k + 1]) / expected_tokens(PRIOR, k))
+        return prefill == 0 or saved > prefill
 
     def alpha(self, b) -> float:
         return self.accepted[b] / self.tried[b]

@@ -76,6 +76,28 @@ def test_no_probe_when_nothing_could_pay():
     assert all(policy.next_k(0, [0, 0]) == 0 for _ in range(3 * policies.PROBE_EVERY))
 
 
+def test_auto_drafts_only_when_the_rounds_can_pay_back_the_drafts_prefill():
+    policy = AutoK(high=8, costs=dict(FLAT, draft_prefill_s=0.01))
+    policy.begin(1, None)
+    assert policy.drafts(prompt_tokens=100, new_tokens=256)  # ~1 s of prefill against ~256 verifies saved
+    assert not policy.drafts(prompt_tokens=2000, new_tokens=4)
+    slow_draft = AutoK(high=8, costs=dict(verify_s=[0.0] + [1.0] * 9, draft_s=0.7, draft_prefill_s=0.001))
+    slow_draft.begin(1, None)  # K=0 at the prior acceptance: nothing is expected to pay the prefill back
+    assert not slow_draft.drafts(prompt_tokens=10, new_tokens=1000)
+    free = AutoK(high=8, costs=dict(verify_s=[0.0] + [1.0] * 9, draft_s=0.7))  # prompt lookup: nothing to save
+    free.begin(1, None)
+    assert free.drafts(prompt_tokens=10, new_tokens=1)
+
+
+def test_a_generation_auto_runs_without_its_draft_is_the_target_alone(pair):
+    _, target, draft = pair
+    skip = AutoK(high=4, costs=dict(FLAT, verify_s=FLAT["verify_s"][:6], draft_prefill_s=1e3))  # prefill never pays
+    result = specdec.generate(target, PROMPTS, draft=draft, k=skip, max_new_tokens=8)
+    assert result.tokens == [hf_greedy(target, row, 8) for row in PROMPTS]
+    assert result.stats["draft_forwards"] == 0 and set(result.stats["k_per_iteration"]) == {0}
+    assert result.stats["policy"] == "auto"
+
+
 @pytest.mark.parametrize("ks", [[0, 3, 0, 0, 2, 4, 0], [2, 0, 1, 0, 0, 0, 3]])
 def test_catch_up_after_target_alone_rounds_is_lossless(pair, ks):
     _, target, draft = pair
@@ -116,7 +138,8 @@ def test_prices_are_measured_once_and_cached(tmp_path, monkeypatch):
     prices = costs.prices(target, draft, 2, 8)
     assert len(prices["verify_s"]) == 10 and prices["draft_s"] > 0
     n = len(calls)
-    assert sorted(set(calls)) == list(range(1, 10))  # dense: padding chooses among every T up to DENSE
+    assert set(calls) == set(range(1, 10)) | {costs.PREFILL}  # dense: padding chooses among every T up to DENSE
+    assert prices["draft_prefill_s"] > 0
     assert costs.prices(target, draft, 2, 8) == prices and len(calls) == n
     assert costs.prices(target, None, 2, 8)["verify_s"] == prices["verify_s"] and len(calls) == n  # the same curve
     assert len(json.loads((tmp_path / costs.COSTS).read_text())) == 2  # one target curve, one draft step

@@ -174,8 +174,7 @@ def test_costs_are_measured_on_the_path_generations_take(monkeypatch):
     monkeypatch.setattr(linear, "run_path", lambda path, *a: calls.append(path) or run_path(path, *a))
     pair = load_pair("tiny-llama")  # float32
     calls.clear()  # (loading timed the draft's dtype on the path already)
-    costs.target_curve(pair.target, 1, fresh=True)
-    costs.draft_step(pair.draft, 1, fresh=True)
+    costs.price_list(pair.target, pair.draft, 1, fresh=True)
     assert calls  # every forward went through the planned path
     assert all("forward" not in m.__dict__ for m in linear.linears([pair.target, pair.draft]))  # restored after
 

@@ -18,6 +18,39 @@ def test_padding_ignores_gains_within_timing_noise():
     assert costs.padding({1: 1.0, 2: 0.99, 3: 1.5}) == {1: 1, 2: 2, 3: 3}
 
 
+def test_a_noisy_curve_pads_only_on_gains_beyond_its_noise():
+    points = {1: 1.0, 2: 0.97, 3: 0.95}
+    assert costs.padding(points) == {1: 3, 2: 3, 3: 3}
+    assert costs.padding(points, costs.pad_gain(noise=0.02)) == {1: 1, 2: 2, 3: 3}
+
+
+def passes(curve, levels, draft=None):
+    """{name: [seconds per pass]}: `curve` in machine states `levels` (one per pass), a draft step alongside."""
+    times = {t: [s * level for level in levels] for t, s in curve.items()}
+    return times | ({"step": [draft * level for level in levels]} if draft else {})
+
+
+def test_prices_come_from_ratios_within_a_pass_so_a_state_change_moves_none():
+    """The machine runs 25% slower in some passes and one forward caught a fast moment (0.7x) in one pass: a min
+    over passes would price T=6 under T=4 and pad to it; the median ratio to its pass's level does not."""
+    truth = {1: 1.0, 2: 1.0, 3: 0.9, 4: 0.8, 5: 0.85, 6: 0.84}
+    levels = [1.0, 1.25, 1.0, 1.25, 1.25, 1.0, 1.0, 1.25]
+    times = passes(truth, levels, draft=0.3)
+    times[6][2] *= 0.7
+    price, noise = costs.estimate(times)
+    middle = 1.25 ** 0.5  # the median level: the prices are the curve in the machine's middle state
+    assert price[4] == pytest.approx(0.8 * middle, rel=1e-6) and price["step"] == pytest.approx(0.3 * middle, rel=1e-6)
+    assert costs.padding({t: price[t] for t in truth})[1] == 4
+    assert costs.padding({t: min(s) for t, s in times.items() if t != "step"})[1] == 6  # what a min would do
+
+
+def test_the_halves_of_the_passes_must_pad_alike():
+    four = {1: 1.0, 4: 0.9, 6: 1.1}
+    assert costs.agree(passes(four, [1.0, 1.2] * 4))
+    close_call = passes(four, [1.0] * 8) | {4: [0.9, 0.99] * 4}  # even passes pad 1 -> 4, odd ones do not
+    assert not costs.agree(close_call)
+
+
 def test_auto_prices_every_t_at_its_padded_forward():
     verify = costs.priced(FOUR_IS_CHEAPEST, 0.1, high=5)["verify_s"]
     assert verify[1:5] == [0.8] * 4 and verify[5:] == [0.85, 1.2]
@@ -64,3 +97,13 @@ def test_padding_stays_inside_the_position_limit(monkeypatch):
 def test_no_padding_off_the_measured_path(monkeypatch):
     monkeypatch.setenv("SPECDEC_LINEAR", "off")
     assert costs.padded_rows(tiny_gpt2(), 1) == {}
+
+
+def test_a_measurement_adds_passes_while_its_halves_pad_differently(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDEC_MEASUREMENTS", str(tmp_path))
+    flat = {t: 1.0 for t in range(1, costs.DENSE + 1)}
+    rounds = iter([passes(flat, [1.0] * 8) | {4: [0.9, 0.99] * 4}])  # then steady: 4 is 0.9 in every pass
+    monkeypatch.setattr(costs.paired, "interleaved",
+                        lambda jobs, n, **kw: next(rounds, passes(flat, [1.0] * n) | {4: [0.9] * n}))
+    curve, _ = costs.price_list(tiny_gpt2(layers=1), None, 1)
+    assert curve["halves_agree"] and curve["passes"] > costs.PASSES and curve["verify_s"][4] < 1.0

@@ -13,7 +13,8 @@ NOTE = ("Speedup: geometric mean over prompts of decode throughput over the targ
         "(each precision, and llama.cpp, has its own baseline), 95% interval over prompts. GB per step: the weights "
         "one decode step reads (input embeddings excluded; llama.cpp: its GGUF file). Verify-cost ratio (beside "
         "each point, and right): a forward over T tokens / over 1 token through the KV arena after 64 cached tokens, "
-        "min of 3 interleaved passes, on specdec's linear path (not a speedup). Flat verification (ratio near 1) is "
+        "the machine's price list (interleaved passes, median ratio to each pass), on specdec's linear path (not a "
+        "speedup). Flat verification (ratio near 1) is "
         "what lets K drafts pay.")
 
 
