@@ -46,10 +46,10 @@ print({log!r}, file=sys.stderr)
 '''
 
 
-def fake_binaries(folder, names=(llamacpp.COMPLETION, llamacpp.SPECULATIVE)):
+def fake_binaries(folder, names=(llamacpp.COMPLETION_BIN, llamacpp.SPECULATIVE_BIN)):
     folder.mkdir(exist_ok=True)
     for name in names:
-        log = SPECULATIVE_LOG if name == llamacpp.SPECULATIVE else COMPLETION_LOG
+        log = SPECULATIVE_LOG if name == llamacpp.SPECULATIVE_BIN else COMPLETION_LOG
         path = folder / name
         path.write_text(FAKE.replace("{python}", sys.executable).replace("{log!r}", repr(log)))
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
@@ -88,14 +88,14 @@ def test_parsers_read_llama_cpps_own_lines():
 
 def test_find_and_plan(fakes, monkeypatch):
     found = llamacpp.find()
-    assert set(found["binaries"]) == {llamacpp.COMPLETION, llamacpp.SPECULATIVE} and found["python"] is None
-    assert llamacpp.plan(found) == dict(target_alone=llamacpp.COMPLETION, speculative=llamacpp.SPECULATIVE)
+    assert set(found["binaries"]) == {llamacpp.COMPLETION_BIN, llamacpp.SPECULATIVE_BIN} and found["python"] is None
+    assert llamacpp.plan(found) == dict(target_alone=llamacpp.COMPLETION_BIN, speculative=llamacpp.SPECULATIVE_BIN)
     # the Python package alone: the target alone only, and the sentence says what is missing and how to build it
     python_only = dict(binaries={}, python="0.3.36")
     assert llamacpp.plan(python_only) == dict(target_alone=llamacpp.PYTHON)
     assert "speculation is not" in llamacpp.describe(python_only) and "build_llama_cpp.sh" in llamacpp.describe(python_only)
     # speculation without any target alone is not timed: it would have no baseline
-    assert llamacpp.plan(dict(binaries={llamacpp.SPECULATIVE: "x"}, python=None)) == {}
+    assert llamacpp.plan(dict(binaries={llamacpp.SPECULATIVE_BIN: "x"}, python=None)) == {}
     monkeypatch.setenv(llamacpp.ENV, str(fakes / "nowhere"))
     nothing = llamacpp.find()
     assert nothing == dict(binaries={}, python=None) and "not available" in llamacpp.describe(nothing)
@@ -161,7 +161,7 @@ def test_summary_compares_each_cell_with_llama_cpps_own_target_alone():
 def test_readout_says_why_nothing_was_timed():
     nothing = dict(binaries={}, python=None)
     assert "build_llama_cpp.sh" in llamacpp.readout(nothing, None, None, "cpu", None)
-    found = dict(binaries={llamacpp.COMPLETION: "x", llamacpp.SPECULATIVE: "y"}, python=None)
+    found = dict(binaries={llamacpp.COMPLETION_BIN: "x", llamacpp.SPECULATIVE_BIN: "y"}, python=None)
     assert "cuda target" in llamacpp.readout(found, None, None, "cuda", None)
     assert "no GGUF files" in llamacpp.readout(found, None, None, "cpu", None)
 
@@ -207,16 +207,16 @@ def test_the_figure_draws_llama_cpps_points_beside_specdecs():
 
 
 def test_readout_and_summary_when_runs_failed_or_a_binary_is_missing():
-    found = dict(binaries={llamacpp.COMPLETION: "x", llamacpp.SPECULATIVE: "y"}, python=None)
-    failed = pd.DataFrame([dict(tool=llamacpp.COMPLETION, mode="target_alone", draft_max=None, p_min=None,
+    found = dict(binaries={llamacpp.COMPLETION_BIN: "x", llamacpp.SPECULATIVE_BIN: "y"}, python=None)
+    failed = pd.DataFrame([dict(tool=llamacpp.COMPLETION_BIN, mode="target_alone", draft_max=None, p_min=None,
                                 prompt_id="a", category="c", iteration=0, decode_tok_s=None, text=None,
                                 drafted=None, accepted=None, status="failed", version="v")])
     table = llamacpp.summary(failed)
     assert table.empty and "mode" in table.columns  # the notebook can still select from it
     assert "runs failed" in llamacpp.readout(found, (Path("t.gguf"), Path("d.gguf")), table, "cpu", None)
-    only_spec = dict(binaries={llamacpp.SPECULATIVE: "y"}, python=None)
+    only_spec = dict(binaries={llamacpp.SPECULATIVE_BIN: "y"}, python=None)
     said = llamacpp.readout(only_spec, (Path("t.gguf"), Path("d.gguf")), None, "cpu", None)
-    assert "nothing of it is timed" in said and llamacpp.COMPLETION in said
+    assert "nothing of it is timed" in said and llamacpp.COMPLETION_BIN in said
 
 
 class FakeLlama:

@@ -34,7 +34,7 @@ from .progress import bar as progress_bar
 from .prompts import encode
 
 ENV = "SPECDEC_LLAMA_CPP"  # a folder holding the llama.cpp binaries
-COMPLETION, SPECULATIVE = "llama-completion", "llama-speculative-simple"
+COMPLETION_BIN, SPECULATIVE_BIN = "llama-completion", "llama-speculative-simple"
 PYTHON = "llama-cpp-python"
 BUILD_HELP = (f"build llama.cpp's binaries with `bash scripts/build_llama_cpp.sh` (cmake and a C/C++ compiler) and "
               f"set {ENV} to the folder it prints")
@@ -51,7 +51,7 @@ def find() -> dict:
     """The llama.cpp this machine has: {"binaries": {name: path}, "python": llama-cpp-python's version or None}."""
     folder = os.environ.get(ENV)
     binaries = {}
-    for name in (COMPLETION, SPECULATIVE):
+    for name in (COMPLETION_BIN, SPECULATIVE_BIN):
         path = (shutil.which(name, path=folder) if folder else None) or shutil.which(name)
         if path:
             binaries[name] = Path(path)
@@ -64,12 +64,12 @@ def plan(found) -> dict:
     the Python package, where the binaries are missing, for the target alone."""
     bins = found["binaries"]
     modes = {}
-    if COMPLETION in bins:
-        modes["target_alone"] = COMPLETION
+    if COMPLETION_BIN in bins:
+        modes["target_alone"] = COMPLETION_BIN
     elif found["python"]:
         modes["target_alone"] = PYTHON
-    if SPECULATIVE in bins and "target_alone" in modes:  # a speedup needs its baseline
-        modes["speculative"] = SPECULATIVE
+    if SPECULATIVE_BIN in bins and "target_alone" in modes:  # a speedup needs its baseline
+        modes["speculative"] = SPECULATIVE_BIN
     return modes
 
 
@@ -79,12 +79,12 @@ def describe(found) -> str:
     have += [f"{PYTHON} {found['python']}"] if found["python"] else []
     modes = plan(found)
     if not have:
-        return f"not available here (no {COMPLETION} or {SPECULATIVE} binary and no `import llama_cpp`); {BUILD_HELP}."
+        return f"not available here (no {COMPLETION_BIN} or {SPECULATIVE_BIN} binary and no `import llama_cpp`); {BUILD_HELP}."
     text = f"found {', '.join(have)}"
     if "target_alone" not in modes:
-        text += f"; nothing of it is timed: a target alone, which speculation is compared with, needs {COMPLETION} or {PYTHON} ({BUILD_HELP})"
+        text += f"; nothing of it is timed: a target alone, which speculation is compared with, needs {COMPLETION_BIN} or {PYTHON} ({BUILD_HELP})"
     elif "speculative" not in modes:
-        text += f"; its target alone is timed, its speculation is not (that needs {SPECULATIVE}: {BUILD_HELP})"
+        text += f"; its target alone is timed, its speculation is not (that needs {SPECULATIVE_BIN}: {BUILD_HELP})"
     return text + "."
 
 
@@ -221,7 +221,7 @@ def cells(found, drafts) -> list[dict]:
     modes = plan(found)
     out = [dict(tool=modes["target_alone"], mode="target_alone")] if "target_alone" in modes else []
     if "speculative" in modes:
-        out += [dict(tool=SPECULATIVE, mode="speculative", draft_max=int(m), p_min=float(p)) for m, p in drafts]
+        out += [dict(tool=SPECULATIVE_BIN, mode="speculative", draft_max=int(m), p_min=float(p)) for m, p in drafts]
     return out
 
 

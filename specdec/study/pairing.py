@@ -20,7 +20,7 @@ MAX_ATTEMPTS = 3   # a block is timed at most this many times
 # Both thresholds sit above ordinary run-to-run noise: on a 2-core Zen 4 EPYC (family 25), back-to-back runs of
 # the same work (the A/A control's pairs) took up to 1.32x each other's time, and a rule at 1.3x re-timed 4 of 9
 # blocks without any change of state. A disturbed run (the issue's example: 3.96x its prediction) is far above.
-SLOW = 1.6         # a run over 1.6x its mode's typical ratio was disturbed
+DISTURBED = 1.6    # a run over 1.6x its mode's typical ratio was disturbed
 SPREAD = 1.6       # runs of one block whose relative ratios differ by more ran in different machine states
 
 
@@ -78,7 +78,7 @@ def disturbed(rows, typical=None) -> str:
     """Why a block's rows (one attempt) should be timed again, or '' if they should not. Each run's calibration
     ratio (measured rounds / predicted) is taken relative to its configuration's typical ratio (`typical`:
     {config_of(row): median ratio of that configuration's earlier runs in this sweep}), so a cost model that is off
-    by a steady factor for one mode or K is not read as a change of machine state. Timed again: a run over SLOW x
+    by a steady factor for one mode or K is not read as a change of machine state. Timed again: a run over DISTURBED x
     its configuration's typical ratio, or relative ratios more than SPREAD apart within the block. Rows without a
     prediction (HF references, failed runs) or whose configuration has no typical ratio yet (its first runs of the
     sweep) are not judged."""
@@ -86,7 +86,7 @@ def disturbed(rows, typical=None) -> str:
     relative = [r["calibration_ratio"] / typical[config_of(r)] for r in rows
                 if r.get("status") == "ok" and r.get("calibration_ratio") and typical.get(config_of(r))]
     worst = max(relative, default=0.0)
-    if worst > SLOW:
+    if worst > DISTURBED:
         return f"a run took {worst:.2f}x its expected time"
     if len(relative) >= 2 and max(relative) / min(relative) > SPREAD:
         return f"its runs took {min(relative):.2f}x to {max(relative):.2f}x their expected times"
