@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from specdec.study import page, plots, runner
+from specdec.study import page, plots, plots_speedup, runner
 from specdec.study.modes import HF_GENERATE, MODES
 
 NAN = float("nan")
@@ -48,7 +48,7 @@ def ticks(ax, axis="y"):
 
 @pytest.mark.parametrize("auto_k, default_k", [(None, None), (8, 20)])
 def test_auto_and_hf_defaults_are_labelled_by_their_policy_never_by_a_k(auto_k, default_k):
-    fig = plots.speedup(speedup_table(auto_k, default_k), "cpu")
+    fig = plots_speedup.speedup(speedup_table(auto_k, default_k), "cpu")
     labels = ticks(fig.axes[0])
     assert not any("K=8" in t or "K=20" in t for t in labels), labels
     assert any(t.startswith(AUTO) for t in labels) and any(t.startswith(HF_DEFAULTS) for t in labels), labels
@@ -56,7 +56,7 @@ def test_auto_and_hf_defaults_are_labelled_by_their_policy_never_by_a_k(auto_k, 
 
 
 def test_hf_generate_is_an_outside_reference_off_the_baseline_line():
-    fig = plots.speedup(speedup_table(), "cpu")
+    fig = plots_speedup.speedup(speedup_table(), "cpu")
     ax = fig.axes[0]
     (hf,) = [(y, t.get_text().replace("\n", " ")) for y, t in zip(ax.get_yticks(), ax.get_yticklabels())
              if t.get_text().startswith(MODES[HF_GENERATE].label)]
@@ -74,18 +74,18 @@ def test_hf_generate_is_an_outside_reference_off_the_baseline_line():
 
 
 def test_bars_that_differ_in_prompts_are_told_apart():
-    labels = ticks(plots.speedup(speedup_table(hf_prompts=3), "cpu").axes[0])
+    labels = ticks(plots_speedup.speedup(speedup_table(hf_prompts=3), "cpu").axes[0])
     assert any(t.startswith("K=2,") and "2 prompts" in t for t in labels), labels
     assert any(t.startswith("K=2,") and "3 prompts" in t for t in labels), labels
-    same = ticks(plots.speedup(speedup_table(hf_prompts=2), "cpu").axes[0])
+    same = ticks(plots_speedup.speedup(speedup_table(hf_prompts=2), "cpu").axes[0])
     assert not any("prompts" in t for t in same)  # no noise where the bars agree
 
 
 def test_the_speedup_title_takes_the_draft_dtypes_from_the_rows():
-    title = plots.speedup(speedup_table(), "cpu").axes[0].get_title()
+    title = plots_speedup.speedup(speedup_table(), "cpu").axes[0].get_title()
     assert title == "cpu target: t-1.5b (float32) + draft (dtype differs by row: bfloat16, float32), cpu", title
     one = speedup_table().assign(draft_dtype="bfloat16")
-    assert plots.speedup(one, "cpu").axes[0].get_title().endswith("+ draft (bfloat16), cpu")
+    assert plots_speedup.speedup(one, "cpu").axes[0].get_title().endswith("+ draft (bfloat16), cpu")
 
 
 def drafters_tables(draft_dtype="bfloat16", **by_mode):
@@ -189,7 +189,7 @@ def test_the_batch_sweep_stars_a_batch_size_with_a_suspect_run():
 def test_speedup_bars_without_an_interval_get_no_error_caps():
     table = speedup_table()
     table.loc[table["mode"] == "hf_assisted", ["vs_baseline_lo", "vs_baseline_hi"]] = NAN  # one run: no interval
-    ax = plots.speedup(table, "cpu").axes[0]
+    ax = plots_speedup.speedup(table, "cpu").axes[0]
     bars = [c for c in ax.containers if type(c).__name__ == "BarContainer"]
     capped = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
     assert len(capped) == len(bars) - 1, (len(capped), len(bars))  # every bar but HF assisted's has its interval
