@@ -81,9 +81,14 @@ def test_auto_drafts_only_when_the_rounds_can_pay_back_the_drafts_prefill():
     policy.begin(1, None)
     assert policy.drafts(prompt_tokens=100, new_tokens=256)  # ~1 s of prefill against ~256 verifies saved
     assert not policy.drafts(prompt_tokens=2000, new_tokens=4)
-    slow_draft = AutoK(high=8, costs=dict(verify_s=[0.0] + [1.0] * 9, draft_s=0.7, draft_prefill_s=0.001))
-    slow_draft.begin(1, None)  # K=0 at the prior acceptance: nothing is expected to pay the prefill back
+    slow_draft = AutoK(high=8, costs=dict(verify_s=[0.0] + [1.0] * 9, draft_s=1.1, draft_prefill_s=0.001))
+    slow_draft.begin(1, None)  # a draft step dearer than a verify: no K pays even with every draft accepted
     assert not slow_draft.drafts(prompt_tokens=10, new_tokens=1000)
+    # Acceptance 0.6 (the prior) would save 0.25 of a verify a token here, too little for this prefill, but every
+    # draft accepted would save 0.4: the prior does not decide, since rows accept in bursts.
+    modest = AutoK(high=1, costs=dict(verify_s=[0.0, 1.0, 1.0, 1.0], draft_s=0.2, draft_prefill_s=0.01))
+    modest.begin(1, None)
+    assert modest.drafts(prompt_tokens=100, new_tokens=3)
     free = AutoK(high=8, costs=dict(verify_s=[0.0] + [1.0] * 9, draft_s=0.7))  # prompt lookup: nothing to save
     free.begin(1, None)
     assert free.drafts(prompt_tokens=10, new_tokens=1)
