@@ -96,12 +96,13 @@ def measure(target, draft, batch, top) -> tuple:
         jobs.update(step=functools.partial(step, 1), prefill=functools.partial(step, PREFILL))
     order = random.Random(0)
     times = paired.interleaved(jobs, PASSES, shuffle=order)
-    while not agree(times) and len(times[1]) < MOST_PASSES:
+    settled = agree(times)
+    while not settled and len(times[1]) < MOST_PASSES:
         more = paired.interleaved(jobs, PASSES, shuffle=order, warm_up=False)
         times = {name: times[name] + more[name] for name in jobs}
+        settled = agree(times)
     price, noise = estimate(times)
-    curve = dict(verify_s={t: s for t, s in price.items() if isinstance(t, int)}, noise=noise,
-                 passes=len(times[1]), halves_agree=agree(times))
+    curve = dict(verify_s=forwards_of(price), noise=noise, passes=len(times[1]), halves_agree=settled)
     steps = None if draft is None else dict(step_s=price["step"], prefill_s=price["prefill"] / PREFILL)
     return curve, steps
 
@@ -110,7 +111,7 @@ def estimate(times: dict) -> tuple:
     """({name: seconds}, noise) from {name: [seconds per pass]} (int names: the target's forwards): a name's price
     is the median over passes of its time over the pass's level, times the median level. noise: the relative
     standard error of those medians (1.25 x 1.4826 x MAD of the log ratios / sqrt(passes)), median over names."""
-    forwards = np.log([times[t] for t in times if isinstance(t, int)])
+    forwards = np.log(list(forwards_of(times).values()))
     level = forwards.mean(0)  # per pass, the log of its geometric mean
     logs = {name: np.log(seconds) - level for name, seconds in times.items()}
     price = {name: float(np.exp(np.median(r) + np.median(level))) for name, r in logs.items()}
@@ -122,7 +123,12 @@ def agree(times: dict) -> bool:
     """Whether the even and the odd passes, priced apart, pad every T alike (at the noise of all of them)."""
     gain = pad_gain(estimate(times)[1])
     halves = [estimate({name: seconds[half::2] for name, seconds in times.items()})[0] for half in (0, 1)]
-    return len(set(str(padding({t: s for t, s in h.items() if isinstance(t, int)}, gain)) for h in halves)) == 1
+    return len(set(str(padding(forwards_of(h), gain)) for h in halves)) == 1
+
+
+def forwards_of(named: dict) -> dict:
+    """The target's forwards among a measurement's names (ints: token counts; the draft's are strings)."""
+    return {t: v for t, v in named.items() if isinstance(t, int)}
 
 
 def pad_gain(noise: float) -> float:
