@@ -174,6 +174,7 @@ class Decoder:
 
     def step(self):
         k = self.k
+        start = time.perf_counter()
         with self.prof.phase("draft"):
             self.sampler.see(self.seq, self.lengths)  # the repetition penalty's context (no-op without one)
             if k:
@@ -196,6 +197,8 @@ class Decoder:
             accepted_host, kept = self.commit(accepted, new, proposed=k)
         accepted_host = [a if n else None for a, n in zip(accepted_host, kept)]
         self.accepted_per_iteration.append(accepted_host)
+        if hasattr(self.policy, "observe"):  # the round ended on the host's read of `accepted` (commit)
+            self.policy.observe(k, time.perf_counter() - start)
         self.k = self.policy.next_k(k, accepted_host)
 
     def verify(self, block):

@@ -3,6 +3,7 @@ where the user's `k` (an int, "adaptive", "auto" or a policy object) becomes a p
 
     begin(batch, prices) -> k             once per generation, before the timed run: the first round's K;
                                           prices(high) is the machine's price list for rounds of K <= high
+    observe(k, seconds)                   optional, after each round, before next_k: the round's wall time
     next_k(k, accepted) -> k              after each round; accepted[b]: drafts row b accepted, None if finished
     k_max                                 the largest K it may return (sizes the arenas)
     label                                 "fixed", "adaptive" or "auto": what results call it
@@ -18,9 +19,13 @@ where a_b is the row's acceptance probability per draft. The round picks the K i
 (sum of expected tokens) / (round cost); K = 0 is the target alone for that round, chosen when no K pays.
 
 Costs: the machine's price list (specdec.costs: the target curve, every T at its padded forward, and the draft
-step), handed to begin() by the engine outside the timed generation; auto never measures anything itself. Why not online from the rounds' wall time: a round only measures the K it
-ran, so the curve for the other K's would need exploration rounds that cost real tokens; a one-off calibration of
-a few dozen forwards gives the whole curve before the first round, and the cache makes it cost nothing next time.
+step), handed to begin() by the engine outside the timed generation; auto never measures a forward itself. The
+list gives the whole curve before the first round, but its shape drifts with the machine's state by more than a
+calibration's noise (data/cpu/price_list_repeat), and a round costs a little more than its forwards (proposing,
+accepting, rolling back). So each round's wall time, which the engine reports (observe), scales its K's price: per
+K, a decaying mean of measured over priced seconds; a K not run yet takes the mean of those run (drafting K's apart
+from K=0). A round only measures the K it ran, so while drafting, every CHECK_EVERY-th round runs at K=0 (cheap: a
+round of the target alone), and drafting is judged against the target alone as it runs now, not as it was priced.
 
 Whether to draft at all: the draft's prefill is a cost only speculation pays, and with few new tokens after a long
 prompt, or a draft barely cheaper than the target, rounds cannot win it back. Before the prefill, the most K drafts
@@ -38,6 +43,8 @@ MAX_K = 64  # beyond this a draft is never worth it; a bigger k is almost surely
 PRIOR, PRIOR_WEIGHT = 0.6, 2.0  # a draft from the same family accepts roughly this often before any evidence
 DECAY = 0.7                     # weight of past rounds per round: a row's acceptance moves within ~3 rounds
 PROBE_EVERY = 8
+COST_DECAY = 0.8                # weight of a K's earlier rounds in its measured / priced ratio
+CHECK_EVERY = 16                # while drafting, a round at K=0 this often: the target alone measured now
 
 
 def resolve(k, drafting=True):
@@ -100,9 +107,10 @@ def expected_tokens(alpha: float, k: int) -> float:
     return sum(alpha**i for i in range(k + 1))
 
 
-def best_k(alphas, verify_s, draft_s, high) -> int:
-    """The K in 0..high with the most expected tokens per second over the rows' `alphas`."""
-    rate = lambda k: sum(expected_tokens(a, k) for a in alphas) / (k * draft_s + verify_s[k + 1])
+def best_k(alphas, verify_s, draft_s, high, scale=lambda k: 1.0) -> int:
+    """The K in 0..high with the most expected tokens per second over the rows' `alphas`, a round of K priced
+    K * draft_s + verify_s[K + 1], times scale(K)."""
+    rate = lambda k: sum(expected_tokens(a, k) for a in alphas) / ((k * draft_s + verify_s[k + 1]) * scale(k))
     return max(range(high + 1), key=rate)
 
 
@@ -125,9 +133,11 @@ class AutoK:
         self.accepted = [PRIOR * PRIOR_WEIGHT] * batch
         self.tried = [PRIOR_WEIGHT] * batch
         self.idle_rounds = 0
+        self.ratios = {}  # K: (weight, weighted sum) of its rounds' measured / priced seconds
         first = self.pick(range(batch))
         if first == 0 and self.pick(range(batch), alpha=1.0) > 0:
             first = 1  # the prior is a guess and a round at K=0 learns nothing: probe now, not PROBE_EVERY rounds in
+        self.drafting_rounds = CHECK_EVERY - 1  # a first round that drafts is followed by a K=0 check
         return first
 
     def drafts(self, prompt_tokens: int, new_tokens: int) -> bool:
@@ -140,12 +150,25 @@ class AutoK:
         saved = new_tokens * (verify[1] - (k * draft_s + verify[k + 1]) / expected_tokens(1.0, k))
         return prefill == 0 or saved > prefill
 
+    def observe(self, k: int, seconds: float):
+        """A round of K took `seconds` (the engine's wall time of the whole round)."""
+        verify, draft_s = self.costs["verify_s"], self.costs["draft_s"]
+        weight, total = self.ratios.get(k, (0.0, 0.0))
+        self.ratios[k] = (COST_DECAY * weight + 1, COST_DECAY * total + seconds / (k * draft_s + verify[k + 1]))
+
+    def scale(self, k) -> float:
+        """K's measured / priced seconds. A K not run yet takes the mean over the K's run that draft as it does
+        (K > 0 rounds pay the drafter's own overhead, K = 0 rounds do not), else over all run; 1 before any."""
+        seen = {j: total / weight for j, (weight, total) in self.ratios.items()}
+        alike = [r for j, r in seen.items() if (j > 0) == (k > 0)] or list(seen.values())
+        return seen.get(k, sum(alike) / len(alike) if alike else 1.0)
+
     def alpha(self, b) -> float:
         return self.accepted[b] / self.tried[b]
 
     def pick(self, rows, alpha=None) -> int:
         alphas = [self.alpha(b) if alpha is None else alpha for b in rows]
-        return best_k(alphas, self.costs["verify_s"], self.costs["draft_s"], self.k_max) if alphas else 0
+        return best_k(alphas, self.costs["verify_s"], self.costs["draft_s"], self.k_max, self.scale) if alphas else 0
 
     def next_k(self, k: int, accepted: list) -> int:
         rows = [b for b, a in enumerate(accepted) if a is not None]
@@ -157,4 +180,7 @@ class AutoK:
         self.idle_rounds = self.idle_rounds + 1 if choice == 0 else 0
         if self.idle_rounds >= PROBE_EVERY and self.pick(rows, alpha=1.0) > 0:
             choice, self.idle_rounds = 1, 0  # probe: a row's acceptance may have recovered
+        self.drafting_rounds = self.drafting_rounds + 1 if choice else 0
+        if self.drafting_rounds > CHECK_EVERY - 1 and self.ratios:  # only where rounds are timed (observe)
+            choice, self.drafting_rounds = 0, 0  # check: the target alone's round as the machine runs it now
         return choice

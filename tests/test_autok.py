@@ -1,5 +1,6 @@
 """k="auto": the cost model picks K (0 included), rows re-probe, and it stays lossless."""
 import json
+import random
 
 import pytest
 
@@ -92,6 +93,49 @@ def test_auto_drafts_only_when_the_rounds_can_pay_back_the_drafts_prefill():
     free = AutoK(high=8, costs=dict(verify_s=[0.0] + [1.0] * 9, draft_s=0.7))  # prompt lookup: nothing to save
     free.begin(1, None)
     assert free.drafts(prompt_tokens=10, new_tokens=1)
+
+
+def auto_on_a_machine(round_factor, rounds=64, alpha=0.9, seed=1):
+    """K per round of an AutoK whose rounds take round_factor(K) x their price, every draft accepted with
+    probability `alpha`. Priced, drafting pays: K=2 gains 2.7 tokens for 1.7 of the target alone's seconds."""
+    rng = random.Random(seed)
+    costs = dict(verify_s=[0.0, 1.0] + [1.1] * 8, draft_s=0.3)
+    policy = AutoK(high=4, costs=costs)
+    k, ks = policy.begin(1, None), []
+    for _ in range(rounds):
+        ks.append(k)
+        accepted = next((i for i in range(k) if rng.random() > alpha), k)
+        policy.observe(k, round_factor(k) * (k * costs["draft_s"] + costs["verify_s"][k + 1]))
+        k = policy.next_k(k, [accepted])
+    return ks
+
+
+def test_round_times_correct_the_prices():
+    # Rounds as priced: auto drafts, checking the target alone every CHECK_EVERY-th round.
+    as_priced = auto_on_a_machine(lambda k: 1.0)
+    assert sum(k > 0 for k in as_priced) >= 0.85 * len(as_priced)
+    assert as_priced[1] == 0 and 0 < as_priced.count(0) <= len(as_priced) // policies.CHECK_EVERY + 1
+    # Drafting rounds take 2x their price (the curve's shape drifted, or proposing costs more than priced),
+    # rounds of the target alone as priced: drafting loses, and after the first check auto stays at K=0 but
+    # for its probes.
+    dear = auto_on_a_machine(lambda k: 2.0 if k else 1.0)
+    assert sum(k == 0 for k in dear[2:]) >= 0.8 * len(dear[2:])
+    # The same factor on every K is the machine's level: no K gains on another, so auto drafts as priced.
+    assert auto_on_a_machine(lambda k: 1.3) == as_priced
+
+
+def test_the_engine_reports_each_rounds_time_to_the_policy(pair):
+    _, target, draft = pair
+
+    class Recording(Scripted):
+        def observe(self, k, seconds):
+            self.seen.append((k, seconds))
+
+    policy = Recording([2, 0, 1, 3])
+    policy.seen = []
+    result = specdec.generate(target, PROMPTS, draft=draft, k=policy, max_new_tokens=12)
+    assert [k for k, _ in policy.seen] == result.stats["k_per_iteration"]
+    assert all(0 < s < result.stats["decode_seconds"] for _, s in policy.seen)
 
 
 def test_a_generation_auto_runs_without_its_draft_is_the_target_alone(pair):

@@ -146,17 +146,24 @@ void block_avx512(const Weights& w, const Acts& a, int64_t t0, int64_t r0, float
         }
       }
     }
+    // The group's float part, rows outer: each row's two scalars are broadcast once, the 4 tiles' scales and mins
+    // converted once (y is float* like a.scale, so the compiler cannot hoist those loads past y's stores itself).
+    __m512 s[BLOCK], m[BLOCK];
 #pragma GCC unroll 4
     for (int n = 0; n < BLOCK; ++n) {
       const c10::Half* sc = w.scale(t0 + n, g);
-      __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
-      __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + TILE)));
+      s[n] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
+      m[n] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + TILE)));
+    }
 #pragma GCC unroll 8
-      for (int r = 0; r < RB; ++r) {
-        const int64_t i = (r0 + r) * a.groups + g;
+    for (int r = 0; r < RB; ++r) {
+      const int64_t i = (r0 + r) * a.groups + g;
+      const __m512 xs = _mm512_set1_ps(a.scale[i]), xt = _mm512_set1_ps(a.term[i]);
+#pragma GCC unroll 4
+      for (int n = 0; n < BLOCK; ++n) {
         __m512 f = _mm512_loadu_ps(out[r] + n * TILE);
-        f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][n]), _mm512_mul_ps(s, _mm512_set1_ps(a.scale[i])), f);
-        f = _mm512_fmadd_ps(m, _mm512_set1_ps(a.term[i]), f);
+        f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][n]), _mm512_mul_ps(s[n], xs), f);
+        f = _mm512_fmadd_ps(m[n], xt, f);
         _mm512_storeu_ps(out[r] + n * TILE, f);
       }
     }
