@@ -38,6 +38,7 @@ import torch
 from . import calibration, paired, qkernel
 from .linear import fast_linears, mode, plan_key
 from .machine import measurement_root, read_cache, write_cache
+from .policy import round_price
 from .profiler import CONTEXT, Forwards
 
 COSTS = "prices.json"  # under specdec.machine.cache_root()
@@ -228,7 +229,7 @@ def predict(target, draft, batch, ks):
     if curve is None or (draft is not None and steps is None) or reach(curve) < high + 1:
         return None
     costs = priced_entries(curve, steps, high)
-    return sum(k * costs["draft_s"] + costs["verify_s"][k + 1] + ROUND_S for k in ks)
+    return sum(round_price(costs, k) + ROUND_S for k in ks)
 
 
 def remeasure(target, draft, batch):

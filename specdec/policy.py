@@ -107,10 +107,16 @@ def expected_tokens(alpha: float, k: int) -> float:
     return sum(alpha**i for i in range(k + 1))
 
 
-def best_k(alphas, verify_s, draft_s, high, scale=lambda k: 1.0) -> int:
-    """The K in 0..high with the most expected tokens per second over the rows' `alphas`, a round of K priced
-    K * draft_s + verify_s[K + 1], times scale(K)."""
-    rate = lambda k: sum(expected_tokens(a, k) for a in alphas) / ((k * draft_s + verify_s[k + 1]) * scale(k))
+def round_price(costs: dict, k: int) -> float:
+    """Seconds a round of K drafts is priced at: K draft steps and a target forward over K + 1 tokens."""
+    return k * costs["draft_s"] + costs["verify_s"][k + 1]
+
+
+def best_k(alphas, verify_s, draft_s, high, scales=None) -> int:
+    """The K in 0..high with the most expected tokens per second over the rows' `alphas`, a round of K at its
+    price (round_price) times scales[K] (1 without `scales`)."""
+    costs, scales = dict(verify_s=verify_s, draft_s=draft_s), scales or [1.0] * (high + 1)
+    rate = lambda k: sum(expected_tokens(a, k) for a in alphas) / (round_price(costs, k) * scales[k])
     return max(range(high + 1), key=rate)
 
 
@@ -147,28 +153,31 @@ class AutoK:
         prefill = self.costs.get("draft_prefill_s", 0.0) * prompt_tokens
         verify, draft_s = self.costs["verify_s"], self.costs["draft_s"]
         k = best_k([1.0], verify, draft_s, self.k_max)
-        saved = new_tokens * (verify[1] - (k * draft_s + verify[k + 1]) / expected_tokens(1.0, k))
+        saved = new_tokens * (verify[1] - round_price(self.costs, k) / expected_tokens(1.0, k))
         return prefill == 0 or saved > prefill
 
     def observe(self, k: int, seconds: float):
         """A round of K took `seconds` (the engine's wall time of the whole round)."""
-        verify, draft_s = self.costs["verify_s"], self.costs["draft_s"]
         weight, total = self.ratios.get(k, (0.0, 0.0))
-        self.ratios[k] = (COST_DECAY * weight + 1, COST_DECAY * total + seconds / (k * draft_s + verify[k + 1]))
+        self.ratios[k] = (COST_DECAY * weight + 1, COST_DECAY * total + seconds / round_price(self.costs, k))
 
-    def scale(self, k) -> float:
-        """K's measured / priced seconds. A K not run yet takes the mean over the K's run that draft as it does
-        (K > 0 rounds pay the drafter's own overhead, K = 0 rounds do not), else over all run; 1 before any."""
+    def scales(self) -> list:
+        """Per K in 0..k_max, its measured / priced seconds. A K not run yet takes the mean over the K's run that
+        draft as it does (K > 0 rounds pay the drafter's own overhead, K = 0 rounds do not), else over all run; 1
+        before any."""
         seen = {j: total / weight for j, (weight, total) in self.ratios.items()}
-        alike = [r for j, r in seen.items() if (j > 0) == (k > 0)] or list(seen.values())
-        return seen.get(k, sum(alike) / len(alike) if alike else 1.0)
+
+        def of(k):
+            alike = [r for j, r in seen.items() if (j > 0) == (k > 0)] or list(seen.values())
+            return seen.get(k, sum(alike) / len(alike) if alike else 1.0)
+        return [of(k) for k in range(self.k_max + 1)]
 
     def alpha(self, b) -> float:
         return self.accepted[b] / self.tried[b]
 
     def pick(self, rows, alpha=None) -> int:
         alphas = [self.alpha(b) if alpha is None else alpha for b in rows]
-        return best_k(alphas, self.costs["verify_s"], self.costs["draft_s"], self.k_max, self.scale) if alphas else 0
+        return best_k(alphas, self.costs["verify_s"], self.costs["draft_s"], self.k_max, self.scales()) if alphas else 0
 
     def next_k(self, k: int, accepted: list) -> int:
         rows = [b for b, a in enumerate(accepted) if a is not None]
