@@ -91,6 +91,9 @@ def faster_draft_dtype(load_draft, key) -> torch.dtype:
             timed = {d: functools.partial(draft_forwards, Forwards(m)) for d, m in models.items()}
             seconds = paired.interleaved(timed, 3)
         del models
-        entry = dict(**{f"{d}_s": min(s) for d, s in seconds.items()}, choice=paired.fastest(seconds, "float32"))
+        # the decision's own statistic beside the fastest passes: paired, a median of per-pass ratios
+        entry = dict(**{f"{d}_s": min(s) for d, s in seconds.items()},
+                     bfloat16_vs_float32=paired.ratios([seconds], "float32")[0]["bfloat16"],
+                     choice=paired.fastest(seconds, "float32"))
         write_cache(DRAFT_DTYPES, plan_key(), {key: entry})
     return getattr(torch, entry["choice"])

@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import functools
 import os
+import time
 
 import psutil
 import torch
@@ -49,6 +50,10 @@ COPY_GAIN = 0.10              # a copy must beat the best in-place path by 10% (
 RANGES = ((1, 1), (2, 4), (5, 8), (9, 16), (17, 32), (33, 64))  # row counts that share one path
 SAMPLE_BYTES = 80e6           # weight bytes one timed sample reads (~4 ms at 20 GB/s): small products repeat
 MEMORY_FLOOR = 0.2            # make no copy that would leave less than this share of RAM available
+# A path whose single call takes SCREEN x the fastest's is not timed further for that weight: it cannot win (a path
+# must win by 5-10%), and timing it costs: an AVX2-only CPU (AMD EPYC Zen 1) runs bfloat16 x @ W.T at 17x the
+# default at 1 row and 30x at 64, and would spend minutes on one LM head.
+SCREEN = 3.0
 DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -81,14 +86,37 @@ def run_path(path, x2, weight, bias):
     return (out if bias is None else out + bias).contiguous()  # callers .view() it
 
 
-def time_paths(weight, rows, reps) -> dict:
+@functools.cache
+def paths_for(dtype) -> tuple:
+    """The PATHS this CPU runs in `dtype`, each tried once on a small product: oneDNN's packed bfloat16 layout
+    needs AVX-512 (or AVX-NE-CONVERT) and raises on an AVX2-only CPU (seen on an AMD EPYC Zen 1, family 23)."""
+    weight, x = torch.randn(16, 16, dtype=dtype), torch.randn(2, 16, dtype=dtype)
+    runs = []
+    for path in PATHS:
+        try:
+            run_path(path, x, prepare(path, weight), None)
+            runs.append(path)
+        except RuntimeError:
+            pass
+    return tuple(runs)
+
+
+def time_paths(weight, rows, reps, paths=None) -> dict:
     """{path: [seconds per call in each of `reps` interleaved passes]} for products over `rows` rows
-    (specdec.paired). A pass times each path over ~SAMPLE_BYTES of weight reads (up to 16 calls in a row): one
-    call of a small product takes microseconds, where the jitter of a single call decides nothing."""
+    (specdec.paired), of `paths` (default: every path this CPU runs in the weight's dtype) less those a first
+    call screens out (SCREEN; the default path is always timed: it is what the others are compared with). A pass
+    times each path over ~SAMPLE_BYTES of weight reads (up to 16 calls in a row): one call of a small product
+    takes microseconds, where the jitter of a single call decides nothing."""
     x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
-    operands = {path: prepare(path, weight) for path in PATHS}
+    operands = {path: prepare(path, weight) for path in paths or paths_for(weight.dtype)}
+    first = {}
+    for path, w in operands.items():
+        start = time.perf_counter()
+        run_path(path, x, w, None)
+        first[path] = time.perf_counter() - start
+    operands = {p: w for p, w in operands.items() if p == "linear" or first[p] <= SCREEN * min(first.values())}
     calls = int(min(max(SAMPLE_BYTES // (weight.numel() * weight.element_size()), 1), 16))
-    return paired.interleaved({p: functools.partial(run_path, p, x, operands[p], None) for p in PATHS}, reps, calls)
+    return paired.interleaved({p: functools.partial(run_path, p, x, w, None) for p, w in operands.items()}, reps, calls)
 
 
 def pick(times, lean=False, spread=0.0) -> str:
@@ -109,7 +137,10 @@ def measure_shape(weight, max_rows=MAX_ROWS) -> dict:
     # Small products take well under a millisecond, where single calls are noisy: give them more passes (the
     # whole measurement stays within a second or so per shape).
     reps = 2 if big else 3 if weight.numel() >= 2**23 else 6
-    samples = {r: time_paths(weight, r, reps) for r in points if r <= max_rows}
+    samples, paths = {}, paths_for(weight.dtype)
+    for r in (r for r in points if r <= max_rows):
+        samples[r] = time_paths(weight, r, reps, paths)
+        paths = tuple(samples[r])  # a path screened out at fewer rows is not tried at more (the gap seen grew with rows)
     plan = {"fast": {}, "lean": {}}
     for lo, hi in RANGES:
         inside = {r: t for r, t in samples.items() if lo <= r <= hi}
@@ -255,8 +286,10 @@ def fast_linears(models):
                     plans = PLANS.get(module.weight)
                     copies = set(plans["fast"].values()) & set(COPIES)
                     plan = plans["fast"] if not copies or room_for_copy(module) else plans["lean"]
-                else:
+                elif choice in paths_for(module.weight.dtype):
                     plan = {r: choice for r in range(1, MAX_ROWS + 1)}
+                else:  # a forced path this CPU cannot run in this dtype: the module keeps its own forward
+                    continue
                 module.forward = planned_forward(module, plan)
                 patched.append(module)
         yield

@@ -40,12 +40,13 @@ def ratios(samples: list, default) -> tuple:
     size measured, e.g. row counts): per size the median over passes of the pass's time over the default's, then
     the geometric mean over sizes; spread: how far those per-pass ratios stray from their median (relative, the
     75th percentile: a median deviation of a few passes can come out near 0, a mean is led by one disturbed pass),
-    the median over names and sizes."""
-    per_pass = {n: [np.array(s[n]) / np.array(s[default]) for s in samples] for n in samples[0]}
+    the median over names and sizes. Names missing from some sample (screened out there: specdec.linear) are left
+    out."""
+    names = [n for n in samples[0] if all(n in s for s in samples)]
+    per_pass = {n: [np.array(s[n]) / np.array(s[default]) for s in samples] for n in names}
     cost = {n: float(np.exp(np.mean([np.log(np.median(r)) for r in rs]))) for n, rs in per_pass.items()}
-    spread = np.median([np.percentile(np.abs(r / np.median(r) - 1), 75) for n, rs in per_pass.items()
-                        if n != default for r in rs])
-    return cost, float(spread)
+    strays = [np.percentile(np.abs(r / np.median(r) - 1), 75) for n, rs in per_pass.items() if n != default for r in rs]
+    return cost, float(np.median(strays)) if strays else 0.0
 
 
 def margin(spread: float, gain: float) -> float:

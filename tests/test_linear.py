@@ -131,7 +131,7 @@ def test_draft_dtype_is_chosen_by_timing_the_draft_itself_and_recorded(tmp_path)
     assert loaded == [torch.float32, torch.bfloat16]  # both dtypes timed, whole forwards
     entry = json.loads((tmp_path / devices.DRAFT_DTYPES).read_text())[linear.plan_key()]["tiny-llama-draft (test)"]
     assert dtype == getattr(torch, entry["choice"])
-    assert entry["choice"] == "float32" or entry["bfloat16_s"] < entry["float32_s"]  # bfloat16 only when faster
+    assert entry["choice"] == "float32" or entry["bfloat16_vs_float32"] < 1  # bfloat16 only when faster, paired
     assert devices.faster_draft_dtype(load_draft, "tiny-llama-draft (test)") == dtype and len(loaded) == 2  # cached
 
 
@@ -192,3 +192,22 @@ def test_a_plan_is_one_path_per_range_of_row_counts():
     for half in ("fast", "lean"):
         for lo, hi in linear.RANGES:
             assert len({plan[half][r] for r in range(lo, hi + 1)}) == 1
+
+
+def test_a_path_this_cpu_cannot_run_in_a_dtype_is_never_measured_or_planned(monkeypatch):
+    """oneDNN's packed bfloat16 layout raises on an AVX2-only CPU: measuring a bfloat16 shape there must plan
+    around it, not fail (here simulated for one path, on any CPU)."""
+    prepare = linear.prepare
+
+    def refusing(path, weight):
+        if path == "xwt" and weight.dtype == torch.bfloat16:
+            raise RuntimeError("bf16 path needs the cpu support avx512bw")
+        return prepare(path, weight)
+    monkeypatch.setattr(linear, "prepare", refusing)
+    linear.paths_for.cache_clear()
+    try:
+        assert "xwt" not in linear.paths_for(torch.bfloat16) and "xwt" in linear.paths_for(torch.float32)
+        plans = linear.measure_shape(torch.randn(32, 48, dtype=torch.bfloat16), max_rows=4)
+        assert "xwt" not in set(plans["fast"].values()) | set(plans["lean"].values())
+    finally:
+        linear.paths_for.cache_clear()
