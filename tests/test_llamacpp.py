@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from specdec import weights
-from specdec.study import llamacpp, plots_precision
+from specdec import generate, weights
+from specdec.models import load_pair
+from specdec.study import llamacpp, pairing, plots_precision
 
 matplotlib.use("Agg")
 
@@ -137,6 +138,30 @@ def test_sweep_times_every_cell_keeps_finished_ones_and_records_failures(fakes, 
     retried = calls(fakes)[before:]
     assert len([c for c in retried if c["args"][c["args"].index("-n") + 1] == "32"]) == len(failed)
     assert (rows.groupby(list(llamacpp.KEY), dropna=False)["status"].apply(lambda s: (s == "ok").any())).all()
+
+
+def test_specdecs_target_alone_is_timed_in_each_block_beside_llama_cpp(fakes):
+    """With a specdec pair, every prompt's block also times specdec's target alone, back to back with llama.cpp's
+    runs of that prompt, and the summary divides it by llama.cpp's target alone of the same prompts."""
+    pair = load_pair("tiny-llama", device="cpu")
+    rows = llamacpp.sweep(fakes / "out", llamacpp.find(), GGUFS, PROMPTS, [[3, 0.0]], 8, 2, iterations=2, seed=0,
+                          specdec=pair)
+    mine = rows[rows["tool"] == llamacpp.SPECDEC]
+    assert len(rows) == 3 * 2 * 2 and len(mine) == 2 * 2 and (mine["status"] == "ok").all()
+    assert (mine["mode"] == "target_alone").all() and (mine["version"] == "specdec float32").all()
+    assert (mine["decode_tokens"] == 7).all() and (mine["decode_s"] > 0).all() and (mine["prefill_s"] > 0).all()
+    for q in PROMPTS:  # its text is the target's own greedy continuation of the exact ids
+        expected = pair.tokenizer.decode(generate(pair.target, [q["ids"]], max_new_tokens=8, eos_token_id=[]).tokens[0])
+        assert (mine.loc[mine["prompt_id"] == q["id"], "text"] == expected).all()
+    written = [json.loads(line) for line in (fakes / "out" / "results.jsonl").read_text().splitlines()]
+    assert pairing.not_consecutive(written, block=lambda r: r["prompt_id"]) == []
+    table = llamacpp.summary(rows).set_index("tool")
+    line, alone = table.loc[llamacpp.SPECDEC], table.loc[llamacpp.COMPLETION_BIN]
+    assert line["speedup"] == pytest.approx(line["decode_tok_s"] / alone["decode_tok_s"])  # one run per prompt each
+    assert np.isnan(alone["speedup"]) and np.isnan(line["acceptance"])
+    text = llamacpp.readout(llamacpp.find(), [Path(g) for g in GGUFS], table.reset_index().assign(step_gb=1.0), "cpu",
+                            pd.DataFrame([dict(precision="int4", target_alone_tok_s=30.0)]))
+    assert "Paired with it" in text and "specdec float32's target alone" in text
 
 
 def test_summary_compares_each_cell_with_llama_cpps_own_target_alone():

@@ -69,6 +69,18 @@ def test_stratified_is_deterministic_and_balanced():
         stratified(population, 9)
 
 
+def test_a_stratified_sample_can_contain_a_smaller_subset():
+    """Notebook 01's headline sample holds the subset its repeats and fixed K ran on (timed once, not again)."""
+    population = load_prompts(PROMPTS / "population.jsonl")
+    small = stratified([p for p in population if p["category"] in ("code", "qa")], 1, seed=5)
+    sample = stratified(population, 2, seed=0, keep=small)
+    ids = [p["id"] for p in sample]
+    assert {p["id"] for p in small} <= set(ids) and len(ids) == len(set(ids)) == 16
+    assert [p["category"] for p in sample] == [c for c in dict.fromkeys(p["category"] for p in population) for _ in range(2)]
+    assert sample == stratified(population, 2, seed=0, keep=small)
+    assert stratified(population, 2, seed=0, keep=()) == stratified(population, 2, seed=0)
+
+
 def test_smoke_set_is_short_raw_and_covers_every_category():
     smoke = load_prompts(PROMPTS / "smoke.jsonl")
     assert len(smoke) == 16 and {p["format"] for p in smoke} == {"raw"}

@@ -12,6 +12,11 @@ Each tool reports its own decode rate, which is what is compared: llama-completi
 the one the prompt's forward gave), llama-speculative-simple's "decoded N tokens in S seconds" (drafting and
 verification from the prompt's last token on), llama-cpp-python's tokens after the first over the time after the
 prompt's forward. Rows go to <folder>/results.jsonl (specdec.study.results), each fsynced as it is measured.
+
+Paired with specdec: given a specdec pair (notebook 06 passes its int4 one), the sweep also times specdec's own target
+alone in every prompt's block, back to back with llama.cpp's runs of that prompt, so specdec and llama.cpp are
+compared inside one machine state (specdec.study.pairing), on the same decode definition (from the end of the
+prompt's forward to the last token).
 """
 import importlib.metadata
 import importlib.util
@@ -27,7 +32,9 @@ import numpy as np
 import pandas as pd
 
 from .. import weights
+from ..engine import generate
 from ..models import PAIRS
+from ..quantize import precision_label
 from . import results, stats
 from .population import geomean
 from .progress import bar as progress_bar
@@ -36,6 +43,7 @@ from .prompts import encode
 ENV = "SPECDEC_LLAMA_CPP"  # a folder holding the llama.cpp binaries
 COMPLETION_BIN, SPECULATIVE_BIN = "llama-completion", "llama-speculative-simple"
 PYTHON = "llama-cpp-python"
+SPECDEC = "specdec"  # specdec's own target alone, timed in each block beside llama.cpp's runs
 BUILD_HELP = (f"build llama.cpp's binaries with `bash scripts/build_llama_cpp.sh` (cmake and a C/C++ compiler) and "
               f"set {ENV} to the folder it prints")
 KEY = ("tool", "mode", "draft_max", "p_min", "prompt_id", "iteration")
@@ -97,8 +105,11 @@ def pair_ggufs(pair) -> tuple[Path, Path] | None:
     return weights.gguf_file(names[0]), weights.gguf_file(names[1])
 
 
-def version(tool, found) -> str:
-    """What built `tool`: a binary's `--version` (llama.cpp's version and commit), or the Python package's."""
+def version(tool, found, specdec=None) -> str:
+    """What built `tool`: a binary's `--version` (llama.cpp's version and commit), the Python package's, or for
+    specdec its target's precision."""
+    if tool == SPECDEC:
+        return f"{SPECDEC} {precision_label(specdec.target)}"
     if tool == PYTHON:
         return f"{PYTHON} {found['python']}"
     out = subprocess.run([str(found["binaries"][tool]), "--version"], capture_output=True, text=True, timeout=60)
@@ -203,9 +214,23 @@ def prompt_file(folder, prompt_id, text) -> Path:
     return path
 
 
-def measure(tool, mode, found, ggufs, prompt, n, threads, draft_max=None, p_min=None, folder=None) -> tuple[dict, str]:
-    """One timed run: (timings, generated text). `prompt`: dict with id, ids (the HF tokenizer's) and text."""
+def specdec_target_alone(pair, ids, n) -> tuple[dict, str]:
+    """specdec's target alone on the exact token ids, in llama.cpp's timing terms: decode is every token after the
+    one the prompt's forward gave (specdec's decode_seconds: from the end of the prefill to the last token)."""
+    r = generate(pair.target, [ids], max_new_tokens=n, eos_token_id=[])
+    decode = r.stats["decode_seconds"]
+    timing = dict(prompt_tokens=len(ids), prefill_s=r.stats["seconds"] - decode, new_tokens=n, decode_tokens=n - 1,
+                  decode_s=decode)
+    return timing, pair.tokenizer.decode(r.tokens[0])
+
+
+def measure(tool, mode, found, ggufs, prompt, n, threads, draft_max=None, p_min=None, folder=None,
+            specdec=None) -> tuple[dict, str]:
+    """One timed run: (timings, generated text). `prompt`: dict with id, ids (the HF tokenizer's) and text;
+    `specdec`: the specdec pair the SPECDEC tool runs."""
     target, draft = ggufs
+    if tool == SPECDEC:
+        return specdec_target_alone(specdec, prompt["ids"], n)
     if tool == PYTHON:
         return python_target_alone(target, prompt["ids"], n, threads)
     file = prompt_file(folder, prompt["id"], prompt["text"])
@@ -216,33 +241,39 @@ def measure(tool, mode, found, ggufs, prompt, n, threads, draft_max=None, p_min=
     return timing, out.split(prompt["text"], 1)[-1]  # it echoes the prompt before the new text
 
 
-def cells(found, drafts) -> list[dict]:
-    """What to time: the target alone, and speculation at each (draft_max, p_min) of `drafts`, where it can be."""
+def cells(found, drafts, specdec=False) -> list[dict]:
+    """What to time: the target alone, and speculation at each (draft_max, p_min) of `drafts`, where it can be;
+    with `specdec`, specdec's target alone beside them (only where llama.cpp's target alone is timed)."""
     modes = plan(found)
     out = [dict(tool=modes["target_alone"], mode="target_alone")] if "target_alone" in modes else []
     if "speculative" in modes:
         out += [dict(tool=SPECULATIVE_BIN, mode="speculative", draft_max=int(m), p_min=float(p)) for m, p in drafts]
+    if specdec and out:
+        out.append(dict(tool=SPECDEC, mode="target_alone"))
     return out
 
 
-def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=0, params=None) -> pd.DataFrame:
+def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=0, params=None,
+          specdec=None) -> pd.DataFrame:
     """Time every cell on every prompt, `iterations` times, each prompt's cells back to back (its target alone and
     its speculation in one machine state), prompts and cells in a seeded shuffled order, after one untimed run of
     each tool (page-in). A (cell, prompt, iteration) already recorded ok is kept, not re-run; a
-    failing run is recorded with its error and the sweep goes on. `prompts`: dicts with id, category, ids, text."""
+    failing run is recorded with its error and the sweep goes on. `prompts`: dicts with id, category, ids, text;
+    `specdec`: a specdec pair whose target alone is timed in every block too (None: llama.cpp only)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / results.RESULTS
     results.end_torn_line(path)
     done = results.done_keys(results.read_rows(path), KEY)
-    todo = cells(found, drafts)
-    versions = {c["tool"]: version(c["tool"], found) for c in todo}
+    todo = cells(found, drafts, specdec is not None)
+    versions = {c["tool"]: version(c["tool"], found, specdec) for c in todo}
     run_id = results.start_run(folder, **(params or {}), llama_cpp=versions, ggufs=[Path(g).name for g in ggufs],
                                threads=threads, max_new_tokens=n, drafts=drafts, iterations=iterations, seed=seed)
     rng = np.random.default_rng([seed, 19])
     with tempfile.TemporaryDirectory() as tmp:
         for cell in {c["tool"]: c for c in todo}.values():  # warm-up: the GGUF files into the page cache
-            measure(**cell, found=found, ggufs=ggufs, prompt=prompts[0], n=4, threads=threads, folder=tmp)
+            measure(**cell, found=found, ggufs=ggufs, prompt=prompts[0], n=4, threads=threads, folder=tmp,
+                    specdec=specdec)
         total = iterations * len(prompts) * len(todo)
         bar = progress_bar(folder.name, total, done=min(len(done), total))
         for iteration in range(iterations):
@@ -257,7 +288,7 @@ def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=
                            max_new_tokens=n, hf_prompt_tokens=len(q["ids"]), measured_utc=results.now())
                 try:
                     timing, text = measure(**cell, found=found, ggufs=ggufs, prompt=q, n=n, threads=threads,
-                                           folder=tmp)
+                                           folder=tmp, specdec=specdec)
                     row.update(timing, text=text, status="ok", decode_tok_s=timing["decode_tokens"] / timing["decode_s"])
                 except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as e:
                     row.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000])
@@ -269,11 +300,12 @@ def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=
 
 def summary(rows, seed=0) -> pd.DataFrame:
     """One line per cell, on the prompts llama.cpp's target alone ran: decode tok/s (geometric mean over prompts of
-    each prompt's mean); for speculation, its speedup over that target alone with a 95% interval over prompts
-    (stats.geomean_speedup), acceptance (accepted / drafted), and on how many prompts its text is the target
-    alone's (one a prefix of the other: speculation may run past n)."""
+    each prompt's mean); for speculation and for specdec's target alone, its speed over llama.cpp's target alone
+    of the same prompts (paired: timed in the same blocks) with a 95% interval over prompts
+    (stats.geomean_speedup); for speculation also acceptance (accepted / drafted), and on how many prompts its
+    text is the target alone's (one a prefix of the other: speculation may run past n)."""
     ok = rows[rows["status"] == "ok"]
-    base = ok[ok["mode"] == "target_alone"]
+    base = ok[(ok["mode"] == "target_alone") & (ok["tool"] != SPECDEC)]
     ref, ref_text = base.groupby("prompt_id")["decode_tok_s"].apply(list), base.groupby("prompt_id")["text"].first()
     lines = []
     for (tool, mode, dmax, pmin), g in ok.groupby(["tool", "mode", "draft_max", "p_min"], dropna=False, sort=False):
@@ -285,11 +317,12 @@ def summary(rows, seed=0) -> pd.DataFrame:
                     decode_tok_s=geomean(runs["decode_tok_s"].mean()), speedup=np.nan,
                     speedup_lo=np.nan, speedup_hi=np.nan, acceptance=np.nan, identical=np.nan,
                     version=g["version"].iloc[0])
-        if mode != "target_alone":  # the reference itself has none of these
+        if mode != "target_alone" or tool == SPECDEC:  # the reference itself has none of these
             e = stats.geomean_speedup([(r["decode_tok_s"], ref[p]) for p, r in runs],
                                       [r["category"].iloc[0] for _, r in runs], seed)
-            line.update(speedup=e.est, speedup_lo=e.lo, speedup_hi=e.hi,
-                        acceptance=g["accepted"].sum() / g["drafted"].sum(),
+            line.update(speedup=e.est, speedup_lo=e.lo, speedup_hi=e.hi)
+        if mode == "speculative":
+            line.update(acceptance=g["accepted"].sum() / g["drafted"].sum(),
                         identical=sum(_same_text(r["text"].iloc[0], ref_text[p]) for p, r in runs))
         lines.append(line)
     return pd.DataFrame(lines, columns=SUMMARY_COLUMNS)
@@ -317,11 +350,15 @@ def readout(found, ggufs, table, device_type, specdec_table) -> str:
         return describe(found) + " "
     if table is None or not (table["mode"] == "target_alone").any():
         return f"{describe(found)} Nothing could be timed: its runs failed (see llama_cpp/results.jsonl). "
-    alone = table[table["mode"] == "target_alone"].iloc[0]
+    alone = table[(table["mode"] == "target_alone") & (table["tool"] != SPECDEC)].iloc[0]
     best = specdec_table.loc[specdec_table["target_alone_tok_s"].idxmax()]
     text = (f"{describe(found)} Timed ({alone['version']}) on {ggufs[0].name} + {ggufs[1].name}, "
             f"{alone['step_gb']:.3g} GB read per target step: its target alone {alone['decode_tok_s']:.2f} tok/s "
-            f"(specdec's fastest target alone here: {best['precision']}, {best['target_alone_tok_s']:.2f} tok/s). ")
+            f"(specdec's fastest target alone in its own sweep: {best['precision']}, {best['target_alone_tok_s']:.2f} tok/s). ")
+    for r in table[table["tool"] == SPECDEC].itertuples():
+        text += (f"Paired with it (timed in the same blocks, {r.prompts} prompts): {r.version}'s target alone "
+                 f"{r.decode_tok_s:.2f} tok/s, " + stats.versus_one("specdec", (r.speedup, r.speedup_lo, r.speedup_hi),
+                                                                 "llama.cpp's target alone") + ". ")
     for r in table[table["mode"] == "speculative"].itertuples():
         text += (f"Its speculation, {cell_label(r)}: {r.decode_tok_s:.2f} tok/s, "
                  + stats.versus_one("it", (r.speedup, r.speedup_lo, r.speedup_hi), "its target alone")

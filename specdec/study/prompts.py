@@ -68,16 +68,20 @@ def encode(tokenizer, prompt) -> list[int]:
     return [int(t) for t in ids]
 
 
-def stratified(prompts, per_category, seed=0) -> list[dict]:
+def stratified(prompts, per_category, seed=0, keep=()) -> list[dict]:
     """`per_category` prompts from every category, chosen at random but deterministically in `seed`: categories
-    in the order they first appear, each one's prompts in file order, so the subset of a seed never changes."""
+    in the order they first appear, each one's prompts in file order, so the subset of a seed never changes.
+    `keep`: prompts chosen first where their category has room (a sample that contains a smaller subset)."""
     rng = np.random.default_rng([seed, 23])  # its own stream: independent of sampling and run order
     categories = list(dict.fromkeys(p["category"] for p in prompts))
+    kept = {p["id"] for p in keep}
     subset = []
     for cat in categories:
         members = [p for p in prompts if p["category"] == cat]
         if per_category > len(members):
             raise ValueError(f"category {cat!r} has {len(members)} prompts, fewer than per_category={per_category}")
-        chosen = sorted(rng.choice(len(members), size=per_category, replace=False))
+        first = [i for i, p in enumerate(members) if p["id"] in kept][:per_category]
+        rest = [i for i in range(len(members)) if i not in first]
+        chosen = sorted(first + list(rng.choice(rest, size=per_category - len(first), replace=False)))
         subset += [members[i] for i in chosen]
     return subset
