@@ -35,4 +35,4 @@ def test_llama_cpp_and_specdecs_target_alone_were_timed_in_the_same_blocks(name)
     rows = committed_rows(name)
     tools = {r["tool"] for r in rows if r.get("status") == "ok"}
     assert {llamacpp.SPECDEC, llamacpp.COMPLETION_BIN} <= tools, f"{name}: specdec and llama.cpp not both timed"
-    assert pairing.not_consecutive(rows, block=lambda r: r["prompt_id"]) == [], f"{name}: blocks not back to back"
+    assert pairing.not_consecutive(rows, block=llamacpp.block_of) == [], f"{name}: blocks not back to back"

@@ -154,7 +154,7 @@ def test_specdecs_target_alone_is_timed_in_each_block_beside_llama_cpp(fakes):
         expected = pair.tokenizer.decode(generate(pair.target, [q["ids"]], max_new_tokens=8, eos_token_id=[]).tokens[0])
         assert (mine.loc[mine["prompt_id"] == q["id"], "text"] == expected).all()
     written = [json.loads(line) for line in (fakes / "out" / "results.jsonl").read_text().splitlines()]
-    assert pairing.not_consecutive(written, block=lambda r: r["prompt_id"]) == []
+    assert pairing.not_consecutive(written, block=llamacpp.block_of) == []
     table = llamacpp.summary(rows).set_index("tool")
     line, alone = table.loc[llamacpp.SPECDEC], table.loc[llamacpp.COMPLETION_BIN]
     assert line["speedup"] == pytest.approx(line["decode_tok_s"] / alone["decode_tok_s"])  # one run per prompt each

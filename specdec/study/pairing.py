@@ -59,7 +59,7 @@ def blocks_in_order(order) -> list[list[tuple]]:
 def not_consecutive(rows, block=block_of) -> list[tuple]:
     """The timings (block, iteration, attempt, run) whose rows, in the order they were written, are not one
     consecutive stretch: pairs that were not timed back to back. [] for a paired sweep's results.jsonl.
-    `block`: a row's block (llama.cpp's sweep blocks by prompt alone)."""
+    `block`: a row's block (llamacpp.block_of for llama.cpp's sweep, which blocks by prompt alone)."""
     seen, last, broken = set(), None, []
     for row in rows:
         timing = (block(row), row.get("iteration"), row.get("attempt"), row.get("run_id"))
