@@ -186,10 +186,51 @@ void block_avx512(const Weights& w, const Acts& a, int64_t t0, int64_t r0, float
 // are split: code * x = (code - 128) * x + 128 * x, the first by the sign trick (|x| unsigned, x's sign moved onto
 // the signed code), both within 2 * 128 * 127.
 
+// The steps both AVX2 structures below share, always inlined (one definition of what the bits are):
+// 32 bytes of codes unpacked for the multiply: int4 -> low and high nibbles; int8 -> code - 128 as int8 (b unused).
+template <int BITS>
+__attribute__((target("avx2,fma,f16c"), always_inline)) inline
+void unpack_avx2(__m256i v, __m256i& a, __m256i& b) {
+  if (BITS == 4) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    a = _mm256_and_si256(v, low4);
+    b = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+  } else {
+    a = b = _mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80)));
+  }
+}
+
+// Those codes times one row's activations (`x`: its 4-byte words for them), summed per output: 8 exact int32.
+template <int BITS>
+__attribute__((target("avx2,fma,f16c"), always_inline)) inline
+__m256i dot_avx2(__m256i a, __m256i b, const int32_t* x) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  if (BITS == 4)
+    return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(a, _mm256_set1_epi32(x[0])),
+                                              _mm256_maddubs_epi16(b, _mm256_set1_epi32(x[1]))), ones);
+  const __m256i b128 = _mm256_set1_epi8(static_cast<char>(0x80)), xs = _mm256_set1_epi32(x[0]);
+  const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xs), _mm256_sign_epi8(a, xs));
+  const __m256i p128 = _mm256_maddubs_epi16(b128, xs);  // 128 * x, pairwise
+  return _mm256_add_epi32(_mm256_madd_epi16(p, ones), _mm256_madd_epi16(p128, ones));
+}
+
+// 8 outputs' scales and mins of a group (sc: the tile's scales of that group, plus 8 for its second half).
+__attribute__((target("avx2,fma,f16c"), always_inline)) inline
+void scales_avx2(const c10::Half* sc, __m256& s, __m256& m) {
+  s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
+  m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + TILE)));
+}
+
+// A group's float step for 8 outputs of one row, in the scalar code's order.
+__attribute__((target("avx2,fma,f16c"), always_inline)) inline
+__m256 step_avx2(__m256 y, __m256i dot, __m256 s, __m256 m, float x_scale, float x_term) {
+  y = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(s, _mm256_set1_ps(x_scale)), y);
+  return _mm256_fmadd_ps(m, _mm256_set1_ps(x_term), y);
+}
+
 template <int RB, int BITS>
 __attribute__((target("avx2,fma,f16c")))
 void tile_avx2(const Weights& w, const Acts& a, int64_t t, int64_t r0, float* y) {
-  const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   constexpr int per_load = BITS == 4 ? 8 : 4;
   const int64_t loads = w.G / per_load;
   for (int half = 0; half < 2; ++half) {
@@ -199,36 +240,20 @@ void tile_avx2(const Weights& w, const Acts& a, int64_t t, int64_t r0, float* y)
       __m256i acc[RB];
       for (int r = 0; r < RB; ++r) acc[r] = _mm256_setzero_si256();
       for (int64_t o = 0; o < loads; ++o) {
-        __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.load(t, g * loads + o) + half * 32));
-        if (BITS == 4) {
-          __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
-          int64_t q = (g * w.G + o * 8) / 4;
-          for (int r = 0; r < RB; ++r) {
-            const int32_t* x = reinterpret_cast<const int32_t*>(a.q + (r0 + r) * a.K);
-            __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(x[q])),
-                                         _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x[q + 1])));
-            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
-          }
-        } else {
-          const __m256i b128 = _mm256_set1_epi8(static_cast<char>(0x80));
-          __m256i signed_codes = _mm256_xor_si256(v, b128);  // code - 128, as int8
-          int64_t q = (g * w.G + o * 4) / 4;
-          for (int r = 0; r < RB; ++r) {
-            const int32_t* x = reinterpret_cast<const int32_t*>(a.q + (r0 + r) * a.K);
-            __m256i xs = _mm256_set1_epi32(x[q]);
-            __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xs), _mm256_sign_epi8(signed_codes, xs));
-            __m256i p128 = _mm256_maddubs_epi16(b128, xs);  // 128 * x, pairwise
-            acc[r] = _mm256_add_epi32(acc[r], _mm256_add_epi32(_mm256_madd_epi16(p, ones), _mm256_madd_epi16(p128, ones)));
-          }
+        __m256i ca, cb;
+        unpack_avx2<BITS>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.load(t, g * loads + o) + half * 32)),
+                          ca, cb);
+        const int64_t q = (g * w.G + o * per_load) / 4;  // x's 4-byte word for these codes
+        for (int r = 0; r < RB; ++r) {
+          const int32_t* x = reinterpret_cast<const int32_t*>(a.q + (r0 + r) * a.K);
+          acc[r] = _mm256_add_epi32(acc[r], dot_avx2<BITS>(ca, cb, x + q));
         }
       }
-      const c10::Half* sc = w.scale(t, g) + half * 8;
-      __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
-      __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + TILE)));
+      __m256 s, m;
+      scales_avx2(w.scale(t, g) + half * 8, s, m);
       for (int r = 0; r < RB; ++r) {
         const int64_t i = (r0 + r) * a.groups + g;
-        facc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_mul_ps(s, _mm256_set1_ps(a.scale[i])), facc[r]);
-        facc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.term[i]), facc[r]);
+        facc[r] = step_avx2(facc[r], acc[r], s, m, a.scale[i], a.term[i]);
       }
     }
     for (int r = 0; r < RB; ++r) {
@@ -242,8 +267,8 @@ void tile_avx2(const Weights& w, const Acts& a, int64_t t, int64_t r0, float* y)
 // The tile path above takes every 4th cache line of a block's stream (its 4 tiles are interleaved per load index),
 // which ran a one-row call at a third of the bandwidth. This path sweeps a block's 256 bytes per load index in
 // order. 16 registers cannot hold a block's 8 accumulators for more than one row, so it goes group by group: per
-// group, passes of 2 rows x 4 halves or 1 row x 8 (the first brings the group's weights into L1, the rest find them there),
-// the float partial sums in y (L1), in the scalar code's order. Whole int4 forwards of Qwen2.5-Coder-1.5B on a
+// group, passes of 2 rows x 4 halves or 1 row x 8 (the first brings the group's weights into L1, the rest find them
+// there), the float partial sums in y (L1), in the scalar code's order. Whole int4 forwards of Qwen2.5-Coder-1.5B on a
 // Zen 1 (AVX2 only), paired against the tile path alone: 0.56-0.64x its time at 1 token, 0.69-0.74x at 2, 0.81-0.85x
 // at 3. From 4 rows the tile path is kept: this structure, run in passes of 4 rows there, measured slower (it
 // unpacks the weights once per pass and updates the float sums in memory; the tile path keeps up to 8 rows' sums in
@@ -254,8 +279,6 @@ template <int RB, int HB, int BITS>
 __attribute__((target("avx2,fma,f16c"), always_inline)) inline
 void group_avx2(const Weights& w, const Acts& a, int64_t t0, int64_t g, int64_t r0, int h0, float* y) {
   constexpr int per_load = BITS == 4 ? 8 : 4;
-  const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-  const __m256i b128 = _mm256_set1_epi8(static_cast<char>(0x80));
   const int64_t loads = w.G / per_load;
   __m256i acc[RB][HB];
 #pragma GCC unroll 8
@@ -268,43 +291,22 @@ void group_avx2(const Weights& w, const Acts& a, int64_t t0, int64_t g, int64_t 
     const int64_t q = o * per_load / 4;  // x's 4-byte word for these codes, within the group
 #pragma GCC unroll 8
     for (int h = 0; h < HB; ++h) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + o * 256 + h * 32));
-      if (BITS == 4) {
-        const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+      __m256i ca, cb;
+      unpack_avx2<BITS>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + o * 256 + h * 32)), ca, cb);
 #pragma GCC unroll 8
-        for (int r = 0; r < RB; ++r) {
-          const int32_t* xr = x + r * a.K / 4;
-          __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xr[q])),
-                                       _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xr[q + 1])));
-          acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(p, ones));
-        }
-      } else {
-        const __m256i signed_codes = _mm256_xor_si256(v, b128);  // code - 128, as int8
-#pragma GCC unroll 8
-        for (int r = 0; r < RB; ++r) {
-          const __m256i xs = _mm256_set1_epi32(x[r * a.K / 4 + q]);
-          __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xs), _mm256_sign_epi8(signed_codes, xs));
-          __m256i p128 = _mm256_maddubs_epi16(b128, xs);  // 128 * x, pairwise
-          acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_add_epi32(_mm256_madd_epi16(p, ones),
-                                                                   _mm256_madd_epi16(p128, ones)));
-        }
-      }
+      for (int r = 0; r < RB; ++r) acc[r][h] = _mm256_add_epi32(acc[r][h], dot_avx2<BITS>(ca, cb, x + r * a.K / 4 + q));
     }
   }
 #pragma GCC unroll 8
   for (int h = 0; h < HB; ++h) {
     const int hh = h0 + h;
-    const c10::Half* sc = w.scale(t0 + hh / 2, g) + (hh % 2) * 8;
-    const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
-    const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + TILE)));
+    __m256 s, m;
+    scales_avx2(w.scale(t0 + hh / 2, g) + (hh % 2) * 8, s, m);
 #pragma GCC unroll 8
     for (int r = 0; r < RB; ++r) {
       const int64_t i = (r0 + r) * a.groups + g;
       float* out = y + (r0 + r) * w.N + t0 * TILE + hh * 8;
-      __m256 f = _mm256_loadu_ps(out);
-      f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][h]), _mm256_mul_ps(s, _mm256_set1_ps(a.scale[i])), f);
-      f = _mm256_fmadd_ps(m, _mm256_set1_ps(a.term[i]), f);
-      _mm256_storeu_ps(out, f);
+      _mm256_storeu_ps(out, step_avx2(_mm256_loadu_ps(out), acc[r][h], s, m, a.scale[i], a.term[i]));
     }
   }
 }

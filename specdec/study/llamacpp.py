@@ -253,11 +253,11 @@ def cells(found, drafts, specdec=False) -> list[dict]:
     return out
 
 
-
 def block_of(row):
     """A run's block in this sweep: its prompt (every cell of a prompt, specdec's target alone included, is timed back to
     back; pairing.not_consecutive(rows, block=block_of) checks it)."""
     return row["prompt_id"]
+
 
 def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=0, params=None,
           specdec=None) -> pd.DataFrame:
