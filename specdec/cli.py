@@ -192,7 +192,9 @@ def cache_state():
 
 def summary(s, args, ttft) -> str:
     n = s["new_tokens"]
-    decode = f"decode {(n - 1) / max(s['seconds'] - ttft, 1e-9):.1f} tok/s" if n > 1 else "no decode step"
+    # The engine's decode time (from the end of the target's prefill, the draft's prefill inside it), not the time
+    # after the first streamed token: that token is put after the draft's prefill, which would leave it uncharged.
+    decode = f"decode {(n - 1) / max(s['decode_seconds'], 1e-9):.1f} tok/s" if n > 1 else "no decode step"
     if args.drafter == "none":
         drafts = "target alone (--drafter none)"
     elif s["proposed"]:

@@ -120,6 +120,16 @@ def test_auto_choosing_k0_everywhere_says_so(monkeypatch, capsys):
     assert "mean K 0.0 (auto, up to 8)" in summary
 
 
+def test_decode_rate_charges_the_drafts_prefill():
+    """The summary's decode rate is the engine's decode time (the draft's prefill inside it), not the time after the
+    first streamed token, which the engine puts after the draft's prefill."""
+    stats = dict(new_tokens=11, seconds=3.0, decode_seconds=2.0, proposed=0, k_per_iteration=[0], policy="fixed",
+                 k=0, tokens_per_target_forward=1.0)
+    args = dataclasses.make_dataclass("Args", ["drafter"])("none")
+    line = cli.summary(stats, args, ttft=1.5)  # the time-after-first-token rule would say 10 / 1.5 = 6.7 tok/s
+    assert "decode 5.0 tok/s" in line, line
+
+
 def test_first_run_reports_its_calibration_once(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("SPECDEC_MEASUREMENTS", str(tmp_path))  # no measured costs yet: auto-K calibrates
     assert tiny(PROMPT, tokens=2) == 0
