@@ -1,0 +1,99 @@
+"""Two runs of the study, verdict by verdict: does a rerun reach the same conclusions?
+
+    python -m specdec.study.verdicts FIRST SECOND [--out verdicts.csv]
+
+FIRST and SECOND are two runs' data/<target>/ folders (the committed one and yours, say: `python -m specdec.study
+--target cpu --out /tmp/mine`, then `python -m specdec.study.verdicts data/cpu /tmp/mine/data/cpu`). Every ratio
+with a 95% interval in a table both runs wrote (a speedup, a ratio against a reference) is matched by its table and
+the columns that name it (mode, K, category, ...), and each side's verdict is read from its interval alone: above 1,
+below 1, or no clear difference (it includes 1). The readouts are stricter (an effect inside the experiment's A/A
+control is no clear difference there too), so a flip here is a flip of the interval, the thing a reader would see.
+Prints the flips and the count; writes every matched ratio to --out.
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .stats import NO_DIFFERENCE, separated
+
+# The columns that say which comparison a table's row is (never a measured value).
+NAMES = ("pair", "effect", "strategy", "chosen_on", "measured_on", "group", "by", "precision", "tool", "draft_max",
+         "p_min", "category", "mode", "k", "reference", "metric", "batch_size", "max_new_tokens", "drafter",
+         "temperature", "top_p")
+VERDICTS = {1: "above 1", -1: "below 1", 0: NO_DIFFERENCE}
+
+
+def ratio_columns(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(estimate, lo, hi) column names of every ratio with an interval: X_speedup or a speedup/vs column X, with
+    X_lo and X_hi (throughputs in tok/s have intervals too, but no verdict against 1)."""
+    found = []
+    for lo in (c for c in frame.columns if c.endswith("_lo")):
+        base = lo[:-3]
+        est = base if base in frame else f"{base}_speedup"
+        if est in frame and f"{base}_hi" in frame and ("speedup" in est or "vs" in est):
+            found.append((est, lo, f"{base}_hi"))
+    return found
+
+
+def ratios(folder, skip=()) -> pd.DataFrame:
+    """Every ratio with an interval in the CSV tables under `folder` (but those named in `skip`): table, row name,
+    column, estimate, lo, hi."""
+    folder, out = Path(folder), []
+    for path in sorted(folder.rglob("*.csv")):
+        if path.relative_to(folder).as_posix() in skip:
+            continue
+        frame = pd.read_csv(path)
+        names = [c for c in NAMES if c in frame]
+        for est, lo, hi in ratio_columns(frame):
+            for _, row in frame.iterrows():
+                name = "; ".join(f"{c}={row[c]:g}" if isinstance(row[c], float) else f"{c}={row[c]}"
+                                 for c in names if pd.notna(row[c]))
+                out.append(dict(table=path.relative_to(folder).as_posix(), row=name, column=est,
+                                est=row[est], lo=row[lo], hi=row[hi]))
+    frame = pd.DataFrame(out, columns=["table", "row", "column", "est", "lo", "hi"])
+    return frame[np.isfinite(frame[["est", "lo", "hi"]].astype(float)).all(axis=1)]
+
+
+def verdict(est, lo, hi) -> str:
+    return VERDICTS[separated((est, lo, hi), (1.0, 1.0, 1.0))]
+
+
+def carried(first, second) -> set[str]:
+    """The tables byte for byte the same in both folders: carried along (a committed benchmark's), not measured
+    twice, so their agreement says nothing."""
+    first, second = Path(first), Path(second)
+    names = {p.relative_to(first).as_posix() for p in first.rglob("*.csv")}
+    return {n for n in names if (second / n).is_file() and (first / n).read_bytes() == (second / n).read_bytes()}
+
+
+def compare(first, second) -> pd.DataFrame:
+    """The ratios both runs measured (a row name repeated within a table is ambiguous and left out), side by side."""
+    skip = carried(first, second)
+    a, b = (ratios(f, skip).drop_duplicates(["table", "row", "column"], keep=False) for f in (first, second))
+    both = a.merge(b, on=["table", "row", "column"], suffixes=("_first", "_second"))
+    for side in ("first", "second"):
+        both[f"verdict_{side}"] = [verdict(*r) for r in both[[f"est_{side}", f"lo_{side}", f"hi_{side}"]].values]
+    both["flipped"] = both.verdict_first != both.verdict_second
+    return both
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m specdec.study.verdicts", description=__doc__.split("\n")[0])
+    p.add_argument("first", help="one run's data/<target>/ folder")
+    p.add_argument("second", help="another run's data/<target>/ folder")
+    p.add_argument("--out", help="write every matched ratio, both verdicts and whether it flipped, to this CSV")
+    args = p.parse_args(argv)
+    both = compare(args.first, args.second)
+    if args.out:
+        both.to_csv(args.out, index=False)
+    for r in both[both.flipped].itertuples():
+        print(f"{r.table} [{r.row}] {r.column}: {r.est_first:.2f}x [{r.lo_first:.2f}, {r.hi_first:.2f}] "
+              f"{r.verdict_first} -> {r.est_second:.2f}x [{r.lo_second:.2f}, {r.hi_second:.2f}] {r.verdict_second}")
+    print(f"{int(both.flipped.sum())} of {len(both)} verdicts flipped (ratios with an interval in both runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

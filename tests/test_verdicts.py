@@ -1,0 +1,44 @@
+"""Two runs compared verdict by verdict: ratios matched by table and name, each side's verdict from its interval,
+throughputs and tables carried along unchanged left out."""
+import pandas as pd
+
+from specdec.study import verdicts
+
+
+def table(folder, name, rows):
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def two_runs(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, (auto, k2) in ((first, ((0.93, 0.89, 0.97), (1.09, 1.02, 1.17))),
+                               (second, ((0.94, 0.90, 0.99), (1.02, 0.90, 1.19)))):
+        rows = [dict(mode=m, k=k, speedup=e, speedup_lo=lo, speedup_hi=hi, throughput=2.5, throughput_lo=2.4,
+                     throughput_hi=2.6) for m, k, (e, lo, hi) in (("auto", None, auto), ("speculative", 2, k2))]
+        table(folder, "k_sweep/headline.csv", rows)
+    carried = [dict(mode="auto", speedup=1.25, speedup_lo=1.23, speedup_hi=1.26)]
+    table(first, "bench/summary.csv", carried)
+    table(second, "bench/summary.csv", carried)
+    return first, second
+
+
+def test_a_flip_is_found_and_an_agreement_is_not(tmp_path):
+    both = verdicts.compare(*two_runs(tmp_path))
+    assert set(both.column) == {"speedup"}  # the throughput's interval is no ratio against 1
+    assert set(both.table) == {"k_sweep/headline.csv"}  # the identical table was carried, not measured twice
+    by_mode = both.set_index("row")
+    assert by_mode.loc["mode=auto", "verdict_first"] == by_mode.loc["mode=auto", "verdict_second"] == "below 1"
+    assert not by_mode.loc["mode=auto", "flipped"]
+    flip = by_mode.loc["mode=speculative; k=2"]
+    assert (flip.verdict_first, flip.verdict_second, flip.flipped) == ("above 1", verdicts.NO_DIFFERENCE, True)
+
+
+def test_command_line_prints_the_flips_and_writes_every_match(tmp_path, capsys):
+    first, second = two_runs(tmp_path)
+    assert verdicts.main([str(first), str(second), "--out", str(tmp_path / "v.csv")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "1 of 2 verdicts flipped (ratios with an interval in both runs)"
+    assert out[0].startswith("k_sweep/headline.csv [mode=speculative; k=2] speedup: 1.09x [1.02, 1.17] above 1")
+    assert len(pd.read_csv(tmp_path / "v.csv")) == 2
