@@ -1,5 +1,6 @@
 """specdec.quantize's QuantLinear against torchao 0.18's CPU weight-only configs on Qwen2.5-Coder-1.5B's linear
-shapes, 1 and 5 rows, bfloat16 activations, interleaved (torch.utils.benchmark, blocked_autorange)."""
+shapes, 1 and 5 rows, bfloat16 activations, interleaved (torch.utils.benchmark, blocked_autorange, at torch's thread count: its Timer
+runs one thread unless told)."""
 import sys
 import torch
 import torch.utils.benchmark as tb
@@ -33,6 +34,6 @@ for (n_in, n_out) in [(1536, 8960), (8960, 1536), (1536, 1536)]:
         with torch.inference_mode():
             for rep in range(2):  # two interleaved passes, the min kept
                 for name, m in cands.items():
-                    ms = tb.Timer("m(x)", globals=dict(m=m, x=x)).blocked_autorange(min_run_time=0.5).median * 1e3
+                    ms = tb.Timer("m(x)", globals=dict(m=m, x=x), num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=0.5).median * 1e3
                     res[name] = min(res.get(name, 1e9), ms)
         print(f"[{n_in}->{n_out}] T={t}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in res.items()), flush=True)
