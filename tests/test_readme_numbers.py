@@ -10,17 +10,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from specdec.study.verdicts import interval_columns
+
 REPO = Path(__file__).resolve().parents[1]
 QUOTED = re.compile(r"(\d+\.\d+)x?\s+\[(\d+\.\d+),\s+(\d+\.\d+)\]")  # across line breaks too
 
 
 def triples(frame: pd.DataFrame):
     """(estimate, lo, hi) of every interval column group: X with X_lo/X_hi, or X_speedup with X_lo/X_hi."""
-    for lo in [c for c in frame.columns if c.endswith("_lo")]:
-        base, hi = lo[:-3], lo[:-3] + "_hi"
-        est = base if base in frame else f"{base}_speedup"
-        if hi in frame and est in frame:
-            yield from frame[[est, lo, hi]].itertuples(index=False, name=None)
+    for columns in interval_columns(frame):
+        yield from frame[list(columns)].itertuples(index=False, name=None)
 
 
 def git(*args) -> str | None:

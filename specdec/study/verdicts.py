@@ -25,16 +25,22 @@ NAMES = ("pair", "effect", "strategy", "chosen_on", "measured_on", "group", "by"
 VERDICTS = {1: "above 1", -1: "below 1", 0: NO_DIFFERENCE}
 
 
-def ratio_columns(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """(estimate, lo, hi) column names of every ratio with an interval: X_speedup or a speedup/vs column X, with
-    X_lo and X_hi (throughputs in tok/s have intervals too, but no verdict against 1)."""
+def interval_columns(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(estimate, lo, hi) column names of every value with an interval in a study table: X with X_lo and X_hi, or
+    X_speedup with X_lo and X_hi (how summary tables name them)."""
     found = []
     for lo in (c for c in frame.columns if c.endswith("_lo")):
         base = lo[:-3]
         est = base if base in frame else f"{base}_speedup"
-        if est in frame and f"{base}_hi" in frame and ("speedup" in est or "vs" in est):
+        if est in frame and f"{base}_hi" in frame:
             found.append((est, lo, f"{base}_hi"))
     return found
+
+
+def ratio_columns(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """The ratios among them: a speedup or a `vs` column (throughputs in tok/s have intervals too, but no verdict
+    against 1)."""
+    return [(est, lo, hi) for est, lo, hi in interval_columns(frame) if "speedup" in est or "vs" in est]
 
 
 def ratios(folder, skip=()) -> pd.DataFrame:
