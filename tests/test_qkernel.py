@@ -60,6 +60,35 @@ def test_every_code_path_computes_the_same_bits(bits, group):
     assert all(torch.equal(outs[0], o) for o in outs[1:])
 
 
+@pytest.mark.parametrize("group", [32, 64])
+def test_every_code_path_quantizes_activations_alike_ties_and_clamps_included(group):
+    """The activation quantization is vectorised per path; the scalar one is the definition. Groups whose max is 127
+    (scale exactly 1) put values on .5 ties, which round to even; zeros, signed zeros, a zero group and tiny values
+    too: every path gives the same output bits."""
+    _, codes, scales = packed(64, 4 * group, 4, group)
+    ties = torch.arange(-63.5, 64.5, 1.0)[:group - 1]  # x.5 everywhere: round half to even decides every one
+    x = torch.stack([torch.cat([ties, torch.tensor([127.0])]),
+                     torch.cat([-ties, torch.tensor([-127.0])]),
+                     torch.zeros(group),
+                     torch.tensor([0.0, -0.0, 1e-30, -1e-30] * (group // 4))])
+    x = x.repeat(1, 4)  # [4, 4 * group]: four groups a row
+    outs = [qkernel.qlinear(x, codes, scales, None, 64, group, 4, p) for p in paths()]
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    assert torch.equal(outs[0][2], torch.zeros(64))  # an all-zero row: zero codes, zero terms
+
+
+def test_silu_mul_is_as_accurate_as_torchs_float_silu():
+    """layer.cpp's SiLU runs on its own vectorisable e^x (ops.h's exp_approx): over -87..87, within the relative
+    error of torch's own float32 SiLU of the float64 value."""
+    assert qkernel.load(), qkernel.why_not()
+    gate = torch.linspace(-87, 87, 100_001)
+    got = torch.ops.specdec.silu_mul(torch.cat([gate, torch.ones_like(gate)])[None])[0].double()
+    exact = torch.nn.functional.silu(gate.double())
+    torchs = torch.nn.functional.silu(gate).double()
+    rel = lambda y: ((y - exact).abs() / exact.abs().clamp_min(1e-37)).max().item()
+    assert rel(got) <= max(rel(torchs), 2e-7)
+
+
 @pytest.mark.parametrize("bits,group", FORMATS)
 def test_error_is_within_the_bound_of_its_two_roundings(bits, group):
     """|y - x W^T| <= sum_k |W_q[n,k]| |x_k - x_q[k]| (activations rounded to int8 per group: at most half a step)

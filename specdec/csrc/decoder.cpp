@@ -73,11 +73,9 @@ void attend_row(const float* q, const float* keys, const float* values, int64_t 
     scores[j] = s * scale;
     top = std::fmax(top, scores[j]);
   }
+  for (int64_t j = 0; j < n; ++j) scores[j] = specdec::exp_approx(scores[j] - top);  // vectorised (ops.h)
   float total = 0.f;
-  for (int64_t j = 0; j < n; ++j) {
-    scores[j] = std::exp(scores[j] - top);
-    total += scores[j];
-  }
+  for (int64_t j = 0; j < n; ++j) total += scores[j];  // in order: a sum the compiler may not reorder
   for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
   for (int64_t j = 0; j < n; ++j) {
     const float* v = values + j * D;

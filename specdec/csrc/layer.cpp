@@ -14,6 +14,9 @@
 #include <torch/library.h>
 #include <ATen/ATen.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <tuple>
@@ -25,6 +28,15 @@ namespace {
 
 void check_float(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu(), name, ": float32 CPU tensors only");
+}
+
+// silu(gate) * up = gate / (1 + e^-gate) * up over n elements, e^x by specdec::exp_approx (ops.h): a loop the compiler
+// vectorises, unlike std::exp's libm call per element (2.8 ns an element on a Zen 4, 0.7 ms of an int4 Qwen2.5-1.5B
+// step per token). Built for AVX-512, AVX2 and baseline x86 (target_clones), the same IEEE operations per element in
+// each (-ffp-contract=off), so every build computes the same bits.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void silu_mul_row(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.f + specdec::exp_approx(-gate[i])) * up[i];
 }
 
 }  // namespace
@@ -52,7 +64,8 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return y;
 }
 
-// gate_up [..., 2I] (gate, then up) -> silu(gate) * up [..., I].
+// gate_up [..., 2I] (gate, then up) -> silu(gate) * up [..., I], in chunks of rows x columns across the threads (each
+// element alone: how the work is split changes no bit).
 at::Tensor silu_mul(const at::Tensor& gate_up) {
   check_float(gate_up, "silu_mul");
   const at::Tensor g = gate_up.contiguous();
@@ -63,11 +76,14 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
   at::Tensor y = at::empty(shape, g.options());
   const float* pg = g.data_ptr<float>();
   float* py = y.data_ptr<float>();
-  for (int64_t r = 0; r < R; ++r) {
-    const float *gr = pg + r * 2 * I, *ur = gr + I;
-    float* yr = py + r * I;
-    for (int64_t i = 0; i < I; ++i) yr[i] = gr[i] / (1.f + std::exp(-gr[i])) * ur[i];
-  }
+  constexpr int64_t CHUNK = 1024;
+  const int64_t chunks = (I + CHUNK - 1) / CHUNK;
+  at::parallel_for(0, R * chunks, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = i / chunks, from = i % chunks * CHUNK;
+      silu_mul_row(pg + r * 2 * I + from, pg + r * 2 * I + I + from, std::min(CHUNK, I - from), py + r * I + from);
+    }
+  });
   return y;
 }
 

@@ -379,25 +379,88 @@ int64_t best_path() {
   return path;
 }
 
-// Quantize each row's activations per group: x_scale = max|x| / 127 (1 for an all-zero group), xq = round(x / s).
-void quantize_rows(const float* x, int64_t T, int64_t K, int64_t G, int8_t* xq, float* scale, float* term) {
-  const int64_t groups = K / G;
-  at::parallel_for(0, T * groups, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const float* src = x + i * G;  // row r = i / groups, group g = i % groups: contiguous since K = groups * G
-      float amax = 0.f;
-      for (int64_t k = 0; k < G; ++k) amax = std::fmax(amax, std::fabs(src[k]));
-      float s = amax > 0.f ? amax / 127.f : 1.f;
-      int32_t sum = 0;
-      for (int64_t k = 0; k < G; ++k) {
-        int32_t q = static_cast<int32_t>(std::nearbyint(src[k] / s));
-        q = q > 127 ? 127 : (q < -127 ? -127 : q);
-        xq[i * G + k] = static_cast<int8_t>(q);
-        sum += q;
-      }
-      scale[i] = s;
-      term[i] = s * static_cast<float>(sum);
-    }
+// Quantize each row's activations per group: x_scale = max|x| / 127 (1 for an all-zero group), xq = round(x / s)
+// to nearest even, clamped to -127..127, and term = x_scale * sum(xq). The scalar function is the definition; the
+// vector ones make the same IEEE operations per element (abs, max, divide, round, clamp: none rounds differently in
+// a vector), so every path quantizes to the same bits. Vectorised because the scalar loop's rounding is a libm call
+// per element: ~3.7 ns an activation (Zen 4), about 1.4 ms of an int4 step of Qwen2.5-1.5B per token.
+void quantize_group(const float* src, int64_t G, int8_t* dst, float* scale, float* term) {
+  float amax = 0.f;
+  for (int64_t k = 0; k < G; ++k) amax = std::fmax(amax, std::fabs(src[k]));
+  const float s = amax > 0.f ? amax / 127.f : 1.f;
+  int32_t sum = 0;
+  for (int64_t k = 0; k < G; ++k) {
+    int32_t q = static_cast<int32_t>(std::nearbyint(src[k] / s));
+    q = q > 127 ? 127 : (q < -127 ? -127 : q);
+    dst[k] = static_cast<int8_t>(q);
+    sum += q;
+  }
+  *scale = s;
+  *term = s * static_cast<float>(sum);
+}
+
+#ifdef SPECDEC_X86
+// G a multiple of 16. _mm512_max_ps(v, m) returns m where v is NaN, as std::fmax(m, v) does.
+__attribute__((target("avx512f,avx512bw")))
+void quantize_group_avx512(const float* src, int64_t G, int8_t* dst, float* scale, float* term) {
+  __m512 top = _mm512_setzero_ps();
+  for (int64_t k = 0; k < G; k += 16) top = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(src + k)), top);
+  const float amax = _mm512_reduce_max_ps(top);
+  const float s = amax > 0.f ? amax / 127.f : 1.f;
+  const __m512 sv = _mm512_set1_ps(s), hi = _mm512_set1_ps(127.f), lo = _mm512_set1_ps(-127.f);
+  __m512i sum = _mm512_setzero_si512();
+  for (int64_t k = 0; k < G; k += 16) {
+    __m512 v = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(src + k), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512i q = _mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(v, hi), lo));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k), _mm512_cvtsepi32_epi8(q));
+    sum = _mm512_add_epi32(sum, q);
+  }
+  *scale = s;
+  *term = s * static_cast<float>(_mm512_reduce_add_epi32(sum));
+}
+
+// G a multiple of 8.
+__attribute__((target("avx2")))
+void quantize_group_avx2(const float* src, int64_t G, int8_t* dst, float* scale, float* term) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  __m256 top = _mm256_setzero_ps();
+  for (int64_t k = 0; k < G; k += 8) top = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(src + k)), top);
+  float lanes[8];
+  _mm256_storeu_ps(lanes, top);
+  float amax = 0.f;
+  for (float l : lanes) amax = std::fmax(amax, l);
+  const float s = amax > 0.f ? amax / 127.f : 1.f;
+  const __m256 sv = _mm256_set1_ps(s), hi = _mm256_set1_ps(127.f), lo = _mm256_set1_ps(-127.f);
+  __m256i sum = _mm256_setzero_si256();
+  for (int64_t k = 0; k < G; k += 8) {
+    __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(src + k), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256i q = _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(v, hi), lo));
+    const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q, q), _mm256_setzero_si256());  // per 128-bit lane
+    const int32_t a = _mm_cvtsi128_si32(_mm256_castsi256_si128(bytes)), b = _mm256_extract_epi32(bytes, 4);
+    std::memcpy(dst + k, &a, 4);
+    std::memcpy(dst + k + 4, &b, 4);
+    sum = _mm256_add_epi32(sum, q);
+  }
+  int32_t parts[8];
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(parts), sum);
+  int32_t total = 0;
+  for (int32_t part : parts) total += part;
+  *scale = s;
+  *term = s * static_cast<float>(total);
+}
+#endif
+
+void quantize_rows(const float* x, int64_t T, int64_t K, int64_t G, int8_t* xq, float* scale, float* term,
+                   int64_t path) {
+  using GroupFn = void (*)(const float*, int64_t, int8_t*, float*, float*);
+  GroupFn fn = quantize_group;
+#ifdef SPECDEC_X86
+  if (path == 2 && G % 16 == 0) fn = quantize_group_avx512;
+  else if (path >= 1) fn = quantize_group_avx2;  // G % 8 == 0 always (qlinear checks it)
+#endif
+  // row r = i / groups, group g = i % groups: contiguous since K = groups * G
+  at::parallel_for(0, T * (K / G), 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) fn(x + i * G, G, xq + i * G, scale + i, term + i);
   });
 }
 
@@ -485,7 +548,7 @@ at::Tensor qlinear(const at::Tensor& input, const at::Tensor& codes, const at::T
   auto xq = at::empty({T, K}, x.options().dtype(at::kChar));
   auto xs = at::empty({T, K / G}, x.options());
   auto xt = at::empty({T, K / G}, x.options());
-  quantize_rows(x.data_ptr<float>(), T, K, G, xq.data_ptr<int8_t>(), xs.data_ptr<float>(), xt.data_ptr<float>());
+  quantize_rows(x.data_ptr<float>(), T, K, G, xq.data_ptr<int8_t>(), xs.data_ptr<float>(), xt.data_ptr<float>(), path);
   Weights w{codes.data_ptr<uint8_t>(), scales.data_ptr<c10::Half>(), b.defined() ? b.data_ptr<float>() : nullptr,
             N, K, G, bits};
   Acts a{xq.data_ptr<int8_t>(), xs.data_ptr<float>(), xt.data_ptr<float>(), K, K / G};
