@@ -16,7 +16,7 @@ fi
 "$PY" -m pip install -q -e ".[study,test]"
 # specdec's quantized linear kernel (C++, built against this torch into the cache folder); where it cannot be
 # built, this says why and torch's int4/int8 kernels serve quantized models.
-"$PY" -m specdec.qkernel
+"$PY" -m specdec kernel
 pairs=("$@")
 [ ${#pairs[@]} -eq 0 ] && pairs=(qwen2.5-coder smollm2-135m)
 if [ "${pairs[0]}" != "none" ]; then

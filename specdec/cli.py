@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import calibrate
+from . import calibrate, qkernel
 from .engine import generate
 from .inputs import VERIFY_MODES
 from .machine import measurement_root
@@ -82,6 +82,8 @@ def parser():
     g.add_argument("--precision", choices=PRECISIONS,
                    help="the target's weights: a float dtype, or int8/int4 (CPU; the draft then at its fastest "
                         "precision here, specdec's quantized kernel where it is built)")
+    b = sub.add_parser("kernel", help="build specdec's quantized linear kernel now and say which code path runs here")
+    b.add_argument("-v", "--verbose", action="store_true", help="show the compiler's output")
     c = sub.add_parser("calibrate", help="measure this machine's linear plans and auto-K costs for a pair")
     c.add_argument("--pair", default="qwen2.5-coder", help=f"a named pair (default: %(default)s): {', '.join(PAIRS)}")
     c.add_argument("--batch", default="1", help="batch sizes for auto's cost curves, e.g. 1,2,4 (default: 1)")
@@ -223,6 +225,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.command == "calibrate":
         return calibrate_main(args, p)
+    if args.command == "kernel":
+        print(qkernel.report(args.verbose))
+        return 0
     if bool(args.pair) == bool(args.target):
         p.error("give either --pair NAME or --target MODEL (with --draft MODEL for a draft model)")
     if args.top_p is not None and not 0 < args.top_p <= 1:

@@ -216,8 +216,8 @@ def fuse_siblings(model, kernel_modules):
     return fused
 
 
-if __name__ == "__main__":  # python -m specdec.qkernel: build it now (scripts/setup.sh) and say what runs
-    if load(verbose="-v" in sys.argv):
-        print(f"specdec quantized linear kernel: built in {build_dir()}; this CPU runs its {best_path()} path")
-    else:
-        print(f"specdec quantized linear kernel: not available ({why_not()}); torch's int4/int8 kernels serve")
+def report(verbose=False) -> str:
+    """Build the kernel now (`python -m specdec kernel`, which scripts/setup.sh runs) and say what serves here."""
+    if load(verbose=verbose):
+        return f"specdec quantized linear kernel: built in {build_dir()}; this CPU runs its {best_path()} path"
+    return f"specdec quantized linear kernel: not available ({why_not()}); torch's int4/int8 kernels serve"

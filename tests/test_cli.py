@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from specdec import cli
+from specdec import cli, qkernel
 from specdec.policy import AutoK
 from specdec.cli import main
 from specdec.models import ByteTokenizer
@@ -191,3 +191,13 @@ def test_module_entry_point():
                           "--max-new-tokens", "5"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("abc") == 1 and "tokens per target forward" in run.stdout
+
+
+def test_kernel_builds_and_names_its_path_without_a_warning():
+    """`python -m specdec kernel` (what scripts/setup.sh runs) says which code path serves, or why none does, and
+    warns about nothing (as `python -m specdec.qkernel`, run after `import specdec` had imported it, did)."""
+    out = subprocess.run([sys.executable, "-W", "error", "-m", "specdec", "kernel"], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("specdec quantized linear kernel: ") and "Warning" not in out.stderr
+    assert (qkernel.best_path() in out.stdout) if qkernel.available() else ("not available" in out.stdout)

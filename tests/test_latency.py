@@ -44,3 +44,18 @@ def test_measure_times_in_that_order_and_records_it(tmp_path):
     params = json.loads(prov.read_text())["params"]
     assert params["order"] == "latency_order" and params["order_seed"] == 5
     assert params["order_rng"] == [5, latency.ORDER_STREAM]
+
+
+def test_a_forward_written_twice_is_returned_once(tmp_path):
+    """A results.jsonl holding one forward's row twice (a copy merged in, a run killed after its write) returns one
+    row per (K, mode, repeat): the last, and a rerun times nothing."""
+    pair = load_pair("tiny-llama")
+    kw = dict(ks=[1, 2], context=8, repeats=2, seed=0, warmup=False, progress=False)
+    first = latency.measure(pair, tmp_path, **kw)
+    path = tmp_path / "results.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + [lines[0]]) + "\n")
+    again = latency.measure(pair, tmp_path, **kw)
+    assert len(again) == len(first) == 2 * 2 * len(latency.MODES)
+    assert not again.duplicated(["k", "mode", "repeat"]).any()
+    assert len(path.read_text().splitlines()) == len(lines) + 1  # nothing timed again

@@ -30,7 +30,8 @@ SPECULATIVE_LOG = """0.03.669.206 I encoded   99 tokens in    0.929 seconds, spe
 0.03.669.280 I n_accept  = 23
 """
 # A stand-in for both binaries: it records its arguments and the prompt file it got, echoes the prompt as the
-# speculative binary does, prints a generated text and the timing lines, and fails where FAIL_ON names the prompt.
+# speculative binary does, prints a generated text and the timing lines, and fails where FAIL_ON names the prompt
+# (only as FAIL_TOOL, when that is set).
 FAKE = r'''#!{python}
 import json, os, sys
 args = sys.argv[1:]
@@ -39,7 +40,8 @@ if args == ["--version"]:
 prompt = open(args[args.index("-f") + 1]).read()
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(json.dumps(dict(tool=os.path.basename(sys.argv[0]), args=args, prompt=prompt)) + "\n")
-if os.environ.get("FAIL_ON") and os.environ["FAIL_ON"] in prompt:
+if os.environ.get("FAIL_ON") and os.environ["FAIL_ON"] in prompt and \
+        os.environ.get("FAIL_TOOL", os.path.basename(sys.argv[0])) == os.path.basename(sys.argv[0]):
     print("error: out of memory", file=sys.stderr); sys.exit(1)
 speculative = "-md" in args
 print(("\n\n" + prompt[:-1] if speculative else "") + "the answer is 42" + ("\n\n" if speculative else ""))
@@ -137,7 +139,32 @@ def test_sweep_times_every_cell_keeps_finished_ones_and_records_failures(fakes, 
     rows = llamacpp.sweep(fakes / "out", found, GGUFS, PROMPTS, drafts, 32, 2, iterations=2, seed=0)
     retried = calls(fakes)[before:]
     assert len([c for c in retried if c["args"][c["args"].index("-n") + 1] == "32"]) == len(failed)
-    assert (rows.groupby(list(llamacpp.KEY), dropna=False)["status"].apply(lambda s: (s == "ok").any())).all()
+    assert (rows["status"] == "ok").all() and not rows.duplicated(list(llamacpp.KEY)).any()
+
+
+def test_a_retried_cell_retimes_its_whole_block_and_a_finished_sweep_leaves_no_trace(fakes, monkeypatch):
+    """Pairing survives a retry: a block with one failed run is timed whole again, so its rows come from one machine
+    state; each (cell, prompt, iteration) is returned once, its latest row; a sweep with nothing left to time runs no
+    binary (no warm-up) and writes no provenance."""
+    found, drafts, out = llamacpp.find(), [[3, 0.0], [16, 0.75]], fakes / "out"
+    monkeypatch.setenv("FAIL_ON", "sky")
+    monkeypatch.setenv("FAIL_TOOL", llamacpp.SPECULATIVE_BIN)  # p2's speculation fails, its target alone does not
+    first = llamacpp.sweep(out, found, GGUFS, PROMPTS, drafts, 32, 2, iterations=2, seed=0)
+    assert (first["status"] == "failed").sum() == 2 * 2
+    monkeypatch.delenv("FAIL_ON")
+    before = len(calls(fakes))
+    rows = llamacpp.sweep(out, found, GGUFS, PROMPTS, drafts, 32, 2, iterations=2, seed=0)
+    timed = [c for c in calls(fakes)[before:] if c["args"][c["args"].index("-n") + 1] == "32"]
+    assert len(timed) == 3 * 2 and {c["prompt"][:-1] for c in timed} == {PROMPTS[1]["text"]}  # p2's blocks, whole
+    assert len(rows) == 3 * 2 * 2 and (rows["status"] == "ok").all() and not rows.duplicated(list(llamacpp.KEY)).any()
+    retimed = rows[rows["prompt_id"] == "p2"]
+    assert retimed["run_id"].nunique() == 1 and retimed["run_id"].iloc[0] != first["run_id"].iloc[0]
+    written = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert pairing.not_consecutive(written, block=llamacpp.block_of) == []
+    provenance, before = sorted(out.glob("provenance-*.json")), len(calls(fakes))
+    again = llamacpp.sweep(out, found, GGUFS, PROMPTS, drafts, 32, 2, iterations=2, seed=0)
+    assert len(calls(fakes)) == before and sorted(out.glob("provenance-*.json")) == provenance
+    pd.testing.assert_frame_equal(again, rows)
 
 
 def test_specdecs_target_alone_is_timed_in_each_block_beside_llama_cpp(fakes):

@@ -555,7 +555,7 @@ at::Tensor qlinear(const at::Tensor& input, const at::Tensor& codes, const at::T
   float* out = y.data_ptr<float>();
   // Blocks of 4 tiles handed to the threads in chunks, each thread taking the next chunk when done with its last:
   // on a shared virtual machine one core often runs slower than the other for a while, and an even static split
-  // left the faster one waiting at the end of every call (libgomp's spin was ~20% of a 4-bit step's samples; chunks
+  // left the faster one waiting at the end of every call (libgomp's spin was ~23% of a 4-bit step's samples; chunks
   // measured 3-24% faster over a forward's 112 products, paired). Which thread computes a block changes no bit.
   // In each block, the rows in passes of near-equal size (at most 4 on AVX-512, 8 on AVX2: 9 rows are 3 + 3 + 3 or
   // 5 + 4, not 8 + 1). Every pass after a block's first finds its weights in L1/L2.

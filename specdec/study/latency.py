@@ -25,7 +25,8 @@ from .bench import model_names, weights_of
 from ..linear import fast_linears, mode as linear_mode
 from ..profiler import synchronize
 from .progress import bar as progress_bar
-from .results import RESULTS, append_row, done_keys, now, read_rows, record_calibrations, save_calibration, start_run
+from .results import (RESULTS, append_row, done_keys, latest_by_key, now, read_rows, record_calibrations,
+                      save_calibration, start_run)
 
 MODES = VERIFY_MODES  # the engine's: one (K+1)-token forward, or K+1 one-token forwards
 SETTING = ("pair", "target", "device", "dtype", "linear", "context", "batch_size")  # what makes two rows comparable
@@ -99,8 +100,8 @@ def measure(pair, out_dir, *, ks=range(1, 9), modes=MODES, context=64, batch_siz
                            order_rng=[seed, ORDER_STREAM], **(params or {}))
         with fast_linears([model]):
             time_all(pair, todo, ks, context, batch_size, warmup, seed, results, run_id, progress)
-    mine = {tuple(p[c] for c in KEY) for p in plan}
-    rows = [r for r in read_rows(results) if tuple(r.get(c) for c in KEY) in mine]
+    latest = latest_by_key(read_rows(results), KEY)  # one row per forward, however often it was written
+    rows = [latest[k] for k in (tuple(p[c] for c in KEY) for p in plan) if k in latest]
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 

@@ -35,7 +35,7 @@ from .. import weights
 from ..engine import generate
 from ..models import PAIRS
 from ..quantize import precision_label
-from . import results, stats
+from . import pairing, results, stats
 from .population import geomean
 from .progress import bar as progress_bar
 from .prompts import encode
@@ -263,37 +263,57 @@ def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=
           specdec=None) -> pd.DataFrame:
     """Time every cell on every prompt, `iterations` times, each prompt's cells back to back (its target alone and
     its speculation in one machine state), prompts and cells in a seeded shuffled order, after one untimed run of
-    each tool (page-in). A (cell, prompt, iteration) already recorded ok is kept, not re-run; a
+    each tool (page-in). Resumable by block (specdec.study.pairing): a prompt's block whose latest rows are ok and
+    were timed in one run is kept; any other is timed whole again, so a retried cell never pairs with a run of another
+    machine state (a cell failing in two sweeps is left as it is). A run with nothing left to time leaves no trace. A
     failing run is recorded with its error and the sweep goes on. `prompts`: dicts with id, category, ids, text;
-    `specdec`: a specdec pair whose target alone is timed in every block too (None: llama.cpp only)."""
+    `specdec`: a specdec pair whose target alone is timed in every block too (None: llama.cpp only). Returns each
+    (cell, prompt, iteration)'s latest row."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / results.RESULTS
     results.end_torn_line(path)
-    done = results.done_keys(results.read_rows(path), KEY)
-    todo = cells(found, drafts, specdec is not None)
-    versions = {c["tool"]: version(c["tool"], found, specdec) for c in todo}
-    run_id = results.start_run(folder, **(params or {}), llama_cpp=versions, ggufs=[Path(g).name for g in ggufs],
-                               threads=threads, max_new_tokens=n, drafts=drafts, iterations=iterations, seed=seed)
+    written = results.read_rows(path)
+    latest = pairing.last_timing(written, KEY)
+    hopeless = pairing.failing_in_two_runs(written, latest, KEY)
+    plan = cells(found, drafts, specdec is not None)
     rng = np.random.default_rng([seed, 19])
+    blocks = []  # paired timing: a prompt's cells back to back in a random order, prompts in a random order
+    for iteration in range(iterations):
+        blocks += [[(dict(plan[c], draft_max=plan[c].get("draft_max"), p_min=plan[c].get("p_min"),
+                          prompt_id=prompts[q]["id"]), iteration) for c in rng.permutation(len(plan))]
+                   for q in rng.permutation(len(prompts))]
+    todo = [b for b in blocks if not pairing.timed_together(b, latest, hopeless, KEY)]
+    if todo:
+        time_blocks(folder, todo, len(blocks) * len(plan), found, ggufs, {p["id"]: p for p in prompts}, n, threads,
+                    specdec, dict(params or {}, ggufs=[Path(g).name for g in ggufs], threads=threads,
+                                  max_new_tokens=n, drafts=drafts, iterations=iterations, seed=seed))
+        latest = pairing.last_timing(results.read_rows(path), KEY)
+    mine = [pairing.key_of(dict(c, iteration=i), KEY) for b in blocks for c, i in b]
+    return pd.DataFrame([latest[k] for k in mine if k in latest])
+
+
+def time_blocks(folder, todo, total, found, ggufs, prompts, n, threads, specdec, params):
+    """Time `todo`'s blocks in order, one fsynced row per run, after one untimed run of each tool (`total`: the
+    sweep's runs, for the progress bar; `params`: the run's provenance)."""
+    path = folder / results.RESULTS
+    tools = {c["tool"]: c for b in todo for c, _ in b}
+    versions = {t: version(t, found, specdec) for t in tools}
+    run_id = results.start_run(folder, **params, llama_cpp=versions)
     with tempfile.TemporaryDirectory() as tmp:
-        for cell in {c["tool"]: c for c in todo}.values():  # warm-up: the GGUF files into the page cache
-            measure(**cell, found=found, ggufs=ggufs, prompt=prompts[0], n=4, threads=threads, folder=tmp,
+        first = next(iter(prompts.values()))  # the sweep's first prompt, as in every run of it
+        for cell in tools.values():  # warm-up: the GGUF files into the page cache
+            measure(**mode_of(cell), found=found, ggufs=ggufs, prompt=first, n=4, threads=threads, folder=tmp,
                     specdec=specdec)
-        total = iterations * len(prompts) * len(todo)
-        bar = progress_bar(folder.name, total, done=min(len(done), total))
-        for iteration in range(iterations):
-            # paired timing (pairing.py): a prompt's cells back to back in a random order, prompts in a random order
-            order = [(todo[c], prompts[q]) for q in rng.permutation(len(prompts)) for c in rng.permutation(len(todo))]
-            for cell, q in order:
-                row = dict(cell, draft_max=cell.get("draft_max"), p_min=cell.get("p_min"), prompt_id=q["id"],
-                           iteration=iteration)
-                if tuple(row[c] for c in KEY) in done:
-                    continue
-                row.update(category=q["category"], run_id=run_id, version=versions[cell["tool"]], threads=threads,
-                           max_new_tokens=n, hf_prompt_tokens=len(q["ids"]), measured_utc=results.now())
+        bar = progress_bar(folder.name, total, done=total - sum(map(len, todo)))
+        for block in todo:
+            for cell, iteration in block:
+                q = prompts[cell["prompt_id"]]
+                row = dict(cell, iteration=iteration, category=q["category"], run_id=run_id,
+                           version=versions[cell["tool"]], threads=threads, max_new_tokens=n,
+                           hf_prompt_tokens=len(q["ids"]), measured_utc=results.now())
                 try:
-                    timing, text = measure(**cell, found=found, ggufs=ggufs, prompt=q, n=n, threads=threads,
+                    timing, text = measure(**mode_of(cell), found=found, ggufs=ggufs, prompt=q, n=n, threads=threads,
                                            folder=tmp, specdec=specdec)
                     row.update(timing, text=text, status="ok", decode_tok_s=timing["decode_tokens"] / timing["decode_s"])
                 except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as e:
@@ -301,7 +321,11 @@ def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=
                 results.append_row(path, row, COLUMNS)
                 bar.update()
         bar.close()
-    return pd.DataFrame(results.read_rows(path))
+
+
+def mode_of(cell) -> dict:
+    """What `measure` takes of a cell: its tool and mode, and speculation's draft_max and p_min (None otherwise)."""
+    return {c: cell.get(c) for c in ("tool", "mode", "draft_max", "p_min")}
 
 
 def summary(rows, seed=0) -> pd.DataFrame:

@@ -96,31 +96,31 @@ def disturbed(rows, typical=None) -> str:
 
 # -- which blocks a sweep still has to time (bench.sweep) ----------------------------------------------------
 
-def key_of(row) -> tuple:
-    """A (cell, iteration)'s identity in results.jsonl."""
-    return tuple(row.get(c) for c in KEY)
+def key_of(row, key=KEY) -> tuple:
+    """A (cell, iteration)'s identity in results.jsonl (`key`: its columns; llama.cpp's sweep has its own)."""
+    return tuple(row.get(c) for c in key)
 
 
-def last_timing(rows) -> dict:
+def last_timing(rows, key=KEY) -> dict:
     """{key: row}: each (cell, iteration)'s row from its latest timing, failed or not, so that a block's rows all
     come from the same timing (an ok row of an earlier attempt never stands in for a cell that failed later)."""
-    return {key_of(r): r for r in rows}
+    return {key_of(r, key): r for r in rows}
 
 
-def failing_in_two_runs(rows, latest) -> set:
+def failing_in_two_runs(rows, latest, key=KEY) -> set:
     """Keys whose latest row (`latest`: last_timing(rows)) failed and that have failed rows from two or more sweeps
     (run ids)."""
     runs = {}
     for r in rows:
         if r.get("status") != "ok":
-            runs.setdefault(key_of(r), set()).add(r.get("run_id"))
+            runs.setdefault(key_of(r, key), set()).add(r.get("run_id"))
     return {k for k, ids in runs.items() if len(ids) >= 2 and latest[k].get("status") != "ok"}
 
 
-def timed_together(block, latest, hopeless=frozenset()) -> bool:
+def timed_together(block, latest, hopeless=frozenset(), key=KEY) -> bool:
     """Whether a block's latest rows all exist, were timed together (one run, one attempt), and are ok, or failed
     where failing persists (`hopeless`: failing_in_two_runs)."""
-    keys = [key_of(dict(c, iteration=i)) for c, i in block]
+    keys = [key_of(dict(c, iteration=i), key) for c, i in block]
     rows = [latest.get(k) for k in keys]
     return (all(r is not None and (r.get("status") == "ok" or k in hopeless) for k, r in zip(keys, rows))
             and len({(r.get("run_id"), r.get("attempt")) for r in rows}) == 1)
