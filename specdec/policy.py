@@ -35,7 +35,10 @@ rows accept in bursts, and on long prompts (RAG, summarization: 450-600 tokens) 
 short of the prefill's price where the committed float32 study measured auto 1.2-1.3x faster, prefill charged.
 
 Acceptance: per row an exponentially weighted count of accepted drafts over drafts tried (a prior of
-PRIOR worth PRIOR_WEIGHT drafts), updated from rounds where the row drafted. A batch at K=0 learns
+PRIOR worth PRIOR_WEIGHT drafts), updated from rounds where the row drafted. A round at K=0 gives no evidence, so it
+moves the estimate back toward the row's rate over the whole generation so far: rows accept in bursts, and two
+rejected rounds would otherwise hold the target alone until the next probe (seen at int4 on a Zen 4: auto at mean
+K 1.05 where a fixed K=2 ran 1.14x the target alone). A batch at K=0 learns
 nothing, so the first round, where the prior alone would pick K=0, and every PROBE_EVERY-th round at K=0
 draft one token (a probe), unless no K could pay even with every draft accepted.
 """
@@ -138,6 +141,7 @@ class AutoK:
             raise ValueError(f"costs['verify_s'] needs entries for T = 1..{self.k_max + 1} (index 0 unused)")
         self.accepted = [PRIOR * PRIOR_WEIGHT] * batch
         self.tried = [PRIOR_WEIGHT] * batch
+        self.accepted_all, self.tried_all = list(self.accepted), list(self.tried)  # this generation's, undecayed
         self.idle_rounds = 0
         self.ratios = {}  # K: (weight, weighted sum) of its rounds' measured / priced seconds
         first = self.pick(range(batch))
@@ -181,10 +185,16 @@ class AutoK:
 
     def next_k(self, k: int, accepted: list) -> int:
         rows = [b for b, a in enumerate(accepted) if a is not None]
-        if k:
-            for b in rows:  # drafts tried: up to and including the first rejection
+        for b in rows:
+            if k:  # drafts tried: up to and including the first rejection
+                tried = min(accepted[b] + 1, k)
                 self.accepted[b] = DECAY * self.accepted[b] + accepted[b]
-                self.tried[b] = DECAY * self.tried[b] + min(accepted[b] + 1, k)
+                self.tried[b] = DECAY * self.tried[b] + tried
+                self.accepted_all[b] += accepted[b]
+                self.tried_all[b] += tried
+            else:  # no evidence: the estimate drifts back to the row's rate over this generation (one draft's weight)
+                self.accepted[b] = DECAY * self.accepted[b] + self.accepted_all[b] / self.tried_all[b]
+                self.tried[b] = DECAY * self.tried[b] + 1
         choice = self.pick(rows)
         self.idle_rounds = self.idle_rounds + 1 if choice == 0 else 0
         if self.idle_rounds >= PROBE_EVERY and self.pick(rows, alpha=1.0) > 0:

@@ -65,6 +65,24 @@ def test_acceptance_moves_k_and_a_row_at_zero_reprobes():
     assert k > 1
 
 
+def test_a_burst_of_rejections_in_a_well_accepting_generation_pauses_drafting_briefly():
+    """Prices where K=2 pays from an acceptance of about 0.55 (the int4 pair's on a Zen 4): after rounds that accepted
+    everything, a few fully rejected rounds stop drafting, but rounds at K=0 carry the generation's own rate back
+    into the estimate, so drafting resumes within a few rounds, well before the next probe."""
+    verify = [0.0, 0.0332, 0.0342, 0.0350, 0.0369, 0.0475, 0.050, 0.057, 0.061, 0.070]
+    policy = AutoK(high=8, costs=dict(verify_s=verify, draft_s=0.0131))
+    k = policy.begin(1, None)
+    for _ in range(8):
+        k = policy.next_k(k, [k]) if k else policy.next_k(0, [None])
+    assert k >= 2
+    while k:  # rejected rounds until drafting stops (a few)
+        k = policy.next_k(k, [0])
+    zeros = 0
+    while k == 0 and zeros < policies.PROBE_EVERY:
+        k, zeros = policy.next_k(0, [0]), zeros + 1
+    assert k > 0 and zeros <= 3
+
+
 def test_the_first_round_probes_where_only_better_acceptance_than_the_prior_would_pay():
     costs = dict(verify_s=[0.0] + [1.0] * 9, draft_s=0.7)  # K=1 pays above acceptance 0.7; the prior is 0.6
     assert best_k([policies.PRIOR], costs["verify_s"], costs["draft_s"], 8) == 0
