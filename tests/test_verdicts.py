@@ -35,6 +35,15 @@ def test_a_flip_is_found_and_an_agreement_is_not(tmp_path):
     assert (flip.verdict_first, flip.verdict_second, flip.flipped) == ("above 1", verdicts.NO_DIFFERENCE, True)
 
 
+def test_the_oracles_chosen_k_does_not_keep_two_runs_apart(tmp_path):
+    """oracle.csv's k is the K each run's strategy chose (4 in one run, 2 in the other): the rows still match."""
+    for folder, (k, lo, hi) in ((tmp_path / "first", ("4 / 4", 0.83, 1.16)), (tmp_path / "second", ("2 / 2", 0.77, 0.98))):
+        table(folder, "k_sweep/oracle.csv", [dict(strategy="best fixed K, cross-fitted", chosen_on="both", k=k,
+                                                  auto_vs=0.9, auto_vs_lo=lo, auto_vs_hi=hi)])
+    both = verdicts.compare(tmp_path / "first", tmp_path / "second")
+    assert list(both.row) == ["strategy=best fixed K, cross-fitted; chosen_on=both"] and both.flipped.all()
+
+
 def test_command_line_prints_the_flips_and_writes_every_match(tmp_path, capsys):
     first, second = two_runs(tmp_path)
     assert verdicts.main([str(first), str(second), "--out", str(tmp_path / "v.csv")]) == 0

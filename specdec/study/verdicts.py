@@ -51,7 +51,8 @@ def ratios(folder, skip=()) -> pd.DataFrame:
         if path.relative_to(folder).as_posix() in skip:
             continue
         frame = pd.read_csv(path)
-        names = [c for c in NAMES if c in frame]
+        # the oracle table's k is the K its strategy chose: an outcome of the run, not a name of the comparison
+        names = [c for c in NAMES if c in frame and not (c == "k" and "strategy" in frame)]
         for est, lo, hi in ratio_columns(frame):
             for _, row in frame.iterrows():
                 name = "; ".join(f"{c}={row[c]:g}" if isinstance(row[c], float) else f"{c}={row[c]}"
