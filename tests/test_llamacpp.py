@@ -210,6 +210,20 @@ def test_summary_compares_each_cell_with_llama_cpps_own_target_alone():
     assert llamacpp.cell_label(next(table.loc[["speculative"]].itertuples())) == "K=3"
 
 
+def test_summary_divides_runs_of_the_same_block():
+    """Two blocks of one prompt, the machine twice as fast in the second: each run is divided by the target alone's
+    run of its own block (2.0 both times), so the interval has no machine-state spread to resample; runs drawn
+    unpaired (20 or 40 over 10 or 20) would spread it from 1x to 4x."""
+    row = lambda mode, it, tok_s: dict(tool="t", mode=mode, draft_max=3 if mode == "speculative" else None,
+                                       p_min=0.0 if mode == "speculative" else None, prompt_id="a", category="c",
+                                       iteration=it, decode_tok_s=tok_s, text="x", drafted=4, accepted=2,
+                                       status="ok", version="v")
+    rows = pd.DataFrame([row("target_alone", 0, 10.0), row("speculative", 0, 20.0),
+                         row("target_alone", 1, 20.0), row("speculative", 1, 40.0)])
+    spec = llamacpp.summary(rows).set_index("mode").loc["speculative"]
+    assert spec["speedup"] == pytest.approx(2.0) and spec["speedup_lo"] == spec["speedup_hi"] == pytest.approx(2.0)
+
+
 def test_readout_says_why_nothing_was_timed():
     nothing = dict(binaries={}, python=None)
     assert "build_llama_cpp.sh" in llamacpp.readout(nothing, None, None, "cpu", None)

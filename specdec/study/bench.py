@@ -9,6 +9,7 @@ Each run's provenance is <out>/provenance-<run_id>.json; every row names its run
 Metrics follow DESIGN.md section 3.
 """
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -28,13 +29,12 @@ from ..profiler import peak_memory_mib, reset_peak_memory
 from ..quantize import precision_label
 from .controls import JunkDrafter
 from .modes import BASELINE, DEFAULT_SWEEP, MODES, NAMES, cells_for
-from .pairing import (MAX_ATTEMPTS, blocks_in_order, config_of, disturbed, failing_in_two_runs, key_of, last_timing,
-                      run_order, timed_together)
-from .progress import bar as progress_bar
+from . import pairing
+from .pairing import MAX_ATTEMPTS, blocks_in_order, config_of, disturbed, key_of, run_order
 from .prompts import PROMPTS_FILE, encode, load_prompts
 from .references import run_hf
-from .results import (COLUMNS, LATER_CELL, PHASES, RESULTS, ROUNDS, append_row, end_torn_line, now, read_rows,
-                      record_calibrations, save_calibration, start_run)
+from .results import (COLUMNS, LATER_CELL, PHASES, RESULTS, ROUNDS, append_row, now, record_calibrations,
+                      save_calibration, start_run)
 from .summary import summarize
 
 # Tests only: the sweep kills itself (SIGKILL, as a crash would) right after this many rows are on disk, so a
@@ -152,21 +152,13 @@ def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,),
     if pair.draft is None and needs_draft:
         raise ValueError(f"modes {needs_draft} need a draft model; this pair has none")
 
-    end_torn_line(results)
-    written = read_rows(results, LATER_CELL)
-    latest = last_timing(written)
-    hopeless = failing_in_two_runs(written, latest)
-    if hopeless:
-        print(f"specdec.study: {len(hopeless)} cell(s) of {out.name} failed in two sweeps; not timed again "
-              f"(their failed rows stand; delete them from results.jsonl to retry)", file=sys.stderr)
-    # Paired timing (pairing.py): each prompt group's cells back to back, blocks in a seeded shuffled order. A
-    # block is done when its latest runs are ok and were timed together (one run, one attempt); otherwise it is
-    # timed whole again (a failed cell retries its block, unless it failed in two sweeps already: a failure that
-    # persists is not worth a re-timing on every rerun), so a resumed sweep, or a sweep adding cells to another's
-    # prompts, keeps its pairs together.
-    todo = [b for b in blocks_in_order(run_order(cells, iterations, seed)) if not timed_together(b, latest, hopeless)]
+    # Paired timing (pairing.py): each prompt group's cells back to back, blocks in a seeded shuffled order;
+    # pairing.sweep times again only the blocks not yet timed together, so a resumed sweep, or a sweep adding cells
+    # to another's prompts, keeps its pairs together.
+    blocks = blocks_in_order(run_order(cells, iterations, seed))
 
-    if todo:  # a run that has nothing left to do leaves no trace
+    @contextlib.contextmanager
+    def begin(todo):
         tokenized = {p["id"]: encode(pair.tokenizer, p) for p in prompts}  # refuses a prompt before any trace
         run_id = start_run(out, **context, weights=weights_of(pair), timing_only=pair.timing_only, modes=modes, ks=ks,
                            batch_sizes=batch_sizes, max_new_tokens=max_new_tokens, verify=verify,
@@ -176,17 +168,13 @@ def sweep(pair, out_dir, *, modes=DEFAULT_SWEEP, ks=(1, 2, 4), batch_sizes=(1,),
         if warmup:  # every code path pays its one-off costs (allocations, kernel choice) before any timed run
             for cell in warmup_cells([c for b in todo for c, _ in b]):
                 runner.warm(cell)
-        total = len(cells) * iterations
-        bar = progress_bar(out.name, total, done=total - sum(map(len, todo)), enabled=progress)
-        for block in todo:
-            runner.run_block(block)
-            bar.update(len(block))
-        bar.close()
-        record_calibrations(out, run_id, runner.calibrations)
-    mine = {key_of(dict(c, iteration=i)) for c in cells for i in range(iterations)}
-    latest = last_timing(read_rows(results, LATER_CELL))
-    rows = pd.DataFrame([r for k, r in latest.items() if k in mine], columns=list(COLUMNS))
-    return mark_matches(rows)
+        try:
+            yield runner.run_block
+        finally:  # an interrupted sweep's rows name their calibrations too
+            record_calibrations(out, run_id, runner.calibrations)
+
+    rows = pairing.sweep(results, blocks, begin, defaults=LATER_CELL, progress=progress)
+    return mark_matches(pd.DataFrame(rows, columns=list(COLUMNS)))
 
 
 def mark_matches(rows) -> pd.DataFrame:

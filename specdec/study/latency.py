@@ -8,9 +8,10 @@ nothing else in the way: a fixed context of C tokens is prefilled once into an A
 
 and the pointers go back to C after every measurement, so every repeat sees the same context.
 Each repeat times every (K, mode) once, in its own seeded random order (latency_order). One row per
-(K, mode, repeat) goes to <out>/results.jsonl (appended and fsynced as it is measured, resumable like
-bench.sweep), with <out>/provenance-<run_id>.json.
+(K, mode, repeat) goes to <out>/results.jsonl (appended and fsynced as it is measured; pairing.sweep resumes
+it), with <out>/provenance-<run_id>.json.
 """
+import contextlib
 import time
 from pathlib import Path
 
@@ -24,9 +25,8 @@ from ..inputs import VERIFY_MODES
 from .bench import model_names, weights_of
 from ..linear import fast_linears, mode as linear_mode
 from ..profiler import synchronize
-from .progress import bar as progress_bar
-from .results import (RESULTS, append_row, done_keys, latest_by_key, now, read_rows, record_calibrations,
-                      save_calibration, start_run)
+from . import pairing
+from .results import RESULTS, append_row, now, record_calibrations, save_calibration, start_run
 
 MODES = VERIFY_MODES  # the engine's: one (K+1)-token forward, or K+1 one-token forwards
 SETTING = ("pair", "target", "device", "dtype", "linear", "context", "batch_size")  # what makes two rows comparable
@@ -83,7 +83,6 @@ def measure(pair, out_dir, *, ks=range(1, 9), modes=MODES, context=64, batch_siz
     unknown = set(modes) - set(MODES)
     if unknown:
         raise ValueError(f"unknown verification modes {sorted(unknown)}; choose from {MODES}")
-    model = pair.target
     # `linear`: the few-row linear path the engine itself uses inside generate (specdec.linear; "off" is torch's
     # default). Each forward runs over its own K+1 tokens, not padded as the engine may run it (specdec.costs): the
     # question is how a forward's cost grows with its tokens; the price list holds what the engine pays.
@@ -91,42 +90,43 @@ def measure(pair, out_dir, *, ks=range(1, 9), modes=MODES, context=64, batch_siz
                    dtype=str(pair.dtype).removeprefix("torch."), linear=linear_mode(), context=int(context),
                    batch_size=int(batch_size))
     plan = [dict(setting, k=k, mode=m, repeat=r) for r, k, m in latency_order(ks, repeats, seed, modes)]
-    done = done_keys(read_rows(results), KEY)
-    todo = [p for p in plan if tuple(p[c] for c in KEY) not in done]
+    blocks = [[(p, None)] for p in plan]  # a forward is timed alone: no pair to keep together
 
-    if todo:
+    def begin(todo):
         run_id = start_run(out, **setting, weights=weights_of(pair), timing_only=pair.timing_only, ks=ks, modes=modes,
                            repeats=repeats, warmup=warmup, seed=seed, order="latency_order", order_seed=seed,
                            order_rng=[seed, ORDER_STREAM], **(params or {}))
-        with fast_linears([model]):
-            time_all(pair, todo, ks, context, batch_size, warmup, seed, results, run_id, progress)
-    latest = latest_by_key(read_rows(results), KEY)  # one row per forward, however often it was written
-    rows = [latest[k] for k in (tuple(p[c] for c in KEY) for p in plan) if k in latest]
+        return timing(pair, ks, context, batch_size, warmup, seed, results, run_id)
+
+    rows = pairing.sweep(results, blocks, begin, key=KEY, unit="forward", progress=progress)
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def time_all(pair, todo, ks, context, batch_size, warmup, seed, results, run_id, progress):
-    """Prefill the fixed context once, warm every shape, then time `todo` in order, one row each."""
+@contextlib.contextmanager
+def timing(pair, ks, context, batch_size, warmup, seed, results, run_id):
+    """On the engine's linear path: prefill the fixed context once, warm every shape, then yield a function that
+    times a block's forwards and writes their rows."""
     model = pair.target
-    arena = Arena(model, batch_size, context + max(ks) + 1)
-    prefix = context_tokens(model, batch_size, context + max(ks) + 1, seed)
-    arena.forward(prefix[:, :context])  # prefill once; every measurement reuses this context
-    arena.advance(context)
-    if warmup:  # one untimed forward per shape (T = 1 and every K+1): first calls pay one-off costs
-        for t in sorted({1, *(k + 1 for k in ks)}):
-            time_verify(arena, prefix[:, context:context + t], "parallel", context)
-    calibration_id = save_calibration(results.parent, calibration.snapshot())  # the plans the timings ran on
-    record_calibrations(results.parent, run_id, [calibration_id])
-    bar = progress_bar(results.parent.name, len(todo), unit="forward", enabled=progress)
-    for p in todo:
-        block = prefix[:, context:context + p["k"] + 1]  # the "drafts": content is irrelevant to cost
-        seconds = time_verify(arena, block, p["mode"], context)
-        append_row(results, dict(p, run_id=run_id, timing_only=pair.timing_only, tokens=p["k"] + 1,
-                                 forwards=1 if p["mode"] == "parallel" else p["k"] + 1, seconds=seconds,
-                                 calibration_id=calibration_id, finished_utc=now()),
-                   COLUMNS)
-        bar.update()
-    bar.close()
+    with fast_linears([model]):
+        arena = Arena(model, batch_size, context + max(ks) + 1)
+        prefix = context_tokens(model, batch_size, context + max(ks) + 1, seed)
+        arena.forward(prefix[:, :context])  # prefill once; every measurement reuses this context
+        arena.advance(context)
+        if warmup:  # one untimed forward per shape (T = 1 and every K+1): first calls pay one-off costs
+            for t in sorted({1, *(k + 1 for k in ks)}):
+                time_verify(arena, prefix[:, context:context + t], "parallel", context)
+        calibration_id = save_calibration(results.parent, calibration.snapshot())  # the plans the timings ran on
+        record_calibrations(results.parent, run_id, [calibration_id])
+
+        def time_block(block):
+            for p, _ in block:
+                forward = prefix[:, context:context + p["k"] + 1]  # the "drafts": content is irrelevant to cost
+                seconds = time_verify(arena, forward, p["mode"], context)
+                append_row(results, dict(p, run_id=run_id, timing_only=pair.timing_only, tokens=p["k"] + 1,
+                                         forwards=1 if p["mode"] == "parallel" else p["k"] + 1, seconds=seconds,
+                                         calibration_id=calibration_id, finished_utc=now()),
+                           COLUMNS)
+        yield time_block
 
 
 def summarize(rows) -> pd.DataFrame:

@@ -18,6 +18,7 @@ alone in every prompt's block, back to back with llama.cpp's runs of that prompt
 compared inside one machine state (specdec.study.pairing), on the same decode definition (from the end of the
 prompt's forward to the last token).
 """
+import contextlib
 import importlib.metadata
 import importlib.util
 import os
@@ -36,8 +37,7 @@ from ..engine import generate
 from ..models import PAIRS
 from ..quantize import precision_label
 from . import pairing, results, stats
-from .population import geomean
-from .progress import bar as progress_bar
+from .population import estimate, geomean, paired_runs
 from .prompts import encode
 
 ENV = "SPECDEC_LLAMA_CPP"  # a folder holding the llama.cpp binaries
@@ -263,19 +263,14 @@ def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=
           specdec=None) -> pd.DataFrame:
     """Time every cell on every prompt, `iterations` times, each prompt's cells back to back (its target alone and
     its speculation in one machine state), prompts and cells in a seeded shuffled order, after one untimed run of
-    each tool (page-in). Resumable by block (specdec.study.pairing): a prompt's block whose latest rows are ok and
-    were timed in one run is kept; any other is timed whole again, so a retried cell never pairs with a run of another
-    machine state (a cell failing in two sweeps is left as it is). A run with nothing left to time leaves no trace. A
-    failing run is recorded with its error and the sweep goes on. `prompts`: dicts with id, category, ids, text;
-    `specdec`: a specdec pair whose target alone is timed in every block too (None: llama.cpp only). Returns each
-    (cell, prompt, iteration)'s latest row."""
+    each tool (page-in). Resumable by block (pairing.sweep, the study's one sweep loop): a prompt's block whose
+    latest rows are ok and were timed in one run is kept; any other is timed whole again, so a retried cell never
+    pairs with a run of another machine state (a cell failing in two sweeps is left as it is). A run with nothing
+    left to time leaves no trace. A failing run is recorded with its error and the sweep goes on. `prompts`: dicts
+    with id, category, ids, text; `specdec`: a specdec pair whose target alone is timed in every block too (None:
+    llama.cpp only). Returns each (cell, prompt, iteration)'s latest row."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / results.RESULTS
-    results.end_torn_line(path)
-    written = results.read_rows(path)
-    latest = pairing.last_timing(written, KEY)
-    hopeless = pairing.failing_in_two_runs(written, latest, KEY)
     plan = cells(found, drafts, specdec is not None)
     rng = np.random.default_rng([seed, 19])
     blocks = []  # paired timing: a prompt's cells back to back in a random order, prompts in a random order
@@ -283,19 +278,16 @@ def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=
         blocks += [[(dict(plan[c], draft_max=plan[c].get("draft_max"), p_min=plan[c].get("p_min"),
                           prompt_id=prompts[q]["id"]), iteration) for c in rng.permutation(len(plan))]
                    for q in rng.permutation(len(prompts))]
-    todo = [b for b in blocks if not pairing.timed_together(b, latest, hopeless, KEY)]
-    if todo:
-        time_blocks(folder, todo, len(blocks) * len(plan), found, ggufs, {p["id"]: p for p in prompts}, n, threads,
-                    specdec, dict(params or {}, ggufs=[Path(g).name for g in ggufs], threads=threads,
-                                  max_new_tokens=n, drafts=drafts, iterations=iterations, seed=seed))
-        latest = pairing.last_timing(results.read_rows(path), KEY)
-    mine = [pairing.key_of(dict(c, iteration=i), KEY) for b in blocks for c, i in b]
-    return pd.DataFrame([latest[k] for k in mine if k in latest])
+    params = dict(params or {}, ggufs=[Path(g).name for g in ggufs], threads=threads, max_new_tokens=n, drafts=drafts,
+                  iterations=iterations, seed=seed)
+    begin = lambda todo: timing(folder, todo, found, ggufs, {p["id"]: p for p in prompts}, n, threads, specdec, params)
+    return pd.DataFrame(pairing.sweep(folder / results.RESULTS, blocks, begin, key=KEY))
 
 
-def time_blocks(folder, todo, total, found, ggufs, prompts, n, threads, specdec, params):
-    """Time `todo`'s blocks in order, one fsynced row per run, after one untimed run of each tool (`total`: the
-    sweep's runs, for the progress bar; `params`: the run's provenance)."""
+@contextlib.contextmanager
+def timing(folder, todo, found, ggufs, prompts, n, threads, specdec, params):
+    """Start a run (`params`: its provenance), run each tool once untimed, then yield a function that times a
+    block's runs and writes one fsynced row per run."""
     path = folder / results.RESULTS
     tools = {c["tool"]: c for b in todo for c, _ in b}
     versions = {t: version(t, found, specdec) for t in tools}
@@ -305,22 +297,22 @@ def time_blocks(folder, todo, total, found, ggufs, prompts, n, threads, specdec,
         for cell in tools.values():  # warm-up: the GGUF files into the page cache
             measure(**mode_of(cell), found=found, ggufs=ggufs, prompt=first, n=4, threads=threads, folder=tmp,
                     specdec=specdec)
-        bar = progress_bar(folder.name, total, done=total - sum(map(len, todo)))
-        for block in todo:
+
+        def time_block(block):
             for cell, iteration in block:
                 q = prompts[cell["prompt_id"]]
                 row = dict(cell, iteration=iteration, category=q["category"], run_id=run_id,
                            version=versions[cell["tool"]], threads=threads, max_new_tokens=n,
                            hf_prompt_tokens=len(q["ids"]), measured_utc=results.now())
                 try:
-                    timing, text = measure(**mode_of(cell), found=found, ggufs=ggufs, prompt=q, n=n, threads=threads,
-                                           folder=tmp, specdec=specdec)
-                    row.update(timing, text=text, status="ok", decode_tok_s=timing["decode_tokens"] / timing["decode_s"])
+                    measured, text = measure(**mode_of(cell), found=found, ggufs=ggufs, prompt=q, n=n, threads=threads,
+                                             folder=tmp, specdec=specdec)
+                    row.update(measured, text=text, status="ok",
+                               decode_tok_s=measured["decode_tokens"] / measured["decode_s"])
                 except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as e:
                     row.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000])
                 results.append_row(path, row, COLUMNS)
-                bar.update()
-        bar.close()
+        yield time_block
 
 
 def mode_of(cell) -> dict:
@@ -329,31 +321,30 @@ def mode_of(cell) -> dict:
 
 
 def summary(rows, seed=0) -> pd.DataFrame:
-    """One line per cell, on the prompts llama.cpp's target alone ran: decode tok/s (geometric mean over prompts of
-    each prompt's mean); for speculation and for specdec's target alone, its speed over llama.cpp's target alone
-    of the same prompts (paired: timed in the same blocks) with a 95% interval over prompts
-    (stats.geomean_speedup); for speculation also acceptance (accepted / drafted), and on how many prompts its
-    text is the target alone's (one a prefix of the other: speculation may run past n)."""
+    """One line per cell, on the prompts llama.cpp's target alone ran in the cell's blocks: decode tok/s (geometric
+    mean over prompts of each prompt's mean); for speculation and for specdec's target alone, its speed over
+    llama.cpp's target alone, run over run in the same block (population.paired_runs), with a 95% interval over
+    prompts, then their pairs (population.estimate); for speculation also acceptance (accepted / drafted), and on
+    how many prompts its text is the target alone's (one a prefix of the other: speculation may run past n)."""
     ok = rows[rows["status"] == "ok"]
     base = ok[(ok["mode"] == "target_alone") & (ok["tool"] != SPECDEC)]
-    ref, ref_text = base.groupby("prompt_id")["decode_tok_s"].apply(list), base.groupby("prompt_id")["text"].first()
+    ref_text = base.groupby("prompt_id")["text"].first()
     lines = []
     for (tool, mode, dmax, pmin), g in ok.groupby(["tool", "mode", "draft_max", "p_min"], dropna=False, sort=False):
-        g = g[g["prompt_id"].isin(ref.index)]
-        if g.empty:  # no prompt of this cell has a target alone to compare with
+        d = paired_runs(g, base, "decode_tok_s")
+        if d.empty:  # no prompt of this cell has a target alone in its block to compare with
             continue
-        runs = g.groupby("prompt_id", sort=False)
-        line = dict(tool=tool, mode=mode, draft_max=dmax, p_min=pmin, prompts=runs.ngroups,
-                    decode_tok_s=geomean(runs["decode_tok_s"].mean()), speedup=np.nan,
+        line = dict(tool=tool, mode=mode, draft_max=dmax, p_min=pmin, prompts=len(d),
+                    decode_tok_s=geomean(d["mode_runs"].map(np.mean)), speedup=np.nan,
                     speedup_lo=np.nan, speedup_hi=np.nan, acceptance=np.nan, identical=np.nan,
                     version=g["version"].iloc[0])
         if mode != "target_alone" or tool == SPECDEC:  # the reference itself has none of these
-            e = stats.geomean_speedup([(r["decode_tok_s"], ref[p]) for p, r in runs],
-                                      [r["category"].iloc[0] for _, r in runs], seed)
+            e = estimate(d, seed, stats.RESAMPLES)
             line.update(speedup=e.est, speedup_lo=e.lo, speedup_hi=e.hi)
         if mode == "speculative":
+            g = g[g["prompt_id"].isin(d["prompt_id"])]
             line.update(acceptance=g["accepted"].sum() / g["drafted"].sum(),
-                        identical=sum(_same_text(r["text"].iloc[0], ref_text[p]) for p, r in runs))
+                        identical=sum(_same_text(r["text"].iloc[0], ref_text[p]) for p, r in g.groupby("prompt_id")))
         lines.append(line)
     return pd.DataFrame(lines, columns=SUMMARY_COLUMNS)
 

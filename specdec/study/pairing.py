@@ -12,9 +12,13 @@ MAX_ATTEMPTS times: one run far slower than expected, or runs whose ratios diffe
 speed states do, mean the pair straddled a change of state.
 The rows of every attempt stay in results.jsonl (column `attempt`); the latest attempt is the one summarised.
 """
+import sys
+from pathlib import Path
+
 import numpy as np
 
-from .results import KEY, PAIRED_ON
+from .progress import bar as progress_bar
+from .results import KEY, PAIRED_ON, end_torn_line, read_rows
 
 MAX_ATTEMPTS = 3   # a block is timed at most this many times
 # Both thresholds sit above ordinary run-to-run noise: on a 2-core Zen 4 EPYC (family 25), back-to-back runs of
@@ -94,7 +98,7 @@ def disturbed(rows, typical=None) -> str:
     return ""
 
 
-# -- which blocks a sweep still has to time (bench.sweep) ----------------------------------------------------
+# -- the sweep: which blocks are still to time, and timing them ----------------------------------------------------
 
 def key_of(row, key=KEY) -> tuple:
     """A (cell, iteration)'s identity in results.jsonl (`key`: its columns; llama.cpp's sweep has its own)."""
@@ -109,12 +113,12 @@ def last_timing(rows, key=KEY) -> dict:
 
 def failing_in_two_runs(rows, latest, key=KEY) -> set:
     """Keys whose latest row (`latest`: last_timing(rows)) failed and that have failed rows from two or more sweeps
-    (run ids)."""
+    (run ids). Rows without a status (latency's timings) count as ok."""
     runs = {}
     for r in rows:
-        if r.get("status") != "ok":
+        if r.get("status", "ok") != "ok":
             runs.setdefault(key_of(r, key), set()).add(r.get("run_id"))
-    return {k for k, ids in runs.items() if len(ids) >= 2 and latest[k].get("status") != "ok"}
+    return {k for k, ids in runs.items() if len(ids) >= 2 and latest[k].get("status", "ok") != "ok"}
 
 
 def timed_together(block, latest, hopeless=frozenset(), key=KEY) -> bool:
@@ -122,5 +126,39 @@ def timed_together(block, latest, hopeless=frozenset(), key=KEY) -> bool:
     where failing persists (`hopeless`: failing_in_two_runs)."""
     keys = [key_of(dict(c, iteration=i), key) for c, i in block]
     rows = [latest.get(k) for k in keys]
-    return (all(r is not None and (r.get("status") == "ok" or k in hopeless) for k, r in zip(keys, rows))
+    return (all(r is not None and (r.get("status", "ok") == "ok" or k in hopeless) for k, r in zip(keys, rows))
             and len({(r.get("run_id"), r.get("attempt")) for r in rows}) == 1)
+
+
+def sweep(path, blocks, begin, *, key=KEY, defaults=None, unit="run", progress=True) -> list[dict]:
+    """The study's one resumable sweep loop (bench.sweep, latency.measure and llamacpp.sweep run on it).
+
+    `blocks`: the sweep's (cell, iteration) runs cut into blocks, in the order they are timed. A block is kept when
+    its latest rows in `path` (a results.jsonl) are ok and were timed together (timed_together); any other is timed
+    whole again, so a resumed sweep never pairs a run with one of another machine state. A cell that failed in two
+    sweeps is left as it is (a failure that persists is not worth a re-timing on every rerun).
+    `begin(todo)`: a context manager around the timing (provenance, warm-up, what the runs share) that yields a
+    function timing one block and appending its rows (results.append_row: fsynced, so a kill loses no finished
+    row). A sweep with nothing left to time never calls it, so it leaves no trace. Rows without a status count as
+    ok; `defaults` fills columns older rows lack (results.read_rows). Returns each (cell, iteration)'s latest row,
+    in `blocks`' order."""
+    path = Path(path)
+    end_torn_line(path)
+    written = read_rows(path, defaults)
+    latest = last_timing(written, key)
+    hopeless = failing_in_two_runs(written, latest, key)
+    if hopeless:
+        print(f"specdec.study: {len(hopeless)} cell(s) of {path.parent.name} failed in two sweeps; not timed again "
+              f"(their failed rows stand; delete them from {path.name} to retry)", file=sys.stderr)
+    todo = [b for b in blocks if not timed_together(b, latest, hopeless, key)]
+    if todo:
+        total = sum(map(len, blocks))
+        with begin(todo) as time_block:
+            bar = progress_bar(path.parent.name, total, done=total - sum(map(len, todo)), unit=unit, enabled=progress)
+            for block in todo:
+                time_block(block)
+                bar.update(len(block))
+            bar.close()
+        latest = last_timing(read_rows(path, defaults), key)
+    mine = [key_of(dict(cell, iteration=iteration), key) for block in blocks for cell, iteration in block]
+    return [latest[k] for k in mine if k in latest]

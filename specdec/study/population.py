@@ -52,19 +52,30 @@ def select(r, mode, k=None) -> pd.DataFrame:
 
 
 def blocks(r, mode, reference, metric, k=None) -> pd.DataFrame:
-    """Per prompt and iteration both configurations ran (one block of pairing.py: timed back to back): prompt_id,
-    iteration, category, m and ref (`metric` of each side) and ratio = m / ref."""
+    """block_ratios of one configuration's rows over another's (`select`)."""
+    return block_ratios(select(r, mode, k), select(r, reference), metric)
+
+
+def block_ratios(m, ref, metric) -> pd.DataFrame:
+    """Per prompt and iteration both sides ran (one block of pairing.py: timed back to back): prompt_id, iteration,
+    category, m and ref (`metric` of each side: `m`'s and `ref`'s rows) and ratio = m / ref."""
     at = lambda s: s.groupby(["prompt_id", "iteration"])[metric].mean()
-    both = pd.concat([at(select(r, mode, k)).rename("m"), at(select(r, reference)).rename("ref")], axis=1).dropna()
-    category = r.drop_duplicates("prompt_id").set_index("prompt_id")["category"]
+    both = pd.concat([at(m).rename("m"), at(ref).rename("ref")], axis=1).dropna()
+    category = pd.concat([m, ref]).drop_duplicates("prompt_id").set_index("prompt_id")["category"]
     both = both.reset_index()
     return both.assign(category=both["prompt_id"].map(category), ratio=both["m"] / both["ref"])
 
 
 def paired(r, mode, reference, metric, k=None) -> pd.DataFrame:
-    """Per prompt with a block of both: prompt_id, category, mode_runs and reference_runs (arrays of `metric`,
-    aligned by iteration) and ratios (mode run / reference run, block by block)."""
-    b = blocks(r, mode, reference, metric, k)
+    """paired_runs of one configuration's rows over another's (`select`)."""
+    return paired_runs(select(r, mode, k), select(r, reference), metric)
+
+
+def paired_runs(m, ref, metric) -> pd.DataFrame:
+    """The study's one pairing of runs into speedups: per prompt with a block of both sides (`m`'s and `ref`'s
+    rows, with prompt_id, iteration, category): prompt_id, category, mode_runs and reference_runs (arrays of
+    `metric`, aligned by iteration) and ratios (m's run / ref's run, block by block)."""
+    b = block_ratios(m, ref, metric)
     g = b.groupby("prompt_id", sort=True)
     arrays = lambda col: g[col].agg(lambda x: x.to_numpy(float))
     return pd.DataFrame(dict(prompt_id=list(g.groups), category=g["category"].first().to_numpy(),

@@ -151,22 +151,6 @@ def append_row(path, row, columns):
         os.close(fd)
 
 
-def latest_by_key(rows, key) -> dict:
-    """One row per key (a tuple of column names): an ok row if there is one (failed attempts are retried),
-    else the last failure. Rows without a status (e.g. latency timings) count as ok."""
-    best = {}
-    for row in rows:
-        k = tuple(row.get(c) for c in key)
-        if k not in best or best[k].get("status", "ok") != "ok":
-            best[k] = row
-    return best
-
-
-def done_keys(rows, key) -> set:
-    """Keys already measured successfully: what a resumed run skips."""
-    return {k for k, r in latest_by_key(rows, key).items() if r.get("status", "ok") == "ok"}
-
-
 # -- which runs a table was drawn from ----------------------------------------------------------------------
 
 def run_records(folder, run_ids) -> dict:
