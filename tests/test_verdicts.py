@@ -37,7 +37,8 @@ def test_a_flip_is_found_and_an_agreement_is_not(tmp_path):
 
 def test_the_oracles_chosen_k_does_not_keep_two_runs_apart(tmp_path):
     """oracle.csv's k is the K each run's strategy chose (4 in one run, 2 in the other): the rows still match."""
-    for folder, (k, lo, hi) in ((tmp_path / "first", ("4 / 4", 0.83, 1.16)), (tmp_path / "second", ("2 / 2", 0.77, 0.98))):
+    runs = {"first": ("4 / 4", 0.83, 1.16), "second": ("2 / 2", 0.77, 0.98)}
+    for folder, (k, lo, hi) in ((tmp_path / name, run) for name, run in runs.items()):
         table(folder, "k_sweep/oracle.csv", [dict(strategy="best fixed K, cross-fitted", chosen_on="both", k=k,
                                                   auto_vs=0.9, auto_vs_lo=lo, auto_vs_hi=hi)])
     both = verdicts.compare(tmp_path / "first", tmp_path / "second")

@@ -72,9 +72,9 @@ def paired(r, mode, reference, metric, k=None) -> pd.DataFrame:
 
 
 def paired_runs(m, ref, metric) -> pd.DataFrame:
-    """The study's one pairing of runs into speedups: per prompt with a block of both sides (`m`'s and `ref`'s
-    rows, with prompt_id, iteration, category): prompt_id, category, mode_runs and reference_runs (arrays of
-    `metric`, aligned by iteration) and ratios (m's run / ref's run, block by block)."""
+    """Runs paired into speedups (the population tables' and llamacpp.summary's pairing): per prompt with a block
+    of both sides (`m`'s and `ref`'s rows, with prompt_id, iteration, category): prompt_id, category, mode_runs and
+    reference_runs (arrays of `metric`, aligned by iteration) and ratios (m's run / ref's run, block by block)."""
     b = block_ratios(m, ref, metric)
     g = b.groupby("prompt_id", sort=True)
     arrays = lambda col: g[col].agg(lambda x: x.to_numpy(float))
