@@ -38,8 +38,8 @@ Acceptance: per row an exponentially weighted count of accepted drafts over draf
 PRIOR worth PRIOR_WEIGHT drafts), updated from rounds where the row drafted. A round at K=0 gives no evidence, so it
 moves the estimate back toward the row's rate over the whole generation so far: rows accept in bursts, and two
 rejected rounds would otherwise hold the target alone until the next probe (seen at int4 on a Zen 4: auto at mean
-K 1.05 where a fixed K=2 ran 1.14x the target alone). A batch at K=0 learns
-nothing, so the first round, where the prior alone would pick K=0, and every PROBE_EVERY-th round at K=0
+K 1.05 where a fixed K=2 ran 1.14x the target alone). That drift cannot lift an estimate past what the row
+has shown, so the first round, where the prior alone would pick K=0, and every PROBE_EVERY-th round at K=0
 draft one token (a probe), unless no K could pay even with every draft accepted.
 """
 MAX_K = 64  # beyond this a draft is never worth it; a bigger k is almost surely a typo
