@@ -44,7 +44,8 @@ step() {
   local t0=$SECONDS status
   if [ "$limit" -le 5 ]; then status="skipped (out of time)"; failed=1
   else
-    timeout -k 10 "$limit" bash -c '"$@"' _ "$@" > "$OUT/logs/$name.log" 2>&1  # bash: steps may be functions
+    # SIGINT first: pytest then still prints the failures so far; bash -c: steps may be functions
+    timeout -s INT -k 10 "$limit" bash -c '"$@"' _ "$@" > "$OUT/logs/$name.log" 2>&1
     case $? in 0) status=ok ;; 124|137) status="TIMEOUT after ${limit} s"; failed=1 ;; *) status="FAILED ($?)"; failed=1 ;; esac
   fi
   echo "| $name | $status | $((SECONDS - t0)) |" | tee -a "$OUT/summary.md"
@@ -55,9 +56,9 @@ install() {
   "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
   local wheels=${SPECDEC_WHEELS:-.whl}
   if [ -d "$wheels" ]; then  # no registry: only the carried wheels (the image's setuptools builds the package)
-    "$PY" -m pip install -q --no-index --find-links "$wheels" --no-build-isolation -e ".[test]"
+    "$PY" -m pip install -q --no-index --find-links "$wheels" --no-build-isolation -e ".[study,test]"
   else
-    "$PY" -m pip install -q -e ".[test]"
+    "$PY" -m pip install -q -e ".[study,test]"
   fi
   "$PY" -c "import specdec, torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
 '| transformers', transformers.__version__)"
@@ -73,8 +74,9 @@ export PY PYTHONUNBUFFERED=1; export -f install environment
 
 if [ $mode = cuda ]; then
   # every failure, not the first (no -x); test_colab clones the checkout, which a copied tree is not
-  tests=(-m pytest -q -p no:cacheprovider --maxfail 25 --ignore tests/test_colab.py)
+  tests=(-m pytest -q -p no:cacheprovider -rfE --tb=short --maxfail 25 --ignore tests/test_colab.py)
   "$PY" -c "import pytest_timeout" 2>/dev/null && tests+=(--timeout 60)
+  "$PY" -c "import xdist" 2>/dev/null && tests+=(-n 12)  # one process took over 200 s; 12 took 150 s on an H200
   smoke=(--target cuda -p common.device=cuda)
   pairs=(gpt2-random llama-3.2-random); dtypes=(float16 bfloat16); tiny=(); budget=(90 150)
 else
@@ -86,8 +88,8 @@ fi
 
 step install 120 install
 step environment 30 environment
-step tests 200 env SPECDEC_TEST_DEVICE=$mode "$PY" "${tests[@]}"
-step smoke_study 100 "$PY" -m specdec.study "${smoke[@]}" --smoke --out "$OUT/work/smoke"
+step tests 170 env SPECDEC_TEST_DEVICE=$mode "$PY" "${tests[@]}"
+step smoke_study 130 "$PY" -m specdec.study "${smoke[@]}" --smoke --out "$OUT/work/smoke"
 for i in "${!pairs[@]}"; do
   for dtype in "${dtypes[@]}"; do
     step "${pairs[$i]}-$dtype" "${budget[$i]}" "$PY" scripts/gpu_timings.py --pair "${pairs[$i]}" --device $mode \

@@ -18,10 +18,10 @@ from specdec.study import bench, latency, summary
 
 # (latency ks, context, repeats), (sweep ks, batch sizes, max new tokens, iterations)
 SIZES = dict(full=(dict(ks=[1, 2, 4, 8, 16], context=256, repeats=10),
-                   dict(ks=[2, 4, 8], batch_sizes=[1, 4], max_new_tokens=[64], iterations=2)),
+                   dict(ks=[2, 4, 8], batch_sizes=[1, 4], max_new_tokens=[64], iterations=1)),
              tiny=(dict(ks=[1, 2, 4], context=16, repeats=2),
                    dict(ks=[2], batch_sizes=[1, 2], max_new_tokens=[8], iterations=1)))
-PROMPTS = ["code-quicksort", "prose-lighthouse"]
+PROMPTS = ["code-quicksort", "prose-lighthouse", "qa-photosynthesis", "code-csv-parse"]  # batch 4: 4 prompts
 
 
 def main(argv=None):

@@ -167,7 +167,7 @@ class Decoder:
         with self.prof.phase("accept"):
             self.lengths = torch.tensor(self.prompt_lengths, device=self.device)
             if self.streamer:  # as HF generate does: the prompt first (TextStreamer(skip_prompt=True) drops it)
-                self.streamer.put(torch.tensor(self.rows[0]))
+                self.streamer.put(torch.tensor(self.rows[0], device="cpu"))
             self.seq.scatter_(1, self.lengths[:, None], first[:, None])
             self.commit(torch.zeros_like(self.lengths), first[:, None], proposed=0)
         return decode_start
@@ -244,7 +244,7 @@ class Decoder:
             self.out[b] += tokens[:n]
             self.done[b] = bool(finished)
             if self.streamer and b == 0 and n:
-                self.streamer.put(torch.tensor(tokens[:n]))
+                self.streamer.put(torch.tensor(tokens[:n], device="cpu"))
         host_lengths = [p + len(o) for p, o in zip(self.prompt_lengths, self.out)]
         longest, aligned = max(host_lengths), len(set(host_lengths)) == 1
         self.arena.point_to(self.lengths - 1, longest - 1, aligned)

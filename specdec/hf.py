@@ -85,7 +85,7 @@ def speculative(model, input_ids, logits_processor, stopping_criteria, generatio
         raise ValueError("stopping at EOS pads finished rows with pad_token_id, and none is set: pass pad_token_id=...")
     max_new = stopping_criteria.max_length - input_ids.shape[1]  # max_length counts the (padded) prompt, as in HF
     # Seeded like HF: the engine's generator is seeded from torch's global RNG (greedy draws nothing).
-    seed = torch.randint(2**62, ()).item() if settings["temperature"] else None
+    seed = torch.randint(2**62, (), device="cpu").item() if settings["temperature"] else None
     result = generate(model, input_ids, attention_mask=mask, draft=draft_model, k=k, max_new_tokens=max_new,
                       seed=seed, eos_token_id=eos, streamer=specdec_streamer, same_tokenizer=same_tokenizer,
                       **settings)
@@ -180,10 +180,12 @@ def sampler_settings(processors, mask, batch, do_sample) -> dict:
     if penalty is not None:
         # generate's own penalty skips the left padding (prompt_ignore_length = pad count per row); the engine
         # sees rows without their padding, so it reproduces exactly that and nothing else.
-        pads = torch.zeros(batch, dtype=torch.long) if mask is None else (mask != 0).int().argmax(1).long().cpu()
+        cpu = torch.device("cpu")  # compared on the host, whatever torch's default device
+        pads = torch.zeros(batch, dtype=torch.long, device=cpu) if mask is None else \
+            (mask != 0).int().argmax(1).long().cpu()
         ignore = penalty.prompt_ignore_length
-        ignore = torch.full((batch,), 0 if ignore is None else ignore) if isinstance(ignore, (int, type(None))) \
-            else ignore.long().cpu()
+        ignore = torch.full((batch,), 0 if ignore is None else ignore, device=cpu) \
+            if isinstance(ignore, (int, type(None))) else ignore.long().cpu()
         if not torch.equal(ignore, pads):
             raise ValueError(f"custom_generate=speculative cannot honour a RepetitionPenaltyLogitsProcessor with "
                              f"prompt_ignore_length={penalty.prompt_ignore_length!r}: it counts only each row's real "

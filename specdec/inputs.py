@@ -47,7 +47,10 @@ def prompt_rows(input_ids, attention_mask=None) -> list[list[int]]:
 def vocab_size(model) -> int:
     """Size of the model's output distribution (may exceed the tokenizer's length, e.g. Qwen)."""
     out = model.get_output_embeddings()
-    return out.weight.shape[0] if out is not None else model.config.get_text_config().vocab_size
+    if out is None:
+        return model.config.get_text_config().vocab_size
+    # out_features first: a quantized head's weight is its packed codes, whose rows are not its outputs
+    return getattr(out, "out_features", None) or out.weight.shape[0]
 
 
 def check_arguments(target, draft, rows, k, max_new_tokens, temperature, top_k, top_p, verify, same_tokenizer=False):

@@ -90,7 +90,7 @@ def run_path(path, x2, weight, bias):
 def paths_for(dtype) -> tuple:
     """The PATHS this CPU runs in `dtype`, each tried once on a small product: oneDNN's packed bfloat16 layout
     needs AVX-512 (or AVX-NE-CONVERT) and raises on an AVX2-only CPU (seen on an AMD EPYC Zen 1, family 23)."""
-    weight, x = torch.randn(16, 16, dtype=dtype), torch.randn(2, 16, dtype=dtype)
+    weight, x = torch.randn(16, 16, dtype=dtype, device="cpu"), torch.randn(2, 16, dtype=dtype, device="cpu")
     runs = []
     for path in PATHS:
         try:
@@ -107,7 +107,7 @@ def time_paths(weight, rows, reps, paths=None) -> dict:
     call screens out (SCREEN; the default path is always timed: it is what the others are compared with). A pass
     times each path over ~SAMPLE_BYTES of weight reads (up to 16 calls in a row): one call of a small product
     takes microseconds, where the jitter of a single call decides nothing."""
-    x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
+    x = torch.randn(rows, weight.shape[1], dtype=weight.dtype, device=weight.device)
     operands = {path: prepare(path, weight) for path in paths or paths_for(weight.dtype)}
     first = {}
     for path, w in operands.items():
@@ -309,12 +309,12 @@ def table(shapes=QWEN_1_5B_SHAPES, rows=(1, 2, 4, 8), min_run_time=0.3):
     print(f"| shape (out x in) | rows | {' | '.join(PATHS)} | bf16 F.linear | plan |")
     print("|---|---|" + "---|" * (len(PATHS) + 2))
     for out_f, in_f in shapes:
-        weight = torch.randn(out_f, in_f)
+        weight = torch.randn(out_f, in_f, device="cpu")
         operands = {path: prepare(path, weight) for path in PATHS}
         w16 = weight.to(torch.bfloat16)
         plan = PLANS.get(weight)["fast"]
         for r in rows:
-            x = torch.randn(r, in_f)
+            x = torch.randn(r, in_f, device="cpu")
             env = dict(run_path=run_path, x=x, w=operands, w16=w16, x16=x.to(torch.bfloat16), F=F)
             ms = lambda stmt: 1e3 * Timer(stmt, globals=env, num_threads=torch.get_num_threads()).blocked_autorange(
                 min_run_time=min_run_time).median

@@ -247,7 +247,7 @@ def check_same_vocab(target_tokenizer, draft_tokenizer, target_model=None, draft
     if nt != nd:
         raise ValueError(f"target and draft vocabularies differ: the target tokenizer has {nt} tokens, the draft's "
                          f"{nd}; {fix}")
-    ids = sorted(set(torch.linspace(0, nt - 1, 101).long().tolist()))  # a sample spread over the whole vocab
+    ids = sorted(set(torch.linspace(0, nt - 1, 101, device="cpu").long().tolist()))  # spread over the whole vocab
     for i, a, b in zip(ids, target_tokenizer.convert_ids_to_tokens(ids), draft_tokenizer.convert_ids_to_tokens(ids)):
         if a != b:
             raise ValueError(f"target and draft vocabularies differ: token id {i} is {a!r} for the target and {b!r} "

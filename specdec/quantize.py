@@ -169,7 +169,7 @@ def kernel_table(models, rows=(1, 4, 8), reps=5) -> list[str]:
         with torch.inference_mode():
             for _ in range(reps):
                 for r in rows:
-                    x = torch.randn(r, in_f)
+                    x = torch.randn(r, in_f, device=weight.device)
                     for k, mod in mods.items():
                         start = time.perf_counter()
                         mod(x)

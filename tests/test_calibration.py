@@ -12,6 +12,7 @@ import torch
 import specdec
 from specdec import calibrate, calibration, costs, linear, machine
 from specdec.models import load_pair
+from conftest import cpu_only
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +55,7 @@ def test_the_machine_key_names_the_cpu_features_and_cores():
     assert f"{machine.cpu_features()}" in key and "cores" in key and "threads" in key
 
 
+@cpu_only
 def test_a_slow_plan_is_flagged_and_healed_with_unchanged_output(monkeypatch, capsys):
     """A plan file that sends every product down a slow path (here `linear`, made slow on purpose): the
     generations run over SLOW x their prediction, are marked, and the plans are measured again before the
@@ -119,6 +121,7 @@ def test_the_snapshot_says_where_each_entry_came_from():
     assert again["id"] == snap["id"]  # the same plan: the same calibration
 
 
+@cpu_only
 def test_calibrate_prints_its_choices_and_warns_beside_a_busy_process(capsys):
     spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 60: pass"])
     try:
@@ -166,6 +169,7 @@ def test_a_sweep_records_the_calibration_of_its_rows(tmp_path):
     assert len(lines) == len(ids) and all("Plans: " in line and machine.machine_key() in line for line in lines)
 
 
+@cpu_only
 def test_costs_are_measured_on_the_path_generations_take(monkeypatch):
     """A cost curve measured outside generate (python -m specdec calibrate, a heal) must time the measured linear
     path, not torch's default: it is stored under the linear mode the generations run with."""

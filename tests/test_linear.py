@@ -9,8 +9,10 @@ import torch.nn.functional as F
 import specdec
 import specdec.engine
 from specdec import devices, linear, paired
-from conftest import perturbed, tiny_llama
+from conftest import cpu_only, perturbed, tiny_llama
 from test_engine import PROMPTS, hf_greedy
+
+pytestmark = cpu_only
 
 
 @pytest.fixture(autouse=True)

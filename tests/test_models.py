@@ -6,9 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from specdec import models, weights
+import specdec
+from specdec import linear, models, weights
 from specdec.models import ByteTokenizer, Pair, check_same_vocab, load, load_pair, resolve_device, resolve_dtype
-from conftest import skip_without_qwen
+from conftest import DEVICE, skip_without_qwen
 
 
 # -- tiny pairs ------------------------------------------------------------------------------------------
@@ -29,7 +30,7 @@ def test_tiny_pair_loads(name, dtype):
     assert pair.target.config.num_hidden_layers > pair.draft.config.num_hidden_layers  # target is the bigger one
     check_same_vocab(pair.tokenizer, pair.tokenizer, pair.target, pair.draft)
     assert pair.target.config.eos_token_id == pair.tokenizer.eos_token_id
-    logits = pair.target(**pair.tokenizer(["hi", "hello"])).logits
+    logits = pair.target(**pair.tokenizer(["hi", "hello"]).to(pair.device)).logits
     assert logits.shape == (2, 5, pair.target.config.vocab_size) and torch.isfinite(logits).all()
 
 
@@ -58,6 +59,26 @@ def test_pair_with_a_larger_draft_output_is_refused_and_a_padded_target_accepted
         target = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=400))
     draft, _ = load("tiny-gpt2", device="cpu")
     check_same_vocab(ByteTokenizer(), ByteTokenizer(), target, draft)  # no error: pass same_tokenizer=True
+
+
+@pytest.mark.parametrize("precision", [None, "int4"])
+def test_a_cpu_pair_serves_whatever_torchs_default_device_is(monkeypatch, tmp_path, precision):
+    """Every tensor specdec makes names its device: with torch's default device elsewhere (here meta, where a
+    tensor made without one holds no data; on a GPU machine, cuda) a CPU pair still loads (its draft dtype and
+    linear paths measured afresh), quantizes and generates what it does with the default device left alone."""
+    monkeypatch.setenv("SPECDEC_MEASUREMENTS", str(tmp_path))
+    monkeypatch.setattr(linear.PLANS, "table", None)  # measure the linear paths again, under the foreign default
+    ids = [[5, 6, 7, 8], [3, 4]]
+    run = lambda p: specdec.generate(p.target, ids, draft=p.draft, k=3, max_new_tokens=12, eos_token_id=[],
+                                     same_tokenizer=p.same_tokenizer, temperature=0.7, seed=3).tokens
+    torch.set_default_device("meta")
+    try:
+        pair = load_pair("tiny-llama", device="cpu", precision=precision)
+        assert (tmp_path / linear.CACHE).exists()  # it measured (under meta)
+        tokens = run(pair)
+    finally:  # as conftest left it: a default device mode only off the cpu (on the cpu one changes what runs)
+        torch.set_default_device(None if DEVICE.type == "cpu" else DEVICE)
+    assert tokens == run(pair)
 
 
 def test_target_only_pair():

@@ -14,11 +14,12 @@ from specdec.arena import Arena
 from specdec.quantize import QuantLinear, fastest_draft, kernel_report, quantize, quantize_pair
 from specdec.models import load_pair
 from specdec.study.prompts import encode, load_prompts
-from conftest import perturbed, skip_without_qwen, tiny_llama
+from conftest import cpu_only, perturbed, skip_without_qwen, tiny_llama
 from test_engine import PROMPTS
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not qkernel.available(), reason=f"no kernel here: {qkernel.why_not()}")
+pytestmark = [cpu_only,
+              pytest.mark.skipif(not qkernel.available(), reason=f"no kernel here: {qkernel.why_not()}")]
 FORMATS = [(4, 32), (4, 64), (4, 128), (8, 64)]
 SHAPES = [(64, 128), (192, 256), (128, 896)]  # out x in: one and several blocks of 64 outputs, Qwen's 896
 
@@ -133,6 +134,16 @@ def test_pack_refuses_shapes_the_kernel_cannot_tile():
         qkernel.pack(torch.randn(48, 64), 4, 32)
     with pytest.raises(ValueError, match="bits"):
         qkernel.pack(torch.randn(64, 64), 3, 32)
+
+
+def test_the_kernels_ops_refuse_a_tensor_off_the_cpu_instead_of_reading_its_memory():
+    """On a GPU machine a cuda tensor reached fit_int4 and its worker crashed (the op read device memory as host
+    memory); a meta tensor stands in for one here."""
+    assert qkernel.load(), qkernel.why_not()
+    with pytest.raises(RuntimeError, match="CPU tensor"):
+        torch.ops.specdec.fit_int4(torch.empty(4, 32, device="meta"), 0)
+    with pytest.raises(RuntimeError, match="CPU"):
+        torch.ops.specdec.rms_norm(torch.empty(1, 64, device="meta"), torch.empty(64, device="meta"), 1e-6)
 
 
 def test_fused_siblings_give_the_bits_each_would_alone():

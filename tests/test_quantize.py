@@ -9,9 +9,11 @@ import specdec
 from specdec import costs, engine, linear
 from specdec.models import load_pair
 from specdec.quantize import ACT, QuantLinear, at_precision, quantize, quantize_pair, step_bytes, weight_bytes
-from conftest import perturbed, tiny_gpt2, tiny_llama
+from conftest import cpu_only, perturbed, tiny_gpt2, tiny_llama
 from test_engine import PROMPTS
 from test_padding import FOUR_IS_CHEAPEST
+
+pytestmark = cpu_only
 
 FORMATS = [("int8", 64), ("int4", 32), ("int4", 64)]
 NEW = 16

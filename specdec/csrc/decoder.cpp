@@ -112,9 +112,11 @@ at::Tensor decoder_layer(const at::Tensor& hidden, at::TensorList w, at::IntArra
                          const at::Tensor& positions) {
   TORCH_CHECK(w.size() == 2 + 3 * LINEARS && ints.size() == 2 + 3 * LINEARS && floats.size() == 3,
               "decoder_layer: expects 2 norms and 4 linears (q/k/v, o, gate/up, down), and eps, eps, scale");
-  TORCH_CHECK(hidden.dim() == 3 && hidden.scalar_type() == at::kFloat, "decoder_layer: hidden must be float32 [B, T, C]");
-  TORCH_CHECK(keys.is_contiguous() && values.is_contiguous() && keys.scalar_type() == at::kFloat,
-              "decoder_layer: the arena's keys and values must be contiguous float32 [B, Hkv, capacity, D]");
+  TORCH_CHECK(hidden.dim() == 3 && hidden.scalar_type() == at::kFloat && hidden.device().is_cpu(),
+              "decoder_layer: hidden must be a float32 CPU tensor [B, T, C]");
+  TORCH_CHECK(keys.is_contiguous() && values.is_contiguous() && keys.scalar_type() == at::kFloat &&
+              keys.device().is_cpu() && values.device().is_cpu() && positions.device().is_cpu(),
+              "decoder_layer: the arena's keys and values must be contiguous float32 CPU [B, Hkv, capacity, D]");
   const at::Tensor pos = positions.to(at::kLong).contiguous();
   TORCH_CHECK(pos.numel() == hidden.size(0) * hidden.size(1), "decoder_layer: positions must be [B, T]");
   auto [q, k, v] = specdec::rope_qkv(apply(w, ints, 0, specdec::rms_norm(hidden, w[0], floats[0])), cos, sin,

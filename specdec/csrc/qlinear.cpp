@@ -485,8 +485,8 @@ float grid_error(const float* x, int64_t G, float s, float m) {
 }
 
 at::Tensor fit_int4(const at::Tensor& groups, int64_t steps) {
-  TORCH_CHECK(groups.dim() == 2 && groups.scalar_type() == at::kFloat && groups.is_contiguous(),
-              "fit_int4: groups must be a contiguous float32 [n, G]");
+  TORCH_CHECK(groups.dim() == 2 && groups.scalar_type() == at::kFloat && groups.is_contiguous() &&
+              groups.device().is_cpu(), "fit_int4: groups must be a contiguous float32 CPU tensor [n, G]");
   TORCH_CHECK(steps == 0 || steps >= 2, "fit_int4: steps must be 0 (the min..max grid only) or at least 2");
   const int64_t n = groups.size(0), G = groups.size(1);
   auto out = at::empty({n, 2}, groups.options());

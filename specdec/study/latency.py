@@ -48,9 +48,9 @@ def latency_order(ks, repeats, seed, modes=MODES) -> list[tuple]:
 
 def context_tokens(model, batch_size, context, seed) -> torch.Tensor:
     """A fixed [B, C] context of random token ids: the content does not change a forward's cost."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     vocab = min(model.config.get_text_config().vocab_size, 256)  # low ids exist in every vocabulary
-    return torch.randint(vocab, (batch_size, context), generator=gen).to(model.device)
+    return torch.randint(vocab, (batch_size, context), generator=gen, device="cpu").to(model.device)
 
 
 def time_verify(arena, block, mode, context) -> float:

@@ -76,11 +76,10 @@ def paired_runs(m, ref, metric) -> pd.DataFrame:
     of both sides (`m`'s and `ref`'s rows, with prompt_id, iteration, category): prompt_id, category, mode_runs and
     reference_runs (arrays of `metric`, aligned by iteration) and ratios (m's run / ref's run, block by block)."""
     b = block_ratios(m, ref, metric)
-    g = b.groupby("prompt_id", sort=True)
-    arrays = lambda col: g[col].agg(lambda x: x.to_numpy(float))
-    return pd.DataFrame(dict(prompt_id=list(g.groups), category=g["category"].first().to_numpy(),
-                             mode_runs=list(arrays("m")), reference_runs=list(arrays("ref")),
-                             ratios=list(arrays("ratio"))),
+    # one dict per group, not groupby.agg: pandas 3.0 refuses an aggregation that returns an array
+    return pd.DataFrame([dict(prompt_id=p, category=g["category"].iloc[0], mode_runs=g["m"].to_numpy(float),
+                              reference_runs=g["ref"].to_numpy(float), ratios=g["ratio"].to_numpy(float))
+                         for p, g in b.groupby("prompt_id", sort=True)],
                         columns=["prompt_id", "category", "mode_runs", "reference_runs", "ratios"])
 
 
