@@ -167,28 +167,37 @@ def test_a_retried_cell_retimes_its_whole_block_and_a_finished_sweep_leaves_no_t
     pd.testing.assert_frame_equal(again, rows)
 
 
-def test_specdecs_target_alone_is_timed_in_each_block_beside_llama_cpp(fakes):
-    """With a specdec pair, every prompt's block also times specdec's target alone, back to back with llama.cpp's
-    runs of that prompt, and the summary divides it by llama.cpp's target alone of the same prompts."""
+def test_specdecs_target_alone_and_speculation_are_timed_in_each_block_beside_llama_cpp(fakes):
+    """With a specdec pair, every prompt's block also times specdec's target alone and its speculation (k="auto"),
+    back to back with llama.cpp's runs of that prompt, and the summary divides each by llama.cpp's target alone of
+    the same prompts; specdec's speculation has its acceptance and is compared with specdec's own target alone."""
     pair = load_pair("tiny-llama", device="cpu")
     rows = llamacpp.sweep(fakes / "out", llamacpp.find(), GGUFS, PROMPTS, [[3, 0.0]], 8, 2, iterations=2, seed=0,
                           specdec=pair)
     mine = rows[rows["tool"] == llamacpp.SPECDEC]
-    assert len(rows) == 3 * 2 * 2 and len(mine) == 2 * 2 and (mine["status"] == "ok").all()
-    assert (mine["mode"] == "target_alone").all() and (mine["version"] == "specdec float32").all()
+    assert len(rows) == 4 * 2 * 2 and len(mine) == 2 * 2 * 2 and (mine["status"] == "ok").all()
+    assert set(mine["mode"]) == {"target_alone", "auto"} and (mine["version"] == "specdec float32").all()
     assert (mine["decode_tokens"] == 7).all() and (mine["decode_s"] > 0).all() and (mine["prefill_s"] > 0).all()
-    for q in PROMPTS:  # its text is the target's own greedy continuation of the exact ids
+    spec = mine[mine["mode"] == "auto"]
+    assert (spec["drafted"] >= spec["accepted"]).all() and spec["drafted"].sum() > 0
+    for q in PROMPTS:  # both texts are the target's own greedy continuation of the exact ids
         expected = pair.tokenizer.decode(generate(pair.target, [q["ids"]], max_new_tokens=8, eos_token_id=[]).tokens[0])
         assert (mine.loc[mine["prompt_id"] == q["id"], "text"] == expected).all()
     written = [json.loads(line) for line in (fakes / "out" / "results.jsonl").read_text().splitlines()]
     assert pairing.not_consecutive(written, block=llamacpp.block_of) == []
-    table = llamacpp.summary(rows).set_index("tool")
-    line, alone = table.loc[llamacpp.SPECDEC], table.loc[llamacpp.COMPLETION_BIN]
-    assert line["speedup"] == pytest.approx(line["decode_tok_s"] / alone["decode_tok_s"])  # one run per prompt each
-    assert np.isnan(alone["speedup"]) and np.isnan(line["acceptance"])
+    table = llamacpp.summary(rows).set_index(["tool", "mode"])
+    alone = table.loc[(llamacpp.COMPLETION_BIN, "target_alone")]
+    for mode in ("target_alone", "auto"):
+        line = table.loc[(llamacpp.SPECDEC, mode)]
+        assert line["speedup"] == pytest.approx(line["decode_tok_s"] / alone["decode_tok_s"])  # one run a prompt each
+    assert np.isnan(alone["speedup"]) and np.isnan(table.loc[(llamacpp.SPECDEC, "target_alone"), "acceptance"])
+    auto = table.loc[(llamacpp.SPECDEC, "auto")]
+    assert auto["acceptance"] == pytest.approx(spec["accepted"].sum() / spec["drafted"].sum())
+    assert auto["identical"] == len(PROMPTS)
     text = llamacpp.readout(llamacpp.find(), [Path(g) for g in GGUFS], table.reset_index().assign(step_gb=1.0), "cpu",
                             pd.DataFrame([dict(precision="int4", target_alone_tok_s=30.0)]))
     assert "Paired with it" in text and "specdec float32's target alone" in text
+    assert "specdec float32's speculation (k=\"auto\"" in text and f"on {len(PROMPTS)} of {len(PROMPTS)} prompts" in text
 
 
 def test_summary_compares_each_cell_with_llama_cpps_own_target_alone():

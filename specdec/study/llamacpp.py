@@ -43,7 +43,7 @@ from .prompts import encode
 ENV = "SPECDEC_LLAMA_CPP"  # a folder holding the llama.cpp binaries
 COMPLETION_BIN, SPECULATIVE_BIN = "llama-completion", "llama-speculative-simple"
 PYTHON = "llama-cpp-python"
-SPECDEC = "specdec"  # specdec's own target alone, timed in each block beside llama.cpp's runs
+SPECDEC = "specdec"  # specdec's own target alone and its speculation (k="auto"), timed in each block beside llama.cpp's runs
 BUILD_HELP = (f"build llama.cpp's binaries with `bash scripts/build_llama_cpp.sh` (cmake and a C/C++ compiler) and "
               f"set {ENV} to the folder it prints")
 KEY = ("tool", "mode", "draft_max", "p_min", "prompt_id", "iteration")
@@ -214,13 +214,19 @@ def prompt_file(folder, prompt_id, text) -> Path:
     return path
 
 
-def specdec_target_alone(pair, ids, n) -> tuple[dict, str]:
-    """specdec's target alone on the exact token ids, in llama.cpp's timing terms: decode is every token after the
-    one the prompt's forward gave (specdec's decode_seconds: from the end of the prefill to the last token)."""
-    r = generate(pair.target, [ids], max_new_tokens=n, eos_token_id=[])
+def specdec_run(pair, ids, n, mode) -> tuple[dict, str]:
+    """specdec on the exact token ids, its target alone (mode "target_alone") or its speculation with the pair's
+    draft at k="auto" (mode "auto"), in llama.cpp's timing terms: decode is every token after the one the prompt's
+    forward gave (specdec's decode_seconds: from the end of the target's prefill to the last token, the draft's
+    prefill inside it)."""
+    draft = pair.draft if mode == "auto" else None
+    r = generate(pair.target, [ids], draft=draft, k="auto", max_new_tokens=n, eos_token_id=[],
+                 same_tokenizer=pair.same_tokenizer)
     decode = r.stats["decode_seconds"]
     timing = dict(prompt_tokens=len(ids), prefill_s=r.stats["seconds"] - decode, new_tokens=n, decode_tokens=n - 1,
                   decode_s=decode)
+    if draft is not None:
+        timing.update(drafted=r.stats["proposed"], accepted=r.stats["accepted"])
     return timing, pair.tokenizer.decode(r.tokens[0])
 
 
@@ -230,7 +236,7 @@ def measure(tool, mode, found, ggufs, prompt, n, threads, draft_max=None, p_min=
     `specdec`: the specdec pair the SPECDEC tool runs."""
     target, draft = ggufs
     if tool == SPECDEC:
-        return specdec_target_alone(specdec, prompt["ids"], n)
+        return specdec_run(specdec, prompt["ids"], n, mode)
     if tool == PYTHON:
         return python_target_alone(target, prompt["ids"], n, threads)
     file = prompt_file(folder, prompt["id"], prompt["text"])
@@ -243,13 +249,14 @@ def measure(tool, mode, found, ggufs, prompt, n, threads, draft_max=None, p_min=
 
 def cells(found, drafts, specdec=False) -> list[dict]:
     """What to time: the target alone, and speculation at each (draft_max, p_min) of `drafts`, where it can be;
-    with `specdec`, specdec's target alone beside them (only where llama.cpp's target alone is timed)."""
+    with `specdec`, specdec's target alone and its speculation beside them (only where llama.cpp's target alone is
+    timed)."""
     modes = plan(found)
     out = [dict(tool=modes["target_alone"], mode="target_alone")] if "target_alone" in modes else []
     if "speculative" in modes:
         out += [dict(tool=SPECULATIVE_BIN, mode="speculative", draft_max=int(m), p_min=float(p)) for m, p in drafts]
     if specdec and out:
-        out.append(dict(tool=SPECDEC, mode="target_alone"))
+        out += [dict(tool=SPECDEC, mode="target_alone"), dict(tool=SPECDEC, mode="auto")]
     return out
 
 
@@ -322,13 +329,16 @@ def mode_of(cell) -> dict:
 
 def summary(rows, seed=0) -> pd.DataFrame:
     """One line per cell, on the prompts llama.cpp's target alone ran in the cell's blocks: decode tok/s (geometric
-    mean over prompts of each prompt's mean); for speculation and for specdec's target alone, its speed over
-    llama.cpp's target alone, run over run in the same block (population.paired_runs), with a 95% interval over
-    prompts, then their pairs (population.estimate); for speculation also acceptance (accepted / drafted), and on
-    how many prompts its text is the target alone's (one a prefix of the other: speculation may run past n)."""
+    mean over prompts of each prompt's mean); for speculation and for specdec's cells, its speed over llama.cpp's
+    target alone, run over run in the same block (population.paired_runs), with a 95% interval over prompts, then
+    their pairs (population.estimate); for speculation (llama.cpp's and specdec's) also acceptance (accepted /
+    drafted), and on how many prompts its text is its own engine's target alone's (one a prefix of the other:
+    speculation may run past n)."""
     ok = rows[rows["status"] == "ok"]
-    base = ok[(ok["mode"] == "target_alone") & (ok["tool"] != SPECDEC)]
-    ref_text = base.groupby("prompt_id")["text"].first()
+    alone = ok[ok["mode"] == "target_alone"]
+    base = alone[alone["tool"] != SPECDEC]
+    ref_text = {tool: t.groupby("prompt_id")["text"].first()  # each engine's speculation against its own target alone
+                for tool, t in (("llama.cpp", base), (SPECDEC, alone[alone["tool"] == SPECDEC]))}
     lines = []
     for (tool, mode, dmax, pmin), g in ok.groupby(["tool", "mode", "draft_max", "p_min"], dropna=False, sort=False):
         d = paired_runs(g, base, "decode_tok_s")
@@ -341,10 +351,12 @@ def summary(rows, seed=0) -> pd.DataFrame:
         if mode != "target_alone" or tool == SPECDEC:  # the reference itself has none of these
             e = estimate(d, seed, stats.RESAMPLES)
             line.update(speedup=e.est, speedup_lo=e.lo, speedup_hi=e.hi)
-        if mode == "speculative":
+        if mode != "target_alone":
             g = g[g["prompt_id"].isin(d["prompt_id"])]
+            ref = ref_text[SPECDEC if tool == SPECDEC else "llama.cpp"]
             line.update(acceptance=g["accepted"].sum() / g["drafted"].sum(),
-                        identical=sum(_same_text(r["text"].iloc[0], ref_text[p]) for p, r in g.groupby("prompt_id")))
+                        identical=sum(p in ref and _same_text(r["text"].iloc[0], ref[p])
+                                      for p, r in g.groupby("prompt_id")))
         lines.append(line)
     return pd.DataFrame(lines, columns=SUMMARY_COLUMNS)
 
@@ -377,9 +389,12 @@ def readout(found, ggufs, table, device_type, specdec_table) -> str:
             f"{alone['step_gb']:.3g} GB read per target step: its target alone {alone['decode_tok_s']:.2f} tok/s "
             f"(specdec's fastest target alone in its own sweep: {best['precision']}, {best['target_alone_tok_s']:.2f} tok/s). ")
     for r in table[table["tool"] == SPECDEC].itertuples():
-        text += (f"Paired with it (timed in the same blocks, {r.prompts} prompts): {r.version}'s target alone "
+        what = "target alone" if r.mode == "target_alone" else "speculation (k=\"auto\", the pair's draft)"
+        text += (f"Paired with it (timed in the same blocks, {r.prompts} prompts): {r.version}'s {what} "
                  f"{r.decode_tok_s:.2f} tok/s, " + stats.versus_one("specdec", (r.speedup, r.speedup_lo, r.speedup_hi),
-                                                                 "llama.cpp's target alone") + ". ")
+                                                                 "llama.cpp's target alone"))
+        text += (". " if r.mode == "target_alone" else f", {100 * r.acceptance:.0f}% of drafts accepted, its text "
+                 f"the same as specdec's target alone's on {r.identical:.0f} of {r.prompts} prompts. ")
     for r in table[table["mode"] == "speculative"].itertuples():
         text += (f"Its speculation, {cell_label(r)}: {r.decode_tok_s:.2f} tok/s, "
                  + stats.versus_one("it", (r.speedup, r.speedup_lo, r.speedup_hi), "its target alone")
