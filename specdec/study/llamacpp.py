@@ -43,7 +43,7 @@ from .prompts import encode
 ENV = "SPECDEC_LLAMA_CPP"  # a folder holding the llama.cpp binaries
 COMPLETION_BIN, SPECULATIVE_BIN = "llama-completion", "llama-speculative-simple"
 PYTHON = "llama-cpp-python"
-SPECDEC = "specdec"  # specdec's own target alone and its speculation (k="auto"), timed in each block beside llama.cpp's runs
+SPECDEC = "specdec"  # specdec's own target alone and speculation (k="auto"), timed in each block beside llama.cpp's
 BUILD_HELP = (f"build llama.cpp's binaries with `bash scripts/build_llama_cpp.sh` (cmake and a C/C++ compiler) and "
               f"set {ENV} to the folder it prints")
 KEY = ("tool", "mode", "draft_max", "p_min", "prompt_id", "iteration")
