@@ -14,7 +14,7 @@ verification from the prompt's last token on), llama-cpp-python's tokens after t
 prompt's forward. Rows go to <folder>/results.jsonl (specdec.study.results), each fsynced as it is measured.
 
 Paired with specdec: given a specdec pair (notebook 06 passes its int4 one), the sweep also times specdec's own target
-alone in every prompt's block, back to back with llama.cpp's runs of that prompt, so specdec and llama.cpp are
+alone and its speculation (k="auto") in every prompt's block, back to back with llama.cpp's runs of that prompt, so specdec and llama.cpp are
 compared inside one machine state (specdec.study.pairing), on the same decode definition (from the end of the
 prompt's forward to the last token).
 """
@@ -274,8 +274,8 @@ def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=
     latest rows are ok and were timed in one run is kept; any other is timed whole again, so a retried cell never
     pairs with a run of another machine state (a cell failing in two sweeps is left as it is). A run with nothing
     left to time leaves no trace. A failing run is recorded with its error and the sweep goes on. `prompts`: dicts
-    with id, category, ids, text; `specdec`: a specdec pair whose target alone is timed in every block too (None:
-    llama.cpp only). Returns each (cell, prompt, iteration)'s latest row."""
+    with id, category, ids, text; `specdec`: a specdec pair whose target alone and speculation are timed in every
+    block too (None: llama.cpp only). Returns each (cell, prompt, iteration)'s latest row."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     plan = cells(found, drafts, specdec is not None)
