@@ -168,15 +168,16 @@ def test_a_retried_cell_retimes_its_whole_block_and_a_finished_sweep_leaves_no_t
 
 
 def test_specdecs_target_alone_and_speculation_are_timed_in_each_block_beside_llama_cpp(fakes):
-    """With a specdec pair, every prompt's block also times specdec's target alone and its speculation (k="auto"),
-    back to back with llama.cpp's runs of that prompt, and the summary divides each by llama.cpp's target alone of
-    the same prompts; specdec's speculation has its acceptance and is compared with specdec's own target alone."""
+    """With a specdec pair, every prompt's block also times specdec's target alone (twice: the A/A control) and its
+    speculation (k="auto"), back to back with llama.cpp's runs of that prompt, and the summary divides each by
+    llama.cpp's target alone of the same prompts; specdec's speculation has its acceptance, its text is compared with
+    specdec's own target alone's, and so is its speed, run over run in the same blocks."""
     pair = load_pair("tiny-llama", device="cpu")
     rows = llamacpp.sweep(fakes / "out", llamacpp.find(), GGUFS, PROMPTS, [[3, 0.0]], 8, 2, iterations=2, seed=0,
                           specdec=pair)
     mine = rows[rows["tool"] == llamacpp.SPECDEC]
-    assert len(rows) == 4 * 2 * 2 and len(mine) == 2 * 2 * 2 and (mine["status"] == "ok").all()
-    assert set(mine["mode"]) == {"target_alone", "auto"} and (mine["version"] == "specdec float32").all()
+    assert len(rows) == 5 * 2 * 2 and len(mine) == 3 * 2 * 2 and (mine["status"] == "ok").all()
+    assert set(mine["mode"]) == {"target_alone", "target_again", "auto"} and (mine["version"] == "specdec float32").all()
     assert (mine["decode_tokens"] == 7).all() and (mine["decode_s"] > 0).all() and (mine["prefill_s"] > 0).all()
     spec = mine[mine["mode"] == "auto"]
     assert (spec["drafted"] >= spec["accepted"]).all() and spec["drafted"].sum() > 0
@@ -187,9 +188,16 @@ def test_specdecs_target_alone_and_speculation_are_timed_in_each_block_beside_ll
     assert pairing.not_consecutive(written, block=llamacpp.block_of) == []
     table = llamacpp.summary(rows).set_index(["tool", "mode"])
     alone = table.loc[(llamacpp.COMPLETION_BIN, "target_alone")]
-    for mode in ("target_alone", "auto"):
+    for mode in ("target_alone", "target_again", "auto"):
         line = table.loc[(llamacpp.SPECDEC, mode)]
         assert line["speedup"] == pytest.approx(line["decode_tok_s"] / alone["decode_tok_s"])  # one run a prompt each
+    speed = mine.set_index(["mode", "prompt_id", "iteration"])["decode_tok_s"].sort_index()
+    for mode in ("target_again", "auto"):  # over specdec's own target alone, block by block: runs of one block
+        ratios = [(speed[mode, p].to_numpy() / speed["target_alone", p].to_numpy()).mean() for p in speed[mode].index.unique(0)]
+        assert table.loc[(llamacpp.SPECDEC, mode), "own_speedup"] == pytest.approx(np.exp(np.log(ratios).mean()))
+    spec_line = table.loc[(llamacpp.SPECULATIVE_BIN, "speculative")]
+    assert spec_line["own_speedup"] == pytest.approx(spec_line["speedup"])  # llama.cpp's own target alone again
+    assert np.isnan(table.loc[(llamacpp.SPECDEC, "target_alone"), "own_speedup"])
     assert np.isnan(alone["speedup"]) and np.isnan(table.loc[(llamacpp.SPECDEC, "target_alone"), "acceptance"])
     auto = table.loc[(llamacpp.SPECDEC, "auto")]
     assert auto["acceptance"] == pytest.approx(spec["accepted"].sum() / spec["drafted"].sum())
@@ -197,7 +205,9 @@ def test_specdecs_target_alone_and_speculation_are_timed_in_each_block_beside_ll
     text = llamacpp.readout(llamacpp.find(), [Path(g) for g in GGUFS], table.reset_index().assign(step_gb=1.0), "cpu",
                             pd.DataFrame([dict(precision="int4", target_alone_tok_s=30.0)]))
     assert "Paired with it" in text and "specdec float32's target alone" in text
-    assert "specdec float32's speculation (k=\"auto\"" in text
+    assert "specdec float32's speculation (k=\"auto\"" in text and "specdec float32's target_again" not in text
+    assert "against specdec's own target alone in the same blocks, its speculation" in text
+    assert "(A/A control (the target alone timed twice in each block)" in text
     assert f"on {len(PROMPTS)} of {len(PROMPTS)} prompts" in text
 
 

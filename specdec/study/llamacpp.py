@@ -43,7 +43,9 @@ from .prompts import encode
 ENV = "SPECDEC_LLAMA_CPP"  # a folder holding the llama.cpp binaries
 COMPLETION_BIN, SPECULATIVE_BIN = "llama-completion", "llama-speculative-simple"
 PYTHON = "llama-cpp-python"
-SPECDEC = "specdec"  # specdec's own target alone and speculation (k="auto"), timed in each block beside llama.cpp's
+SPECDEC = "specdec"  # specdec's own target alone (twice: the A/A control) and speculation (k="auto"), timed in each
+                     # block beside llama.cpp's
+ALONE = ("target_alone", "target_again")  # specdec's modes without a draft
 BUILD_HELP = (f"build llama.cpp's binaries with `bash scripts/build_llama_cpp.sh` (cmake and a C/C++ compiler) and "
               f"set {ENV} to the folder it prints")
 KEY = ("tool", "mode", "draft_max", "p_min", "prompt_id", "iteration")
@@ -51,7 +53,7 @@ COLUMNS = KEY + ("category", "run_id", "version", "threads", "max_new_tokens", "
                  "new_tokens", "decode_tokens", "prefill_s", "decode_s", "decode_tok_s", "drafted", "accepted", "text", "status",
                  "error", "measured_utc")
 SUMMARY_COLUMNS = ("tool", "mode", "draft_max", "p_min", "prompts", "decode_tok_s", "speedup", "speedup_lo",
-                   "speedup_hi", "acceptance", "identical", "version")
+                   "speedup_hi", "own_speedup", "own_lo", "own_hi", "acceptance", "identical", "version")
 TIMEOUT_S = 600  # one llama.cpp process: loading both models and 32 tokens take seconds
 
 
@@ -215,8 +217,8 @@ def prompt_file(folder, prompt_id, text) -> Path:
 
 
 def specdec_run(pair, ids, n, mode) -> tuple[dict, str]:
-    """specdec on the exact token ids, its target alone (mode "target_alone") or its speculation with the pair's
-    draft at k="auto" (mode "auto"), in llama.cpp's timing terms: decode is every token after the one the prompt's
+    """specdec on the exact token ids, its target alone (mode "target_alone", or "target_again": the A/A control's
+    second run) or its speculation with the pair's draft at k="auto" (mode "auto"), in llama.cpp's timing terms: decode is every token after the one the prompt's
     forward gave (specdec's decode_seconds: from the end of the target's prefill to the last token, the draft's
     prefill inside it)."""
     draft = pair.draft if mode == "auto" else None
@@ -249,14 +251,14 @@ def measure(tool, mode, found, ggufs, prompt, n, threads, draft_max=None, p_min=
 
 def cells(found, drafts, specdec=False) -> list[dict]:
     """What to time: the target alone, and speculation at each (draft_max, p_min) of `drafts`, where it can be;
-    with `specdec`, specdec's target alone and its speculation beside them (only where llama.cpp's target alone is
-    timed)."""
+    with `specdec`, specdec's target alone (twice: the A/A control) and its speculation beside them (only where
+    llama.cpp's target alone is timed)."""
     modes = plan(found)
     out = [dict(tool=modes["target_alone"], mode="target_alone")] if "target_alone" in modes else []
     if "speculative" in modes:
         out += [dict(tool=SPECULATIVE_BIN, mode="speculative", draft_max=int(m), p_min=float(p)) for m, p in drafts]
     if specdec and out:
-        out += [dict(tool=SPECDEC, mode="target_alone"), dict(tool=SPECDEC, mode="auto")]
+        out += [dict(tool=SPECDEC, mode=m) for m in ALONE + ("auto",)]
     return out
 
 
@@ -331,14 +333,16 @@ def summary(rows, seed=0) -> pd.DataFrame:
     """One line per cell, on the prompts llama.cpp's target alone ran in the cell's blocks: decode tok/s (geometric
     mean over prompts of each prompt's mean); for speculation and for specdec's cells, its speed over llama.cpp's
     target alone, run over run in the same block (population.paired_runs), with a 95% interval over prompts, then
-    their pairs (population.estimate); for speculation (llama.cpp's and specdec's) also acceptance (accepted /
-    drafted), and on how many prompts its text is its own engine's target alone's (one a prefix of the other:
-    speculation may run past n)."""
+    their pairs (population.estimate); for speculation and specdec's second target alone, its speed over its own
+    engine's target alone the same way (own_speedup: for llama.cpp the speedup again; for specdec's target_again
+    the A/A control); for speculation (llama.cpp's and specdec's) also acceptance (accepted / drafted), and on how
+    many prompts its text is its own engine's target alone's (one a prefix of the other: speculation may run past
+    n)."""
     ok = rows[rows["status"] == "ok"]
     alone = ok[ok["mode"] == "target_alone"]
     base = alone[alone["tool"] != SPECDEC]
-    ref_text = {tool: t.groupby("prompt_id")["text"].first()  # each engine's speculation against its own target alone
-                for tool, t in (("llama.cpp", base), (SPECDEC, alone[alone["tool"] == SPECDEC]))}
+    own = {"llama.cpp": base, SPECDEC: alone[alone["tool"] == SPECDEC]}  # each engine's own target alone
+    ref_text = {tool: t.groupby("prompt_id")["text"].first() for tool, t in own.items()}
     lines = []
     for (tool, mode, dmax, pmin), g in ok.groupby(["tool", "mode", "draft_max", "p_min"], dropna=False, sort=False):
         d = paired_runs(g, base, "decode_tok_s")
@@ -346,14 +350,18 @@ def summary(rows, seed=0) -> pd.DataFrame:
             continue
         line = dict(tool=tool, mode=mode, draft_max=dmax, p_min=pmin, prompts=len(d),
                     decode_tok_s=geomean(d["mode_runs"].map(np.mean)), speedup=np.nan,
-                    speedup_lo=np.nan, speedup_hi=np.nan, acceptance=np.nan, identical=np.nan,
-                    version=g["version"].iloc[0])
+                    speedup_lo=np.nan, speedup_hi=np.nan, own_speedup=np.nan, own_lo=np.nan, own_hi=np.nan,
+                    acceptance=np.nan, identical=np.nan, version=g["version"].iloc[0])
         if mode != "target_alone" or tool == SPECDEC:  # the reference itself has none of these
             e = estimate(d, seed, stats.RESAMPLES)
             line.update(speedup=e.est, speedup_lo=e.lo, speedup_hi=e.hi)
-        if mode != "target_alone":
+        engine = SPECDEC if tool == SPECDEC else "llama.cpp"
+        mine = paired_runs(g, own[engine], "decode_tok_s")
+        if mode != "target_alone" and not mine.empty:
+            line.update(zip(("own_speedup", "own_lo", "own_hi"), estimate(mine, seed, stats.RESAMPLES)))
+        if mode not in ALONE:
             g = g[g["prompt_id"].isin(d["prompt_id"])]
-            ref = ref_text[SPECDEC if tool == SPECDEC else "llama.cpp"]
+            ref = ref_text[engine]
             line.update(acceptance=g["accepted"].sum() / g["drafted"].sum(),
                         identical=sum(p in ref and _same_text(r["text"].iloc[0], ref[p])
                                       for p, r in g.groupby("prompt_id")))
@@ -388,13 +396,22 @@ def readout(found, ggufs, table, device_type, specdec_table) -> str:
     text = (f"{describe(found)} Timed ({alone['version']}) on {ggufs[0].name} + {ggufs[1].name}, "
             f"{alone['step_gb']:.3g} GB read per target step: its target alone {alone['decode_tok_s']:.2f} tok/s "
             f"(specdec's fastest target alone in its own sweep: {best['precision']}, {best['target_alone_tok_s']:.2f} tok/s). ")
-    for r in table[table["tool"] == SPECDEC].itertuples():
-        what = "target alone" if r.mode == "target_alone" else "speculation (k=\"auto\", the pair's draft)"
+    mine = table[table["tool"] == SPECDEC].set_index("mode")
+    floor = None  # specdec's A/A control in these blocks: its target alone timed twice
+    if "target_again" in mine.index:
+        floor = tuple(mine.loc["target_again", ["own_speedup", "own_lo", "own_hi"]])
+    for mode, r in mine.drop(index="target_again", errors="ignore").iterrows():
+        what = "target alone" if mode == "target_alone" else "speculation (k=\"auto\", the pair's draft)"
         text += (f"Paired with it (timed in the same blocks, {r.prompts} prompts): {r.version}'s {what} "
                  f"{r.decode_tok_s:.2f} tok/s, " + stats.versus_one("specdec", (r.speedup, r.speedup_lo, r.speedup_hi),
                                                                  "llama.cpp's target alone"))
-        text += (". " if r.mode == "target_alone" else f", {100 * r.acceptance:.0f}% of drafts accepted, its text "
-                 f"the same as specdec's target alone's on {r.identical:.0f} of {r.prompts} prompts. ")
+        if mode == "target_alone":
+            text += ". "
+            continue
+        text += (f", {100 * r.acceptance:.0f}% of drafts accepted, its text the same as specdec's target alone's on "
+                 f"{r.identical:.0f} of {r.prompts} prompts; against specdec's own target alone in the same blocks, "
+                 + stats.versus_one("its speculation", (r.own_speedup, r.own_lo, r.own_hi), "it", floor=floor)
+                 + (f" ({stats.a_a(floor)})" if floor else "") + ". ")
     for r in table[table["mode"] == "speculative"].itertuples():
         text += (f"Its speculation, {cell_label(r)}: {r.decode_tok_s:.2f} tok/s, "
                  + stats.versus_one("it", (r.speedup, r.speedup_lo, r.speedup_hi), "its target alone")
