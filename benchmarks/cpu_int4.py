@@ -33,7 +33,7 @@ from specdec import qkernel
 from specdec.machine import cpu_identity, machine_key
 from specdec.models import load_pair
 from specdec.quantize import at_precision, precision_label, step_bytes
-from specdec.study import llamacpp
+from specdec.study import llamacpp, llamacpp_run
 from specdec.study.population import geomean
 from specdec.study.stats import geomean_speedup
 
@@ -70,7 +70,7 @@ def run_specdec(pair, ids, how, new):
 
 def run_llama(found, ggufs, prompt, mode, new, folder, tokenizer):
     draft_max, p_min = LLAMA_SPEC if mode == "speculative" else (None, None)
-    tool = llamacpp.COMPLETION_BIN if mode == "target_alone" else llamacpp.SPECULATIVE_BIN
+    tool = llamacpp_run.COMPLETION_BIN if mode == "target_alone" else llamacpp_run.SPECULATIVE_BIN
     timing, text = llamacpp.measure(tool, mode, found, ggufs, prompt, new, torch.get_num_threads(),
                                     draft_max, p_min, folder)
     return dict(decode_tok_s=timing["decode_tokens"] / timing["decode_s"],
@@ -116,9 +116,9 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout
     source = dict(commit=git("rev-parse", "HEAD").strip(), dirty=bool(git("status", "--porcelain")))  # before writing
-    found = llamacpp.find()
+    found = llamacpp_run.find()
     ggufs = llamacpp.pair_ggufs("qwen2.5-coder")
-    if llamacpp.COMPLETION_BIN not in found["binaries"]:
+    if llamacpp_run.COMPLETION_BIN not in found["binaries"]:
         raise SystemExit("llama.cpp's binaries not found: bash scripts/build_llama_cpp.sh, then set SPECDEC_LLAMA_CPP")
     base = load_pair("qwen2.5-coder")
     float_tok = base.tokenizer
@@ -153,7 +153,7 @@ def main():
                 kernel_path=qkernel.best_path() if qkernel.available() else f"none ({qkernel.why_not()})",
                 target=precision_label(pair.target), draft=precision_label(pair.draft),
                 target_gb_per_step=step_bytes(pair.target) / 1e9, draft_gb_per_step=step_bytes(pair.draft) / 1e9,
-                llama_cpp=llamacpp.version(llamacpp.COMPLETION_BIN, found), new_tokens=args.new, seed=args.seed, **source)
+                llama_cpp=llamacpp.version(llamacpp_run.COMPLETION_BIN, found), new_tokens=args.new, seed=args.seed, **source)
     (out / "provenance.json").write_text(json.dumps(meta, indent=1) + "\n")
     pd.set_option("display.width", 250)
     print(summary.round(3).to_string(index=False))

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from specdec.study import llamacpp, pairing, results
+from specdec.study import llamacpp, llamacpp_run, pairing, results
 from test_readme_numbers import git
 
 COMMITTED = [name for name in (git("ls-files", "--", "data/cpu") or "").split() if name.endswith(results.RESULTS)]
@@ -34,5 +34,5 @@ def test_llama_cpp_and_specdecs_target_alone_were_timed_in_the_same_blocks(name)
     llama.cpp's sweep, and each block's runs are one consecutive stretch."""
     rows = committed_rows(name)
     tools = {r["tool"] for r in rows if r.get("status") == "ok"}
-    assert {llamacpp.SPECDEC, llamacpp.COMPLETION_BIN} <= tools, f"{name}: specdec and llama.cpp not both timed"
+    assert {llamacpp.SPECDEC, llamacpp_run.COMPLETION_BIN} <= tools, f"{name}: specdec and llama.cpp not both timed"
     assert pairing.not_consecutive(rows, block=llamacpp.block_of) == [], f"{name}: blocks not back to back"

@@ -15,7 +15,7 @@ import pytest
 
 from specdec import generate, weights
 from specdec.models import load_pair
-from specdec.study import llamacpp, pairing, plots_precision
+from specdec.study import llamacpp, llamacpp_run, pairing, plots_precision
 
 matplotlib.use("Agg")
 
@@ -49,10 +49,10 @@ print({log!r}, file=sys.stderr)
 '''
 
 
-def fake_binaries(folder, names=(llamacpp.COMPLETION_BIN, llamacpp.SPECULATIVE_BIN)):
+def fake_binaries(folder, names=(llamacpp_run.COMPLETION_BIN, llamacpp_run.SPECULATIVE_BIN)):
     folder.mkdir(exist_ok=True)
     for name in names:
-        log = SPECULATIVE_LOG if name == llamacpp.SPECULATIVE_BIN else COMPLETION_LOG
+        log = SPECULATIVE_LOG if name == llamacpp_run.SPECULATIVE_BIN else COMPLETION_LOG
         path = folder / name
         path.write_text(FAKE.replace("{python}", sys.executable).replace("{log!r}", repr(log)))
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
@@ -62,10 +62,10 @@ def fake_binaries(folder, names=(llamacpp.COMPLETION_BIN, llamacpp.SPECULATIVE_B
 @pytest.fixture
 def fakes(tmp_path, monkeypatch):
     """Stand-in binaries in $SPECDEC_LLAMA_CPP, no llama.cpp on the PATH, no Python package."""
-    monkeypatch.setenv(llamacpp.ENV, str(fake_binaries(tmp_path / "bin")))
+    monkeypatch.setenv(llamacpp_run.ENV, str(fake_binaries(tmp_path / "bin")))
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "calls.jsonl"))
-    monkeypatch.setattr(llamacpp.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(llamacpp_run.importlib.util, "find_spec", lambda name: None)
     return tmp_path
 
 
@@ -79,34 +79,34 @@ def calls(tmp_path):
 
 
 def test_parsers_read_llama_cpps_own_lines():
-    assert llamacpp.parse_completion(COMPLETION_LOG) == dict(prompt_tokens=99, prefill_s=pytest.approx(0.61976),
+    assert llamacpp_run.parse_completion(COMPLETION_LOG) == dict(prompt_tokens=99, prefill_s=pytest.approx(0.61976),
                                                              new_tokens=32, decode_tokens=31,
                                                              decode_s=pytest.approx(0.73281))
-    got = llamacpp.parse_speculative(SPECULATIVE_LOG)
+    got = llamacpp_run.parse_speculative(SPECULATIVE_LOG)
     assert got == dict(prompt_tokens=99, prefill_s=0.929, new_tokens=33, decode_tokens=33, decode_s=1.495,
                        drafted=28, accepted=23)
     with pytest.raises(ValueError, match="n_drafted"):  # another version's output is refused, not misread
-        llamacpp.parse_speculative(SPECULATIVE_LOG.replace("n_drafted", "drafted"))
+        llamacpp_run.parse_speculative(SPECULATIVE_LOG.replace("n_drafted", "drafted"))
 
 
 def test_find_and_plan(fakes, monkeypatch):
-    found = llamacpp.find()
-    assert set(found["binaries"]) == {llamacpp.COMPLETION_BIN, llamacpp.SPECULATIVE_BIN} and found["python"] is None
-    assert llamacpp.plan(found) == dict(target_alone=llamacpp.COMPLETION_BIN, speculative=llamacpp.SPECULATIVE_BIN)
+    found = llamacpp_run.find()
+    assert set(found["binaries"]) == {llamacpp_run.COMPLETION_BIN, llamacpp_run.SPECULATIVE_BIN} and found["python"] is None
+    assert llamacpp_run.plan(found) == dict(target_alone=llamacpp_run.COMPLETION_BIN, speculative=llamacpp_run.SPECULATIVE_BIN)
     # the Python package alone: the target alone only, and the sentence says what is missing and how to build it
     python_only = dict(binaries={}, python="0.3.36")
-    assert llamacpp.plan(python_only) == dict(target_alone=llamacpp.PYTHON)
-    assert "speculation is not" in llamacpp.describe(python_only) and "build_llama_cpp.sh" in llamacpp.describe(python_only)
+    assert llamacpp_run.plan(python_only) == dict(target_alone=llamacpp_run.PYTHON)
+    assert "speculation is not" in llamacpp_run.describe(python_only) and "build_llama_cpp.sh" in llamacpp_run.describe(python_only)
     # speculation without any target alone is not timed: it would have no baseline
-    assert llamacpp.plan(dict(binaries={llamacpp.SPECULATIVE_BIN: "x"}, python=None)) == {}
-    monkeypatch.setenv(llamacpp.ENV, str(fakes / "nowhere"))
-    nothing = llamacpp.find()
-    assert nothing == dict(binaries={}, python=None) and "not available" in llamacpp.describe(nothing)
+    assert llamacpp_run.plan(dict(binaries={llamacpp_run.SPECULATIVE_BIN: "x"}, python=None)) == {}
+    monkeypatch.setenv(llamacpp_run.ENV, str(fakes / "nowhere"))
+    nothing = llamacpp_run.find()
+    assert nothing == dict(binaries={}, python=None) and "not available" in llamacpp_run.describe(nothing)
 
 
 def test_commands_are_greedy_fixed_length_and_name_the_draft_settings():
-    alone = llamacpp.completion_command("bin", "t.gguf", "p.txt", 32, 2)
-    spec = llamacpp.speculative_command("bin", "t.gguf", "d.gguf", "p.txt", 32, 2, 3, 0.0)
+    alone = llamacpp_run.completion_command("bin", "t.gguf", "p.txt", 32, 2)
+    spec = llamacpp_run.speculative_command("bin", "t.gguf", "d.gguf", "p.txt", 32, 2, 3, 0.0)
     for cmd in (alone, spec):
         assert cmd[cmd.index("-n") + 1] == "32" and "--ignore-eos" in cmd and cmd[cmd.index("--temp") + 1] == "0"
         assert cmd[cmd.index("-t") + 1] == "2"
@@ -116,7 +116,7 @@ def test_commands_are_greedy_fixed_length_and_name_the_draft_settings():
 
 
 def test_sweep_times_every_cell_keeps_finished_ones_and_records_failures(fakes, monkeypatch):
-    found = llamacpp.find()
+    found = llamacpp_run.find()
     drafts = [[3, 0.0], [16, 0.75]]
     monkeypatch.setenv("FAIL_ON", "sky")  # every run on p2 fails
     rows = llamacpp.sweep(fakes / "out", found, GGUFS, PROMPTS, drafts, 32, 2, iterations=2, seed=0)
@@ -146,9 +146,9 @@ def test_a_retried_cell_retimes_its_whole_block_and_a_finished_sweep_leaves_no_t
     """Pairing survives a retry: a block with one failed run is timed whole again, so its rows come from one machine
     state; each (cell, prompt, iteration) is returned once, its latest row; a sweep with nothing left to time runs no
     binary (no warm-up) and writes no provenance."""
-    found, drafts, out = llamacpp.find(), [[3, 0.0], [16, 0.75]], fakes / "out"
+    found, drafts, out = llamacpp_run.find(), [[3, 0.0], [16, 0.75]], fakes / "out"
     monkeypatch.setenv("FAIL_ON", "sky")
-    monkeypatch.setenv("FAIL_TOOL", llamacpp.SPECULATIVE_BIN)  # p2's speculation fails, its target alone does not
+    monkeypatch.setenv("FAIL_TOOL", llamacpp_run.SPECULATIVE_BIN)  # p2's speculation fails, its target alone does not
     first = llamacpp.sweep(out, found, GGUFS, PROMPTS, drafts, 32, 2, iterations=2, seed=0)
     assert (first["status"] == "failed").sum() == 2 * 2
     monkeypatch.delenv("FAIL_ON")
@@ -173,7 +173,7 @@ def test_specdecs_target_alone_and_speculation_are_timed_in_each_block_beside_ll
     llama.cpp's target alone of the same prompts; specdec's speculation has its acceptance, its text is compared with
     specdec's own target alone's, and so is its speed, run over run in the same blocks."""
     pair = load_pair("tiny-llama", device="cpu")
-    rows = llamacpp.sweep(fakes / "out", llamacpp.find(), GGUFS, PROMPTS, [[3, 0.0]], 8, 2, iterations=2, seed=0,
+    rows = llamacpp.sweep(fakes / "out", llamacpp_run.find(), GGUFS, PROMPTS, [[3, 0.0]], 8, 2, iterations=2, seed=0,
                           specdec=pair)
     mine = rows[rows["tool"] == llamacpp.SPECDEC]
     assert len(rows) == 5 * 2 * 2 and len(mine) == 3 * 2 * 2 and (mine["status"] == "ok").all()
@@ -187,7 +187,7 @@ def test_specdecs_target_alone_and_speculation_are_timed_in_each_block_beside_ll
     written = [json.loads(line) for line in (fakes / "out" / "results.jsonl").read_text().splitlines()]
     assert pairing.not_consecutive(written, block=llamacpp.block_of) == []
     table = llamacpp.summary(rows).set_index(["tool", "mode"])
-    alone = table.loc[(llamacpp.COMPLETION_BIN, "target_alone")]
+    alone = table.loc[(llamacpp_run.COMPLETION_BIN, "target_alone")]
     for mode in ("target_alone", "target_again", "auto"):
         line = table.loc[(llamacpp.SPECDEC, mode)]
         assert line["speedup"] == pytest.approx(line["decode_tok_s"] / alone["decode_tok_s"])  # one run a prompt each
@@ -195,14 +195,14 @@ def test_specdecs_target_alone_and_speculation_are_timed_in_each_block_beside_ll
     for mode in ("target_again", "auto"):  # over specdec's own target alone, block by block: runs of one block
         ratios = [(speed[mode, p].to_numpy() / speed["target_alone", p].to_numpy()).mean() for p in speed[mode].index.unique(0)]
         assert table.loc[(llamacpp.SPECDEC, mode), "own_speedup"] == pytest.approx(np.exp(np.log(ratios).mean()))
-    spec_line = table.loc[(llamacpp.SPECULATIVE_BIN, "speculative")]
+    spec_line = table.loc[(llamacpp_run.SPECULATIVE_BIN, "speculative")]
     assert spec_line["own_speedup"] == pytest.approx(spec_line["speedup"])  # llama.cpp's own target alone again
     assert np.isnan(table.loc[(llamacpp.SPECDEC, "target_alone"), "own_speedup"])
     assert np.isnan(alone["speedup"]) and np.isnan(table.loc[(llamacpp.SPECDEC, "target_alone"), "acceptance"])
     auto = table.loc[(llamacpp.SPECDEC, "auto")]
     assert auto["acceptance"] == pytest.approx(spec["accepted"].sum() / spec["drafted"].sum())
     assert auto["identical"] == len(PROMPTS)
-    text = llamacpp.readout(llamacpp.find(), [Path(g) for g in GGUFS], table.reset_index().assign(step_gb=1.0), "cpu",
+    text = llamacpp.readout(llamacpp_run.find(), [Path(g) for g in GGUFS], table.reset_index().assign(step_gb=1.0), "cpu",
                             pd.DataFrame([dict(precision="int4", target_alone_tok_s=30.0)]))
     assert "Paired with it" in text and "specdec float32's target alone" in text
     assert "specdec float32's speculation (k=\"auto\"" in text and "specdec float32's target_again" not in text
@@ -247,7 +247,7 @@ def test_summary_divides_runs_of_the_same_block():
 def test_readout_says_why_nothing_was_timed():
     nothing = dict(binaries={}, python=None)
     assert "build_llama_cpp.sh" in llamacpp.readout(nothing, None, None, "cpu", None)
-    found = dict(binaries={llamacpp.COMPLETION_BIN: "x", llamacpp.SPECULATIVE_BIN: "y"}, python=None)
+    found = dict(binaries={llamacpp_run.COMPLETION_BIN: "x", llamacpp_run.SPECULATIVE_BIN: "y"}, python=None)
     assert "cuda target" in llamacpp.readout(found, None, None, "cuda", None)
     assert "no GGUF files" in llamacpp.readout(found, None, None, "cpu", None)
 
@@ -293,16 +293,16 @@ def test_the_figure_draws_llama_cpps_points_beside_specdecs():
 
 
 def test_readout_and_summary_when_runs_failed_or_a_binary_is_missing():
-    found = dict(binaries={llamacpp.COMPLETION_BIN: "x", llamacpp.SPECULATIVE_BIN: "y"}, python=None)
-    failed = pd.DataFrame([dict(tool=llamacpp.COMPLETION_BIN, mode="target_alone", draft_max=None, p_min=None,
+    found = dict(binaries={llamacpp_run.COMPLETION_BIN: "x", llamacpp_run.SPECULATIVE_BIN: "y"}, python=None)
+    failed = pd.DataFrame([dict(tool=llamacpp_run.COMPLETION_BIN, mode="target_alone", draft_max=None, p_min=None,
                                 prompt_id="a", category="c", iteration=0, decode_tok_s=None, text=None,
                                 drafted=None, accepted=None, status="failed", version="v")])
     table = llamacpp.summary(failed)
     assert table.empty and "mode" in table.columns  # the notebook can still select from it
     assert "runs failed" in llamacpp.readout(found, (Path("t.gguf"), Path("d.gguf")), table, "cpu", None)
-    only_spec = dict(binaries={llamacpp.SPECULATIVE_BIN: "y"}, python=None)
+    only_spec = dict(binaries={llamacpp_run.SPECULATIVE_BIN: "y"}, python=None)
     said = llamacpp.readout(only_spec, (Path("t.gguf"), Path("d.gguf")), None, "cpu", None)
-    assert "nothing of it is timed" in said and llamacpp.COMPLETION_BIN in said
+    assert "nothing of it is timed" in said and llamacpp_run.COMPLETION_BIN in said
 
 
 class FakeLlama:
@@ -330,10 +330,10 @@ class FakeLlama:
 def test_the_python_package_times_the_target_alone_on_the_exact_ids(monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", type(sys)("llama_cpp"))
     sys.modules["llama_cpp"].Llama = FakeLlama
-    llamacpp._LOADED.clear()
-    timing, text = llamacpp.python_target_alone("t.gguf", [7, 8, 9], 4, 2)
+    llamacpp_run._LOADED.clear()
+    timing, text = llamacpp_run.python_target_alone("t.gguf", [7, 8, 9], 4, 2)
     # the prompt's forward gives the first token; each later one needs the one before evaluated
     assert text == "3 4 5 6" and timing["new_tokens"] == 4 and timing["decode_tokens"] == 3
     assert timing["prompt_tokens"] == 3 and timing["decode_s"] >= 0 and timing["prefill_s"] >= 0
-    llamacpp.python_target_alone("t.gguf", [1], 2, 2)
+    llamacpp_run.python_target_alone("t.gguf", [1], 2, 2)
     assert FakeLlama.loads == 1  # loaded once, reset between prompts

@@ -3,15 +3,9 @@ target alone and its own speculative decoding with the pair's draft, on the offl
 (their Q4_K_M quantization, llama.cpp's own kernels), the notebook's prompts, greedy, a fixed number of new tokens
 (EOS ignored), on as many threads as torch uses.
 
-Optional, never a dependency. The binaries `llama-completion` (the target alone) and `llama-speculative-simple`
-(speculation) are looked for in $SPECDEC_LLAMA_CPP (a folder), then on the PATH: scripts/build_llama_cpp.sh builds
-both from the llama.cpp sources that the llama-cpp-python sdist vendors. Without them the `llama_cpp` Python package
-(llama-cpp-python) times the target alone only, as it ships no draft-model speculation.
-
-Each tool reports its own decode rate, which is what is compared: llama-completion's "eval time" (every token after
-the one the prompt's forward gave), llama-speculative-simple's "decoded N tokens in S seconds" (drafting and
-verification from the prompt's last token on), llama-cpp-python's tokens after the first over the time after the
-prompt's forward. Rows go to <folder>/results.jsonl (specdec.study.results), each fsynced as it is measured.
+Optional, never a dependency: specdec.study.llamacpp_run finds its binaries (or its Python package), runs them and
+reads the decode rate each reports, which is what is compared. Rows go to <folder>/results.jsonl
+(specdec.study.results), each fsynced as it is measured.
 
 Paired with specdec: given a specdec pair (notebook 06 passes its int4 one), the sweep also times specdec's own target
 alone and its speculation (k="auto") in every prompt's block, back to back with llama.cpp's runs of that prompt, so specdec and llama.cpp are
@@ -19,14 +13,9 @@ compared inside one machine state (specdec.study.pairing), on the same decode de
 prompt's forward to the last token).
 """
 import contextlib
-import importlib.metadata
-import importlib.util
-import os
 import re
-import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,65 +26,20 @@ from ..engine import generate
 from ..models import PAIRS
 from ..quantize import precision_label
 from . import pairing, results, stats
+from .llamacpp_run import (PYTHON, SPECULATIVE_BIN, completion_command, describe, parse_completion, parse_speculative,
+                           plan, prompt_file, python_target_alone, run_binary, speculative_command)
 from .population import estimate, geomean, paired_runs
 from .prompts import encode
 
-ENV = "SPECDEC_LLAMA_CPP"  # a folder holding the llama.cpp binaries
-COMPLETION_BIN, SPECULATIVE_BIN = "llama-completion", "llama-speculative-simple"
-PYTHON = "llama-cpp-python"
 SPECDEC = "specdec"  # specdec's own target alone (twice: the A/A control) and speculation (k="auto"), timed in each
                      # block beside llama.cpp's
 ALONE = ("target_alone", "target_again")  # specdec's modes without a draft
-BUILD_HELP = (f"build llama.cpp's binaries with `bash scripts/build_llama_cpp.sh` (cmake and a C/C++ compiler) and "
-              f"set {ENV} to the folder it prints")
 KEY = ("tool", "mode", "draft_max", "p_min", "prompt_id", "iteration")
 COLUMNS = KEY + ("category", "run_id", "version", "threads", "max_new_tokens", "prompt_tokens", "hf_prompt_tokens",
                  "new_tokens", "decode_tokens", "prefill_s", "decode_s", "decode_tok_s", "drafted", "accepted", "text", "status",
                  "error", "measured_utc")
 SUMMARY_COLUMNS = ("tool", "mode", "draft_max", "p_min", "prompts", "decode_tok_s", "speedup", "speedup_lo",
                    "speedup_hi", "own_speedup", "own_lo", "own_hi", "acceptance", "identical", "version")
-TIMEOUT_S = 600  # one llama.cpp process: loading both models and 32 tokens take seconds
-
-
-def find() -> dict:
-    """The llama.cpp this machine has: {"binaries": {name: path}, "python": llama-cpp-python's version or None}."""
-    folder = os.environ.get(ENV)
-    binaries = {}
-    for name in (COMPLETION_BIN, SPECULATIVE_BIN):
-        path = (shutil.which(name, path=folder) if folder else None) or shutil.which(name)
-        if path:
-            binaries[name] = Path(path)
-    python = importlib.metadata.version(PYTHON) if importlib.util.find_spec("llama_cpp") else None
-    return dict(binaries=binaries, python=python)
-
-
-def plan(found) -> dict:
-    """{mode: tool} for what `found` can time: the target alone and speculation from one build of the binaries;
-    the Python package, where the binaries are missing, for the target alone."""
-    bins = found["binaries"]
-    modes = {}
-    if COMPLETION_BIN in bins:
-        modes["target_alone"] = COMPLETION_BIN
-    elif found["python"]:
-        modes["target_alone"] = PYTHON
-    if SPECULATIVE_BIN in bins and "target_alone" in modes:  # a speedup needs its baseline
-        modes["speculative"] = SPECULATIVE_BIN
-    return modes
-
-
-def describe(found) -> str:
-    """One sentence: what was found and what it can time."""
-    have = list(found["binaries"])  # names only: a folder of this machine means nothing on the published page
-    have += [f"{PYTHON} {found['python']}"] if found["python"] else []
-    modes = plan(found)
-    if not have:
-        return f"not available here (no {COMPLETION_BIN} or {SPECULATIVE_BIN} binary and no `import llama_cpp`); {BUILD_HELP}."
-    text = f"found {', '.join(have)}"
-    if "target_alone" not in modes:
-        text += f"; nothing of it is timed: a target alone, which speculation is compared with, needs {COMPLETION_BIN} or {PYTHON} ({BUILD_HELP})"
-    elif "speculative" not in modes:
-        text += f"; its target alone is timed, its speculation is not (that needs {SPECULATIVE_BIN}: {BUILD_HELP})"
-    return text + "."
 
 
 def pair_ggufs(pair) -> tuple[Path, Path] | None:
@@ -119,84 +63,6 @@ def version(tool, found, specdec=None) -> str:
     return line.group(1).strip() if line else "unknown"
 
 
-def completion_command(binary, model, prompt_file, n, threads) -> list[str]:
-    """The target alone: greedy, exactly n new tokens, the prompt read as text with special tokens parsed."""
-    return [str(binary), "-m", str(model), "-f", str(prompt_file), "-n", str(n), "--ignore-eos", "--temp", "0",
-            "-t", str(threads), "-tb", str(threads), "-c", "4096", "-no-cnv", "--no-display-prompt", "--special"]
-
-
-def speculative_command(binary, target, draft, prompt_file, n, threads, draft_max, p_min) -> list[str]:
-    """llama.cpp's speculation with the draft model (`--spec-type draft-simple`): up to `draft_max` drafts a round,
-    the draft stopping early where its greedy token's probability falls below `p_min` (0: never)."""
-    return [str(binary), "-m", str(target), "-md", str(draft), "--spec-type", "draft-simple",
-            "--spec-draft-n-max", str(draft_max), "--spec-draft-n-min", "0", "--spec-draft-p-min", str(p_min),
-            "-f", str(prompt_file), "-n", str(n), "--ignore-eos", "--temp", "0",
-            "-t", str(threads), "-tb", str(threads), "-td", str(threads), "-tbd", str(threads), "-c", "4096"]
-
-
-def _number(pattern, log, cast=float):
-    found = re.search(pattern, log)
-    if found is None:
-        raise ValueError(f"llama.cpp's output has no line matching {pattern!r}; its last lines:\n{log[-1500:]}")
-    return cast(found.group(1))
-
-
-def parse_completion(log) -> dict:
-    """llama-completion's timings (llama_perf_context_print): prompt tokens, prefill and decode seconds."""
-    steps = _number(r"\beval time =\s*[\d.]+ ms /\s*(\d+) runs", log, int)  # one token each, after the first
-    return dict(prompt_tokens=_number(r"prompt eval time =\s*[\d.]+ ms /\s*(\d+) tokens", log, int),
-                prefill_s=_number(r"prompt eval time =\s*([\d.]+) ms", log) / 1e3,
-                new_tokens=steps + 1, decode_tokens=steps,
-                decode_s=_number(r"\beval time =\s*([\d.]+) ms /\s*\d+ runs", log) / 1e3)
-
-
-def parse_speculative(log) -> dict:
-    """llama-speculative-simple's summary: prompt tokens, prefill and decode seconds, drafts made and accepted."""
-    new = _number(r"decoded\s+(\d+) tokens", log, int)  # every new token, the first included
-    return dict(prompt_tokens=_number(r"encoded\s+(\d+) tokens", log, int),
-                prefill_s=_number(r"encoded\s+\d+ tokens in\s+([\d.]+) seconds", log),
-                new_tokens=new, decode_tokens=new,
-                decode_s=_number(r"decoded\s+\d+ tokens in\s+([\d.]+) seconds", log),
-                drafted=_number(r"n_drafted\s*=\s*(\d+)", log, int),
-                accepted=_number(r"n_accept\s*=\s*(\d+)", log, int))
-
-
-def run_binary(cmd, parse) -> tuple[dict, str]:
-    """Run one llama.cpp process; its parsed timings and its stdout (the text it generated)."""
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
-    if out.returncode != 0:
-        raise RuntimeError(f"{Path(cmd[0]).name} exited {out.returncode}: {out.stderr[-1500:]}")
-    return parse(out.stderr + out.stdout), out.stdout
-
-
-_LOADED = {}  # llama-cpp-python models by (path, threads): loaded once per process, as a binary loads per run
-
-
-def python_target_alone(gguf, ids, n, threads) -> tuple[dict, str]:
-    """llama-cpp-python's target alone on the exact token ids: the prompt's forward, then n - 1 greedy steps."""
-    import llama_cpp  # the optional package, imported only once find() has seen it (no cycle is being dodged)
-
-    key = (str(gguf), threads)
-    if key not in _LOADED:
-        _LOADED.clear()  # one model at a time
-        _LOADED[key] = llama_cpp.Llama(str(gguf), n_ctx=4096, n_threads=threads, n_threads_batch=threads,
-                                       verbose=False)
-    llm = _LOADED[key]
-    llm.reset()
-    start = time.perf_counter()
-    llm.eval(ids)
-    middle = time.perf_counter()
-    tokens = []
-    for i in range(n):
-        tokens.append(llm.sample(temp=0.0))
-        if i < n - 1:
-            llm.eval([tokens[-1]])
-    end = time.perf_counter()
-    timing = dict(prompt_tokens=len(ids), prefill_s=middle - start, new_tokens=n, decode_tokens=n - 1,
-                  decode_s=end - middle)
-    return timing, llm.detokenize(tokens).decode("utf-8", "replace")
-
-
 def prompt_inputs(tokenizer, prompts) -> list[dict]:
     """The notebook's prompts as llama.cpp gets them: id, category, the HF tokenizer's ids (chat template
     included) and their text with the special tokens written out, which llama.cpp tokenizes (specials parsed)."""
@@ -206,14 +72,6 @@ def prompt_inputs(tokenizer, prompts) -> list[dict]:
         out.append(dict(id=q["id"], category=q["category"], ids=ids,
                         text=tokenizer.decode(ids, skip_special_tokens=False)))
     return out
-
-
-def prompt_file(folder, prompt_id, text) -> Path:
-    """The prompt as a file for `-f`, which drops one trailing newline: written with one more, so the binary
-    tokenizes exactly `text` (a chat prompt ends "<|im_start|>assistant\n")."""
-    path = Path(folder) / f"{prompt_id}.txt"
-    path.write_text(text + "\n")
-    return path
 
 
 def specdec_run(pair, ids, n, mode) -> tuple[dict, str]:
