@@ -8,9 +8,9 @@ reads the decode rate each reports, which is what is compared. Rows go to <folde
 (specdec.study.results), each fsynced as it is measured.
 
 Paired with specdec: given a specdec pair (notebook 06 passes its int4 one), the sweep also times specdec's own target
-alone and its speculation (k="auto") in every prompt's block, back to back with llama.cpp's runs of that prompt, so specdec and llama.cpp are
-compared inside one machine state (specdec.study.pairing), on the same decode definition (from the end of the
-prompt's forward to the last token).
+alone (twice: an A/A control) and its speculation (k="auto") in every prompt's block, back to back with llama.cpp's
+runs of that prompt, so specdec and llama.cpp are compared inside one machine state (specdec.study.pairing), on the
+same decode definition (from the end of the prompt's forward to the last token).
 """
 import contextlib
 import re
@@ -76,9 +76,9 @@ def prompt_inputs(tokenizer, prompts) -> list[dict]:
 
 def specdec_run(pair, ids, n, mode) -> tuple[dict, str]:
     """specdec on the exact token ids, its target alone (mode "target_alone", or "target_again": the A/A control's
-    second run) or its speculation with the pair's draft at k="auto" (mode "auto"), in llama.cpp's timing terms: decode is every token after the one the prompt's
-    forward gave (specdec's decode_seconds: from the end of the target's prefill to the last token, the draft's
-    prefill inside it)."""
+    second run) or its speculation with the pair's draft at k="auto" (mode "auto"), in llama.cpp's timing terms:
+    decode is every token after the one the prompt's forward gave (specdec's decode_seconds: from the end of the
+    target's prefill to the last token, the draft's prefill inside it)."""
     draft = pair.draft if mode == "auto" else None
     r = generate(pair.target, [ids], draft=draft, k="auto", max_new_tokens=n, eos_token_id=[],
                  same_tokenizer=pair.same_tokenizer)
