@@ -214,9 +214,11 @@ def summary(rows, seed=0) -> pd.DataFrame:
             e = estimate(d, seed, stats.RESAMPLES)
             line.update(speedup=e.est, speedup_lo=e.lo, speedup_hi=e.hi)
         engine = SPECDEC if tool == SPECDEC else "llama.cpp"
-        mine = paired_runs(g, own[engine], "decode_tok_s")
-        if mode != "target_alone" and not mine.empty:
-            line.update(zip(("own_speedup", "own_lo", "own_hi"), estimate(mine, seed, stats.RESAMPLES)))
+        if mode != "target_alone":  # llama.cpp's own target alone is `base`: its speedup again, not re-estimated
+            mine = paired_runs(g, own[SPECDEC], "decode_tok_s") if engine == SPECDEC else d
+            if not mine.empty:
+                o = estimate(mine, seed, stats.RESAMPLES) if engine == SPECDEC else e
+                line.update(own_speedup=o.est, own_lo=o.lo, own_hi=o.hi)
         if mode not in ALONE:
             g = g[g["prompt_id"].isin(d["prompt_id"])]
             ref = ref_text[engine]
