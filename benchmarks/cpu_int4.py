@@ -153,7 +153,8 @@ def main():
                 kernel_path=qkernel.best_path() if qkernel.available() else f"none ({qkernel.why_not()})",
                 target=precision_label(pair.target), draft=precision_label(pair.draft),
                 target_gb_per_step=step_bytes(pair.target) / 1e9, draft_gb_per_step=step_bytes(pair.draft) / 1e9,
-                llama_cpp=llamacpp.version(llamacpp_run.COMPLETION_BIN, found), new_tokens=args.new, seed=args.seed, **source)
+                llama_cpp=llamacpp.version(llamacpp_run.COMPLETION_BIN, found), new_tokens=args.new, seed=args.seed,
+                **source)
     (out / "provenance.json").write_text(json.dumps(meta, indent=1) + "\n")
     pd.set_option("display.width", 250)
     print(summary.round(3).to_string(index=False))

@@ -80,8 +80,8 @@ def calls(tmp_path):
 
 def test_parsers_read_llama_cpps_own_lines():
     assert llamacpp_run.parse_completion(COMPLETION_LOG) == dict(prompt_tokens=99, prefill_s=pytest.approx(0.61976),
-                                                             new_tokens=32, decode_tokens=31,
-                                                             decode_s=pytest.approx(0.73281))
+                                                                 new_tokens=32, decode_tokens=31,
+                                                                 decode_s=pytest.approx(0.73281))
     got = llamacpp_run.parse_speculative(SPECULATIVE_LOG)
     assert got == dict(prompt_tokens=99, prefill_s=0.929, new_tokens=33, decode_tokens=33, decode_s=1.495,
                        drafted=28, accepted=23)
@@ -90,13 +90,15 @@ def test_parsers_read_llama_cpps_own_lines():
 
 
 def test_find_and_plan(fakes, monkeypatch):
-    found = llamacpp_run.find()
-    assert set(found["binaries"]) == {llamacpp_run.COMPLETION_BIN, llamacpp_run.SPECULATIVE_BIN} and found["python"] is None
-    assert llamacpp_run.plan(found) == dict(target_alone=llamacpp_run.COMPLETION_BIN, speculative=llamacpp_run.SPECULATIVE_BIN)
+    run = llamacpp_run
+    found = run.find()
+    assert set(found["binaries"]) == {run.COMPLETION_BIN, run.SPECULATIVE_BIN} and found["python"] is None
+    assert run.plan(found) == dict(target_alone=run.COMPLETION_BIN, speculative=run.SPECULATIVE_BIN)
     # the Python package alone: the target alone only, and the sentence says what is missing and how to build it
     python_only = dict(binaries={}, python="0.3.36")
     assert llamacpp_run.plan(python_only) == dict(target_alone=llamacpp_run.PYTHON)
-    assert "speculation is not" in llamacpp_run.describe(python_only) and "build_llama_cpp.sh" in llamacpp_run.describe(python_only)
+    said = llamacpp_run.describe(python_only)
+    assert "speculation is not" in said and "build_llama_cpp.sh" in said
     # speculation without any target alone is not timed: it would have no baseline
     assert llamacpp_run.plan(dict(binaries={llamacpp_run.SPECULATIVE_BIN: "x"}, python=None)) == {}
     monkeypatch.setenv(llamacpp_run.ENV, str(fakes / "nowhere"))
@@ -173,11 +175,12 @@ def test_specdecs_target_alone_and_speculation_are_timed_in_each_block_beside_ll
     llama.cpp's target alone of the same prompts; specdec's speculation has its acceptance, its text is compared with
     specdec's own target alone's, and so is its speed, run over run in the same blocks."""
     pair = load_pair("tiny-llama", device="cpu")
-    rows = llamacpp.sweep(fakes / "out", llamacpp_run.find(), GGUFS, PROMPTS, [[3, 0.0]], 8, 2, iterations=2, seed=0,
-                          specdec=pair)
+    rows = llamacpp.sweep(fakes / "out", llamacpp_run.find(), GGUFS, PROMPTS, [[3, 0.0]], 8, 2, iterations=2,
+                          seed=0, specdec=pair)
     mine = rows[rows["tool"] == llamacpp.SPECDEC]
     assert len(rows) == 5 * 2 * 2 and len(mine) == 3 * 2 * 2 and (mine["status"] == "ok").all()
-    assert set(mine["mode"]) == {"target_alone", "target_again", "auto"} and (mine["version"] == "specdec float32").all()
+    assert set(mine["mode"]) == {"target_alone", "target_again", "auto"}
+    assert (mine["version"] == "specdec float32").all()
     assert (mine["decode_tokens"] == 7).all() and (mine["decode_s"] > 0).all() and (mine["prefill_s"] > 0).all()
     spec = mine[mine["mode"] == "auto"]
     assert (spec["drafted"] >= spec["accepted"]).all() and spec["drafted"].sum() > 0
@@ -193,7 +196,8 @@ def test_specdecs_target_alone_and_speculation_are_timed_in_each_block_beside_ll
         assert line["speedup"] == pytest.approx(line["decode_tok_s"] / alone["decode_tok_s"])  # one run a prompt each
     speed = mine.set_index(["mode", "prompt_id", "iteration"])["decode_tok_s"].sort_index()
     for mode in ("target_again", "auto"):  # over specdec's own target alone, block by block: runs of one block
-        ratios = [(speed[mode, p].to_numpy() / speed["target_alone", p].to_numpy()).mean() for p in speed[mode].index.unique(0)]
+        ratios = [(speed[mode, p].to_numpy() / speed["target_alone", p].to_numpy()).mean()
+                  for p in speed[mode].index.unique(0)]
         assert table.loc[(llamacpp.SPECDEC, mode), "own_speedup"] == pytest.approx(np.exp(np.log(ratios).mean()))
     spec_line = table.loc[(llamacpp_run.SPECULATIVE_BIN, "speculative")]
     assert spec_line["own_speedup"] == pytest.approx(spec_line["speedup"])  # llama.cpp's own target alone again
@@ -202,8 +206,8 @@ def test_specdecs_target_alone_and_speculation_are_timed_in_each_block_beside_ll
     auto = table.loc[(llamacpp.SPECDEC, "auto")]
     assert auto["acceptance"] == pytest.approx(spec["accepted"].sum() / spec["drafted"].sum())
     assert auto["identical"] == len(PROMPTS)
-    text = llamacpp.readout(llamacpp_run.find(), [Path(g) for g in GGUFS], table.reset_index().assign(step_gb=1.0), "cpu",
-                            pd.DataFrame([dict(precision="int4", target_alone_tok_s=30.0)]))
+    text = llamacpp.readout(llamacpp_run.find(), [Path(g) for g in GGUFS], table.reset_index().assign(step_gb=1.0),
+                            "cpu", pd.DataFrame([dict(precision="int4", target_alone_tok_s=30.0)]))
     assert "Paired with it" in text and "specdec float32's target alone" in text
     assert "specdec float32's speculation (k=\"auto\"" in text and "specdec float32's target_again" not in text
     assert "against specdec's own target alone in the same blocks, its speculation" in text
