@@ -34,6 +34,7 @@ from specdec.machine import cpu_identity, machine_key
 from specdec.models import load_pair
 from specdec.quantize import at_precision, precision_label, step_bytes
 from specdec.study import llamacpp, llamacpp_run
+from specdec.study.quality import agreement
 from specdec.study.population import geomean
 from specdec.study.stats import geomean_speedup
 
@@ -51,12 +52,6 @@ def pick_prompts(n):
     rows = [json.loads(line) for line in POPULATION.read_text().splitlines()]
     per = n // len(CATEGORIES)
     return [r for c in CATEGORIES for r in [r for r in rows if r["category"] == c][:per]]
-
-
-def agreement(ids, ref) -> float:
-    """Share of `ref`'s tokens that `ids` matches before their first difference."""
-    same = next((i for i, (a, b) in enumerate(zip(ids, ref)) if a != b), min(len(ids), len(ref)))
-    return same / len(ref)
 
 
 def run_specdec(pair, ids, how, new):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Optional: build llama.cpp's llama-completion and llama-speculative-simple, the outside reference notebook 06
-# times (specdec.study.llamacpp). Nothing in specdec needs them. The sources are the llama.cpp that the
+# Optional: build llama.cpp's llama-completion, llama-speculative-simple and llama-perplexity, the outside
+# reference notebook 06 times and scores (specdec.study.llamacpp). Nothing in specdec needs them. The sources are the llama.cpp that the
 # llama-cpp-python sdist vendors (a pinned version from PyPI, so this works wherever pip does); needs cmake and a
 # C/C++ compiler. 155 s on a 2-core AMD EPYC, the download included. Prints the folder to put in SPECDEC_LLAMA_CPP.
 #   bash scripts/build_llama_cpp.sh                  # into ~/.cache/specdec/llama.cpp
@@ -27,7 +27,7 @@ fi
 log="$DEST/build.log"  # the compiler's output (thousands of warnings): read it only if the build fails
 if ! { cmake -S "$DEST/src/vendor/llama.cpp" -B "$DEST/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF \
          -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF &&
-       cmake --build "$DEST/build" -j "$(nproc 2>/dev/null || echo 2)" --target llama-completion llama-speculative-simple
+       cmake --build "$DEST/build" -j "$(nproc 2>/dev/null || echo 2)" --target llama-completion llama-speculative-simple llama-perplexity
      } >"$log" 2>&1; then
   tail -30 "$log" >&2
   echo "build_llama_cpp: the build failed; the whole log is $log" >&2

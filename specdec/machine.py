@@ -102,6 +102,20 @@ def busy() -> bool:
     return others_cpu() > BUSY_CORES
 
 
+def read_bandwidth(gib=1.0, passes=7) -> float:
+    """Bytes a second this machine's CPU cores read from memory now: a float32 tensor of `gib` GiB (far past any
+    cache) summed on torch's threads, the fastest of `passes` adjacent passes (they share the machine's state; the
+    fastest is the one least interrupted). Bytes per decode step over this is the bandwidth floor of a step."""
+    x = torch.ones(int(gib * 2**30) // 4)
+    x.sum()  # the pages touched once before timing
+    best = float("inf")
+    for _ in range(passes):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best
+
+
 # -- per-machine JSON caches ------------------------------------------------------------------------------------
 # Several processes may measure at once (two study runs, a test suite beside a benchmark): every write merges
 # under an exclusive lock and replaces the file atomically (a unique temp file, then rename), so a reader never

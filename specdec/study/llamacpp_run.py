@@ -20,6 +20,7 @@ from pathlib import Path
 
 ENV = "SPECDEC_LLAMA_CPP"  # a folder holding the llama.cpp binaries
 COMPLETION_BIN, SPECULATIVE_BIN = "llama-completion", "llama-speculative-simple"
+PERPLEXITY_BIN = "llama-perplexity"  # optional: the quality column (specdec.study.quality)
 PYTHON = "llama-cpp-python"
 BUILD_HELP = (f"build llama.cpp's binaries with `bash scripts/build_llama_cpp.sh` (cmake and a C/C++ compiler) and "
               f"set {ENV} to the folder it prints")
@@ -30,7 +31,7 @@ def find() -> dict:
     """The llama.cpp this machine has: {"binaries": {name: path}, "python": llama-cpp-python's version or None}."""
     folder = os.environ.get(ENV)
     binaries = {}
-    for name in (COMPLETION_BIN, SPECULATIVE_BIN):
+    for name in (COMPLETION_BIN, SPECULATIVE_BIN, PERPLEXITY_BIN):
         path = (shutil.which(name, path=folder) if folder else None) or shutil.which(name)
         if path:
             binaries[name] = Path(path)
@@ -80,6 +81,28 @@ def speculative_command(binary, target, draft, prompt_file, n, threads, draft_ma
             "--spec-draft-n-max", str(draft_max), "--spec-draft-n-min", "0", "--spec-draft-p-min", str(p_min),
             "-f", str(prompt_file), "-n", str(n), "--ignore-eos", "--temp", "0",
             "-t", str(threads), "-tb", str(threads), "-td", str(threads), "-tbd", str(threads), "-c", "4096"]
+
+
+def perplexity_command(binary, model, text_file, n_ctx, chunks, threads) -> list[str]:
+    """llama-perplexity over the first `chunks` chunks of n_ctx tokens of a text (specdec.study.quality's
+    definition is this tool's)."""
+    return [str(binary), "-m", str(model), "-f", str(text_file), "-c", str(n_ctx), "-b", str(n_ctx),
+            "--chunks", str(chunks), "-t", str(threads), "-tb", str(threads)]
+
+
+def perplexity(found, gguf, text_file, n_ctx, chunks, threads) -> dict | None:
+    """llama.cpp's perplexity of `gguf` on a text (parse_perplexity), or None without its binary."""
+    binary = found["binaries"].get(PERPLEXITY_BIN)
+    if binary is None:
+        return None
+    return run_binary(perplexity_command(binary, gguf, text_file, n_ctx, chunks, threads), parse_perplexity)[0]
+
+
+def parse_perplexity(log) -> dict:
+    """llama-perplexity's final estimate: {perplexity, perplexity_se, chunks}."""
+    return dict(perplexity=_number(r"Final estimate: PPL = ([\d.]+)", log),
+                perplexity_se=_number(r"Final estimate: PPL = [\d.]+ \+/- ([\d.]+)", log),
+                chunks=_number(r"perplexity over (\d+) chunks", log, int))
 
 
 def _number(pattern, log, cast=float):

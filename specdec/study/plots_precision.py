@@ -2,7 +2,8 @@
 auto over the target alone (same precision) against the bytes one decode step reads, one point per precision with
 its 95% interval and its verify-cost ratio at 5 tokens written beside it, and llama.cpp's speculation over its own
 target alone on its GGUF file when it was timed. Right: the verify-cost curves, one forward over 1..9 tokens
-relative to one token. In plots.py's look (plots.finish adds title, legend and caption)."""
+relative to one token. And the decode-speed figure: tok/s per engine and configuration beside each precision's
+bandwidth floor. In plots.py's look (plots.finish adds title, legend and caption)."""
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
@@ -44,3 +45,28 @@ def precision_figure(table, curves, title, subtitle="", llama=None):
     right.set(xlabel="tokens in one forward (K + 1)", ylabel="forward time /\none-token forward",
               xticks=sorted(curves["tokens"].unique()))
     return finish(fig, title, subtitle, [NOTE], ncol=3)
+
+
+SPEED_NOTE = ("Decode tok/s: geometric mean over prompts (decode time from the end of the target's prefill, the "
+              "draft's prefill charged to speculation). Bandwidth floor (|): the tok/s of a step that only read its "
+              "weights once, at the memory read rate the notebook measured on this machine (GB per step over GB/s). "
+              "Perplexity: on the held-out text (specdec.study.quality). Bars of one group ran on the same prompts, "
+              "in the same blocks.")
+
+
+def speed_figure(bars, title, subtitle=""):
+    """The first figure a CPU user reads: decode tok/s per engine and configuration on this machine. `bars`: one line
+    per bar (label, group, tok_s, floor_tok_s; top to bottom), `group` naming the prompts it ran on."""
+    groups = list(dict.fromkeys(bars["group"]))
+    colors = dict(zip(groups, sns.color_palette("deep", len(groups))))
+    fig, ax = plt.subplots(figsize=(11, 0.42 * len(bars) + 1.6))
+    y = np.arange(len(bars))[::-1]
+    for yi, r in zip(y, bars.itertuples()):
+        ax.barh(yi, r.tok_s, color=colors[r.group], label=r.group)
+        ax.annotate(f"{r.tok_s:.1f}", (r.tok_s, yi), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+        if np.isfinite(r.floor_tok_s):
+            ax.plot([r.floor_tok_s] * 2, [yi - 0.4, yi + 0.4], color=BASE_COLOR, lw=2,
+                    label="bandwidth floor (a step that only reads its weights), as tok/s")
+    ax.set_yticks(y, bars["label"], fontsize=8)
+    ax.set(xlabel="decode tok/s (batch 1, greedy)")
+    return finish(fig, title, subtitle, [SPEED_NOTE], ncol=2)

@@ -1,0 +1,83 @@
+"""Quality beside speed (specdec.study.quality, notebook 06): greedy agreement with the float32 target, and a
+perplexity defined as llama.cpp's llama-perplexity defines it, so specdec's precisions and llama.cpp's GGUF are
+scored alike; llama-perplexity's command and output (lines copied from llama.cpp 0.5.0-dev, commit 0c1e570, run on
+this project's Q4_K_M target and held-out text); the memory read rate the bandwidth floor divides by."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from specdec.machine import read_bandwidth
+from specdec.models import load_pair
+from specdec.study import llamacpp_run, quality
+
+PERPLEXITY_LOG = """0.03.272.884 I perplexity: calculating perplexity over 6 chunks, n_ctx=256, batch_size=256, n_seq=1
+[1]86.1730,[2]112.7372,[3]94.9421,[4]89.6452,[5]94.8975,[6]90.7112,
+0.19.449.271 I Final estimate: PPL = 90.7112 +/- 11.94235
+"""
+
+
+def test_agreement_counts_tokens_before_the_first_difference():
+    assert quality.agreement([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
+    assert quality.agreement([1, 2, 9, 4], [1, 2, 3, 4]) == 0.5
+    assert quality.agreement([7, 2, 3, 4], [1, 2, 3, 4]) == 0.0
+    assert quality.agreement([1, 2], [1, 2, 3, 4]) == 0.5  # a shorter output keeps only what it has
+    rows = pd.DataFrame(dict(config=["int4", "int4", "int8"], prompt_id=["a", "b", "a"],
+                             tokens=[[1, 9], [5, 6], [1, 2]]))
+    got = quality.greedy_agreement(rows, {"a": [1, 2]}).set_index("config")  # "b" has no reference: left out
+    assert got.loc["int4", "agreement"] == 0.5 and got.loc["int4", "agreement_prompts"] == 1
+    assert got.loc["int8", "agreement"] == 1.0
+
+
+def test_chunks_are_llama_perplexitys_whole_chunks():
+    ids = list(range(10))
+    assert quality.chunks(ids, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # the rest is dropped
+    assert quality.chunks(ids, 4, most=1) == [[0, 1, 2, 3]]
+    with pytest.raises(ValueError, match="at least 12"):  # fewer than two chunks' worth is refused, as llama.cpp does
+        quality.chunks(ids, 6)
+
+
+def test_perplexity_scores_each_chunks_second_half_in_a_fresh_context():
+    model = load_pair("tiny-llama").target
+    ids = torch.randint(0, model.config.vocab_size, (3 * 16 + 5,), generator=torch.Generator().manual_seed(0)).tolist()
+    got = quality.perplexity(model, ids, n_ctx=16)
+    assert got["chunks"] == 3 and got["tokens"] == 3 * 7  # positions 8..14 predict tokens 9..15 of each chunk
+    # independently: HF's own loss with the first half (and the first token of the second) masked, chunk by chunk
+    losses = []
+    with torch.inference_mode():
+        for c in range(3):
+            x = torch.tensor([ids[c * 16:(c + 1) * 16]])
+            labels = x.clone()
+            labels[0, :9] = -100
+            losses.append(model(input_ids=x, labels=labels).loss.item())
+    assert got["perplexity"] == pytest.approx(math.exp(np.mean(losses)), rel=1e-5)
+
+
+def test_the_standard_error_is_llama_perplexitys():
+    nll = np.array([1.0, 2.0, 4.0, 3.0])
+    got = quality.from_nll(nll, 1)
+    mean, mean2 = nll.mean(), (nll ** 2).mean()
+    assert got["perplexity"] == pytest.approx(math.exp(mean))
+    assert got["perplexity_se"] == pytest.approx(math.sqrt((mean2 - mean * mean) / (len(nll) - 1)) * math.exp(mean))
+
+
+def test_llama_perplexity_command_and_output():
+    cmd = llamacpp_run.perplexity_command("llama-perplexity", "t.gguf", "text.md", 256, 6, 2)
+    assert cmd[cmd.index("-c") + 1] == "256" and cmd[cmd.index("--chunks") + 1] == "6"
+    assert cmd[cmd.index("-f") + 1] == "text.md" and cmd[cmd.index("-t") + 1] == "2"
+    assert llamacpp_run.parse_perplexity(PERPLEXITY_LOG) == dict(perplexity=90.7112, perplexity_se=11.94235, chunks=6)
+    with pytest.raises(ValueError, match="Final estimate"):  # another version's output is refused, not misread
+        llamacpp_run.parse_perplexity(PERPLEXITY_LOG.replace("Final estimate", "Estimate"))
+    assert llamacpp_run.perplexity(dict(binaries={}, python=None), "t.gguf", "text.md", 256, 6, 2) is None
+
+
+def test_the_held_out_text_is_long_enough_for_the_study():
+    text = quality.HELDOUT.read_text()
+    assert len(text) > 8 * 6 * quality.N_CTX  # cpu.yaml's 6 chunks even at 8 characters a token (Qwen's: ~4.3)
+
+
+def test_read_bandwidth_is_a_plausible_memory_read_rate():
+    rate = read_bandwidth(gib=0.25, passes=2)
+    assert 1e8 < rate < 1e13  # bytes a second: a tenth of a GB/s to ten TB/s
