@@ -19,12 +19,13 @@ import os
 import platform
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
 from torch.utils import cpp_extension
 
-from .machine import cache_root
+from .machine import cache_root, read_bandwidth
 
 # the quantized linear, the elementwise layer ops and the whole decoder layer that specdec.lean calls: one extension
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("qlinear.cpp", "layer.cpp", "decoder.cpp")]
@@ -129,6 +130,27 @@ def pack(weight, bits=4, group_size=64, steps=None):
 def fits(out_features, in_features, group_size) -> bool:
     """Whether the kernel takes this shape: outputs in whole blocks of 64, inputs in whole groups."""
     return out_features % ROWS == 0 and in_features % group_size == 0 and group_size % 8 == 0
+
+
+def read_rate(gib=1.0, passes=7) -> float:
+    """Bytes a second this machine reads from memory now, the bandwidth floor's denominator: the faster of torch
+    summing a tensor (machine.read_bandwidth) and this kernel streaming a synthetic int4 weight of `gib` GiB (4096
+    inputs, far past any cache) with one row, the fastest of `passes` adjacent passes. On a 2-core Zen 4 torch's sums
+    read 30-36 GB/s where this kernel streams 48-58: the floor is the fastest read seen, not torch's."""
+    best = read_bandwidth(gib, passes)
+    if not load():
+        return best
+    K, G = 4096, 128
+    N = int(gib * 2**30) * 2 // K // ROWS * ROWS
+    codes = torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8)
+    scales = torch.zeros(N // TILE * (K // G) * 2 * TILE, dtype=torch.half)
+    x = torch.randn(1, K)
+    seconds = float("inf")
+    for _ in range(passes + 1):  # the first touches the pages
+        start = time.perf_counter()
+        torch.ops.specdec.qlinear(x, codes, scales, None, N, G, 4)
+        seconds = min(seconds, time.perf_counter() - start)
+    return max(best, (codes.numel() + scales.numel() * 2) / seconds)
 
 
 def dequantize(codes, scales, bits, group_size, in_features):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from specdec import qkernel
 from specdec.machine import read_bandwidth
 from specdec.models import load_pair
 from specdec.study import llamacpp_run, quality
@@ -78,6 +79,7 @@ def test_the_held_out_text_is_long_enough_for_the_study():
     assert len(text) > 8 * 6 * quality.N_CTX  # cpu.yaml's 6 chunks even at 8 characters a token (Qwen's: ~4.3)
 
 
-def test_read_bandwidth_is_a_plausible_memory_read_rate():
-    rate = read_bandwidth(gib=0.25, passes=2)
-    assert 1e8 < rate < 1e13  # bytes a second: a tenth of a GB/s to ten TB/s
+def test_read_rates_are_plausible_memory_read_rates():
+    torch_rate = read_bandwidth(gib=0.25, passes=2)
+    assert 1e8 < torch_rate < 1e13  # bytes a second: a tenth of a GB/s to ten TB/s
+    assert 1e8 < qkernel.read_rate(gib=0.25, passes=2) < 1e13  # the faster of torch's and the kernel's stream
