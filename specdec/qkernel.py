@@ -135,8 +135,8 @@ def fits(out_features, in_features, group_size) -> bool:
 def read_rate(gib=1.0, passes=7) -> float:
     """Bytes a second this machine reads from memory now, the bandwidth floor's denominator: the faster of torch
     summing a tensor (machine.read_bandwidth) and this kernel streaming a synthetic int4 weight of `gib` GiB (4096
-    inputs, far past any cache) with one row, the fastest of `passes` adjacent passes. On a 2-core Zen 4 torch's sums
-    read 30-36 GB/s where this kernel streams 48-58: the floor is the fastest read seen, not torch's."""
+    inputs, far past any cache) with one row, the fastest of `passes` adjacent passes. On a 2-core Zen 4, alone, torch's
+    sums read 30-36 GB/s where this kernel streamed 48-58: the floor is the fastest read seen, not torch's."""
     best = read_bandwidth(gib, passes)
     if not load():
         return best
