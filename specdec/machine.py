@@ -102,18 +102,24 @@ def busy() -> bool:
     return others_cpu() > BUSY_CORES
 
 
-def read_bandwidth(gib=1.0, passes=7) -> float:
-    """Bytes a second this machine's CPU cores read from memory now: a float32 tensor of `gib` GiB (far past any
-    cache) summed on torch's threads, the fastest of `passes` adjacent passes (they share the machine's state; the
-    fastest is the one least interrupted). Bytes per decode step over this is the bandwidth floor of a step."""
-    x = torch.ones(int(gib * 2**30) // 4)
-    x.sum()  # the pages touched once before timing
+def fastest(call, passes) -> float:
+    """Seconds of the fastest of `passes` adjacent calls, after one untimed call (it touches the pages): adjacent
+    passes share the machine's state, and the fastest is the one least interrupted."""
+    call()
     best = float("inf")
     for _ in range(passes):
         start = time.perf_counter()
-        x.sum()
+        call()
         best = min(best, time.perf_counter() - start)
-    return x.numel() * 4 / best
+    return best
+
+
+def read_bandwidth(gib=1.0, passes=7) -> float:
+    """Bytes a second this machine's CPU cores read from memory now: a float32 tensor of `gib` GiB (far past any
+    cache) summed on torch's threads, the fastest of `passes`. Bytes per decode step over this is the bandwidth
+    floor of a step."""
+    x = torch.ones(int(gib * 2**30) // 4)
+    return x.numel() * 4 / fastest(x.sum, passes)
 
 
 # -- per-machine JSON caches ------------------------------------------------------------------------------------

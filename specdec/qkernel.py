@@ -19,13 +19,12 @@ import os
 import platform
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch.utils import cpp_extension
 
-from .machine import cache_root, read_bandwidth
+from .machine import cache_root, fastest, read_bandwidth
 
 # the quantized linear, the elementwise layer ops and the whole decoder layer that specdec.lean calls: one extension
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("qlinear.cpp", "layer.cpp", "decoder.cpp")]
@@ -145,11 +144,7 @@ def read_rate(gib=1.0, passes=7) -> float:
     codes = torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8)
     scales = torch.zeros(N // TILE * (K // G) * 2 * TILE, dtype=torch.half)
     x = torch.randn(1, K)
-    seconds = float("inf")
-    for _ in range(passes + 1):  # the first touches the pages
-        start = time.perf_counter()
-        torch.ops.specdec.qlinear(x, codes, scales, None, N, G, 4)
-        seconds = min(seconds, time.perf_counter() - start)
+    seconds = fastest(lambda: torch.ops.specdec.qlinear(x, codes, scales, None, N, G, 4), passes)
     return max(best, (codes.numel() + scales.numel() * 2) / seconds)
 
 

@@ -54,6 +54,8 @@ def test_perplexity_scores_each_chunks_second_half_in_a_fresh_context():
             labels[0, :9] = -100
             losses.append(model(input_ids=x, labels=labels).loss.item())
     assert got["perplexity"] == pytest.approx(math.exp(np.mean(losses)), rel=1e-5)
+    with pytest.raises(ValueError, match="position limit 1024"):  # refused up front, not deep in torch
+        quality.perplexity(model, ids * 50, n_ctx=2048)
 
 
 def test_the_standard_error_is_llama_perplexitys():

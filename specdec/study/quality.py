@@ -36,16 +36,20 @@ def chunks(ids, n_ctx=N_CTX, most=None) -> list:
 
 
 def perplexity(model, ids, n_ctx=N_CTX, most=None) -> dict:
-    """A causal LM's perplexity on `ids` (llama-perplexity's definition): {perplexity, perplexity_se, tokens, chunks}."""
+    """A causal LM's perplexity on `ids` (llama-perplexity's definition): {perplexity, perplexity_se, tokens, chunks}.
+    Refused before any model work where a chunk would pass the model's position limit."""
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if limit is not None and n_ctx > limit:
+        raise ValueError(f"perplexity over chunks of {n_ctx} tokens exceeds the model's position limit {limit}: "
+                         f"pass a smaller n_ctx")
     first = n_ctx // 2
-    nll = []
+    pieces, nll = chunks(ids, n_ctx, most), []
     with torch.inference_mode():
-        for chunk in chunks(ids, n_ctx, most):
+        for chunk in pieces:
             x = torch.tensor([chunk], device=model.device)
             logits = model(input_ids=x).logits[0, first:-1].float()  # predicts tokens first + 1 .. n_ctx - 1
             nll.append(-logits.log_softmax(-1).gather(-1, x[0, first + 1:, None]).squeeze(-1).double().cpu())
-    nll = torch.cat(nll).numpy()
-    return from_nll(nll, len(nll) // (n_ctx - first - 1))
+    return from_nll(torch.cat(nll).numpy(), len(pieces))
 
 
 def from_nll(nll, n_chunks) -> dict:
