@@ -34,18 +34,22 @@ not cover it, the generation is the target alone, K = 0 in every round, and no d
 rows accept in bursts, and on long prompts (RAG, summarization: 450-600 tokens) the prior's expected saving falls
 short of the prefill's price where the committed float32 study measured auto 1.2-1.3x faster, prefill charged.
 
-Acceptance: per row an exponentially weighted count of accepted drafts over drafts tried (a prior of
-PRIOR worth PRIOR_WEIGHT drafts), updated from rounds where the row drafted. A round at K=0 gives no evidence, so it
-moves the estimate back toward the row's rate over the whole generation so far: rows accept in bursts, and two
-rejected rounds would otherwise hold the target alone until the next probe (seen at int4 on a Zen 4: auto at mean
-K 1.05 where a fixed K=2 ran 1.14x the target alone). That drift cannot lift an estimate past what the row
-has shown, so the first round, where the prior alone would pick K=0, and every PROBE_EVERY-th round at K=0
-draft one token (a probe), unless no K could pay even with every draft accepted.
+Acceptance: per row an exponentially weighted count of accepted drafts over drafts tried (a prior of PRIOR worth
+PRIOR_WEIGHT drafts), updated from rounds where the row drafted. A round at K=0 gives no evidence, so it moves the
+estimate back toward the row's rate over the whole generation so far: rows accept in bursts, and two rejected
+rounds would otherwise hold the target alone until the next probe (seen at int4 on a Zen 4: auto at mean K 1.05
+where a fixed K=2 ran 1.14x the target alone). That drift cannot lift an estimate past what the row has shown, so
+the first round, where the prior alone would pick K=0, drafts one token (a probe), and so does the FIRST_PROBE-th
+round in a row that would run at K=0, then the one twice as far, up to every PROBE_EVERY-th (each probe the
+estimate does not follow doubles the wait; a round that drafts on its own merit resets it), unless no K could pay
+even with every draft accepted. Why back off rather than wait PROBE_EVERY from the start: one rejected first draft
+put the estimate under break-even, and at int4 on a Zen 4 generations whose drafts then accepted 87% sat 6-7 rounds
+at K=0 (a tenth of a 64-token generation) before probing.
 """
 MAX_K = 64  # beyond this a draft is never worth it; a bigger k is almost surely a typo
 PRIOR, PRIOR_WEIGHT = 0.6, 2.0  # a draft from the same family accepts roughly this often before any evidence
 DECAY = 0.7                     # weight of past rounds per round: a row's acceptance moves within ~3 rounds
-PROBE_EVERY = 8
+FIRST_PROBE, PROBE_EVERY = 2, 8  # the FIRST_PROBE-th round in a row at K=0 probes; each probe doubles it, to PROBE_EVERY
 COST_DECAY = 0.8                # weight of a K's earlier rounds in its measured / priced ratio
 CHECK_EVERY = 16                # while drafting, a round at K=0 this often: the target alone measured now
 
@@ -142,7 +146,7 @@ class AutoK:
         self.accepted = [PRIOR * PRIOR_WEIGHT] * batch
         self.tried = [PRIOR_WEIGHT] * batch
         self.accepted_all, self.tried_all = list(self.accepted), list(self.tried)  # this generation's, undecayed
-        self.idle_rounds = 0
+        self.idle_rounds, self.probe_wait = 0, FIRST_PROBE
         self.ratios = {}  # K: (weight, weighted sum) of its rounds' measured / priced seconds
         first = self.pick(range(batch))
         if first == 0 and self.pick(range(batch), alpha=1.0) > 0:
@@ -197,8 +201,11 @@ class AutoK:
                 self.tried[b] = DECAY * self.tried[b] + 1
         choice = self.pick(rows)
         self.idle_rounds = self.idle_rounds + 1 if choice == 0 else 0
-        if self.idle_rounds >= PROBE_EVERY and self.pick(rows, alpha=1.0) > 0:
+        if choice:
+            self.probe_wait = FIRST_PROBE  # drafting on the estimate's own merit: the next pause probes early again
+        elif self.idle_rounds >= self.probe_wait and self.pick(rows, alpha=1.0) > 0:
             choice, self.idle_rounds = 1, 0  # probe: a row's acceptance may have recovered
+            self.probe_wait = min(2 * self.probe_wait, PROBE_EVERY)
         self.drafting_rounds = self.drafting_rounds + 1 if choice else 0
         if self.drafting_rounds > CHECK_EVERY - 1 and self.ratios:  # only where rounds are timed (observe)
             choice, self.drafting_rounds = 0, 0  # check: the target alone's round as the machine runs it now

@@ -83,6 +83,31 @@ def test_a_burst_of_rejections_in_a_well_accepting_generation_pauses_drafting_br
     assert k > 0 and zeros <= 3
 
 
+def test_one_rejected_first_draft_pauses_drafting_for_one_round_not_until_probe_every():
+    """The committed int4 pair's prices on a Zen 4 (data/cpu/precision): a rejected first draft leaves the estimate
+    under break-even; the FIRST_PROBE-th round at K=0 probes, and drafting then grows with acceptance (the rule before
+    probed every PROBE_EVERY-th: seven rounds at K=0)."""
+    verify = [0.0, 0.0302, 0.0311, 0.0319, 0.0333, 0.0421, 0.0426, 0.0476, 0.0497, 0.0579]
+    policy = AutoK(high=8, costs=dict(verify_s=verify, draft_s=0.0118))
+    ks = [policy.begin(1, None)]
+    ks.append(policy.next_k(ks[-1], [0]))
+    for _ in range(8):
+        ks.append(policy.next_k(ks[-1], [ks[-1]] if ks[-1] else [0]))
+    assert ks[:2] == [1, 0] and ks.index(1, 1) == policies.FIRST_PROBE and ks[-1] >= 3, ks
+
+
+def test_probes_that_find_nothing_back_off_to_probe_every():
+    policy = AutoK(high=8, costs=dict(verify_s=[0.0] + [1.0] * 9, draft_s=0.3))
+    k = policy.begin(1, None)
+    ks = []
+    for _ in range(6 * policies.PROBE_EVERY):  # every draft rejected
+        k = policy.next_k(k, [0])
+        ks.append(k)
+    waits = [len(run) for run in "".join("0" if k == 0 else "x" for k in ks).split("x")[1:-1]]
+    assert waits[:3] == [policies.FIRST_PROBE - 1, 2 * policies.FIRST_PROBE - 1, 4 * policies.FIRST_PROBE - 1], ks
+    assert waits[-1] == policies.PROBE_EVERY - 1 and max(waits) == policies.PROBE_EVERY - 1, ks
+
+
 def test_the_first_round_probes_where_only_better_acceptance_than_the_prior_would_pay():
     costs = dict(verify_s=[0.0] + [1.0] * 9, draft_s=0.7)  # K=1 pays above acceptance 0.7; the prior is 0.6
     assert best_k([policies.PRIOR], costs["verify_s"], costs["draft_s"], 8) == 0
