@@ -18,7 +18,7 @@ import torch
 from . import calibration, costs
 from .arena import Arena
 from .drafters import as_drafter, last_tokens
-from .inputs import check_arguments, eos_ids, prompt_rows
+from .inputs import check_arguments, eos_ids, position_limit, prompt_rows
 from .linear import fast_linears, mode as linear_mode, plans_in_use, remeasure
 from .costs import DENSE, padded_rows
 from .policy import FixedK, resolve
@@ -110,7 +110,7 @@ class Decoder:
         # The target's forwards over T tokens run as padded[T] tokens where that is cheaper (specdec.costs):
         # the padding needs DENSE spare slots and must stay inside the model's position limit.
         self.padded = padded_rows(target, self.batch)
-        self.position_limit = getattr(target.config.get_text_config(), "max_position_embeddings", None) or 1 << 62
+        self.position_limit = position_limit(target) or 1 << 62
         capacity = max(self.prompt_lengths) + max_new_tokens + k + 1 + (DENSE if self.padded else 0)
         self.seq = torch.zeros(self.batch, capacity, dtype=torch.long, device=self.device)
         self.seq[:, : max(self.prompt_lengths)] = torch.tensor(

@@ -44,6 +44,11 @@ def prompt_rows(input_ids, attention_mask=None) -> list[list[int]]:
         raise ValueError("input_ids rows must hold integer token ids (got a float or other non-integer)") from None
 
 
+def position_limit(model) -> int | None:
+    """The most positions the model was built for (None: no limit stated)."""
+    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
+
+
 def vocab_size(model) -> int:
     """Size of the model's output distribution (may exceed the tokenizer's length, e.g. Qwen)."""
     out = model.get_output_embeddings()
@@ -98,7 +103,7 @@ def check_arguments(target, draft, rows, k, max_new_tokens, temperature, top_k, 
                              f"propose ids the target cannot score; use the model with more output rows as target")
     need = max(len(r) for r in rows) + max_new_tokens + k + 1
     for name, model in models:
-        limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        limit = position_limit(model)
         if limit is not None and need > limit:
             raise ValueError(f"prompt ({max(len(r) for r in rows)}) + max_new_tokens ({max_new_tokens}) + k ({k}) "
                              f"+ 1 = {need} exceeds the {name}'s position limit {limit}; "

@@ -213,6 +213,12 @@ def test_specdecs_target_alone_and_speculation_are_timed_in_each_block_beside_ll
     assert "against specdec's own target alone in the same blocks, its speculation" in text
     assert "(A/A control (the target alone timed twice in each block)" in text
     assert f"on {len(PROMPTS)} of {len(PROMPTS)} prompts" in text
+    # the summary page's line: specdec's fastest cell in these blocks (never the A/A's second run) and llama.cpp's own
+    line = llamacpp.finding(table.reset_index())
+    fastest = max(("target_alone", "target alone"), ("auto", 'k="auto"'), key=lambda m: table.loc[("specdec", m[0]), "speedup"])
+    assert line.startswith(f"; in llama.cpp's blocks ({len(PROMPTS)} prompts), specdec's float32 {fastest[1]} ")
+    assert "llama.cpp's target alone (llama.cpp's own speculation" in line
+    assert llamacpp.finding(table.reset_index().query("tool != 'specdec'")) == ""
 
 
 def test_summary_compares_each_cell_with_llama_cpps_own_target_alone():

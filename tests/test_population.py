@@ -20,7 +20,7 @@ def row(mode, prompt, decode, k=None, category="a", iteration=0, e2e=None, tempe
     k = 0 if mode == "baseline" else np.nan if k is None else k
     seconds = 0.1 + 100 / decode
     return dict(mode=mode, k=k, prompt_id=prompt, category=category, iteration=iteration, status=status,
-                temperature=temperature, seconds=seconds, prefill_s=0.1, new_tokens=101, batch_size=1,
+                temperature=temperature, seconds=seconds, prefill_s=0.1, decode_seconds=seconds - 0.1, new_tokens=101, batch_size=1,
                 throughput=101 / seconds if e2e is None else e2e, k_per_iteration=ks, accepted_per_iteration=accepted)
 
 

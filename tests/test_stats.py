@@ -75,7 +75,7 @@ def synthetic_rows(spec_speed, prompts=("p1", "p2"), repeats=4, seed=0):
                                  temperature=0.0, seed=0, mode=mode, k=k, batch_size=1, max_new_tokens=16,
                                  verify="parallel" if k else "-", prompt_id=p, prompt_ids=p, iteration=it,
                                  status="ok", timing_only=False, new_tokens=16, seconds=16 / tp, throughput=tp,
-                                 prefill_s=3 / tp, accepted=10 if k else None, proposed=14 if k else None,
+                                 prefill_s=3 / tp, decode_seconds=13 / tp, accepted=10 if k else None, proposed=14 if k else None,
                                  iterations=7 if k else 16, acceptance_rate=0.7 if k else None, mean_k=k or None,
                                  draft_step_s=0.05 if k else None, verify_iter_s=(0.3 if k else 0.25)))
     return pd.DataFrame(rows).reindex(columns=list(results.COLUMNS))  # every column a sweep writes
@@ -166,7 +166,8 @@ def test_a_speedup_divides_runs_of_the_same_block():
     rows = synthetic_rows(1.5)
     state = rows["iteration"].map({0: 0.8, 1: 1.05, 2: 0.8, 3: 1.05})
     rows = rows.assign(throughput=np.where(rows["mode"] == "baseline", 1.0, 1.5) * state)
-    rows = rows.assign(seconds=16 / rows["throughput"], prefill_s=3 / rows["throughput"], category="c")
+    rows = rows.assign(seconds=16 / rows["throughput"], prefill_s=3 / rows["throughput"],
+                       decode_seconds=13 / rows["throughput"], category="c")
     spec = summary.summarize(rows).query("mode == 'speculative'")
     assert np.allclose(spec[["speedup", "speedup_lo", "speedup_hi"]].to_numpy(), 1.5)
     table = population.speedup_table(rows, "speculative", k=2, metric="throughput")

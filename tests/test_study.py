@@ -92,6 +92,12 @@ def test_summary_page_lists_figures_data_and_notebooks(smoke):
             assert f"{sec}/{f.name}" in page, f"{f} not on the summary page"
 
 
+def test_the_published_calibration_names_no_folder_of_this_machine(smoke):
+    _, data, _ = smoke
+    report = (data / "calibration.txt").read_text()
+    assert "(cache: <measurements>)" in report and os.environ["SPECDEC_MEASUREMENTS"] not in report
+
+
 def test_seed_numbers_appear_only_as_the_labelled_reference(smoke):
     _, data, _ = smoke
     for sec in ("k_sweep", "batch_sweep"):

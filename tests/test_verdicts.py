@@ -45,6 +45,19 @@ def test_the_oracles_chosen_k_does_not_keep_two_runs_apart(tmp_path):
     assert list(both.row) == ["strategy=best fixed K, cross-fitted; chosen_on=both"] and both.flipped.all()
 
 
+def test_autos_mean_k_in_a_drafters_label_does_not_keep_two_runs_apart(tmp_path):
+    """Notebook 05's tables label auto by the mean K it chose (2.9 in one run, 2.6 in the other): the rows still
+    match, by their mode."""
+    for folder, (mean_k, e) in ((tmp_path / "first", (2.9, 1.16)), (tmp_path / "second", (2.6, 0.98))):
+        table(folder, "drafters/over_prompts.csv", [
+            dict(category="overall", mode="auto", drafter=f"specdec auto K (mean K {mean_k}, up to 8)", speedup=e,
+                 speedup_lo=e - 0.05, speedup_hi=e + 0.05),
+            dict(category="overall", mode="speculative", drafter="specdec, draft model, K=3", speedup=1.2,
+                 speedup_lo=1.1, speedup_hi=1.3)])
+    both = verdicts.compare(tmp_path / "first", tmp_path / "second").set_index("row")
+    assert both.loc["category=overall; mode=auto", "flipped"] and len(both) == 2
+
+
 def test_command_line_prints_the_flips_and_writes_every_match(tmp_path, capsys):
     first, second = two_runs(tmp_path)
     assert verdicts.main([str(first), str(second), "--out", str(tmp_path / "v.csv")]) == 0

@@ -278,3 +278,21 @@ def readout(found, ggufs, table, device_type, specdec_table) -> str:
                  + f", {100 * r.acceptance:.0f}% of drafts accepted, its text the same as its target alone's on "
                  f"{r.identical:.0f} of {r.prompts} prompts. ")
     return text
+
+
+def finding(table) -> str:
+    """The summary page's line on llama.cpp: specdec's fastest cell in its blocks against llama.cpp's target alone,
+    and llama.cpp's own speculation against it ("" when nothing of specdec's was timed there)."""
+    mine = table[(table["tool"] == SPECDEC) & (table["mode"] != "target_again")].dropna(subset=["speedup"])
+    if mine.empty:
+        return ""
+    r = mine.loc[mine["speedup"].idxmax()]
+    what = "target alone" if r["mode"] == "target_alone" else 'k="auto"'
+    text = (f"; in llama.cpp's blocks ({int(r['prompts'])} prompts), "
+            + stats.versus_one(f"specdec's {r['version'].split()[1]} {what}",
+                               (r["speedup"], r["speedup_lo"], r["speedup_hi"]), "llama.cpp's target alone"))
+    spec = table[table["mode"] == "speculative"].dropna(subset=["speedup"])
+    if not spec.empty:
+        s = spec.loc[spec["speedup"].idxmax()]
+        text += f" (llama.cpp's own speculation {stats.fmt((s['speedup'], s['speedup_lo'], s['speedup_hi']), unit='x')} that)"
+    return text

@@ -27,11 +27,11 @@ GROUP = ["mode", "k", "category"]  # a configuration (k: the cell's fixed K, NaN
 # -- rows -------------------------------------------------------------------------------------------------------
 
 def ok_rows(rows, temperature=0.0) -> pd.DataFrame:
-    """The ok rows at `temperature` (None: every temperature), with decode_throughput = (new tokens - one per row,
-    which prefill produced) / (seconds - prefill_s) where the rows lack it: the decode phase alone."""
+    """The ok rows at `temperature` (None: every temperature), with decode_throughput (results.decode_throughput: the
+    decode phase alone, the draft's prefill charged) where the rows lack it."""
     r = pd.DataFrame(rows)
     r = r[r["status"] == "ok"].copy()
-    for col in ("seconds", "prefill_s", "new_tokens", "batch_size", "throughput", "temperature", "k"):
+    for col in ("seconds", "decode_seconds", "prefill_s", "new_tokens", "batch_size", "throughput", "temperature", "k"):
         if col in r:  # null-only columns load as object
             r[col] = pd.to_numeric(r[col], errors="coerce")
     if temperature is not None and "temperature" in r:

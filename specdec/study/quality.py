@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..inputs import position_limit
+
 HELDOUT = Path(__file__).resolve().parents[2] / "data" / "prompts" / "heldout.md"
 N_CTX = 256  # tokens per chunk (llama-perplexity's -c)
 FLOAT = "float32"  # the reference precision
@@ -38,7 +40,7 @@ def chunks(ids, n_ctx=N_CTX, most=None) -> list:
 def perplexity(model, ids, n_ctx=N_CTX, most=None) -> dict:
     """A causal LM's perplexity on `ids` (llama-perplexity's definition): {perplexity, perplexity_se, tokens, chunks}.
     Refused before any model work where a chunk would pass the model's position limit."""
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    limit = position_limit(model)
     if limit is not None and n_ctx > limit:
         raise ValueError(f"perplexity over chunks of {n_ctx} tokens exceeds the model's position limit {limit}: "
                          f"pass a smaller n_ctx")

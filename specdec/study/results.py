@@ -57,10 +57,13 @@ COLUMNS = ("run_id", *CELL, "category", "timing_only", "iteration", "attempt", "
 
 
 def decode_throughput(rows):
-    """Per row, (new tokens - one per batch row, which prefill produced) / (seconds - prefill_s): the decode phase
-    alone (DESIGN.md section 3); NaN where a row has no prefill time (HF references) or no decode time."""
-    decode_s = rows["seconds"] - rows["prefill_s"]
-    return ((rows["new_tokens"] - rows["batch_size"]) / decode_s).where((rows["prefill_s"] > 0) & (decode_s > 0))
+    """Per row, (new tokens - one per batch row, which prefill produced) / the engine's decode_seconds (from the end
+    of the target's prefill to the last token, the draft's prefill inside it: the one definition, specdec.engine);
+    NaN where a row has no decode time (HF references)."""
+    if "decode_seconds" not in rows:
+        return rows["seconds"] * np.nan
+    decode_s = rows["decode_seconds"].astype(float)
+    return ((rows["new_tokens"] - rows["batch_size"]) / decode_s).where(decode_s > 0)
 
 
 def new_run_id() -> str:

@@ -36,6 +36,7 @@ from ipykernel.kernelspec import install as install_kernel
 from jupyter_client.kernelspec import KernelSpecManager
 
 from ..devices import resolve_device
+from ..machine import measurement_root
 from ..models import unavailable
 from .page import RUNS_FILE, section, write_summary
 from .provenance import TARGET_DIR, provenance
@@ -273,7 +274,8 @@ def main(argv=None) -> int:
     write_summary(data_dir, figures_dir, args.target, args.smoke, state, list(names),
                   notebook_sections(data_dir, args.target, args.smoke))
     publishable = [*data_dir.rglob("*.ipynb"), *data_dir.rglob("*.md"), *data_dir.glob("*.json"), *data_dir.glob("*.txt")]
-    scrub_paths(publishable, {out: ".", repo: "<specdec>", sys.prefix: "<python>", Path.home(): "~"})
+    scrub_paths(publishable, {out: ".", repo: "<specdec>", sys.prefix: "<python>", measurement_root(): "<measurements>",
+                              Path.home(): "~"})
     print(f"{len(wanted) - len(failed)}/{len(wanted)} notebooks ok or skipped in {time.perf_counter() - total:.0f} s; "
           f"summary: {data_dir / 'README.md'}")
     return 1 if failed else 0

@@ -31,8 +31,8 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
     decode_speedup: the same ratio of decode throughputs (specdec modes: what Leviathan's formula predicts).
     suspect_runs: runs over 1.5x their calibration's prediction (calibration_suspect), which figures mark.
     95% intervals (specdec.stats, stratified by prompt, paired for ratios): throughput_lo/_hi,
-    decode_throughput_lo/_hi, speedup_lo/_hi and decode_speedup_lo/_hi. decode_throughput = (new tokens - one per row) /
-    (seconds - prefill_s): the decode phase alone, without the time to first token (specdec modes only)."""
+    decode_throughput_lo/_hi, speedup_lo/_hi and decode_speedup_lo/_hi. decode_throughput: the decode phase alone
+    (results.decode_throughput: the engine's decode_seconds, the draft's prefill charged; specdec modes only)."""
 
     rows = pd.DataFrame(rows)
     cell = [c for c in CELL if c in rows]

@@ -51,8 +51,10 @@ def ratios(folder, skip=()) -> pd.DataFrame:
         if path.relative_to(folder).as_posix() in skip:
             continue
         frame = pd.read_csv(path)
-        # the oracle table's k is the K its strategy chose: an outcome of the run, not a name of the comparison
-        names = [c for c in NAMES if c in frame and not (c == "k" and "strategy" in frame)]
+        # Outcomes of a run, not names of a comparison: the oracle table's k (the K its strategy chose), and a
+        # drafter's label beside its mode (auto's label carries the mean K it chose: modes.label)
+        names = [c for c in NAMES if c in frame and not (c == "k" and "strategy" in frame)
+                 and not (c == "drafter" and "mode" in frame)]
         for est, lo, hi in ratio_columns(frame):
             for _, row in frame.iterrows():
                 name = "; ".join(f"{c}={row[c]:g}" if isinstance(row[c], float) else f"{c}={row[c]}"
