@@ -126,7 +126,7 @@ def test_calibrate_prints_its_choices_and_warns_beside_a_busy_process(capsys):
     spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 60: pass"])
     try:
         time.sleep(0.5)
-        lines = calibrate.run("tiny-llama")
+        lines = calibrate.run("tiny-llama", quiet_s=0)  # no waiting for the spinner to end
     finally:
         spin.kill()
         spin.wait()
@@ -137,7 +137,7 @@ def test_calibrate_prints_its_choices_and_warns_beside_a_busy_process(capsys):
 
 
 def test_calibrate_warns_of_load_while_measuring_only_when_it_measured(monkeypatch):
-    monkeypatch.setattr(calibrate, "others_cpu", lambda: 0.0)  # idle before each run
+    monkeypatch.setattr(calibrate, "others_cpu", lambda seconds=0.3: 0.0)  # idle before each run
     # the ledger's own busy stamp reads the real machine: idle here, or a stray load would mark the first run's
     # entries busy and the second run would measure them again (a flaky test on a shared machine)
     monkeypatch.setattr(calibration, "busy_now", lambda max_age=30.0: False)
@@ -151,6 +151,31 @@ def test_calibrate_warns_of_load_while_measuring_only_when_it_measured(monkeypat
     assert " 0 entries measured now" in cached and "warning" not in cached
     forced = "\n".join(calibrate.run("tiny-llama", force=True))  # measured under that load: said
     assert " 0 entries measured now" not in forced and "warning: while it measured" in forced
+
+
+def test_calibrate_waits_for_a_quiet_moment_and_measures_again_what_a_burst_overlapped(monkeypatch):
+    readings = iter([1.5, 1.5] + [0.0] * 1000)  # others_cpu: before measuring, busy, then quiet
+    monkeypatch.setattr(calibrate, "others_cpu", lambda seconds=0.3: next(readings))
+    bursts = iter([2.0] + [0.0] * 1000)  # others_since: a burst overlapped the first measurement
+    monkeypatch.setattr(calibrate, "others_since", lambda clock: next(bursts))
+    monkeypatch.setattr(calibration, "busy_now", lambda max_age=30.0: False)
+    text = "\n".join(calibrate.run("tiny-llama", force=True))
+    assert "other processes use 1.5 cores: waiting for a quiet moment" in text
+    lines = text.splitlines()
+    again = next(i for i, line in enumerate(lines) if "measuring it again" in line)
+    assert text.count("measuring it again") == 1  # the overlapped entry (the first), measured again before its report
+    assert lines[again + 1].startswith(lines[again].split(":")[0] + ": ")
+    assert "(1 measured again: load overlapped them)" in text and "warning: while it measured" not in text
+
+
+def test_a_steady_load_is_measured_through_once_the_wait_is_spent_and_said(monkeypatch):
+    monkeypatch.setattr(calibrate, "others_cpu", lambda seconds=0.3: 1.0)
+    monkeypatch.setattr(calibrate, "others_since", lambda clock: 1.0)
+    monkeypatch.setattr(calibration, "busy_now", lambda max_age=30.0: True)
+    start = time.monotonic()
+    text = "\n".join(calibrate.run("tiny-llama", force=True, quiet_s=0.5))
+    assert time.monotonic() - start < 60 and "measuring it again" not in text  # the budget is spent: no retries
+    assert "warning: while it measured, other processes used 1.0 cores" in text
 
 
 def test_a_sweep_records_the_calibration_of_its_rows(tmp_path):
