@@ -61,8 +61,10 @@ def fake_binaries(folder, names=(llamacpp_run.COMPLETION_BIN, llamacpp_run.SPECU
 
 @pytest.fixture
 def fakes(tmp_path, monkeypatch):
-    """Stand-in binaries in $SPECDEC_LLAMA_CPP, no llama.cpp on the PATH, no Python package."""
+    """Stand-in binaries in $SPECDEC_LLAMA_CPP, none in the build script's folder, no llama.cpp on the PATH, no Python
+    package."""
     monkeypatch.setenv(llamacpp_run.ENV, str(fake_binaries(tmp_path / "bin")))
+    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path / "cache"))  # a machine's own build must not stand in for them
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "calls.jsonl"))
     monkeypatch.setattr(llamacpp_run.importlib.util, "find_spec", lambda name: None)
@@ -104,6 +106,16 @@ def test_find_and_plan(fakes, monkeypatch):
     monkeypatch.setenv(llamacpp_run.ENV, str(fakes / "nowhere"))
     nothing = llamacpp_run.find()
     assert nothing == dict(binaries={}, python=None) and "not available" in llamacpp_run.describe(nothing)
+
+
+def test_binaries_built_by_the_script_are_found_without_the_variable(fakes, monkeypatch):
+    monkeypatch.delenv(llamacpp_run.ENV)
+    assert llamacpp_run.find()["binaries"] == {}
+    llamacpp_run.built_folder().mkdir(parents=True)
+    fake_binaries(llamacpp_run.built_folder())  # where `bash scripts/build_llama_cpp.sh` builds them by default
+    found = llamacpp_run.find()
+    assert set(found["binaries"]) == {llamacpp_run.COMPLETION_BIN, llamacpp_run.SPECULATIVE_BIN}
+    assert all(path.parent == llamacpp_run.built_folder() for path in found["binaries"].values())
 
 
 def test_commands_are_greedy_fixed_length_and_name_the_draft_settings():

@@ -1,6 +1,7 @@
 """How llama.cpp is run and read, for specdec.study.llamacpp: its binaries `llama-completion` (the target alone)
-and `llama-speculative-simple` (speculation) found in $SPECDEC_LLAMA_CPP (a folder), then on the PATH
-(scripts/build_llama_cpp.sh builds both from the llama.cpp sources that the llama-cpp-python sdist vendors); without
+and `llama-speculative-simple` (speculation) found in $SPECDEC_LLAMA_CPP (a folder), then where
+scripts/build_llama_cpp.sh builds them by default (it builds both from the llama.cpp sources that the
+llama-cpp-python sdist vendors, into the cache folder), then on the PATH; without
 them the `llama_cpp` Python package (llama-cpp-python), which times the target alone only, as it ships no
 draft-model speculation. Greedy, a fixed number of new tokens (EOS ignored), the prompt's exact token ids.
 
@@ -18,21 +19,28 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..machine import cache_root
+
 ENV = "SPECDEC_LLAMA_CPP"  # a folder holding the llama.cpp binaries
 COMPLETION_BIN, SPECULATIVE_BIN = "llama-completion", "llama-speculative-simple"
 PERPLEXITY_BIN = "llama-perplexity"  # optional: the quality column (specdec.study.quality)
 PYTHON = "llama-cpp-python"
-BUILD_HELP = (f"build llama.cpp's binaries with `bash scripts/build_llama_cpp.sh` (cmake and a C/C++ compiler) and "
-              f"set {ENV} to the folder it prints")
+BUILD_HELP = (f"build llama.cpp's binaries with `bash scripts/build_llama_cpp.sh` (cmake and a C/C++ compiler); they "
+              f"are found where it builds them by default, or set {ENV} to the folder it prints")
 TIMEOUT_S = 600  # one llama.cpp process: loading both models and 32 tokens take seconds
+
+
+def built_folder() -> Path:
+    """Where `bash scripts/build_llama_cpp.sh` puts the binaries when given no folder."""
+    return cache_root() / "llama.cpp" / "build" / "bin"
 
 
 def find() -> dict:
     """The llama.cpp this machine has: {"binaries": {name: path}, "python": llama-cpp-python's version or None}."""
-    folder = os.environ.get(ENV)
+    folders = [f for f in (os.environ.get(ENV), str(built_folder())) if f]
     binaries = {}
     for name in (COMPLETION_BIN, SPECULATIVE_BIN, PERPLEXITY_BIN):
-        path = (shutil.which(name, path=folder) if folder else None) or shutil.which(name)
+        path = shutil.which(name, path=os.pathsep.join(folders)) or shutil.which(name)
         if path:
             binaries[name] = Path(path)
     python = importlib.metadata.version(PYTHON) if importlib.util.find_spec("llama_cpp") else None
