@@ -50,12 +50,13 @@ def position_limit(model) -> int | None:
 
 
 def vocab_size(model) -> int:
-    """Size of the model's output distribution (may exceed the tokenizer's length, e.g. Qwen)."""
+    """Size of the model's output distribution (may exceed the tokenizer's length, e.g. Qwen); a quantized draft's
+    head that names only the first ids of it (specdec.quantize.DRAFT_HEAD) counts the whole."""
     out = model.get_output_embeddings()
     if out is None:
         return model.config.get_text_config().vocab_size
     # out_features first: a quantized head's weight is its packed codes, whose rows are not its outputs
-    return getattr(out, "out_features", None) or out.weight.shape[0]
+    return getattr(out, "vocabulary", None) or getattr(out, "out_features", None) or out.weight.shape[0]
 
 
 def check_arguments(target, draft, rows, k, max_new_tokens, temperature, top_k, top_p, verify, same_tokenizer=False):

@@ -1,6 +1,7 @@
 """specdec's quantized linear kernel (specdec.qkernel): bitwise row invariance for 1..16 rows on every code path this
 CPU runs, the paths agreeing bit for bit, an error bound against the float weights, fused siblings, and speculation
 on a model quantized with it token-identical to that model alone (not "up to near ties")."""
+import sys
 from pathlib import Path
 
 import pytest
@@ -247,6 +248,37 @@ def test_the_lean_layer_forward_matches_transformers_and_keeps_speculation_exact
     alone = specdec.generate(lean_model, PROMPTS, max_new_tokens=12, eos_token_id=[]).tokens
     for k in (2, 5, "auto"):
         assert specdec.generate(lean_model, PROMPTS, draft=draft, k=k, max_new_tokens=12, eos_token_id=[]).tokens == alone
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_the_lean_base_forward_skips_transformers_masks_and_changes_no_bit(kind, monkeypatch):
+    """lean.base_forward: the arena's forwards of up to MAX_TOKENS tokens (ragged rows) give the logits bit for bit
+    as transformers' own base forward over the same lean layers, without building a mask; any other forward (a
+    cache-free one) is transformers' own."""
+    model = quantize(tiny_blockwise(kind), "int4", 32, kernel="specdec")
+    assert "forward" in model.model.__dict__
+    g = torch.Generator().manual_seed(0)
+    prompts, lengths = torch.randint(2, 97, (2, 20), generator=g), torch.tensor([20, 13])
+
+    def logits(block):
+        a = Arena(model, 2, 40)
+        a.forward(prompts)
+        a.point_to(lengths, 20)
+        return a.forward(block)
+
+    blocks = [torch.randint(2, 97, (2, t), generator=g) for t in (1, 2, 5)]
+    with torch.inference_mode():
+        lean_forward = model.model.__dict__.pop("forward")  # transformers' base forward, the layers still lean
+        expected = [logits(block) for block in blocks]
+        model.model.forward = lean_forward
+
+        def no_mask(*args, **kwargs):
+            raise AssertionError("the lean base forward built a mask")
+        monkeypatch.setattr(sys.modules[type(model.model).__module__], "create_causal_mask", no_mask)
+        for block, want in zip(blocks, expected):
+            assert torch.equal(logits(block), want)
+        with pytest.raises(AssertionError, match="built a mask"):  # a cache-free forward: transformers' own
+            model(prompts)
 
 
 def test_the_layer_ops_compute_transformers_values_row_by_row():

@@ -7,6 +7,7 @@ from torch import nn
 
 import specdec
 from specdec import costs, engine, linear
+from specdec import quantize as quantize_module
 from specdec.models import load_pair
 from specdec.quantize import ACT, QuantLinear, at_precision, quantize, quantize_pair, step_bytes, weight_bytes
 from conftest import cpu_only, perturbed, tiny_gpt2, tiny_llama
@@ -127,6 +128,23 @@ def test_quantize_pair_quantizes_the_target_and_the_draft_at_its_own_precision()
     assert not any(isinstance(m, QuantLinear) for m in cast.draft.modules())  # a float target keeps its draft
     with pytest.raises(ValueError, match="precision"):
         quantize_pair(pair, "fp8")
+
+
+def test_a_quantized_draft_keeps_the_first_draft_head_ids_and_speculation_stays_exact(monkeypatch):
+    """quantize_pair cuts a quantized draft's LM head to its first DRAFT_HEAD ids (here 64 of tiny-llama's 320): the
+    draft's logits have 64 columns, its vocabulary is still the target's (no same_tokenizer needed), its label and
+    so its prices say so, and greedy speculation equals the quantized target alone."""
+    monkeypatch.setattr(quantize_module, "DRAFT_HEAD", 64)
+    pair = quantize_pair(load_pair("tiny-llama"), "int8", draft_precision="int8")
+    head = pair.draft.get_output_embeddings()
+    assert (head.out_features, head.vocabulary) == (64, 320) and pair.draft.specdec_precision.endswith("head 64")
+    assert pair.target.get_output_embeddings().out_features == 320  # the target's head is whole: it decides
+    with torch.inference_mode():
+        assert pair.draft(torch.tensor([PROMPTS[0]])).logits.shape[-1] == 64
+    alone = specdec.generate(pair.target, PROMPTS, max_new_tokens=10, eos_token_id=[]).tokens
+    for k in (3, "auto"):
+        assert specdec.generate(pair.target, PROMPTS, draft=pair.draft, k=k, max_new_tokens=10,
+                                eos_token_id=[]).tokens == alone
 
 
 def test_at_precision_copies_a_target_that_ran_on_the_measured_path(monkeypatch):

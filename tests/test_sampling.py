@@ -134,3 +134,20 @@ def test_padded_vocabulary_pair_has_the_target_distribution():
                               seed=4, eos_token_id=[], same_tokenizer=True)
     assert 0.01 < result.stats["acceptance_rate"] < 0.95
     assert chi_square_pvalue(result.tokens, exact_joint(target, 1.0, None)) > 1e-3
+
+
+def test_a_draft_head_naming_only_the_first_ids_keeps_the_target_distribution():
+    """A draft whose head has rows for the first V - 2 ids only (specdec.quantize.DRAFT_HEAD's cut: the draft
+    never proposes the last two, which the target does predict): its q is zero there, the residual gives them their
+    target probability, and sampling stays exact; generate takes it without same_tokenizer (one vocabulary)."""
+    target = tiny_llama(layers=2, vocab=V, seed=5)
+    draft = tiny_llama(layers=1, vocab=V, seed=6)
+    head = torch.nn.Linear(draft.lm_head.in_features, V - 2, bias=False, dtype=draft.dtype)
+    head.weight.data.copy_(draft.lm_head.weight[: V - 2])
+    head.vocabulary = V
+    draft.lm_head = head
+    result = specdec.generate(target, [PROMPT] * ROWS, draft=draft, k=2, max_new_tokens=NEW, temperature=1.0,
+                              seed=4, eos_token_id=[])
+    assert 0.01 < result.stats["acceptance_rate"] < 0.95
+    assert max(t for row in result.tokens for t in row) >= V - 2  # the target still says the ids the draft cannot
+    assert chi_square_pvalue(result.tokens, exact_joint(target, 1.0, None)) > 1e-3
