@@ -62,6 +62,27 @@ def test_command_line_prints_the_flips_and_writes_every_match(tmp_path, capsys):
     first, second = two_runs(tmp_path)
     assert verdicts.main([str(first), str(second), "--out", str(tmp_path / "v.csv")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1] == "1 of 2 verdicts flipped (ratios with an interval in both runs)"
+    assert out[-1].startswith("1 of 2 verdicts flipped (ratios with an interval in both runs); 0 A/A controls")
     assert out[0].startswith("k_sweep/headline.csv [mode=speculative; k=2] speedup: 1.09x [1.02, 1.17] above 1")
     assert len(pd.read_csv(tmp_path / "v.csv")) == 2
+
+
+def test_an_aa_control_is_never_a_verdict_so_it_cannot_flip(tmp_path, capsys):
+    """The target alone timed twice: 0.99x [0.97, 1.01] in one run, 1.05x [1.02, 1.08] in the other is a bias the
+    pairing carried, not "faster"; an effect beside it still flips."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, aa, effect in ((first, (0.99, 0.97, 1.01), (1.10, 1.02, 1.20)),
+                               (second, (1.05, 1.02, 1.08), (1.05, 0.96, 1.15))):
+        rows = [dict(mode=m, speedup=e, speedup_lo=lo, speedup_hi=hi)
+                for m, (e, lo, hi) in (("target_again", aa), ("auto", effect))]
+        table(folder, "precision/cells.csv", rows)
+        table(folder, "precision/aa_control.csv", [dict(group="int4", speedup=aa[0], speedup_lo=aa[1],
+                                                        speedup_hi=aa[2])])
+    both = verdicts.compare(first, second).set_index(["table", "row"])
+    controls = both[both.control]
+    assert len(controls) == 2 and set(controls.verdict_first) == set(controls.verdict_second) == {verdicts.CONTROL}
+    assert not controls.flipped.any()
+    assert both.loc[("precision/cells.csv", "mode=auto"), "flipped"]
+    verdicts.main([str(first), str(second)])
+    said = capsys.readouterr().out
+    assert "1 of 1 verdicts flipped" in said and "2 A/A controls, never a verdict, 2 of them with an interval off 1" in said

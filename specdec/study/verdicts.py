@@ -8,7 +8,9 @@ with a 95% interval in a table both runs wrote (a speedup, a ratio against a ref
 the columns that name it (mode, K, category, ...), and each side's verdict is read from its interval alone: above 1,
 below 1, or no clear difference (it includes 1). The readouts are stricter (an effect inside the experiment's A/A
 control is no clear difference there too), so a flip here is a flip of the interval, the thing a reader would see.
-Prints the flips and the count; writes every matched ratio to --out.
+An A/A control (the target alone timed against itself) is never faster or slower, whatever its interval: its verdict
+is "A/A control" in both runs, and the count of those whose interval excluded 1 in a run (a bias the pairing carried
+that time) is printed beside the flips. Prints the flips and the counts; writes every matched ratio to --out.
 """
 import argparse
 from pathlib import Path
@@ -16,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .modes import A_A
+from .results import AA_FILE
 from .stats import NO_DIFFERENCE, separated
 
 # The columns that say which comparison a table's row is (never a measured value).
@@ -23,6 +27,7 @@ NAMES = ("pair", "effect", "strategy", "chosen_on", "measured_on", "group", "by"
          "p_min", "category", "mode", "k", "reference", "metric", "batch_size", "max_new_tokens", "drafter",
          "temperature", "top_p")
 VERDICTS = {1: "above 1", -1: "below 1", 0: NO_DIFFERENCE}
+CONTROL = "A/A control"
 
 
 def interval_columns(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -69,6 +74,12 @@ def verdict(est, lo, hi) -> str:
     return VERDICTS[separated((est, lo, hi), (1.0, 1.0, 1.0))]
 
 
+def is_control(table: str, row: str, column: str) -> bool:
+    """Whether a ratio is an A/A control: an experiment's aa_control.csv, a summary's aa_ column, or a row of the
+    target alone timed again (its mode, or the decomposition's A/A effect)."""
+    return Path(table).name == AA_FILE or column.startswith("aa_") or f"mode={A_A[0]}" in row or CONTROL in row
+
+
 def carried(first, second) -> set[str]:
     """The tables byte for byte the same in both folders: carried along (a committed benchmark's), not measured
     twice, so their agreement says nothing."""
@@ -82,8 +93,11 @@ def compare(first, second) -> pd.DataFrame:
     skip = carried(first, second)
     a, b = (ratios(f, skip).drop_duplicates(["table", "row", "column"], keep=False) for f in (first, second))
     both = a.merge(b, on=["table", "row", "column"], suffixes=("_first", "_second"))
+    both["control"] = np.array([is_control(*r) for r in both[["table", "row", "column"]].values], dtype=bool)
     for side in ("first", "second"):
-        both[f"verdict_{side}"] = [verdict(*r) for r in both[[f"est_{side}", f"lo_{side}", f"hi_{side}"]].values]
+        read = [verdict(*r) for r in both[[f"est_{side}", f"lo_{side}", f"hi_{side}"]].values]
+        both[f"interval_{side}"] = read
+        both[f"verdict_{side}"] = [CONTROL if c else v for c, v in zip(both.control, read)]
     both["flipped"] = both.verdict_first != both.verdict_second
     return both
 
@@ -100,7 +114,10 @@ def main(argv=None) -> int:
     for r in both[both.flipped].itertuples():
         print(f"{r.table} [{r.row}] {r.column}: {r.est_first:.2f}x [{r.lo_first:.2f}, {r.hi_first:.2f}] "
               f"{r.verdict_first} -> {r.est_second:.2f}x [{r.lo_second:.2f}, {r.hi_second:.2f}] {r.verdict_second}")
-    print(f"{int(both.flipped.sum())} of {len(both)} verdicts flipped (ratios with an interval in both runs)")
+    effects, controls = both[~both.control], both[both.control]
+    biased = (controls.interval_first != NO_DIFFERENCE) | (controls.interval_second != NO_DIFFERENCE)
+    print(f"{int(effects.flipped.sum())} of {len(effects)} verdicts flipped (ratios with an interval in both runs); "
+          f"{len(controls)} A/A controls, never a verdict, {int(biased.sum())} of them with an interval off 1 in a run")
     return 0
 
 
