@@ -50,8 +50,8 @@ KERNELS = ("specdec", "aten")
 # (Qwen2.5-0.5B at int4: 72 of 262 MB a step), and a draft only proposes: a token it cannot name is a rejected draft,
 # never a wrong output. BPE tokenizers number tokens in merge order, roughly by frequency: Qwen2.5's first 65536 ids
 # hold 97.5% of the tokens its 1.5B target wrote in the committed run (32768: 93%). Measured on the Zen 4, int4 pair,
-# 4 prompts x 2 passes, paired: a 31 MB head (the draft's step streams 16% fewer bytes), acceptance unchanged, speculation
-# 1.05x (K=2) and 1.06x (auto) the full head's; 32768 ids lost acceptance (0.59 -> 0.48 on a QA prompt).
+# 4 prompts x 2 passes, paired: a 31 MB head (a draft step streams 16% fewer bytes), acceptance unchanged,
+# speculation 1.05x (K=2) and 1.06x (auto) the full head's; 32768 ids lost acceptance (0.59 -> 0.48 on a QA prompt).
 DRAFT_HEAD = 65536
 
 
