@@ -41,6 +41,11 @@ def eligible(layer) -> bool:
         layer.input_layernorm.weight.dtype == torch.float32
 
 
+def takes_one_call(attn) -> bool:
+    """Whether the whole-layer op serves this attention: its own attention works in 16-lane chunks of a head."""
+    return attn.head_dim % 16 == 0
+
+
 def rms_norm(norm, x):
     return torch.ops.specdec.rms_norm(x, norm.weight, norm.variance_epsilon)
 
@@ -60,7 +65,7 @@ def layer_forward(layer):
         weights += [codes, scales, codes.new_empty(0, dtype=torch.float32) if bias is None else bias.detach()]
         ints += [codes.shape[0] * qkernel.ROWS, member.group_size, member.bits]
     floats = [layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon, attn.scaling]
-    one_call = attn.head_dim % 16 == 0  # the op's attention works in 16-lane chunks of a head
+    one_call = takes_one_call(attn)
 
     def forward(hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         batch, rows, _ = hidden_states.shape
@@ -104,7 +109,7 @@ def base_forward(base):
 def layers_in_one_call(base) -> bool:
     """Every layer of `base` has the lean forward and takes it as one call (so base_forward may skip the masks)."""
     layers = getattr(base, "layers", None)
-    return bool(layers) and all("forward" in layer.__dict__ and layer.self_attn.head_dim % 16 == 0
+    return bool(layers) and all("forward" in layer.__dict__ and takes_one_call(layer.self_attn)
                                 for layer in layers) and \
         len(layers) == getattr(base.config, "num_hidden_layers", -1) and \
         all(hasattr(base, name) for name in ("embed_tokens", "rotary_emb", "norm"))
