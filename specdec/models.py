@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaC
 
 from .byte_tokenizer import ByteTokenizer
 from .devices import faster_draft_dtype, resolve_device, resolve_dtype
+from .inputs import vocab_size
 from .machine import cache_root
 from .quantize import quantize_pair
 from .weights import OFFLINE, _installed, _load_gguf, _pip_names, ensure_cached, install
@@ -236,10 +237,6 @@ def load(spec, device="auto", dtype="auto"):
     return model, tok
 
 
-def _out_size(model):
-    return model.get_output_embeddings().weight.shape[0]
-
-
 def check_same_vocab(target_tokenizer, draft_tokenizer, target_model=None, draft_model=None):
     """Speculation compares token ids, so target and draft must map every id to the same token."""
     fix = "use a draft from the same model family as the target (one tokenizer), e.g. the pairs in specdec.models.PAIRS"
@@ -258,7 +255,7 @@ def check_same_vocab(target_tokenizer, draft_tokenizer, target_model=None, draft
         raise ValueError(f"target and draft vocabularies differ: {token!r} is id {tv[token]} for the target and "
                          f"{dv.get(token)} for the draft; {fix}")
     if target_model is not None and draft_model is not None:
-        ot, od = _out_size(target_model), _out_size(draft_model)
+        ot, od = vocab_size(target_model), vocab_size(draft_model)
         # One tokenizer, output layers padded to different sizes (Qwen2.5-7B: 152064 rows, 0.5B: 151936) is
         # fine: the engine extends the draft's distribution with zeros over the target's extra rows.
         if od > ot:
