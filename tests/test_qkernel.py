@@ -54,6 +54,24 @@ def test_a_rows_output_never_depends_on_the_other_rows_of_the_call(bits, group, 
             assert torch.equal(qkernel.qlinear(x[i:i + 1], codes, scales, bias, out_f, group, bits, path), full[i:i + 1])
 
 
+def test_the_bits_never_depend_on_how_the_threads_split_the_blocks():
+    # The threads take blocks in chunks that shrink as the work runs out, whichever thread is free first: 37 blocks
+    # split 1, 2 and 3 ways must give the one-thread bits (a block skipped or done twice would not).
+    out_f = qkernel.ROWS * 37
+    _, codes, scales = packed(out_f, 256, 4, 64)
+    x = torch.randn(9, 256)
+    threads = torch.get_num_threads()
+    try:
+        outputs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outputs.append([qkernel.qlinear(x[:t], codes, scales, None, out_f, 64, 4) for t in (1, 5, 9)])
+    finally:
+        torch.set_num_threads(threads)
+    for split in outputs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(split, outputs[0]))
+
+
 @pytest.mark.parametrize("bits,group", FORMATS)
 def test_every_code_path_computes_the_same_bits(bits, group):
     _, codes, scales = packed(128, 256, bits, group)
