@@ -62,7 +62,8 @@ def test_command_line_prints_the_flips_and_writes_every_match(tmp_path, capsys):
     first, second = two_runs(tmp_path)
     assert verdicts.main([str(first), str(second), "--out", str(tmp_path / "v.csv")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith("1 of 2 verdicts flipped (ratios with an interval in both runs); 0 A/A controls")
+    assert out[-1].startswith("1 of 2 verdicts flipped (ratios with an interval in both runs): 1 within the runs' "
+                              "noise (the intervals overlap), 0 apart; 0 A/A controls")
     assert out[0].startswith("k_sweep/headline.csv [mode=speculative; k=2] speedup: 1.09x [1.02, 1.17] above 1")
     assert len(pd.read_csv(tmp_path / "v.csv")) == 2
 
@@ -86,3 +87,15 @@ def test_an_aa_control_is_never_a_verdict_so_it_cannot_flip(tmp_path, capsys):
     verdicts.main([str(first), str(second)])
     said = capsys.readouterr().out
     assert "1 of 1 verdicts flipped" in said and "2 A/A controls, never a verdict, 2 of them with an interval off 1" in said
+
+
+def test_a_flip_says_whether_the_two_intervals_overlap(tmp_path):
+    """K=2 tipped from above 1 to no clear difference with overlapping intervals (noise at the boundary); auto moved
+    from below 1 to above it with intervals apart (the runs measured different values)."""
+    for folder, (auto, k2) in ((tmp_path / "first", ((0.90, 0.85, 0.95), (1.09, 1.02, 1.17))),
+                               (tmp_path / "second", ((1.20, 1.10, 1.30), (1.02, 0.90, 1.19)))):
+        table(folder, "k_sweep/headline.csv", [dict(mode=m, speedup=e, speedup_lo=lo, speedup_hi=hi)
+                                               for m, (e, lo, hi) in (("auto", auto), ("speculative", k2))])
+    both = verdicts.compare(tmp_path / "first", tmp_path / "second").set_index("row")
+    assert both.flipped.all()
+    assert both.loc["mode=speculative", "overlap"] and not both.loc["mode=auto", "overlap"]

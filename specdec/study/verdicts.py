@@ -10,7 +10,10 @@ below 1, or no clear difference (it includes 1). The readouts are stricter (an e
 control is no clear difference there too), so a flip here is a flip of the interval, the thing a reader would see.
 An A/A control (the target alone timed against itself) is never faster or slower, whatever its interval: its verdict
 is "A/A control" in both runs, and the count of those whose interval excluded 1 in a run (a bias the pairing carried
-that time) is printed beside the flips. Prints the flips and the counts; writes every matched ratio to --out.
+that time) is printed beside the flips. A flip is "within the runs' noise" where the two intervals overlap (each
+run's interval is consistent with the other's value range: a verdict near its boundary that tipped), and "apart"
+where they do not (the runs measured different values: a code change between them, or the machine's state).
+Prints the flips and the counts; writes every matched ratio to --out.
 """
 import argparse
 from pathlib import Path
@@ -28,6 +31,7 @@ NAMES = ("pair", "effect", "strategy", "chosen_on", "measured_on", "group", "by"
          "temperature", "top_p")
 VERDICTS = {1: "above 1", -1: "below 1", 0: NO_DIFFERENCE}
 CONTROL = "A/A control"
+WITHIN = "within the runs' noise"  # a flip whose two intervals overlap
 
 
 def interval_columns(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -99,6 +103,7 @@ def compare(first, second) -> pd.DataFrame:
         both[f"interval_{side}"] = read
         both[f"verdict_{side}"] = [CONTROL if c else v for c, v in zip(both.control, read)]
     both["flipped"] = both.verdict_first != both.verdict_second
+    both["overlap"] = (both.lo_first <= both.hi_second) & (both.lo_second <= both.hi_first)
     return both
 
 
@@ -113,11 +118,15 @@ def main(argv=None) -> int:
         both.to_csv(args.out, index=False)
     for r in both[both.flipped].itertuples():
         print(f"{r.table} [{r.row}] {r.column}: {r.est_first:.2f}x [{r.lo_first:.2f}, {r.hi_first:.2f}] "
-              f"{r.verdict_first} -> {r.est_second:.2f}x [{r.lo_second:.2f}, {r.hi_second:.2f}] {r.verdict_second}")
+              f"{r.verdict_first} -> {r.est_second:.2f}x [{r.lo_second:.2f}, {r.hi_second:.2f}] {r.verdict_second}"
+              f" ({WITHIN if r.overlap else 'apart'})")
     effects, controls = both[~both.control], both[both.control]
+    flips = effects[effects.flipped]
     biased = (controls.interval_first != NO_DIFFERENCE) | (controls.interval_second != NO_DIFFERENCE)
-    print(f"{int(effects.flipped.sum())} of {len(effects)} verdicts flipped (ratios with an interval in both runs); "
-          f"{len(controls)} A/A controls, never a verdict, {int(biased.sum())} of them with an interval off 1 in a run")
+    print(f"{len(flips)} of {len(effects)} verdicts flipped (ratios with an interval in both runs): "
+          f"{int(flips.overlap.sum())} {WITHIN} (the intervals overlap), {int((~flips.overlap).sum())} "
+          f"apart; {len(controls)} A/A controls, never a verdict, {int(biased.sum())} of them with an interval off 1 "
+          f"in a run")
     return 0
 
 
