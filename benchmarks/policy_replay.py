@@ -1,0 +1,122 @@
+"""How good is auto's choice of K, and what would make 4-bit speculation pay more? Greedy rounds replayed exactly.
+
+    python benchmarks/policy_replay.py [--tokens 128] [--out data/cpu/policy_replay]
+
+Greedy speculation is deterministic given where each round starts: a round at position p with K drafts accepts
+min(K, L(p)) of them, where L(p) is how many of the draft's next tokens, fed the target's own output, equal the
+target's. The draft's proposals from p see exactly the target's prefix while they keep matching, so one
+teacher-forced draft forward over prompt + the target's greedy tokens gives L(p) at every p. This script records
+that agreement for the int4 pair on the 64 population prompts (the target alone generates --tokens tokens, EOS
+ignored; the int4 draft with its 65536-id head reads them), then replays any K policy over it at given prices: the
+committed run's int4 prices, and the same with a cheaper draft step or a flat verify curve. No timing: the replay prices each round (K draft steps and a verify
+over K + 1 tokens), so it measures the policy and the prices, not this machine's noise. Left out: the draft's prefill
+and each round's overhead beyond its forwards, which the real runs pay.
+
+Writes agreement.json (the recorded agreement), replay.csv (per prices and policy: the geometric-mean speedup over
+the target alone, and against the best single fixed K and the in-sample per-prompt best K) and provenance.json.
+"""
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from specdec import policy
+from specdec.engine import generate
+from specdec.machine import cpu_identity
+from specdec.models import load_pair
+from specdec.study.population import geomean
+from specdec.study.prompts import encode, load_prompts
+
+POPULATION = "data/prompts/population.jsonl"
+# The committed run's int4 prices (6811c06, data/cpu/precision/calibration-e6e338aae88d.json): the target's forward
+# over T = 1..9 tokens and the int4 draft's step (head 65536), in ms.
+INT4_CURVE_MS = [19.3, 21.2, 22.4, 25.6, 36.6, 38.8, 44.3, 46.9, 53.3]
+INT4_DRAFT_MS = 7.1
+FLAT_CURVE_MS = INT4_CURVE_MS[:4] + [25.6 + t for t in range(1, 6)]  # hypothetical: 1 ms a token past 4 tokens
+PRICES = {"6811c06 int4 prices": (INT4_CURVE_MS, INT4_DRAFT_MS),
+          "the same, draft step 0.75x": (INT4_CURVE_MS, 0.75 * INT4_DRAFT_MS),
+          "the same, draft step 0.5x": (INT4_CURVE_MS, 0.5 * INT4_DRAFT_MS),
+          "the same, verify flat to 9 tokens": (FLAT_CURVE_MS, INT4_DRAFT_MS)}
+FIXED = range(1, 9)
+
+
+def record(tokens: int) -> list[dict]:
+    """Per population prompt: the int4 target's greedy tokens and, per position, whether the draft's argmax (fed the
+    target's prefix) is the target's token."""
+    pair = load_pair("qwen2.5-coder", precision="int4", group_size=128)
+    out = []
+    for i, prompt in enumerate(load_prompts(POPULATION)):
+        ids = encode(pair.tokenizer, prompt)
+        made = generate(pair.target, torch.tensor([ids]), max_new_tokens=tokens, eos_token_id=[]).tokens[0]
+        with torch.inference_mode():
+            logits = pair.draft(torch.tensor([ids + made])).logits[0, len(ids) - 1:-1]
+        agree = [int(d == t) for d, t in zip(logits.argmax(-1).tolist(), made)]
+        out.append(dict(id=prompt["id"], category=prompt["category"], tokens=made, agree=agree))
+        print(f"{i + 1}/64 {prompt['id']}: draft agrees at {sum(agree) / len(agree):.0%} of positions", flush=True)
+    return out
+
+
+def run_length(agree, p) -> int:
+    n = 0
+    while p + n < len(agree) and agree[p + n]:
+        n += 1
+    return n
+
+
+def replay(agree, pol, costs) -> float:
+    """Seconds the priced rounds of `pol` take to produce len(agree) tokens."""
+    k, p, seconds = pol.begin(1, lambda high: costs), 0, 0.0
+    while p < len(agree):
+        k = max(0, min(k, len(agree) - p - 1))
+        accepted = min(k, run_length(agree, p))
+        price = policy.round_price(costs, k)
+        seconds += price
+        if hasattr(pol, "observe"):
+            pol.observe(k, price)
+        p += accepted + 1
+        k = pol.next_k(k, [accepted])
+    return seconds
+
+
+def table(prompts) -> pd.DataFrame:
+    rows = []
+    for name, (curve_ms, draft_ms) in PRICES.items():
+        costs = dict(verify_s=[None] + [ms / 1e3 for ms in curve_ms], draft_s=draft_ms / 1e3)
+        alone = [len(p["agree"]) * costs["verify_s"][1] for p in prompts]
+        speedup = lambda make: [a / replay(p["agree"], make(), costs) for a, p in zip(alone, prompts)]
+        fixed = {k: speedup(lambda: policy.FixedK(k)) for k in FIXED}
+        best = max(fixed, key=lambda k: geomean(fixed[k]))
+        oracle = [max(fixed[k][i] for k in FIXED) for i in range(len(prompts))]
+        auto = speedup(policy.AutoK)
+        for label, values in [*((f"fixed K={k}", v) for k, v in fixed.items()), ("auto", auto),
+                              ("per-prompt best K (in sample)", oracle)]:
+            rows.append(dict(prices=name, policy=label, prompts=len(prompts), speedup=geomean(values),
+                             vs_best_fixed=geomean(values) / geomean(fixed[best]), best_fixed_k=best,
+                             vs_oracle=geomean(values) / geomean(oracle)))
+    return pd.DataFrame(rows)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--out", default="data/cpu/policy_replay")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "agreement.json").is_file():
+        (out / "agreement.json").write_text(json.dumps(record(args.tokens)))
+    prompts = json.loads((out / "agreement.json").read_text())
+    frame = table(prompts)
+    frame.to_csv(out / "replay.csv", index=False)
+    print(frame[frame.policy.isin(["auto", "per-prompt best K (in sample)"]) | (frame.policy == "fixed K=2")]
+          .round(3).to_string(index=False))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (out / "provenance.json").write_text(json.dumps(dict(commit=commit, machine=cpu_identity(), tokens=args.tokens,
+                                                         torch=torch.__version__), indent=1))
+
+
+if __name__ == "__main__":
+    main()
