@@ -24,15 +24,19 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
-from .machine import cache_root, fastest, read_bandwidth
+from . import paired
+from .machine import busy, cache_root, fastest, machine_key, read_bandwidth, read_cache, write_cache
 
 # the quantized linear, the elementwise layer ops and the whole decoder layer that specdec.lean calls: one extension
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("qlinear.cpp", "layer.cpp", "decoder.cpp")]
 HEADERS = [Path(__file__).parent / "csrc" / "ops.h"]
-PATH_NAMES = {2: "avx512-vnni", 1: "avx2", 0: "scalar"}
+PATH_NAMES = {3: "amx", 2: "avx512-vnni", 1: "avx2", 0: "scalar"}
 TILE, BLOCK = 16, 4  # outputs per tile (one 512-bit register), tiles per block of the layout
 ROWS = TILE * BLOCK  # a weight's output count must be a multiple of this
 FIT_STEPS = 12  # candidate int4 grids per group besides min..max (pack)
+AMX_CACHE = "qkernel-amx.json"  # per machine and kernel version: from how many rows the AMX code serves
+AMX_ROWS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)  # the call sizes measured for it
+NEVER = 1 << 30
 _state = {}  # "loaded": bool, "why": str
 
 
@@ -68,7 +72,37 @@ def load(verbose=False) -> bool:
     except Exception as e:  # no compiler, no ninja, a failed build: torch's kernels serve
         return _fail(f"the kernel could not be built here ({type(e).__name__}: {str(e).strip().splitlines()[-1][:200]})")
     _state.update(loaded=True, why="")
+    if torch.ops.specdec.qlinear_best_path() == 3:
+        torch.ops.specdec.qlinear_amx_from(amx_from())
     return True
+
+
+def amx_from() -> int:
+    """From how many rows a call runs the AMX code on this machine (fewer: the AVX-512 VNNI code; the bits are the
+    same): the fewest rows from which AMX clearly wins (specdec.paired) at every size measured, NEVER if it does
+    not. Measured once per machine and kernel version (about 10 s), kept in AMX_CACHE; measured again, not kept,
+    while the machine is busy. Whole int4 forwards of Qwen2.5-Coder-1.5B on an Intel Xeon with AMX (family 6, 2
+    cores): AMX 1.28x the time at 1 token, 0.96x at 5, 0.92x at 8, 0.76x at 16: a tile op's fixed costs (the int4
+    codes unpacked to bytes in memory, the products stored and read back) lose to vpdpbusd on few rows."""
+    key = f"{machine_key()} | {digest()}"
+    cached = read_cache(AMX_CACHE).get(key, {}).get("rows")
+    if cached is not None:
+        return cached
+    print("specdec: measuring from how many rows the kernel's AMX code pays (once per machine, ~10 s)", file=sys.stderr)
+    # a synthetic int4 weight of 1536 inputs past the caches' reach (512 MiB), as a forward streams its weights
+    K, G, N = 1536, 64, (2**29 * 2 // 1536) // ROWS * ROWS
+    codes = torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8)
+    scales = torch.full((N // TILE * (K // G) * 2 * TILE,), 0.01, dtype=torch.half)
+    wins = []
+    for rows in AMX_ROWS:
+        x = torch.randn(rows, K)
+        call = lambda path: lambda: torch.ops.specdec.qlinear(x, codes, scales, None, N, G, 4, path)
+        samples = paired.interleaved({"vnni": call(2), "amx": call(3)}, passes=5)
+        wins.append(paired.fastest(samples, "vnni") == "amx")
+    rows = next((r for i, r in enumerate(AMX_ROWS) if all(wins[i:])), NEVER)
+    if not busy():
+        write_cache(AMX_CACHE, key, {"rows": rows, "wins": dict(zip(map(str, AMX_ROWS), wins))})
+    return rows
 
 
 def _fail(why) -> bool:
@@ -86,7 +120,7 @@ def why_not() -> str:
 
 
 def best_path() -> str:
-    """The code path this CPU runs: avx512-vnni, avx2 or scalar."""
+    """The code path this CPU runs: amx (from amx_from() rows; AVX-512 VNNI below), avx512-vnni, avx2 or scalar."""
     return PATH_NAMES[torch.ops.specdec.qlinear_best_path()]
 
 
@@ -165,8 +199,8 @@ def dequantize(codes, scales, bits, group_size, in_features):
 
 
 def qlinear(x, codes, scales, bias, out_features, group_size, bits, path=-1):
-    """x [..., in] (any float dtype) -> [..., out] in x's dtype. `path`: -1 the best this CPU runs, else 2 (AVX-512
-    VNNI), 1 (AVX2), 0 (scalar): tests force each."""
+    """x [..., in] (any float dtype) -> [..., out] in x's dtype. `path`: -1 the best this CPU runs, else 3 (AMX),
+    2 (AVX-512 VNNI), 1 (AVX2), 0 (scalar): tests force each."""
     return torch.ops.specdec.qlinear(x, codes, scales, bias, out_features, group_size, bits, path)
 
 
@@ -236,5 +270,11 @@ def fuse_siblings(model, kernel_modules):
 def report(verbose=False) -> str:
     """Build the kernel now (`python -m specdec kernel`, which scripts/setup.sh runs) and say what serves here."""
     if load(verbose=verbose):
-        return f"specdec quantized linear kernel: built in {build_dir()}; this CPU runs its {best_path()} path"
+        path = best_path()
+        if path == "amx":
+            rows = amx_from()
+            path = f"amx path from {rows} rows (avx512-vnni below)" if rows < NEVER else "avx512-vnni path (its amx code measured slower)"
+        else:
+            path += " path"
+        return f"specdec quantized linear kernel: built in {build_dir()}; this CPU runs its {path}"
     return f"specdec quantized linear kernel: not available ({why_not()}); torch's int4/int8 kernels serve"

@@ -26,8 +26,8 @@ SHAPES = [(64, 128), (192, 256), (128, 896)]  # out x in: one and several blocks
 
 
 def paths():
-    """The code paths this CPU can run: 2 (AVX-512 VNNI), 1 (AVX2), 0 (scalar), whichever it has."""
-    best = {"avx512-vnni": 2, "avx2": 1, "scalar": 0}[qkernel.best_path()]
+    """The code paths this CPU can run: 3 (AMX), 2 (AVX-512 VNNI), 1 (AVX2), 0 (scalar), whichever it has."""
+    best = {"amx": 3, "avx512-vnni": 2, "avx2": 1, "scalar": 0}[qkernel.best_path()]
     return list(range(best, -1, -1))
 
 
@@ -44,13 +44,13 @@ def test_a_rows_output_never_depends_on_the_other_rows_of_the_call(bits, group, 
     if in_f % group:
         pytest.skip("groups must tile the input")
     _, codes, scales = packed(out_f, in_f, bits, group)
-    x = torch.randn(16, in_f) * 2
+    x = torch.randn(20, in_f) * 2
     bias = torch.randn(out_f)
     for path in paths():
         full = qkernel.qlinear(x, codes, scales, bias, out_f, group, bits, path)
-        for t in range(1, 17):  # every row count 1..16: each pass size, each split of rows into passes
+        for t in range(1, 21):  # every row count 1..20: each pass size, each split of rows into passes (AMX: 16)
             assert torch.equal(qkernel.qlinear(x[:t], codes, scales, bias, out_f, group, bits, path), full[:t]), (path, t)
-        for i in range(16):  # and each row alone
+        for i in range(20):  # and each row alone
             assert torch.equal(qkernel.qlinear(x[i:i + 1], codes, scales, bias, out_f, group, bits, path), full[i:i + 1])
 
 
@@ -70,6 +70,23 @@ def test_the_bits_never_depend_on_how_the_threads_split_the_blocks():
         torch.set_num_threads(threads)
     for split in outputs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(split, outputs[0]))
+
+
+@pytest.mark.skipif(qkernel.available() and qkernel.best_path() != "amx", reason="this CPU has no AMX")
+def test_from_how_many_rows_amx_serves_changes_no_bit():
+    # The best path takes AMX from a measured row count (qkernel.amx_from) and AVX-512 VNNI below: wherever that
+    # crossover lies, a call gives the bits of the scalar definition.
+    _, codes, scales = packed(128, 256, 4, 64)
+    x = torch.randn(12, 256)
+    definition = qkernel.qlinear(x, codes, scales, None, 128, 64, 4, 0)
+    measured = torch.ops.specdec.qlinear_amx_from(1)
+    try:
+        for rows in (1, 5, 9, 13, qkernel.NEVER):
+            torch.ops.specdec.qlinear_amx_from(rows)
+            for t in (1, 4, 8, 12):
+                assert torch.equal(qkernel.qlinear(x[:t], codes, scales, None, 128, 64, 4), definition[:t]), (rows, t)
+    finally:
+        torch.ops.specdec.qlinear_amx_from(measured)
 
 
 @pytest.mark.parametrize("bits,group", FORMATS)

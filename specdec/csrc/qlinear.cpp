@@ -6,12 +6,13 @@
 // tokens streams the weights twice from memory; this one streams each block of 64 outputs once per call and
 // multiplies it with every row of the call (up to 4 rows per pass on AVX-512, 8 on AVX2; later passes find the
 // block in L1/L2; on AVX2 a call of 1..3 rows goes group by group, see there), with int8 dot products (AVX-512
-// VNNI vpdpbusd; AVX2 vpmaddubsw + vpmaddwd elsewhere).
+// VNNI vpdpbusd; AVX2 vpmaddubsw + vpmaddwd elsewhere; on CPUs with AMX, Intel's tile unit from a measured row
+// count, up to 16 rows per pass).
 //
 // Row-invariant by construction: a row's output is computed by the same sequence of operations whatever else shares
 // the call. Per (row, output, group) the integer dot product is exact (int32); the float part is, in this order,
 //     acc_f = float(dot);  y = fma(acc_f, scale * x_scale, y);  y = fma(min, x_term, y)
-// and at the end y + bias. All three code paths (AVX-512, AVX2, scalar) do exactly that, so they agree bit for bit
+// and at the end y + bias. All four code paths (AMX, AVX-512, AVX2, scalar) do exactly that, so they agree bit for bit
 // and a speculative verify over T tokens gives each token the logits a one-token forward gives it.
 //
 // Layout (specdec/qkernel.py makes it): outputs in tiles of 16 (one 512-bit register of int32 / float32), tiles in
@@ -40,8 +41,13 @@
 #include "ops.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
 #include <immintrin.h>
 #define SPECDEC_X86 1
+#endif
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace {
@@ -337,6 +343,105 @@ void block_avx2(const Weights& w, const Acts& a, int64_t t0, int64_t r0, int64_t
       }
 }
 
+// -- AMX (Intel's tile unit, Sapphire Rapids on): one instruction multiplies up to 16 rows by 16 outputs x 64 inputs -
+// The call's rows of x are tile A (signed bytes, rows x 64), a tile's codes tile B (unsigned bytes, 16 rows of 64:
+// row kk holds the codes of inputs 4kk..4kk+3 for each of its 16 outputs, which is the layout above once the int4
+// nibbles are split: a load index's low nibbles are one row, its high nibbles the next). So a group's exact int32
+// dot products for every row of the call come from G / 64 tdpbsud per tile, where the AVX-512 path spends G / 4
+// vpdpbusd per tile and row; then the same float part as block_avx512, in the same order, so the bits are those of
+// every other path. Tile registers: 0-3 the block's 4 accumulators, 4 x, 5-6 the codes (two, so one unpacks while
+// the other multiplies).
+constexpr int AMX_ROWS = 16;
+
+struct TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Each thread's tile registers shaped for `rows` rows of x (a per-thread setting, loaded before the first tile op).
+__attribute__((target("amx-tile")))
+void amx_configure(int64_t rows) {
+  TileConfig c;
+  for (int t = 0; t < 5; ++t) { c.rows[t] = static_cast<uint8_t>(rows); c.colsb[t] = 64; }
+  for (int t = 5; t < 7; ++t) { c.rows[t] = 16; c.colsb[t] = 64; }
+  asm volatile("" : : "r"(&c) : "memory");  // GCC 12's ldtilecfg asm claims to read 16 bytes of c and drops the rest
+  _tile_loadconfig(&c);
+}
+
+__attribute__((target("amx-tile"))) void amx_release() { _tile_release(); }
+
+// Where tile t's codes for inputs k .. k + 63 are as tile B (16 rows, `stride` bytes apart): int8, in the stored
+// layout itself (its load indices are 256 bytes apart); int4, unpacked into buf. (The tile intrinsics take their
+// register numbers as literals, so the callers spell them out.)
+template <int BITS>
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline
+const uint8_t* amx_codes(const Weights& w, int64_t t, int64_t k, uint8_t* buf, int64_t& stride) {
+  if (BITS == 8) {
+    stride = BLOCK * 64;
+    return w.load(t, k / 4);
+  }
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+#pragma GCC unroll 8
+  for (int o = 0; o < 8; ++o) {
+    const __m512i v = _mm512_loadu_si512(w.load(t, k / 8 + o));
+    _mm512_store_si512(buf + 128 * o, _mm512_and_si512(v, low4));
+    _mm512_store_si512(buf + 128 * o + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
+  }
+  stride = 64;
+  return buf;
+}
+
+template <int BITS>
+__attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,f16c,fma")))
+void block_amx(const Weights& w, const Acts& a, int64_t t0, int64_t r0, int64_t rows, float* y) {
+  alignas(64) uint8_t buf[2][16 * 64];
+  alignas(64) int32_t dots[BLOCK][AMX_ROWS * TILE];
+  for (int64_t r = r0; r < r0 + rows; ++r)
+    std::memset(y + r * w.N + t0 * TILE, 0, BLOCK * TILE * sizeof(float));
+  for (int64_t g = 0; g < a.groups; ++g) {
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    for (int64_t k = g * w.G; k < (g + 1) * w.G; k += 64) {
+      _tile_loadd(4, a.q + r0 * a.K + k, a.K);
+      int64_t stride;
+      _tile_loadd(5, amx_codes<BITS>(w, t0, k, buf[0], stride), stride);
+      _tile_dpbsud(0, 4, 5);
+      _tile_loadd(6, amx_codes<BITS>(w, t0 + 1, k, buf[1], stride), stride);
+      _tile_dpbsud(1, 4, 6);
+      _tile_loadd(5, amx_codes<BITS>(w, t0 + 2, k, buf[0], stride), stride);
+      _tile_dpbsud(2, 4, 5);
+      _tile_loadd(6, amx_codes<BITS>(w, t0 + 3, k, buf[1], stride), stride);
+      _tile_dpbsud(3, 4, 6);
+    }
+    _tile_stored(0, dots[0], 64); _tile_stored(1, dots[1], 64);
+    _tile_stored(2, dots[2], 64); _tile_stored(3, dots[3], 64);
+    __m512 s[BLOCK], m[BLOCK];
+    for (int n = 0; n < BLOCK; ++n) {
+      const c10::Half* sc = w.scale(t0 + n, g);
+      s[n] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
+      m[n] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + TILE)));
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = (r0 + r) * a.groups + g;
+      const __m512 xs = _mm512_set1_ps(a.scale[i]), xt = _mm512_set1_ps(a.term[i]);
+      float* out = y + (r0 + r) * w.N + t0 * TILE;
+#pragma GCC unroll 4
+      for (int n = 0; n < BLOCK; ++n) {
+        __m512 f = _mm512_loadu_ps(out + n * TILE);
+        f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(dots[n] + r * TILE)), _mm512_mul_ps(s[n], xs), f);
+        f = _mm512_fmadd_ps(m[n], xt, f);
+        _mm512_storeu_ps(out + n * TILE, f);
+      }
+    }
+  }
+  if (w.bias)
+    for (int64_t r = r0; r < r0 + rows; ++r)
+      for (int n = 0; n < BLOCK; ++n) {
+        float* out = y + r * w.N + (t0 + n) * TILE;
+        _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), _mm512_loadu_ps(w.bias + (t0 + n) * TILE)));
+      }
+}
+
 using BlockFn = void (*)(const Weights&, const Acts&, int64_t, int64_t, float*);
 
 template <int BITS>
@@ -364,12 +469,25 @@ BlockFn avx2_for(int rows) {
 }
 #endif
 
-// Which code path this CPU takes: 2 = AVX-512 VNNI, 1 = AVX2, 0 = scalar (asked once: every call checks it).
+// AMX is usable when the CPU has it (CPUID leaf 7: AMX-TILE, AMX-INT8) and Linux lets this process use its tile
+// state (asked once per process: arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, as oneDNN does).
+bool amx_usable() {
+#if defined(SPECDEC_X86) && defined(__linux__)
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !(edx & (1u << 24)) || !(edx & (1u << 25))) return false;
+  return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+#else
+  return false;
+#endif
+}
+
+// Which code path this CPU takes: 3 = AMX (with AVX-512 VNNI), 2 = AVX-512 VNNI, 1 = AVX2, 0 = scalar (asked once:
+// every call checks it).
 int64_t detect_path() {
 #ifdef SPECDEC_X86
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("f16c"))
-    return 2;
+    return amx_usable() ? 3 : 2;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) return 1;
 #endif
   return 0;
@@ -378,6 +496,15 @@ int64_t detect_path() {
 int64_t best_path() {
   static const int64_t path = detect_path();
   return path;
+}
+
+// On the AMX path, calls of fewer rows than this run the AVX-512 VNNI code (a tile op's fixed costs can lose to it
+// at few rows); set per machine from measurements (specdec.qkernel.amx_from), 1 until then. The bits are the same.
+std::atomic<int64_t> amx_from_rows{1};
+
+int64_t amx_from(int64_t rows) {
+  TORCH_CHECK(rows >= 1, "qlinear_amx_from: rows must be at least 1");
+  return amx_from_rows.exchange(rows);
 }
 
 // Quantize each row's activations per group: x_scale = max|x| / 127 (1 for an all-zero group), xq = round(x / s)
@@ -456,7 +583,7 @@ void quantize_rows(const float* x, int64_t T, int64_t K, int64_t G, int8_t* xq, 
   using GroupFn = void (*)(const float*, int64_t, int8_t*, float*, float*);
   GroupFn fn = quantize_group;
 #ifdef SPECDEC_X86
-  if (path == 2 && G % 16 == 0) fn = quantize_group_avx512;
+  if (path >= 2 && G % 16 == 0) fn = quantize_group_avx512;
   else if (path >= 1) fn = quantize_group_avx2;  // G % 8 == 0 always (qlinear checks it)
 #endif
   // row r = i / groups, group g = i % groups: contiguous since K = groups * G
@@ -539,7 +666,8 @@ at::Tensor qlinear(const at::Tensor& input, const at::Tensor& codes, const at::T
   TORCH_CHECK(codes.numel() == N * K * bits / 8 && codes.is_contiguous(), "qlinear: codes do not match the shape");
   TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.numel() == N / TILE * (K / G) * 2 * TILE,
               "qlinear: scales must be float16 [out/64, in/group, 4, 2, 16]");
-  if (path < 0) path = best_path();
+  const bool chosen = path < 0;  // the best path, rather than one a caller (a test, a measurement) forces
+  if (chosen) path = best_path();
   TORCH_CHECK(path <= best_path(), "qlinear: this CPU cannot run code path ", path);
   at::Tensor b;
   if (bias.has_value() && bias->defined()) b = bias->to(at::kFloat).contiguous();
@@ -565,7 +693,9 @@ at::Tensor qlinear(const at::Tensor& input, const at::Tensor& codes, const at::T
   // In each block, the rows in passes of near-equal size (at most 4 on AVX-512, 8 on AVX2: 9 rows are 3 + 3 + 3 or
   // 5 + 4, not 8 + 1). Every pass after a block's first finds its weights in L1/L2.
   const int64_t blocks = N / (TILE * BLOCK);
-  const int64_t rb_max = path == 2 ? 4 : 8;
+  // a tile op takes 64 inputs of one group; below amx_from rows the AVX-512 code measured faster
+  if (path == 3 && (G % 64 != 0 || (chosen && T < amx_from_rows.load()))) path = 2;
+  const int64_t rb_max = path == 3 ? AMX_ROWS : path == 2 ? 4 : 8;
   const int64_t passes = (T + rb_max - 1) / rb_max;
   const int64_t threads = at::get_num_threads();
   std::vector<int64_t> starts{0};  // chunk i is blocks starts[i] .. starts[i + 1]
@@ -576,13 +706,19 @@ at::Tensor qlinear(const at::Tensor& input, const at::Tensor& codes, const at::T
   const int64_t chunks = static_cast<int64_t>(starts.size()) - 1;
   std::atomic<int64_t> next{0};
   at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+#ifdef SPECDEC_X86
+    int64_t amx_rows = 0;  // the row count this thread's tile registers are shaped for
+#endif
     for (int64_t i; (i = next.fetch_add(1)) < chunks;) {
       for (int64_t b = starts[i], end = starts[i + 1]; b < end; ++b) {
         const int64_t t0 = b * BLOCK;
         for (int64_t p = 0, r0 = 0; p < passes; ++p) {
           const int64_t rows = (T - r0) / (passes - p);
 #ifdef SPECDEC_X86
-          if (path == 2) {
+          if (path == 3) {
+            if (rows != amx_rows) amx_configure(amx_rows = rows);
+            (bits == 4 ? block_amx<4> : block_amx<8>)(w, a, t0, r0, rows, out);
+          } else if (path == 2) {
             (bits == 4 ? avx512_for<4>(rows) : avx512_for<8>(rows))(w, a, t0, r0, out);
           } else if (path == 1 && rows <= 3) {
             (bits == 4 ? block_avx2<4> : block_avx2<8>)(w, a, t0, r0, rows, out);
@@ -596,6 +732,9 @@ at::Tensor qlinear(const at::Tensor& input, const at::Tensor& codes, const at::T
         }
       }
     }
+#ifdef SPECDEC_X86
+    if (amx_rows) amx_release();  // a thread holding tile state costs every context switch a 8 KB save
+#endif
   });
   return y.view(shape).to(input.scalar_type());
 }
@@ -606,6 +745,7 @@ TORCH_LIBRARY(specdec, m) {
   m.def("qlinear(Tensor x, Tensor codes, Tensor scales, Tensor? bias, int out_features, int group_size, int bits, "
         "int path=-1) -> Tensor");
   m.def("qlinear_best_path() -> int", &best_path);
+  m.def("qlinear_amx_from(int rows) -> int", &amx_from);
   m.def("fit_int4(Tensor groups, int steps) -> Tensor", &fit_int4);
 }
 
