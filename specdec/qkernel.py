@@ -124,6 +124,15 @@ def best_path() -> str:
     return PATH_NAMES[torch.ops.specdec.qlinear_best_path()]
 
 
+def path_words() -> str:
+    """The code path this CPU runs, in words, with the AMX crossover where it has AMX."""
+    path = best_path()
+    if path != "amx":
+        return f"{path} path"
+    rows = amx_from()
+    return f"amx path from {rows} rows, avx512-vnni below" if rows < NEVER else "avx512-vnni path (amx measured slower)"
+
+
 def pack(weight, bits=4, group_size=64, steps=None):
     """(codes uint8 [out/64, ...], scales float16 [out/64, in/group, 4, 2, 16]) in the kernel's layout (see the C++
     file), from a float weight [out, in]. int4: w ~ q * scale + min, q in 0..15, each group's scale and min the
@@ -270,11 +279,5 @@ def fuse_siblings(model, kernel_modules):
 def report(verbose=False) -> str:
     """Build the kernel now (`python -m specdec kernel`, which scripts/setup.sh runs) and say what serves here."""
     if load(verbose=verbose):
-        path = best_path()
-        if path == "amx":
-            rows = amx_from()
-            path = f"amx path from {rows} rows (avx512-vnni below)" if rows < NEVER else "avx512-vnni path (its amx code measured slower)"
-        else:
-            path += " path"
-        return f"specdec quantized linear kernel: built in {build_dir()}; this CPU runs its {path}"
+        return f"specdec quantized linear kernel: built in {build_dir()}; this CPU runs its {path_words()}"
     return f"specdec quantized linear kernel: not available ({why_not()}); torch's int4/int8 kernels serve"

@@ -158,7 +158,7 @@ def resolve_kernel(kernel) -> str:
 def kernel_report() -> str:
     """Which kernel quantized models get here, in words (calibrate prints it)."""
     if qkernel.available():
-        return f"specdec's own kernel ({qkernel.best_path()} path, row-invariant)"
+        return f"specdec's own kernel ({qkernel.path_words()}, row-invariant)"
     return f"torch's int4/int8 kernels: specdec's own is not available ({qkernel.why_not()})"
 
 
