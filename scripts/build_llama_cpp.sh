@@ -25,8 +25,16 @@ if [ ! -d "$DEST/src" ]; then
   mv "$DEST/src.partial" "$DEST/src"  # whole or absent: a rerun after a failed download starts over
 fi
 log="$DEST/build.log"  # the compiler's output (thousands of warnings): read it only if the build fails
+# Built for this CPU (-march=native), except where it has AMX: there ggml's AMX backend, which a native build turns
+# on, crashed every binary (SIGSEGV in ggml_backend_amx_mul_mat, on an Intel Xeon, family 6 model 167, 2 cores), so
+# the build names this CPU's other vector extensions itself and leaves AMX out; the repacked AVX-512 kernels serve.
+ISA=(-DGGML_NATIVE=ON)
+if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+  ISA=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON
+       -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON)
+fi
 if ! { cmake -S "$DEST/src/vendor/llama.cpp" -B "$DEST/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF \
-         -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF &&
+         -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF "${ISA[@]}" &&
        cmake --build "$DEST/build" -j "$(nproc 2>/dev/null || echo 2)" --target llama-completion llama-speculative-simple llama-perplexity
      } >"$log" 2>&1; then
   tail -30 "$log" >&2
