@@ -193,3 +193,24 @@ def test_speedup_bars_without_an_interval_get_no_error_caps():
     bars = [c for c in ax.containers if type(c).__name__ == "BarContainer"]
     capped = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
     assert len(capped) == len(bars) - 1, (len(capped), len(bars))  # every bar but HF assisted's has its interval
+
+
+def test_the_summary_page_names_the_commit_of_a_sections_sub_folder_rows(tmp_path):
+    # Notebook 06 keeps llama.cpp's blocks in precision/llama_cpp/, which a resumed run may measure at another
+    # commit: the page names the commit of those rows too, not only of the section's own.
+    data = tmp_path / "data" / "cpu"
+    for folder, run_id, commit in ((data / "precision", "a", "1111111aaa"), (data / "precision" / "llama_cpp", "b",
+                                                                              "2222222bbb")):
+        folder.mkdir(parents=True)
+        (folder / "results.jsonl").write_text(json.dumps(dict(run_id=run_id)) + "\n")
+        (folder / f"provenance-{run_id}.json").write_text(json.dumps(dict(
+            device_name="a CPU", torch_threads=2, git_commit=commit, git_dirty=False,
+            started_utc="2026-01-01T00:00:00+00:00")))
+    run = dict(status="ok", seconds=1.0, finished_utc="2026-01-01T00:00:00+00:00", error="", skipped=[])
+    (data / page.RUNS_FILE).write_text(json.dumps({"06_precision": run}))
+    state = dict(run_id="r", started_utc="2026-01-01T00:00:00+00:00", status="complete")
+    page.write_summary(data, tmp_path / "figures" / "cpu", "cpu", False, state, ["06_precision"],
+                       runner.notebook_sections(data, "cpu", False))
+    text = (data / "README.md").read_text()
+    assert "Rows: 1, measured on a CPU (2 threads), commit 1111111aaa" in text
+    assert "Rows in llama_cpp/: 1, measured on a CPU (2 threads), commit 2222222bbb" in text

@@ -174,6 +174,10 @@ def write_summary(data_dir, figures_dir, target, smoke, state, names, sections):
                 out += ["Calibration (linear plans and auto's cost curves the rows ran under):", *calibrations,
                         *([f"- {suspect} rows ran over {SLOW}x their calibration's prediction (calibration_suspect)"]
                           if suspect else []), ""]
+        for sub in sorted(p for p in (data_dir / sec).glob(f"*/{RESULTS}")):  # e.g. notebook 06's llama.cpp blocks
+            sub_rows = read_rows(sub)
+            if sub_rows:
+                out += [f"Rows in {sub.parent.name}/: {len(sub_rows)}, {describe_runs(sub.parent, sub_rows)}.", ""]
         if run["status"] not in ("ok", "skipped"):
             out += ["```", run["error"], "```", ""]
         if (data_dir / sec / "readout.md").is_file():
