@@ -31,8 +31,9 @@ from specdec.study.population import geomean
 from specdec.study.prompts import encode, load_prompts
 
 POPULATION = "data/prompts/population.jsonl"
-# The committed run's int4 prices (6811c06, data/cpu/precision/calibration-e6e338aae88d.json): the target's forward
-# over T = 1..9 tokens and the int4 draft's step (head 65536), in ms.
+# The int4 prices of a cpu run on the Zen 4 (family 25) at 6811c06 (a commit lost before it landed; its code is
+# 5d9283d; its calibration file was not committed): the target's forward over T = 1..9 tokens and the int4 draft's
+# step (head 65536), in ms. Another machine's prices go here by hand (its precision/calibration-*.json).
 INT4_CURVE_MS = [19.3, 21.2, 22.4, 25.6, 36.6, 38.8, 44.3, 46.9, 53.3]
 INT4_DRAFT_MS = 7.1
 FLAT_CURVE_MS = INT4_CURVE_MS[:4] + [25.6 + t for t in range(1, 6)]  # hypothetical: 1 ms a token past 4 tokens
