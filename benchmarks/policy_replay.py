@@ -8,8 +8,8 @@ target's. The draft's proposals from p see exactly the target's prefix while the
 teacher-forced draft forward over prompt + the target's greedy tokens gives L(p) at every p. This script records
 that agreement for the int4 pair on the 64 population prompts (the target alone generates --tokens tokens, EOS
 ignored; the int4 draft with its 65536-id head reads them), then replays any K policy over it at given prices: the
-committed run's int4 prices, and the same with a cheaper draft step or a flat verify curve. No timing: the replay prices each round (K draft steps and a verify
-over K + 1 tokens), so it measures the policy and the prices, not this machine's noise. Left out: the draft's prefill
+int4 prices of a Zen 4 run (PRICES below), and the same with a cheaper draft step or a flat verify curve. No
+timing: the replay prices each round (K draft steps and a verify over K + 1 tokens), so it measures the policy and the prices, not this machine's noise. Left out: the draft's prefill
 and each round's overhead beyond its forwards, which the real runs pay.
 
 Writes agreement.json (the recorded agreement), replay.csv (per prices and policy: the geometric-mean speedup over
