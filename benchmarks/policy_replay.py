@@ -40,7 +40,11 @@ FLAT_CURVE_MS = INT4_CURVE_MS[:4] + [25.6 + t for t in range(1, 6)]  # hypotheti
 PRICES = {"6811c06 int4 prices": (INT4_CURVE_MS, INT4_DRAFT_MS),
           "the same, draft step 0.75x": (INT4_CURVE_MS, 0.75 * INT4_DRAFT_MS),
           "the same, draft step 0.5x": (INT4_CURVE_MS, 0.5 * INT4_DRAFT_MS),
-          "the same, verify flat to 9 tokens": (FLAT_CURVE_MS, INT4_DRAFT_MS)}
+          "the same, verify flat to 9 tokens": (FLAT_CURVE_MS, INT4_DRAFT_MS),
+          # the committed run's, at 04d0cca on an Intel Xeon (family 6 model 167; AMX from 8 rows):
+          # data/cpu/precision/calibration-e0732342e58a.json
+          "04d0cca int4 prices (Xeon)": ([41.3, 46.9, 50.6, 53.9, 64.1, 67.3, 72.6, 64.1, 65.7], 14.2),
+          "04d0cca int4 prices (Xeon), draft step 0.5x": ([41.3, 46.9, 50.6, 53.9, 64.1, 67.3, 72.6, 64.1, 65.7], 7.1)}
 FIXED = range(1, 9)
 
 
