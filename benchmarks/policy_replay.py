@@ -37,14 +37,16 @@ POPULATION = "data/prompts/population.jsonl"
 INT4_CURVE_MS = [19.3, 21.2, 22.4, 25.6, 36.6, 38.8, 44.3, 46.9, 53.3]
 INT4_DRAFT_MS = 7.1
 FLAT_CURVE_MS = INT4_CURVE_MS[:4] + [25.6 + t for t in range(1, 6)]  # hypothetical: 1 ms a token past 4 tokens
+# The committed run's, at 04d0cca on an Intel Xeon (family 6 model 167; AMX from 8 rows), from
+# data/cpu/precision/calibration-e0732342e58a.json.
+XEON_CURVE_MS = [41.3, 46.9, 50.6, 53.9, 64.1, 67.3, 72.6, 64.1, 65.7]
+XEON_DRAFT_MS = 14.2
 PRICES = {"6811c06 int4 prices": (INT4_CURVE_MS, INT4_DRAFT_MS),
           "the same, draft step 0.75x": (INT4_CURVE_MS, 0.75 * INT4_DRAFT_MS),
           "the same, draft step 0.5x": (INT4_CURVE_MS, 0.5 * INT4_DRAFT_MS),
           "the same, verify flat to 9 tokens": (FLAT_CURVE_MS, INT4_DRAFT_MS),
-          # the committed run's, at 04d0cca on an Intel Xeon (family 6 model 167; AMX from 8 rows):
-          # data/cpu/precision/calibration-e0732342e58a.json
-          "04d0cca int4 prices (Xeon)": ([41.3, 46.9, 50.6, 53.9, 64.1, 67.3, 72.6, 64.1, 65.7], 14.2),
-          "04d0cca int4 prices (Xeon), draft step 0.5x": ([41.3, 46.9, 50.6, 53.9, 64.1, 67.3, 72.6, 64.1, 65.7], 7.1)}
+          "04d0cca int4 prices (Xeon)": (XEON_CURVE_MS, XEON_DRAFT_MS),
+          "04d0cca int4 prices (Xeon), draft step 0.5x": (XEON_CURVE_MS, 0.5 * XEON_DRAFT_MS)}
 FIXED = range(1, 9)
 
 
