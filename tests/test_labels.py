@@ -119,7 +119,8 @@ def test_a_title_says_when_the_rows_ran_the_draft_in_several_dtypes():
     assert "draft d-0.5b (dtype differs by row: bfloat16, float32)" in title, title
 
 
-NOTEBOOKS = ["01_k_sweep", "02_batch_sweep", "03_verification_latency", "04_speculative_vs_baseline", "05_drafters"]
+NOTEBOOKS = ["01_k_sweep", "02_batch_sweep", "03_verification_latency", "04_speculative_vs_baseline", "05_drafters",
+             "06_precision"]
 
 
 def summary_page(tmp_path, smoke=False, ran=None, names=NOTEBOOKS):
@@ -206,11 +207,6 @@ def test_the_summary_page_names_the_commit_of_a_sections_sub_folder_rows(tmp_pat
         (folder / f"provenance-{run_id}.json").write_text(json.dumps(dict(
             device_name="a CPU", torch_threads=2, git_commit=commit, git_dirty=False,
             started_utc="2026-01-01T00:00:00+00:00")))
-    run = dict(status="ok", seconds=1.0, finished_utc="2026-01-01T00:00:00+00:00", error="", skipped=[])
-    (data / page.RUNS_FILE).write_text(json.dumps({"06_precision": run}))
-    state = dict(run_id="r", started_utc="2026-01-01T00:00:00+00:00", status="complete")
-    page.write_summary(data, tmp_path / "figures" / "cpu", "cpu", False, state, ["06_precision"],
-                       runner.notebook_sections(data, "cpu", False))
-    text = (data / "README.md").read_text()
+    text = summary_page(tmp_path, names=["06_precision"])  # e.g. --only 06
     assert "Rows: 1, measured on a CPU (2 threads), commit 1111111aaa" in text
     assert "Rows in llama_cpp/: 1, measured on a CPU (2 threads), commit 2222222bbb" in text
