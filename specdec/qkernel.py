@@ -37,7 +37,7 @@ FIT_STEPS = 12  # candidate int4 grids per group besides min..max (pack)
 AMX_CACHE = "qkernel-amx.json"  # per machine and kernel version: from how many rows the AMX code serves
 AMX_ROWS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)  # the call sizes measured for it
 NEVER = 1 << 30
-_state = {}  # "loaded": bool, "why": str
+_state = {}  # "loaded": bool, "why": str, "amx_from": the AMX crossover set in the kernel (CPUs with AMX)
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,7 +73,8 @@ def load(verbose=False) -> bool:
         return _fail(f"the kernel could not be built here ({type(e).__name__}: {str(e).strip().splitlines()[-1][:200]})")
     _state.update(loaded=True, why="")
     if torch.ops.specdec.qlinear_best_path() == 3:
-        torch.ops.specdec.qlinear_amx_from(amx_from())
+        _state["amx_from"] = amx_from()
+        torch.ops.specdec.qlinear_amx_from(_state["amx_from"])
     return True
 
 
@@ -129,7 +130,7 @@ def path_words() -> str:
     path = best_path()
     if path != "amx":
         return f"{path} path"
-    rows = amx_from()
+    rows = _state["amx_from"]  # what load() measured and set, not measured again
     return f"amx path from {rows} rows, avx512-vnni below" if rows < NEVER else "avx512-vnni path (amx measured slower)"
 
 
