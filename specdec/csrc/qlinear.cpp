@@ -109,6 +109,22 @@ void tile_scalar(const Weights& w, const Acts& a, int64_t t, int64_t r0, int64_t
 #ifdef SPECDEC_X86
 // -- AVX-512 VNNI: 16 outputs per register, RB rows per pass ------------------------------------------------------
 
+// The steps the AVX-512 and AMX blocks share, always inlined (one definition of what the bits are):
+// tile t's 16 scales and 16 mins of group g, as float;
+__attribute__((target("avx512f,f16c"), always_inline)) inline
+void scales_avx512(const Weights& w, int64_t t, int64_t g, __m512& s, __m512& m) {
+  const c10::Half* sc = w.scale(t, g);
+  s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
+  m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + TILE)));
+}
+
+// a group's float step for 16 outputs of one row, in the scalar code's order.
+__attribute__((target("avx512f,fma"), always_inline)) inline
+__m512 step_avx512(__m512 y, __m512i dot, __m512 s, __m512 m, __m512 x_scale, __m512 x_term) {
+  y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s, x_scale), y);
+  return _mm512_fmadd_ps(m, x_term, y);
+}
+
 // One block (4 tiles, 64 outputs) by RB rows per pass. Each broadcast of 4 bytes of x feeds 4 products: a broadcast
 // per product (or folded into vpdpbusd's memory operand) runs at a third of vpdpbusd's throughput (measured on Zen
 // 5), which is what bounds a few-row call. The int4 low and high nibbles are multiplied in two sweeps (the second
@@ -159,21 +175,15 @@ void block_avx512(const Weights& w, const Acts& a, int64_t t0, int64_t r0, float
     // converted once (y is float* like a.scale, so the compiler cannot hoist those loads past y's stores itself).
     __m512 s[BLOCK], m[BLOCK];
 #pragma GCC unroll 4
-    for (int n = 0; n < BLOCK; ++n) {
-      const c10::Half* sc = w.scale(t0 + n, g);
-      s[n] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
-      m[n] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + TILE)));
-    }
+    for (int n = 0; n < BLOCK; ++n) scales_avx512(w, t0 + n, g, s[n], m[n]);
 #pragma GCC unroll 8
     for (int r = 0; r < RB; ++r) {
       const int64_t i = (r0 + r) * a.groups + g;
       const __m512 xs = _mm512_set1_ps(a.scale[i]), xt = _mm512_set1_ps(a.term[i]);
 #pragma GCC unroll 4
       for (int n = 0; n < BLOCK; ++n) {
-        __m512 f = _mm512_loadu_ps(out[r] + n * TILE);
-        f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][n]), _mm512_mul_ps(s[n], xs), f);
-        f = _mm512_fmadd_ps(m[n], xt, f);
-        _mm512_storeu_ps(out[r] + n * TILE, f);
+        float* o = out[r] + n * TILE;
+        _mm512_storeu_ps(o, step_avx512(_mm512_loadu_ps(o), acc[r][n], s[n], m[n], xs, xt));
       }
     }
   }
@@ -416,22 +426,15 @@ void block_amx(const Weights& w, const Acts& a, int64_t t0, int64_t r0, int64_t 
     _tile_stored(0, dots[0], 64); _tile_stored(1, dots[1], 64);
     _tile_stored(2, dots[2], 64); _tile_stored(3, dots[3], 64);
     __m512 s[BLOCK], m[BLOCK];
-    for (int n = 0; n < BLOCK; ++n) {
-      const c10::Half* sc = w.scale(t0 + n, g);
-      s[n] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
-      m[n] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + TILE)));
-    }
+    for (int n = 0; n < BLOCK; ++n) scales_avx512(w, t0 + n, g, s[n], m[n]);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = (r0 + r) * a.groups + g;
       const __m512 xs = _mm512_set1_ps(a.scale[i]), xt = _mm512_set1_ps(a.term[i]);
       float* out = y + (r0 + r) * w.N + t0 * TILE;
 #pragma GCC unroll 4
-      for (int n = 0; n < BLOCK; ++n) {
-        __m512 f = _mm512_loadu_ps(out + n * TILE);
-        f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(dots[n] + r * TILE)), _mm512_mul_ps(s[n], xs), f);
-        f = _mm512_fmadd_ps(m[n], xt, f);
-        _mm512_storeu_ps(out + n * TILE, f);
-      }
+      for (int n = 0; n < BLOCK; ++n)
+        _mm512_storeu_ps(out + n * TILE, step_avx512(_mm512_loadu_ps(out + n * TILE),
+                                                     _mm512_load_si512(dots[n] + r * TILE), s[n], m[n], xs, xt));
     }
   }
   if (w.bias)
@@ -733,7 +736,7 @@ at::Tensor qlinear(const at::Tensor& input, const at::Tensor& codes, const at::T
       }
     }
 #ifdef SPECDEC_X86
-    if (amx_rows) amx_release();  // a thread holding tile state costs every context switch a 8 KB save
+    if (amx_rows) amx_release();  // a thread holding tile state costs every context switch an 8 KB save
 #endif
   });
   return y.view(shape).to(input.scalar_type());
