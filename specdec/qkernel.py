@@ -25,7 +25,7 @@ import torch
 from torch.utils import cpp_extension
 
 from . import paired
-from .machine import busy, cache_root, fastest, machine_key, read_bandwidth, read_cache, write_cache
+from .machine import busy, cache_root, fastest, machine_key, read_cache, write_cache
 
 # the quantized linear, the elementwise layer ops and the whole decoder layer that specdec.lean calls: one extension
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("qlinear.cpp", "layer.cpp", "decoder.cpp")]
@@ -34,10 +34,12 @@ PATH_NAMES = {3: "amx", 2: "avx512-vnni", 1: "avx2", 0: "scalar"}
 TILE, BLOCK = 16, 4  # outputs per tile (one 512-bit register), tiles per block of the layout
 ROWS = TILE * BLOCK  # a weight's output count must be a multiple of this
 FIT_STEPS = 12  # candidate int4 grids per group besides min..max (pack)
-AMX_CACHE = "qkernel-amx.json"  # per machine and kernel version: from how many rows the AMX code serves
-AMX_ROWS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)  # the call sizes measured for it
+TUNING_CACHE = "qkernel-tuning.json"  # per machine and kernel version: prefetch distances, the AMX crossover
+PREFETCH = (0, 1024, 2048, 4096)  # how far ahead of its reads the kernel may ask for weights (bytes; 0: never)
+PREFETCH_ROWS = {2: (1, 4), 3: (8, 16)}  # per code path, the call sizes a distance is judged on
+AMX_ROWS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)  # the call sizes measured for the AMX crossover
 NEVER = 1 << 30
-_state = {}  # "loaded": bool, "why": str, "amx_from": the AMX crossover set in the kernel (CPUs with AMX)
+_state = {}  # "loaded": bool, "why": str, "tuning": what tuning() set in the kernel (AVX-512 CPUs)
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,38 +74,55 @@ def load(verbose=False) -> bool:
     except Exception as e:  # no compiler, no ninja, a failed build: torch's kernels serve
         return _fail(f"the kernel could not be built here ({type(e).__name__}: {str(e).strip().splitlines()[-1][:200]})")
     _state.update(loaded=True, why="")
-    if torch.ops.specdec.qlinear_best_path() == 3:
-        _state["amx_from"] = amx_from()
-        torch.ops.specdec.qlinear_amx_from(_state["amx_from"])
+    if torch.ops.specdec.qlinear_best_path() >= 2:
+        _state["tuning"] = tuning()
     return True
 
 
-def amx_from() -> int:
-    """From how many rows a call runs the AMX code on this machine (fewer: the AVX-512 VNNI code; the bits are the
-    same): the fewest rows from which AMX clearly wins (specdec.paired) at every size measured, NEVER if it does
-    not. Measured once per machine and kernel version (about 10 s), kept in AMX_CACHE; measured again, not kept,
-    while the machine is busy. Whole int4 forwards of Qwen2.5-Coder-1.5B on an Intel Xeon with AMX (family 6, 2
-    cores): AMX 1.28x the time at 1 token, 0.96x at 5, 0.92x at 8, 0.76x at 16: a tile op's fixed costs (the int4
-    codes unpacked to bytes in memory, the products stored and read back) lose to vpdpbusd on few rows."""
+def tuning() -> dict:
+    """The kernel's settings for this machine, measured once per machine and kernel version (about 20 s) and kept in
+    TUNING_CACHE (measured again, not kept, while the machine is busy), and set in the kernel (the bits never
+    depend on them): "prefetch", per code path, how far ahead of its reads a call asks for the weights; "amx_from",
+    from how many rows a call runs the AMX code (fewer: the AVX-512 VNNI code), NEVER without AMX."""
     key = f"{machine_key()} | {digest()}"
-    cached = read_cache(AMX_CACHE).get(key, {}).get("rows")
-    if cached is not None:
-        return cached
-    print("specdec: measuring from how many rows the kernel's AMX code pays (once per machine, ~10 s)", file=sys.stderr)
+    found = read_cache(TUNING_CACHE).get(key)
+    if not found:
+        found = _measure_tuning()
+        if not busy():
+            write_cache(TUNING_CACHE, key, found)
+    for path, ahead in found["prefetch"].items():
+        torch.ops.specdec.qlinear_prefetch(int(path), ahead)
+    if torch.ops.specdec.qlinear_best_path() == 3:
+        torch.ops.specdec.qlinear_amx_from(found["amx_from"])
+    return found
+
+
+def _measure_tuning() -> dict:
+    print("specdec: tuning the quantized linear kernel to this machine (once per machine, ~20 s)", file=sys.stderr)
     # a synthetic int4 weight of 1536 inputs past the caches' reach (512 MiB), as a forward streams its weights
     K, G, N = 1536, 64, (2**29 * 2 // 1536) // ROWS * ROWS
     codes = torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8)
     scales = torch.full((N // TILE * (K // G) * 2 * TILE,), 0.01, dtype=torch.half)
-    wins = []
-    for rows in AMX_ROWS:
-        x = torch.randn(rows, K)
-        call = lambda path: lambda: torch.ops.specdec.qlinear(x, codes, scales, None, N, G, 4, path)
-        samples = paired.interleaved({"vnni": call(2), "amx": call(3)}, passes=5)
-        wins.append(paired.fastest(samples, "vnni") == "amx")
-    rows = next((r for i, r in enumerate(AMX_ROWS) if all(wins[i:])), NEVER)
-    if not busy():
-        write_cache(AMX_CACHE, key, {"rows": rows, "wins": dict(zip(map(str, AMX_ROWS), wins))})
-    return rows
+    xs = {rows: torch.randn(rows, K) for rows in AMX_ROWS}
+    call = lambda rows, path: lambda: torch.ops.specdec.qlinear(xs[rows], codes, scales, None, N, G, 4, path)
+    paths = [p for p in PREFETCH_ROWS if p <= torch.ops.specdec.qlinear_best_path()]
+    found = {"prefetch": {}, "amx_from": NEVER}
+    for path in paths:  # the distance with the least time over the path's call sizes, 0 unless one clearly wins
+        def ahead(bytes_, rows):
+            def run():
+                torch.ops.specdec.qlinear_prefetch(path, bytes_)
+                call(rows, path)()
+            return run
+        samples = [paired.interleaved({d: ahead(d, rows) for d in PREFETCH}, passes=5) for rows in PREFETCH_ROWS[path]]
+        cost, spread = paired.ratios(samples, 0)
+        found["prefetch"][str(path)] = paired.preferred(cost, PREFETCH, 0.03, spread)
+        torch.ops.specdec.qlinear_prefetch(path, found["prefetch"][str(path)])
+    if 3 in paths:  # from how many rows AMX clearly beats VNNI at every larger size, each at its own distance
+        wins = [paired.fastest(paired.interleaved({"vnni": call(rows, 2), "amx": call(rows, 3)}, passes=5), "vnni")
+                == "amx" for rows in AMX_ROWS]
+        found["amx_from"] = next((r for i, r in enumerate(AMX_ROWS) if all(wins[i:])), NEVER)
+        found["amx_wins"] = dict(zip(map(str, AMX_ROWS), wins))
+    return found
 
 
 def _fail(why) -> bool:
@@ -121,17 +140,21 @@ def why_not() -> str:
 
 
 def best_path() -> str:
-    """The code path this CPU runs: amx (from amx_from() rows; AVX-512 VNNI below), avx512-vnni, avx2 or scalar."""
+    """The code path this CPU runs: amx (from tuning()'s row count; AVX-512 VNNI below), avx512-vnni, avx2 or scalar."""
     return PATH_NAMES[torch.ops.specdec.qlinear_best_path()]
 
 
 def path_words() -> str:
-    """The code path this CPU runs, in words, with the AMX crossover where it has AMX."""
-    path = best_path()
-    if path != "amx":
+    """The code path this CPU runs, in words, with what tuning() set: prefetch distances, the AMX crossover."""
+    path, tuned = best_path(), _state.get("tuning")  # what load() measured and set, not measured again
+    if not tuned:
         return f"{path} path"
-    rows = _state["amx_from"]  # what load() measured and set, not measured again
-    return f"amx path from {rows} rows, avx512-vnni below" if rows < NEVER else "avx512-vnni path (amx measured slower)"
+    ahead = lambda p: f"prefetch {tuned['prefetch'][str(p)]} bytes ahead" if tuned["prefetch"][str(p)] else "no prefetch"
+    if path != "amx":
+        return f"{path} path ({ahead(2)})"
+    if tuned["amx_from"] >= NEVER:
+        return f"avx512-vnni path ({ahead(2)}; amx measured slower)"
+    return f"amx path from {tuned['amx_from']} rows ({ahead(3)}), avx512-vnni below ({ahead(2)})"
 
 
 def pack(weight, bits=4, group_size=64, steps=None):
@@ -175,21 +198,27 @@ def fits(out_features, in_features, group_size) -> bool:
     return out_features % ROWS == 0 and in_features % group_size == 0 and group_size % 8 == 0
 
 
-def read_rate(gib=1.0, passes=7) -> float:
-    """Bytes a second this machine reads from memory now, the bandwidth floor's denominator: the faster of torch
-    summing a tensor (machine.read_bandwidth) and this kernel streaming a synthetic int4 weight of `gib` GiB (4096
-    inputs, far past any cache) with one row, the fastest of `passes` adjacent passes. On a 2-core Zen 4, alone, torch's
-    sums read 30-36 GB/s where this kernel streamed 48-58: the floor is the fastest read seen, not torch's."""
-    best = read_bandwidth(gib, passes)
-    if not load():
-        return best
-    K, G = 4096, 128
-    N = int(gib * 2**30) * 2 // K // ROWS * ROWS
-    codes = torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8)
-    scales = torch.zeros(N // TILE * (K // G) * 2 * TILE, dtype=torch.half)
-    x = torch.randn(1, K)
-    seconds = fastest(lambda: torch.ops.specdec.qlinear(x, codes, scales, None, N, G, 4), passes)
-    return max(best, (codes.numel() + scales.numel() * 2) / seconds)
+def readers(gib=1.0) -> dict:
+    """Ways to read `gib` GiB from memory, far past any cache, as {name: (call, bytes read)}: torch summing a float32
+    tensor on its threads, and where the kernel loads, this kernel streaming a synthetic int4 weight (4096 inputs)
+    with one row. On a 2-core Zen 4, alone, torch's sums read 30-36 GB/s where this kernel streamed 48-58."""
+    x = torch.ones(int(gib * 2**30) // 4)
+    found = {"torch sum": (x.sum, x.numel() * 4)}
+    if load():
+        K, G = 4096, 128
+        N = int(gib * 2**30) * 2 // K // ROWS * ROWS
+        codes = torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8)
+        scales = torch.zeros(N // TILE * (K // G) * 2 * TILE, dtype=torch.half)
+        row = torch.randn(1, K)
+        found["kernel"] = (lambda: torch.ops.specdec.qlinear(row, codes, scales, None, N, G, 4),
+                           codes.numel() + scales.numel() * 2)
+    return found
+
+
+def read_rate(gib=1.0, passes=7, found=None) -> float:
+    """Bytes a second this machine reads from memory now, the bandwidth floor's denominator: each reader's fastest
+    of `passes` adjacent passes, the faster reader (`found`: readers() made before, else made here)."""
+    return max(n / fastest(call, passes) for call, n in (found or readers(gib)).values())
 
 
 def dequantize(codes, scales, bits, group_size, in_features):

@@ -5,6 +5,8 @@ SPECDEC_TEST_DEVICE=cuda builds them on that device instead of the cpu (scripts/
 import copy
 import importlib.util
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,18 @@ if DEVICE.type != "cpu":  # the tests' own tensors (prompts, masks) then land on
 # The measured linear path, quantize and its kernel are CPU code by design (elsewhere they refuse or stand aside,
 # which test_models checks on the meta device): on another DEVICE their tests have nothing to run.
 cpu_only = pytest.mark.skipif(DEVICE.type != "cpu", reason=f"CPU code by design; SPECDEC_TEST_DEVICE={DEVICE.type}")
+
+# Every measurement the tests make (linear plans, cost curves, draft precisions, the kernel's tuning) goes to a
+# folder of the suite's own, never into the user's cache, where a test run on a busy machine would decide later
+# generations' speed. Set here, before any test module is imported: a module's skip condition can load the kernel,
+# which tunes it to the machine. Subprocesses inherit the variables (and a spawned one, importing this file again,
+# keeps what its test set).
+if "SPECDEC_SUITE_MEASUREMENTS" not in os.environ:
+    os.environ["SPECDEC_USER_MEASUREMENTS"] = str(Path(os.environ.get("SPECDEC_MEASUREMENTS") or os.environ.get(
+        "SPECDEC_CACHE") or Path.home() / ".cache" / "specdec").expanduser().resolve())
+    os.environ["SPECDEC_MEASUREMENTS"] = os.environ["SPECDEC_SUITE_MEASUREMENTS"] = tempfile.mkdtemp(
+        prefix="specdec-test-measurements-")
+USER_MEASUREMENTS = Path(os.environ["SPECDEC_USER_MEASUREMENTS"])
 
 
 def tiny_gpt2(layers=3, vocab=VOCAB, seed=0):
@@ -58,24 +72,21 @@ BUILDERS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
 
 
 @pytest.fixture(scope="session", autouse=True)
-def private_measurements(tmp_path_factory):
-    """Every measurement the tests make (linear plans, cost curves, draft precisions) goes to a folder of the
-    suite's own, never into the user's cache, where a test run on a busy machine would decide later generations'
-    speed. Subprocesses inherit the variable; in this process any read or write that would still reach the user's
-    folder fails loudly (a check on the files' times would blame the tests for other processes' writes)."""
-    user = Path(os.environ.get("SPECDEC_MEASUREMENTS") or os.environ.get("SPECDEC_CACHE") or
-                Path.home() / ".cache" / "specdec").expanduser().resolve()
-    os.environ["SPECDEC_MEASUREMENTS"] = str(tmp_path_factory.mktemp("measurements"))
+def private_measurements():
+    """The suite's own measurements folder (set above) for the whole session, then removed; in this process any
+    read or write that would still reach the user's folder fails loudly (a check on the files' times would blame
+    the tests for other processes' writes)."""
     real = machine.measurement_root
 
     def guarded():
         root = real()
-        if root.resolve() == user:
-            raise AssertionError(f"a test reached the user's measurements in {user}: set SPECDEC_MEASUREMENTS")
+        if root.resolve() == USER_MEASUREMENTS:
+            raise AssertionError(f"a test reached the user's measurements in {USER_MEASUREMENTS}: set SPECDEC_MEASUREMENTS")
         return root
     machine.measurement_root = guarded
     yield
     machine.measurement_root = real
+    shutil.rmtree(os.environ["SPECDEC_SUITE_MEASUREMENTS"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session", params=sorted(BUILDERS))

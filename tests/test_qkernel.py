@@ -74,7 +74,7 @@ def test_the_bits_never_depend_on_how_the_threads_split_the_blocks():
 
 @pytest.mark.skipif(qkernel.available() and qkernel.best_path() != "amx", reason="this CPU has no AMX")
 def test_from_how_many_rows_amx_serves_changes_no_bit():
-    # The best path takes AMX from a measured row count (qkernel.amx_from) and AVX-512 VNNI below: wherever that
+    # The best path takes AMX from a measured row count (qkernel.tuning) and AVX-512 VNNI below: wherever that
     # crossover lies, a call gives the bits of the scalar definition.
     _, codes, scales = packed(128, 256, 4, 64)
     x = torch.randn(12, 256)
@@ -87,6 +87,46 @@ def test_from_how_many_rows_amx_serves_changes_no_bit():
                 assert torch.equal(qkernel.qlinear(x[:t], codes, scales, None, 128, 64, 4), definition[:t]), (rows, t)
     finally:
         torch.ops.specdec.qlinear_amx_from(measured)
+
+
+@pytest.mark.skipif(qkernel.available() and qkernel.best_path() not in ("amx", "avx512-vnni"),
+                    reason="only the AVX-512 and AMX code prefetch")
+@pytest.mark.parametrize("bits,group", [(4, 64), (8, 64)])
+def test_how_far_ahead_the_kernel_prefetches_changes_no_bit(bits, group):
+    # qkernel.tuning sets a prefetch distance per path and machine; any distance, past the weights' end included
+    # (a prefetch never faults), gives the scalar definition's bits.
+    _, codes, scales = packed(192, 256, bits, group)
+    x = torch.randn(12, 256)
+    definition = qkernel.qlinear(x, codes, scales, None, 192, group, bits, 0)
+    for path in [p for p in paths() if p >= 2]:
+        tuned = torch.ops.specdec.qlinear_prefetch(path, 0)
+        try:
+            for ahead in (0, 64, 1024, 1 << 20):
+                torch.ops.specdec.qlinear_prefetch(path, ahead)
+                for t in (1, 4, 12):
+                    assert torch.equal(qkernel.qlinear(x[:t], codes, scales, None, 192, group, bits, path),
+                                       definition[:t]), (path, ahead, t)
+        finally:
+            torch.ops.specdec.qlinear_prefetch(path, tuned)
+
+
+def test_the_kernels_tuning_is_set_in_the_kernel_and_measured_once_per_machine(monkeypatch, tmp_path):
+    if qkernel.best_path() not in ("amx", "avx512-vnni"):
+        assert "tuning" not in qkernel._state  # nothing to tune: the AVX2 and scalar code do not prefetch
+        return
+    tuned = qkernel._state["tuning"]  # what load() measured (or read) and set
+    assert set(tuned["prefetch"]) <= {"2", "3"} and all(d in qkernel.PREFETCH for d in tuned["prefetch"].values())
+    for path, ahead in tuned["prefetch"].items():  # the op returns the distance it replaces
+        assert torch.ops.specdec.qlinear_prefetch(int(path), ahead) == ahead
+    if qkernel.best_path() == "amx":
+        assert tuned["amx_from"] in qkernel.AMX_ROWS + (qkernel.NEVER,)
+        assert torch.ops.specdec.qlinear_amx_from(tuned["amx_from"]) == tuned["amx_from"]
+    # into an empty cache: measured once, then read back
+    measured = []
+    monkeypatch.setenv("SPECDEC_MEASUREMENTS", str(tmp_path))
+    monkeypatch.setattr(qkernel, "busy", lambda: False)
+    monkeypatch.setattr(qkernel, "_measure_tuning", lambda: measured.append(1) or dict(tuned))
+    assert qkernel.tuning() == qkernel.tuning() == tuned and measured == [1]
 
 
 @pytest.mark.parametrize("bits,group", FORMATS)
