@@ -114,14 +114,6 @@ def fastest(call, passes) -> float:
     return best
 
 
-def read_bandwidth(gib=1.0, passes=7) -> float:
-    """Bytes a second this machine's CPU cores read from memory now: a float32 tensor of `gib` GiB (far past any
-    cache) summed on torch's threads, the fastest of `passes`. Bytes per decode step over this is the bandwidth
-    floor of a step."""
-    x = torch.ones(int(gib * 2**30) // 4)
-    return x.numel() * 4 / fastest(x.sum, passes)
-
-
 # -- per-machine JSON caches ------------------------------------------------------------------------------------
 # Several processes may measure at once (two study runs, a test suite beside a benchmark): every write merges
 # under an exclusive lock and replaces the file atomically (a unique temp file, then rename), so a reader never

@@ -1,7 +1,8 @@
 """Quality beside speed (specdec.study.quality, notebook 06): greedy agreement with the float32 target, and a
 perplexity defined as llama.cpp's llama-perplexity defines it, so specdec's precisions and llama.cpp's GGUF are
 scored alike; llama-perplexity's command and output (lines copied from llama.cpp 0.5.0-dev, commit 0c1e570, run on
-this project's Q4_K_M target and held-out text); the memory read rate the bandwidth floor divides by."""
+this project's Q4_K_M target and held-out text); the memory read rate the bandwidth floor divides by, and the floor
+paired with the target alone's decode (specdec.study.floor)."""
 import math
 
 import numpy as np
@@ -10,9 +11,9 @@ import pytest
 import torch
 
 from specdec import qkernel
-from specdec.machine import read_bandwidth
 from specdec.models import load_pair
-from specdec.study import llamacpp_run, quality
+from specdec.study import floor, llamacpp_run, quality
+from conftest import tiny_llama
 
 PERPLEXITY_LOG = """0.03.272.884 I perplexity: calculating perplexity over 6 chunks, n_ctx=256, batch_size=256, n_seq=1
 [1]86.1730,[2]112.7372,[3]94.9421,[4]89.6452,[5]94.8975,[6]90.7112,
@@ -82,6 +83,28 @@ def test_the_held_out_text_is_long_enough_for_the_study():
 
 
 def test_read_rates_are_plausible_memory_read_rates():
-    torch_rate = read_bandwidth(gib=0.25, passes=2)
-    assert 1e8 < torch_rate < 1e13  # bytes a second: a tenth of a GB/s to ten TB/s
-    assert 1e8 < qkernel.read_rate(gib=0.25, passes=2) < 1e13  # the faster of torch's and the kernel's stream
+    found = qkernel.readers(gib=0.25)
+    assert set(found) == ({"torch sum", "kernel"} if qkernel.available() else {"torch sum"})
+    for name, (call, n) in found.items():
+        assert 1e8 < n / qkernel.fastest(call, 2) < 1e13, name  # bytes a second: a tenth of a GB/s to ten TB/s
+    assert 1e8 < qkernel.read_rate(passes=2, found=found) < 1e13  # the faster of the two
+
+
+def test_the_floor_prices_each_decode_step_by_the_read_rate_timed_beside_it(monkeypatch):
+    calls, steps, rates = [], iter([0.010, 0.020, 0.012, 0.011]), iter([2e9, 1e9, 1.5e9])
+    monkeypatch.setattr(floor, "decode_step", lambda *args: calls.append("decode") or next(steps))
+    monkeypatch.setattr(floor.qkernel, "readers", lambda gib: {})
+    monkeypatch.setattr(floor.qkernel, "read_rate", lambda passes, found: calls.append("reads") or next(rates))
+    found = floor.step_over_floor(None, None, step_bytes=1e7, passes=3)
+    # a warm-up decode, then per pass one decode and one read, in a shuffled order
+    assert calls[0] == "decode" and all(sorted(calls[i:i + 2]) == ["decode", "reads"] for i in (1, 3, 5))
+    # each pass's step over bytes / that pass's rate: 4.0, 1.2, 1.65 (medians of each side would give 1.8)
+    assert found["floor_ratio"] == pytest.approx(1.65) and (found["floor_ratio_lo"], found["floor_ratio_hi"]) == \
+        pytest.approx((1.2, 4.0))
+    assert found["step_s"] == pytest.approx(0.012) and found["read_rate"] == pytest.approx(1.5e9)
+
+
+def test_a_decode_step_is_timed_through_the_engine_from_prefill_to_last_token():
+    target = tiny_llama()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert 0 < floor.decode_step(target, ids, 5) < 1.0  # a tiny model's step, seconds
