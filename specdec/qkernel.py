@@ -15,6 +15,7 @@ False, `why_not()` says why, and specdec.quantize takes torch's own kernels inst
 """
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -117,12 +118,24 @@ def _measure_tuning() -> dict:
         cost, spread = paired.ratios(samples, 0)
         found["prefetch"][str(path)] = paired.preferred(cost, PREFETCH, 0.03, spread)
         torch.ops.specdec.qlinear_prefetch(path, found["prefetch"][str(path)])
-    if 3 in paths:  # from how many rows AMX clearly beats VNNI at every larger size, each at its own distance
-        wins = [paired.fastest(paired.interleaved({"vnni": call(rows, 2), "amx": call(rows, 3)}, passes=5), "vnni")
-                == "amx" for rows in AMX_ROWS]
-        found["amx_from"] = next((r for i, r in enumerate(AMX_ROWS) if all(wins[i:])), NEVER)
-        found["amx_wins"] = dict(zip(map(str, AMX_ROWS), wins))
+    if 3 in paths:  # AMX's cost over VNNI's per call size, each path at its own distance
+        ratios = {rows: paired.ratios([paired.interleaved({"vnni": call(rows, 2), "amx": call(rows, 3)}, passes=5)],
+                                      "vnni")[0]["amx"] for rows in AMX_ROWS}
+        found["amx_from"] = crossover(ratios)
+        found["amx_ratios"] = {str(rows): round(r, 4) for rows, r in ratios.items()}
     return found
+
+
+def crossover(ratios: dict) -> int:
+    """From how many rows to run the AMX code, given {rows: its cost over VNNI's} at the sizes measured: the split
+    that makes the calls the least costly over all those sizes together (the least sum of log ratios from it on),
+    NEVER where none saves anything. Near the crossover the two cost about the same, and one size measured on the
+    wrong side of 1 (a disturbed pass) moves this split little, where "the fewest rows from which AMX wins at every
+    larger size" jumped: 5 on the Xeon, then 12 from a fresh cache when 10 rows measured 1.01."""
+    sizes = sorted(ratios)
+    saved = {rows: sum(math.log(ratios[r]) for r in sizes[i:]) for i, rows in enumerate(sizes)}
+    best = min(saved, key=lambda rows: (saved[rows], -rows))  # equal savings: the larger split, fewer AMX calls
+    return best if saved[best] < 0 else NEVER
 
 
 def _fail(why) -> bool:

@@ -110,6 +110,14 @@ def test_how_far_ahead_the_kernel_prefetches_changes_no_bit(bits, group):
             torch.ops.specdec.qlinear_prefetch(path, tuned)
 
 
+def test_the_amx_crossover_is_the_split_that_costs_least_over_every_size_measured():
+    xeon = {1: 1.28, 2: 1.17, 3: 1.13, 4: 1.05, 5: 0.95, 6: 0.93, 8: 0.92, 10: 1.01, 12: 0.85, 16: 0.76}
+    assert qkernel.crossover(xeon) == 5  # 10 rows' disturbed 1.01 does not push it to 12
+    assert qkernel.crossover({1: 1.2, 4: 1.1, 8: 1.02, 16: 1.01}) == qkernel.NEVER  # AMX never pays
+    assert qkernel.crossover({1: 0.9, 4: 0.9, 8: 0.9}) == 1  # always pays
+    assert qkernel.crossover({1: 1.1, 4: 1.0, 8: 0.9}) == 8  # a size that saves nothing stays on VNNI
+
+
 def test_the_kernels_tuning_is_set_in_the_kernel_and_measured_once_per_machine(monkeypatch, tmp_path):
     if qkernel.best_path() not in ("amx", "avx512-vnni"):
         assert "tuning" not in qkernel._state  # nothing to tune: the AVX2 and scalar code do not prefetch

@@ -521,7 +521,7 @@ int64_t best_path() {
 }
 
 // On the AMX path, calls of fewer rows than this run the AVX-512 VNNI code (a tile op's fixed costs can lose to it
-// at few rows); set per machine from measurements (specdec.qkernel.amx_from), 1 until then. The bits are the same.
+// at few rows); set per machine from measurements (specdec.qkernel.tuning), 1 until then. The bits are the same.
 std::atomic<int64_t> amx_from_rows{1};
 
 int64_t set_prefetch(int64_t path, int64_t bytes) {
