@@ -2,12 +2,12 @@
 
 A decode step that only read its weights once would take bytes per step / the memory read rate. Both sides move
 with the machine's state, which on a shared virtual machine changes by ~25% within minutes: one read rate measured
-beside decode rows timed over minutes mixes that drift into the ratio (the run before this module paired a 31.8
-GB/s read, its fastest pass, with decode rows timed later, and reported 1.70x). So each pass here times the target
-alone's decode (`TOKENS` new tokens, EOS ignored, through the engine: the loop a generation runs, its per-token
-work included) and the machine's readers (specdec.qkernel.readers, each the fastest of a few adjacent reads) back
-to back, in a shuffled order; the pass's ratio is its decode step over bytes / its faster reader's rate, and the
-readout is the median over passes with their range.
+beside decode rows timed over minutes mixes that drift into the ratio (the fastest of several reads taken before
+the rows can fall in a fast state the rows never see). So each pass here times the target alone's decode (`TOKENS`
+new tokens, EOS ignored, through the engine: the loop a generation runs, its per-token work included) and the
+machine's readers (specdec.qkernel.readers, each the fastest of a few adjacent reads) back to back, in a shuffled
+order; the pass's ratio is its decode step over bytes / its faster reader's rate, and the readout is the median
+over passes with their range.
 
     found = floor.step_over_floor(target, ids, step_bytes)   # {"floor_ratio": ..., "read_rate": ..., ...}
 """
