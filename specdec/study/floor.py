@@ -14,8 +14,11 @@ over passes with their range.
 import random
 import statistics
 
+import pandas as pd
+
 from .. import qkernel
 from ..engine import generate
+from . import results
 
 PASSES = 7  # pairs of (decode, reads)
 TOKENS = 17  # new tokens per decode: 16 decode steps after the prefill's token
@@ -23,9 +26,10 @@ READS = 3  # adjacent reads per reader in a pass, the fastest kept (the least in
 
 
 def decode_step(target, ids, tokens) -> float:
-    """Seconds per decode step of the target alone: from the end of its prefill to its last token, over the steps."""
+    """Seconds per decode step of the target alone, by the study's one decode-time definition
+    (results.decode_throughput: from the end of its prefill to its last token, over the tokens after the first)."""
     stats = generate(target, ids, draft=None, k=0, max_new_tokens=tokens, eos_token_id=[]).stats
-    return stats["decode_seconds"] / (stats["new_tokens"] - 1)
+    return 1.0 / results.decode_throughput(pd.DataFrame([stats])).iloc[0]
 
 
 def step_over_floor(target, ids, step_bytes, passes=PASSES, tokens=TOKENS, gib=1.0, seed=0) -> dict:
