@@ -1,6 +1,6 @@
 """The calibration a generation runs under, recorded and checked.
 
-Two measurements make specdec fast on a machine and are cached per machine under machine.cache_root(): the
+Two measurements make specdec fast on a machine and are cached per machine under machine.measurement_root(): the
 linear plans (specdec.linear) and auto's price list (specdec.costs). This module is their ledger and their
 check, and imports nothing of specdec but machine:
 

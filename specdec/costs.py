@@ -2,7 +2,7 @@
 measured once and read by everything that prices a round (the engine's padding, auto's K model and its choice to
 draft at all, the calibration check's prediction, `python -m specdec calibrate`, notebook 06's curve).
 
-Two kinds of entry, each cached per machine in one JSON file under specdec.machine.cache_root() and held in memory
+Two kinds of entry, each cached per machine in one JSON file under specdec.machine.measurement_root() and held in memory
 after the first read (a generation reads the file at most once):
   target curve  per (machine, target, precision, batch, linear path): whole forwards over T = 1..DENSE tokens,
                 then 17, 33, ... as far as a policy's K needs, through the KV arena after profiler.CONTEXT cached
@@ -41,7 +41,7 @@ from .machine import measurement_root, read_cache, write_cache
 from .policy import round_price
 from .profiler import CONTEXT, Forwards
 
-COSTS = "prices.json"  # under specdec.machine.cache_root()
+COSTS = "prices.json"  # under specdec.machine.measurement_root()
 DENSE = 9   # every T up to here is measured (padding chooses among them); sparser beyond
 PAD_GAIN = 0.02  # pad to more tokens only when that forward is at least this much (plus noise) cheaper
 PASSES = 8       # interleaved timing passes per round of measurement ...

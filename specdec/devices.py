@@ -73,7 +73,7 @@ def resolve_dtype(dtype, device) -> torch.dtype:
     return chosen
 
 
-DRAFT_DTYPES = "draft-dtypes.json"  # under specdec.machine.cache_root()
+DRAFT_DTYPES = "draft-dtypes.json"  # under specdec.machine.measurement_root()
 
 
 def faster_draft_dtype(load_draft, key) -> torch.dtype:

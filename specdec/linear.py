@@ -10,7 +10,7 @@ in the weight's dtype (float32, or bfloat16 for a draft loaded in it):
   packed  the same, against a weight reordered once into oneDNN's blocked layout (a copy)
 Which path wins differs from CPU to CPU (DESIGN.md section 6), so nothing is fixed in code: for each
 (out, in) shape and dtype the paths are timed once at a dozen row counts, and the plan is cached per machine
-(CPU model, torch version, threads) under specdec.machine.cache_root(). A plan is one path per range of row
+(CPU model, torch version, threads) under specdec.machine.measurement_root(). A plan is one path per range of row
 counts (RANGES), not per row count, and a path replaces the default only when it wins by more than the
 measurement's own spread: on a shared machine whose speed drifts, a path per row count was noise recorded as a
 decision (two calibrations minutes apart disagreed on 8 of 10 shapes).

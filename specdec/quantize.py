@@ -278,7 +278,7 @@ def quantize_pair(pair, precision, group_size=64, draft_precision="auto"):
     return pair
 
 
-DRAFTS = "draft-precisions.json"  # under specdec.machine.cache_root()
+DRAFTS = "draft-precisions.json"  # under specdec.machine.measurement_root()
 
 
 def fastest_draft(draft, group_size, kernel) -> str:
