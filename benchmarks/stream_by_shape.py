@@ -6,14 +6,15 @@ torch's sum: where a 4-bit decode step loses to its bandwidth floor.
 Each shape of Qwen2.5-Coder-1.5B's and 0.5B's decoder layers (fused q/k/v, o, fused gate/up, down; groups of 64) is
 called once on each of as many distinct random weights as fill 1 GiB, so that every call reads from memory as in a
 decode step, not from cache. Beside them: one weight of 226 MB (the kernel's rate without call boundaries) and
-torch's sum over 1 GiB (specdec.qkernel.readers: the floor's other reader). Every job is timed in 7 shuffled
+the bandwidth floor's own readers over 1 GiB (specdec.qkernel.readers: torch's sum, the kernel on one synthetic
+weight of 4096 inputs). Every job is timed in 7 shuffled
 interleaved passes (specdec.paired.interleaved) and priced by its median pass. Writes stream_by_shape.csv: shape,
-calls, MB a call, GB/s (median and fastest pass), the machine, the kernel's tuning and the commit.
+calls, MB a call, GB/s (median and fastest pass), the machine, the kernel's tuning and the checkout's state
+(specdec.study.provenance.git_state).
 """
 import argparse
 import random
 import statistics
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,7 @@ import torch
 
 from specdec import paired, qkernel
 from specdec.machine import cpu_identity
+from specdec.study.provenance import git_state
 
 GROUP = 64
 GIB = 2**30
@@ -51,16 +53,15 @@ def main():
     if not qkernel.load():
         raise SystemExit(f"specdec's kernel is not available here: {qkernel.why_not()}")
     jobs = {name: calls_over_copies(*shape) for name, shape in SHAPES.items()}
-    total = torch.ones(GIB // 4)
-    jobs["torch sum"] = (total.sum, GIB, 1)
+    jobs.update({name: (call, nbytes, 1) for name, (call, nbytes) in qkernel.readers().items()})
     times = paired.interleaved({name: job[0] for name, job in jobs.items()}, 7, shuffle=random.Random(0))
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    source = git_state()  # before writing
     rows = []
     for name, (_, nbytes, calls) in jobs.items():
         rate = [nbytes / t / 1e9 for t in times[name]]
         rows.append(dict(shape=name, calls=calls, mb_a_call=nbytes / calls / 1e6, gb_s=statistics.median(rate),
                          gb_s_fastest=max(rate), machine=cpu_identity(), kernel=qkernel.path_words(),
-                         commit=commit))
+                         **source))
         print(f"{name:15s} {rows[-1]['gb_s']:5.1f} GB/s (fastest pass {max(rate):.1f}), {calls} calls of "
               f"{rows[-1]['mb_a_call']:.2f} MB", flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
