@@ -36,9 +36,15 @@ TILE, BLOCK = 16, 4  # outputs per tile (one 512-bit register), tiles per block 
 ROWS = TILE * BLOCK  # a weight's output count must be a multiple of this
 FIT_STEPS = 12  # candidate int4 grids per group besides min..max (pack)
 TUNING_CACHE = "qkernel-tuning.json"  # per machine and kernel version: prefetch distances, the AMX crossover
+TUNING_RULE = 2  # how tuning() measures; part of its cache key, so a cache measured by an older rule is not read
 PREFETCH = (0, 1024, 2048, 4096)  # how far ahead of its reads the kernel may ask for weights (bytes; 0: never)
-PREFETCH_ROWS = {2: (1, 4), 3: (8, 16)}  # per code path, the call sizes a distance is judged on
+PREFETCH_ROWS = {2: (1, 2, 4), 3: (4, 8)}  # per code path, the call sizes it serves that a distance is judged on
 AMX_ROWS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)  # the call sizes measured for the AMX crossover
+# the weights tuning() times: one decoder layer's shapes of a 1.5B model ([out, in]: q/k/v, o, gate/up, down),
+# distinct copies past the caches' reach, as a forward streams them: small calls of two input widths. On the Xeon
+# (family 6 model 167) its AMX/VNNI ratios at 1-8 rows came within 0.05 of whole int4 forwards of Qwen2.5-Coder-1.5B
+TUNING_SHAPES = ((2048, 1536), (1536, 1536), (17920, 1536), (1536, 8960))
+TUNING_BYTES = 2**28
 NEVER = 1 << 30
 _state = {}  # "loaded": bool, "why": str, "tuning": what tuning() set in the kernel (AVX-512 CPUs)
 
@@ -85,7 +91,7 @@ def tuning() -> dict:
     TUNING_CACHE (measured again, not kept, while the machine is busy), and set in the kernel (the bits never
     depend on them): "prefetch", per code path, how far ahead of its reads a call asks for the weights; "amx_from",
     from how many rows a call runs the AMX code (fewer: the AVX-512 VNNI code), NEVER without AMX."""
-    key = f"{machine_key()} | {digest()}"
+    key = f"{machine_key()} | {digest()} | rule {TUNING_RULE}"
     found = read_cache(TUNING_CACHE).get(key)
     if not found:
         found = _measure_tuning()
@@ -100,23 +106,25 @@ def tuning() -> dict:
 
 def _measure_tuning() -> dict:
     print("specdec: tuning the quantized linear kernel to this machine (once per machine, ~20 s)", file=sys.stderr)
-    # a synthetic int4 weight of 1536 inputs past the caches' reach (512 MiB), as a forward streams its weights
-    K, G, N = 1536, 64, (2**29 * 2 // 1536) // ROWS * ROWS
-    codes = torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8)
-    scales = torch.full((N // TILE * (K // G) * 2 * TILE,), 0.01, dtype=torch.half)
-    xs = {rows: torch.randn(rows, K) for rows in AMX_ROWS}
-    call = lambda rows, path: lambda: torch.ops.specdec.qlinear(xs[rows], codes, scales, None, N, G, 4, path)
+    weights = _layer_stack()
+    xs = {}
+
+    def call(rows, path, ahead=None):
+        def run():
+            if ahead is not None:
+                torch.ops.specdec.qlinear_prefetch(path, ahead)
+            for codes, scales, N, K in weights:
+                torch.ops.specdec.qlinear(xs.setdefault((rows, K), torch.randn(rows, K)), codes, scales, None, N, 64, 4, path)
+        return run
+
     paths = [p for p in PREFETCH_ROWS if p <= torch.ops.specdec.qlinear_best_path()]
     found = {"prefetch": {}, "amx_from": NEVER}
-    for path in paths:  # the distance with the least time over the path's call sizes, 0 unless one clearly wins
-        def ahead(bytes_, rows):
-            def run():
-                torch.ops.specdec.qlinear_prefetch(path, bytes_)
-                call(rows, path)()
-            return run
-        samples = [paired.interleaved({d: ahead(d, rows) for d in PREFETCH}, passes=5) for rows in PREFETCH_ROWS[path]]
-        cost, spread = paired.ratios(samples, 0)
-        found["prefetch"][str(path)] = paired.preferred(cost, PREFETCH, 0.03, spread)
+    for path in paths:  # the distance with the least time over the call sizes the path serves
+        samples = [paired.interleaved({d: call(rows, path, d) for d in PREFETCH}, passes=5) for rows in PREFETCH_ROWS[path]]
+        # least cost, with no default to beat: a distance never changes a bit, and keeping "none" unless another
+        # won by more than the noise kept the AMX code without prefetch on a noisy pass, 1.1-1.2x slower at 3-8 rows
+        cost = paired.ratios(samples, 0)[0]
+        found["prefetch"][str(path)] = min(PREFETCH, key=cost.get)
         torch.ops.specdec.qlinear_prefetch(path, found["prefetch"][str(path)])
     if 3 in paths:  # AMX's cost over VNNI's per call size, each path at its own distance
         ratios = {rows: paired.ratios([paired.interleaved({"vnni": call(rows, 2), "amx": call(rows, 3)}, passes=5)],
@@ -124,6 +132,13 @@ def _measure_tuning() -> dict:
         found["amx_from"] = crossover(ratios)
         found["amx_ratios"] = {str(rows): round(r, 4) for rows, r in ratios.items()}
     return found
+
+
+def _layer_stack() -> list:
+    """[(codes, scales, out, in)]: TUNING_SHAPES over and over, distinct random int4 weights, TUNING_BYTES in all."""
+    layer = sum(N * K // 2 for N, K in TUNING_SHAPES)
+    return [(torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8), torch.full((N * K // 32,), 0.01, dtype=torch.half), N, K)
+            for _ in range(max(1, TUNING_BYTES // layer)) for N, K in TUNING_SHAPES]
 
 
 def crossover(ratios: dict) -> int:
