@@ -183,6 +183,8 @@ def test_two_calibrations_under_drifting_noise_choose_the_same_plan(monkeypatch)
         machine = DriftingMachine(costs, seed)
         monkeypatch.setattr(linear, "run_path", machine.run_path)
         monkeypatch.setattr(paired, "time", machine)
+        monkeypatch.setattr(linear, "time", machine)  # the first-call screen too: on the real clock a fake call's
+        # jitter (a pause of the interpreter) could screen a path out, and the plans differed in one CI run
         plans.append(linear.measure_shape(torch.zeros(64, 64)))
     assert all(plan == plans[0] for plan in plans)
     assert linear.plan_ranges(plans[0]["fast"]) == "1 linear, 2-8 packed, 9-64 linear"
