@@ -137,7 +137,6 @@ def test_the_kernels_tuning_is_set_in_the_kernel_and_measured_once_per_machine(m
     assert qkernel.tuning() == qkernel.tuning() == tuned and measured == [1]
 
 
-
 def test_the_tuning_takes_the_least_costly_prefetch_distance_even_on_a_noisy_machine(monkeypatch):
     # A distance never changes a bit, so no default has to be beaten: 1 KiB ahead costing 0.85x "none", measured
     # with passes straying 20% (a noisy pass), is taken; keeping "none" unless another won by more than the noise
@@ -163,6 +162,7 @@ def test_the_tuning_takes_the_least_costly_prefetch_distance_even_on_a_noisy_mac
     assert set(found["prefetch"].values()) == {1024}
     if qkernel.best_path() == "amx":
         assert found["amx_from"] == 1
+
 
 @pytest.mark.parametrize("bits,group", FORMATS)
 def test_every_code_path_computes_the_same_bits(bits, group):
