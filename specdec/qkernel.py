@@ -36,9 +36,10 @@ TILE, BLOCK = 16, 4  # outputs per tile (one 512-bit register), tiles per block 
 ROWS = TILE * BLOCK  # a weight's output count must be a multiple of this
 FIT_STEPS = 12  # candidate int4 grids per group besides min..max (pack)
 TUNING_CACHE = "qkernel-tuning.json"  # per machine and kernel version: prefetch distances, the AMX crossover
-TUNING_RULE = 2  # how tuning() measures; part of its cache key, so a cache measured by an older rule is not read
+TUNING_RULE = 3  # how tuning() measures; part of its cache key, so a cache measured by an older rule is not read
 PREFETCH = (0, 1024, 2048, 4096)  # how far ahead of its reads the kernel may ask for weights (bytes; 0: never)
-PREFETCH_ROWS = {2: (1, 2, 4), 3: (4, 8)}  # per code path, the call sizes it serves that a distance is judged on
+PREFETCH_ROWS = {2: (1, 2, 4), 3: (4, 8)}  # per code path, the call sizes a distance is judged on: VNNI's few-row
+# calls, AMX's near its crossover (5 rows on the Xeon), where the prefetch decides which path wins
 AMX_ROWS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)  # the call sizes measured for the AMX crossover
 # the weights tuning() times: one decoder layer's shapes of a 1.5B model ([out, in]: q/k/v, o, gate/up, down),
 # distinct copies past the caches' reach, as a forward streams them: small calls of two input widths. On the Xeon
@@ -107,14 +108,14 @@ def tuning() -> dict:
 def _measure_tuning() -> dict:
     print("specdec: tuning the quantized linear kernel to this machine (once per machine, ~20 s)", file=sys.stderr)
     weights = _layer_stack()
-    xs = {}
+    xs = {(rows, K): torch.randn(rows, K) for rows in AMX_ROWS for K in {K for _, K in TUNING_SHAPES}}  # made once, untimed
 
     def call(rows, path, ahead=None):
         def run():
             if ahead is not None:
                 torch.ops.specdec.qlinear_prefetch(path, ahead)
             for codes, scales, N, K in weights:
-                torch.ops.specdec.qlinear(xs.setdefault((rows, K), torch.randn(rows, K)), codes, scales, None, N, 64, 4, path)
+                torch.ops.specdec.qlinear(xs[rows, K], codes, scales, None, N, 64, 4, path)
         return run
 
     paths = [p for p in PREFETCH_ROWS if p <= torch.ops.specdec.qlinear_best_path()]
