@@ -43,7 +43,8 @@ PREFETCH_ROWS = {2: (1, 2, 4), 3: (4, 8)}  # per code path, the call sizes a dis
 AMX_ROWS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)  # the call sizes measured for the AMX crossover
 # the weights tuning() times: one decoder layer's shapes of a 1.5B model ([out, in]: q/k/v, o, gate/up, down),
 # distinct copies past the caches' reach, as a forward streams them: small calls of two input widths. On the Xeon
-# (family 6 model 167) its AMX/VNNI ratios at 1-8 rows came within 0.05 of whole int4 forwards of Qwen2.5-Coder-1.5B
+# (family 6 model 167) its AMX/VNNI ratios at 1-8 rows came within 0.06 of whole int4 forwards of Qwen2.5-Coder-1.5B
+# (one 512 MiB weight's within 0.07)
 TUNING_SHAPES = ((2048, 1536), (1536, 1536), (17920, 1536), (1536, 8960))
 TUNING_BYTES = 2**28
 NEVER = 1 << 30
