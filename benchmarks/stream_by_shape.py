@@ -36,8 +36,7 @@ SHAPES = {"target q/k/v": (2048, 1536), "target o": (1536, 1536), "target gate/u
 def calls_over_copies(out_f, in_f):
     """A job calling the kernel once on each of enough distinct weights of this shape to fill 1 GiB; its bytes."""
     copies = max(1, GIB // (out_f * in_f // 2))
-    weights = [(torch.randint(0, 256, (out_f * in_f // 2,), dtype=torch.uint8),
-                torch.randn(out_f // qkernel.TILE * (in_f // GROUP) * 2 * qkernel.TILE).half()) for _ in range(copies)]
+    weights = [qkernel.synthetic_int4(out_f, in_f, GROUP) for _ in range(copies)]
     x = torch.randn(1, in_f)
 
     def run():

@@ -139,8 +139,14 @@ def _measure_tuning() -> dict:
 def _layer_stack() -> list:
     """[(codes, scales, out, in)]: TUNING_SHAPES over and over, distinct random int4 weights, TUNING_BYTES in all."""
     layer = sum(N * K // 2 for N, K in TUNING_SHAPES)
-    return [(torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8), torch.full((N * K // 32,), 0.01, dtype=torch.half), N, K)
-            for _ in range(max(1, TUNING_BYTES // layer)) for N, K in TUNING_SHAPES]
+    return [(*synthetic_int4(N, K, 64), N, K) for _ in range(max(1, TUNING_BYTES // layer)) for N, K in TUNING_SHAPES]
+
+
+def synthetic_int4(out_f, in_f, group_size) -> tuple:
+    """(codes, scales) of a random int4 weight [out_f, in_f] in the kernel's layout, for timing: what a call reads
+    and how fast never depends on the values."""
+    codes = torch.randint(0, 256, (out_f * in_f // 2,), dtype=torch.uint8)
+    return codes, torch.full((out_f // TILE * (in_f // group_size) * 2 * TILE,), 0.01, dtype=torch.half)
 
 
 def crossover(ratios: dict) -> int:
@@ -237,8 +243,7 @@ def readers(gib=1.0) -> dict:
     if load():
         K, G = 4096, 128
         N = int(gib * 2**30) * 2 // K // ROWS * ROWS
-        codes = torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8)
-        scales = torch.zeros(N // TILE * (K // G) * 2 * TILE, dtype=torch.half)
+        codes, scales = synthetic_int4(N, K, G)
         row = torch.randn(1, K)
         found["kernel"] = (lambda: torch.ops.specdec.qlinear(row, codes, scales, None, N, G, 4),
                            codes.numel() + scales.numel() * 2)
