@@ -36,8 +36,10 @@ TILE, BLOCK = 16, 4  # outputs per tile (one 512-bit register), tiles per block 
 ROWS = TILE * BLOCK  # a weight's output count must be a multiple of this
 FIT_STEPS = 12  # candidate int4 grids per group besides min..max (pack)
 TUNING_CACHE = "qkernel-tuning.json"  # per machine and kernel version: prefetch distances, the AMX crossover
-TUNING_RULE = 3  # how tuning() measures; part of its cache key, so a cache measured by an older rule is not read
-PREFETCH = (0, 1024, 2048, 4096)  # how far ahead of its reads the kernel may ask for weights (bytes; 0: never)
+TUNING_RULE = 4  # how tuning() measures; part of its cache key, so a cache measured by an older rule is not read
+# how far ahead of its reads the kernel may ask for weights: (bytes into L1, bytes into L2), 0 none. Into L2 from
+# further ahead streamed 1.06-1.08x as fast at 1-4 rows on the Xeon (family 6 model 167), paired with L1 only
+PREFETCH = ((0, 0), (1024, 0), (2048, 0), (1024, 4096), (1024, 8192), (2048, 8192))
 PREFETCH_ROWS = {2: (1, 2, 4), 3: (4, 8)}  # per code path, the call sizes a distance is judged on: VNNI's few-row
 # calls, AMX's near its crossover (5 rows on the Xeon), where the prefetch decides which path wins
 AMX_ROWS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)  # the call sizes measured for the AMX crossover
@@ -91,7 +93,8 @@ def load(verbose=False) -> bool:
 def tuning() -> dict:
     """The kernel's settings for this machine, measured once per machine and kernel version (about 20 s) and kept in
     TUNING_CACHE (measured again, not kept, while the machine is busy), and set in the kernel (the bits never
-    depend on them): "prefetch", per code path, how far ahead of its reads a call asks for the weights; "amx_from",
+    depend on them): "prefetch", per code path, how far ahead of its reads a call asks for the weights (bytes into
+    L1, bytes into L2); "amx_from",
     from how many rows a call runs the AMX code (fewer: the AVX-512 VNNI code), NEVER without AMX."""
     key = f"{machine_key()} | {digest()} | rule {TUNING_RULE}"
     found = read_cache(TUNING_CACHE).get(key)
@@ -100,7 +103,7 @@ def tuning() -> dict:
         if not busy():
             write_cache(TUNING_CACHE, key, found)
     for path, ahead in found["prefetch"].items():
-        torch.ops.specdec.qlinear_prefetch(int(path), ahead)
+        set_prefetch(int(path), ahead)
     if torch.ops.specdec.qlinear_best_path() == 3:
         torch.ops.specdec.qlinear_amx_from(found["amx_from"])
     return found
@@ -114,7 +117,7 @@ def _measure_tuning() -> dict:
     def call(rows, path, ahead=None):
         def run():
             if ahead is not None:
-                torch.ops.specdec.qlinear_prefetch(path, ahead)
+                set_prefetch(path, ahead)
             for codes, scales, N, K in weights:
                 torch.ops.specdec.qlinear(xs[rows, K], codes, scales, None, N, 64, 4, path)
         return run
@@ -125,15 +128,21 @@ def _measure_tuning() -> dict:
         samples = [paired.interleaved({d: call(rows, path, d) for d in PREFETCH}, passes=5) for rows in PREFETCH_ROWS[path]]
         # least cost, with no default to beat: a distance never changes a bit, and keeping "none" unless another
         # won by more than the noise kept the AMX code without prefetch on a noisy pass, 1.1-1.2x slower at 3-8 rows
-        cost = paired.ratios(samples, 0)[0]
-        found["prefetch"][str(path)] = min(PREFETCH, key=cost.get)
-        torch.ops.specdec.qlinear_prefetch(path, found["prefetch"][str(path)])
+        cost = paired.ratios(samples, PREFETCH[0])[0]
+        found["prefetch"][str(path)] = list(min(PREFETCH, key=cost.get))
+        set_prefetch(path, found["prefetch"][str(path)])
     if 3 in paths:  # AMX's cost over VNNI's per call size, each path at its own distance
         ratios = {rows: paired.ratios([paired.interleaved({"vnni": call(rows, 2), "amx": call(rows, 3)}, passes=5)],
                                       "vnni")[0]["amx"] for rows in AMX_ROWS}
         found["amx_from"] = crossover(ratios)
         found["amx_ratios"] = {str(rows): round(r, 4) for rows, r in ratios.items()}
     return found
+
+
+def set_prefetch(path, ahead) -> tuple:
+    """Set how far ahead path `path` (2: AVX-512 VNNI, 3: AMX) asks for weights, `ahead` = (bytes into L1, bytes into
+    L2); returns the pair it replaces."""
+    return tuple(torch.ops.specdec.qlinear_prefetch(path, int(bytes_), level) for level, bytes_ in enumerate(ahead, 1))
 
 
 def _layer_stack() -> list:
@@ -185,12 +194,17 @@ def path_words() -> str:
     path, tuned = best_path(), _state.get("tuning")  # what load() measured and set, not measured again
     if not tuned:
         return f"{path} path"
-    ahead = lambda p: f"prefetch {tuned['prefetch'][str(p)]} bytes ahead" if tuned["prefetch"][str(p)] else "no prefetch"
+    ahead = lambda p: prefetch_words(*tuned["prefetch"][str(p)])
     if path != "amx":
         return f"{path} path ({ahead(2)})"
     if tuned["amx_from"] >= NEVER:
         return f"avx512-vnni path ({ahead(2)}; amx measured slower)"
     return f"amx path from {tuned['amx_from']} rows ({ahead(3)}), avx512-vnni below ({ahead(2)})"
+
+
+def prefetch_words(near, far) -> str:
+    said = [f"{n} bytes ahead into {level}" for n, level in ((near, "L1"), (far, "L2")) if n]
+    return "prefetch " + " and ".join(said) if said else "no prefetch"
 
 
 def pack(weight, bits=4, group_size=64, steps=None):

@@ -8,7 +8,7 @@
 // block in L1/L2; on AVX2 a call of 1..3 rows goes group by group, see there), with int8 dot products (AVX-512
 // VNNI vpdpbusd; AVX2 vpmaddubsw + vpmaddwd elsewhere; on CPUs with AMX, Intel's tile unit from a measured row
 // count, up to 16 rows per pass). The AVX-512 and AMX code ask for the weights a measured distance ahead of their
-// reads (prefetch_ahead).
+// reads (prefetch_ahead), into L1 and further ahead into L2.
 //
 // Row-invariant by construction: a row's output is computed by the same sequence of operations whatever else shares
 // the call. Per (row, output, group) the integer dot product is exact (int32); the float part is, in this order,
@@ -64,18 +64,28 @@ struct Acts {               // one call's activations, quantized per row and gro
 
 constexpr int BLOCK = 4;    // tiles per block of the layout
 
-// How far ahead of its reads a call asks for the weights' cache lines (bytes; 0: it leaves it to the hardware), per
-// code path (index: the path number, see best_path). Why: one core of these virtual machines streams at most ~12 GB/s
-// however the reads are issued (torch's sum alone), and a call that computes between its loads falls behind that
-// unless the next lines are already on their way. Measured on an Intel Xeon (family 6, model 167), 512 MiB int4
-// weights, paired: 2048 bytes ahead streamed 1.10x as fast at one row, 1.22x at 4 (AVX-512 VNNI), 1.07x at 8 (AMX);
-// whole int4 forwards of Qwen2.5-Coder-1.5B took 0.95x the time at 1 token, 0.84-0.86x at 2-4. Set per machine from
-// measurements (specdec.qkernel.tuning); a prefetch never changes a bit, and never faults past an array's end.
-std::atomic<int64_t> prefetch_ahead[4] = {0, 0, 0, 0};
+// How far ahead of its reads a call asks for the weights' cache lines, per code path (index: the path number, see
+// best_path) and cache level ([0] into L1, prefetcht0; [1] into L2 only, prefetcht2), in bytes (0: none). Why: one
+// core of these virtual machines streams at most ~12 GB/s however the reads are issued (torch's sum alone): a core
+// has only so many L1 misses in flight, and a call that computes between its loads falls behind unless the next
+// lines are already on their way. A request into L2 holds no L1 miss slot, so it can run further ahead. Measured
+// on an Intel Xeon (family 6, model 167), whole int4 forwards of Qwen2.5-Coder-1.5B, paired: 2048 bytes ahead into
+// L1 took 0.95x the time of none at 1 token, 0.84-0.86x at 2-4; adding 4-8 KiB ahead into L2 took 0.92-0.97x the
+// time of L1 alone at 1-4 tokens (one core alone streamed 13.8 GB/s 8 KiB ahead into L2, 11.9 1 KiB ahead into L1).
+// Set per machine from measurements (specdec.qkernel.tuning); a prefetch never changes a bit, and never faults past
+// an array's end.
+std::atomic<int64_t> prefetch_ahead[4][2] = {};
 
-__attribute__((always_inline)) inline void prefetch(const uint8_t* p, int64_t lines) {
+// Ask for `lines` cache lines from p + near into L1 and from p + far into L2 (a distance of 0: not that one).
+__attribute__((always_inline)) inline void prefetch(const uint8_t* p, int64_t lines, int64_t near, int64_t far) {
+  if (near) {
 #pragma GCC unroll 4
-  for (int64_t l = 0; l < lines; ++l) __builtin_prefetch(p + 64 * l, 0, 3);
+    for (int64_t l = 0; l < lines; ++l) __builtin_prefetch(p + near + 64 * l, 0, 3);
+  }
+  if (far) {
+#pragma GCC unroll 4
+    for (int64_t l = 0; l < lines; ++l) __builtin_prefetch(p + far + 64 * l, 0, 1);
+  }
 }
 
 struct Weights {
@@ -168,9 +178,10 @@ void block_avx512(const Weights& w, const Acts& a, int64_t t0, int64_t r0, float
 #pragma GCC unroll 4
       for (int n = 0; n < BLOCK; ++n) acc[r][n] = _mm512_setzero_si512();
     const uint8_t* src = w.load(t0, g * loads);  // the block's 4 tiles: 256 consecutive bytes per load index
-    const int64_t ahead = prefetch_ahead[2].load(std::memory_order_relaxed);
+    const int64_t near = prefetch_ahead[2][0].load(std::memory_order_relaxed);
+    const int64_t far = prefetch_ahead[2][1].load(std::memory_order_relaxed);
     for (int64_t o = 0; o < loads; ++o) {
-      if (ahead) prefetch(src + o * BLOCK * 64 + ahead, BLOCK);
+      prefetch(src + o * BLOCK * 64, BLOCK, near, far);
 #pragma GCC unroll 2
       for (int h = 0; h < HALVES; ++h) {
         __m512i wv[BLOCK];
@@ -428,9 +439,10 @@ void block_amx(const Weights& w, const Acts& a, int64_t t0, int64_t r0, int64_t 
     std::memset(y + r * w.N + t0 * TILE, 0, BLOCK * TILE * sizeof(float));
   for (int64_t g = 0; g < a.groups; ++g) {
     _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-    const int64_t ahead = prefetch_ahead[3].load(std::memory_order_relaxed);
+    const int64_t near = prefetch_ahead[3][0].load(std::memory_order_relaxed);
+    const int64_t far = prefetch_ahead[3][1].load(std::memory_order_relaxed);
     for (int64_t k = g * w.G; k < (g + 1) * w.G; k += 64) {  // the block's codes for k .. k + 63: 2 KB int4, 4 KB int8
-      if (ahead) prefetch(w.load(t0, k / (BITS == 4 ? 8 : 4)) + ahead, BITS == 4 ? 32 : 64);
+      prefetch(w.load(t0, k / (BITS == 4 ? 8 : 4)), BITS == 4 ? 32 : 64, near, far);
       _tile_loadd(4, a.q + r0 * a.K + k, a.K);
       int64_t stride;
       _tile_loadd(5, amx_codes<BITS>(w, t0, k, buf[0], stride), stride);
@@ -524,10 +536,11 @@ int64_t best_path() {
 // at few rows); set per machine from measurements (specdec.qkernel.tuning), 1 until then. The bits are the same.
 std::atomic<int64_t> amx_from_rows{1};
 
-int64_t set_prefetch(int64_t path, int64_t bytes) {
+int64_t set_prefetch(int64_t path, int64_t bytes, int64_t level) {
   TORCH_CHECK(path == 2 || path == 3, "qlinear_prefetch: the AVX-512 VNNI (2) and AMX (3) code prefetch, not path ", path);
   TORCH_CHECK(bytes >= 0, "qlinear_prefetch: bytes ahead must be at least 0");
-  return prefetch_ahead[path].exchange(bytes);
+  TORCH_CHECK(level == 1 || level == 2, "qlinear_prefetch: the cache level is 1 (L1) or 2 (L2), not ", level);
+  return prefetch_ahead[path][level - 1].exchange(bytes);
 }
 
 int64_t amx_from(int64_t rows) {
@@ -774,7 +787,7 @@ TORCH_LIBRARY(specdec, m) {
         "int path=-1) -> Tensor");
   m.def("qlinear_best_path() -> int", &best_path);
   m.def("qlinear_amx_from(int rows) -> int", &amx_from);
-  m.def("qlinear_prefetch(int path, int bytes) -> int", &set_prefetch);
+  m.def("qlinear_prefetch(int path, int bytes, int level=1) -> int", &set_prefetch);
   m.def("fit_int4(Tensor groups, int steps) -> Tensor", &fit_int4);
 }
 
