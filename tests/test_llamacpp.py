@@ -39,7 +39,8 @@ if args == ["--version"]:
     print("version: 0.5.0-dev (build 1, commit 0c1e570)", file=sys.stderr); sys.exit(0)
 prompt = open(args[args.index("-f") + 1]).read()
 with open(os.environ["FAKE_LOG"], "a") as log:
-    log.write(json.dumps(dict(tool=os.path.basename(sys.argv[0]), args=args, prompt=prompt)) + "\n")
+    log.write(json.dumps(dict(tool=os.path.basename(sys.argv[0]), args=args, prompt=prompt,
+                              tunables=os.environ.get("GLIBC_TUNABLES"))) + "\n")
 if os.environ.get("FAIL_ON") and os.environ["FAIL_ON"] in prompt and \
         os.environ.get("FAIL_TOOL", os.path.basename(sys.argv[0])) == os.path.basename(sys.argv[0]):
     print("error: out of memory", file=sys.stderr); sys.exit(1)
@@ -133,6 +134,7 @@ def test_sweep_times_every_cell_keeps_finished_ones_and_records_failures(fakes, 
     found = llamacpp_run.find()
     drafts = [[3, 0.0], [16, 0.75]]
     monkeypatch.setenv("FAIL_ON", "sky")  # every run on p2 fails
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.check=0:glibc.malloc.hugetlb=0")
     rows = llamacpp.sweep(fakes / "out", found, GGUFS, PROMPTS, drafts, 32, 2, iterations=2, seed=0)
     assert len(rows) == 3 * 2 * 2 and set(rows["status"]) == {"ok", "failed"}
     failed = rows[rows["status"] == "failed"]
@@ -147,6 +149,8 @@ def test_sweep_times_every_cell_keeps_finished_ones_and_records_failures(fakes, 
     # the binary read exactly the prompt's text: -f drops one trailing newline, so the file carries one more
     timed = [c for c in calls(fakes) if c["args"][c["args"].index("-n") + 1] == "32"]
     assert {c["prompt"][:-1] for c in timed} == {q["text"] for q in PROMPTS}
+    # every binary ran with its allocations on huge pages (its fastest configuration), other tunables kept
+    assert {c["tunables"] for c in calls(fakes)} == {"glibc.malloc.check=0:" + llamacpp_run.HUGE_PAGES}
     # rerun: only the failed cells are tried again
     monkeypatch.delenv("FAIL_ON")
     before = len(calls(fakes))

@@ -26,8 +26,8 @@ from ..engine import generate
 from ..models import PAIRS
 from ..quantize import precision_label
 from . import pairing, results, stats
-from .llamacpp_run import (PYTHON, SPECULATIVE_BIN, completion_command, describe, parse_completion, parse_speculative,
-                           plan, prompt_file, python_target_alone, run_binary, speculative_command)
+from .llamacpp_run import (HUGE_PAGES, PYTHON, SPECULATIVE_BIN, completion_command, describe, parse_completion,
+                           parse_speculative, plan, prompt_file, python_target_alone, run_binary, speculative_command)
 from .population import estimate, geomean, paired_runs
 from .prompts import encode
 
@@ -253,7 +253,8 @@ def readout(found, ggufs, table, device_type, specdec_table) -> str:
         return f"{describe(found)} Nothing could be timed: its runs failed (see llama_cpp/results.jsonl). "
     alone = table[(table["mode"] == "target_alone") & (table["tool"] != SPECDEC)].iloc[0]
     best = specdec_table.loc[specdec_table["target_alone_tok_s"].idxmax()]
-    text = (f"{describe(found)} Timed ({alone['version']}) on {ggufs[0].name} + {ggufs[1].name}, "
+    pages = "" if alone["tool"] == PYTHON else f", its memory on huge pages ({HUGE_PAGES})"
+    text = (f"{describe(found)} Timed ({alone['version']}{pages}) on {ggufs[0].name} + {ggufs[1].name}, "
             f"{alone['step_gb']:.3g} GB read per target step: its target alone {alone['decode_tok_s']:.2f} tok/s "
             f"(specdec's fastest target alone in its own sweep: {best['precision']}, {best['target_alone_tok_s']:.2f} tok/s). ")
     mine = table[table["tool"] == SPECDEC].set_index("mode")
