@@ -37,8 +37,8 @@ ROWS = TILE * BLOCK  # a weight's output count must be a multiple of this
 FIT_STEPS = 12  # candidate int4 grids per group besides min..max (pack)
 TUNING_CACHE = "qkernel-tuning.json"  # per machine and kernel version: prefetch distances, the AMX crossover
 TUNING_RULE = 4  # how tuning() measures; part of its cache key, so a cache measured by an older rule is not read
-# how far ahead of its reads the kernel may ask for weights: (bytes into L1, bytes into L2), 0 none. Into L2 from
-# further ahead streamed 1.06-1.08x as fast at 1-4 rows on the Xeon (family 6 model 167), paired with L1 only
+# how far ahead of its reads the kernel may ask for weights: (bytes into L1, bytes into L2), 0 none. Adding 4-8 KiB
+# into L2 took whole int4 forwards 0.92-0.97x the time at 1-4 tokens on the Xeon (family 6 model 167), paired
 PREFETCH = ((0, 0), (1024, 0), (2048, 0), (1024, 4096), (1024, 8192), (2048, 8192))
 PREFETCH_ROWS = {2: (1, 2, 4), 3: (4, 8)}  # per code path, the call sizes a distance is judged on: VNNI's few-row
 # calls, AMX's near its crossover (5 rows on the Xeon), where the prefetch decides which path wins
@@ -94,8 +94,8 @@ def tuning() -> dict:
     """The kernel's settings for this machine, measured once per machine and kernel version (about 20 s) and kept in
     TUNING_CACHE (measured again, not kept, while the machine is busy), and set in the kernel (the bits never
     depend on them): "prefetch", per code path, how far ahead of its reads a call asks for the weights (bytes into
-    L1, bytes into L2); "amx_from",
-    from how many rows a call runs the AMX code (fewer: the AVX-512 VNNI code), NEVER without AMX."""
+    L1, bytes into L2); "amx_from", from how many rows a call runs the AMX code (fewer: the AVX-512 VNNI code),
+    NEVER without AMX."""
     key = f"{machine_key()} | {digest()} | rule {TUNING_RULE}"
     found = read_cache(TUNING_CACHE).get(key)
     if not found:
