@@ -29,8 +29,9 @@ from . import paired
 from .machine import busy, cache_root, fastest, machine_key, read_cache, write_cache
 
 # the quantized linear, the elementwise layer ops and the whole decoder layer that specdec.lean calls: one extension
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("qlinear.cpp", "layer.cpp", "decoder.cpp")]
-HEADERS = [Path(__file__).parent / "csrc" / "ops.h"]
+SOURCES = [Path(__file__).parent / "csrc" / name
+           for name in ("qlinear.cpp", "qlinear_avx512.cpp", "qlinear_avx2.cpp", "fit.cpp", "layer.cpp", "decoder.cpp")]
+HEADERS = [Path(__file__).parent / "csrc" / name for name in ("ops.h", "qlinear.h")]
 PATH_NAMES = {3: "amx", 2: "avx512-vnni", 1: "avx2", 0: "scalar"}
 TILE, BLOCK = 16, 4  # outputs per tile (one 512-bit register), tiles per block of the layout
 ROWS = TILE * BLOCK  # a weight's output count must be a multiple of this
