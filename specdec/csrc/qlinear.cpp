@@ -130,9 +130,10 @@ int64_t amx_from(int64_t rows) {
 
 // Quantize each row's activations per group: x_scale = max|x| / 127 (1 for an all-zero group), xq = round(x / s)
 // to nearest even, clamped to -127..127, and term = x_scale * sum(xq). The scalar function is the definition; the
-// vector ones make the same IEEE operations per element (abs, max, divide, round, clamp: none rounds differently in
-// a vector), so every path quantizes to the same bits. Vectorised because the scalar loop's rounding is a libm call
-// per element: ~3.7 ns an activation (Zen 4), about 1.4 ms of an int4 step of Qwen2.5-1.5B per token.
+// vector ones (qlinear_avx512.cpp, qlinear_avx2.cpp) make the same IEEE operations per element (abs, max, divide,
+// round, clamp: none rounds differently in a vector), so every path quantizes to the same bits. Vectorised because
+// the scalar loop's rounding is a libm call per element: ~3.7 ns an activation (Zen 4), about 1.4 ms of an int4 step
+// of Qwen2.5-1.5B per token.
 void quantize_group(const float* src, int64_t G, int8_t* dst, float* scale, float* term) {
   float amax = 0.f;
   for (int64_t k = 0; k < G; ++k) amax = std::fmax(amax, std::fabs(src[k]));

@@ -5,6 +5,9 @@
 #ifdef SPECDEC_X86
 #include <immintrin.h>
 
+#include <cmath>
+#include <cstring>
+
 namespace specdec::kernel {
 namespace {
 
