@@ -124,8 +124,9 @@ class PromptLookupDrafter(ModelFreeDrafter):
         return found
 
 
-def as_drafter(draft):
-    """The drafter behind generate's `draft` (checked already): None, a model, "prompt_lookup" or a drafter object."""
+def as_drafter(draft) -> tuple:
+    """(drafter, draft model or None) behind generate's `draft` (checked already): None, a model, "prompt_lookup" or
+    a drafter object. The model is what the prices charge a draft step for; the other drafters' work is free."""
     if isinstance(draft, torch.nn.Module):
-        return ModelDrafter(draft)
-    return PromptLookupDrafter() if draft == "prompt_lookup" else draft
+        return ModelDrafter(draft), draft
+    return (PromptLookupDrafter() if draft == "prompt_lookup" else draft), None

@@ -52,13 +52,12 @@ def generate(target, input_ids, *, draft=None, attention_mask=None, k=4, max_new
     policy = resolve(k, drafting=draft is not None)
     check_arguments(target, draft, rows, policy.k_max, max_new_tokens, temperature, top_k, top_p, verify,
                     same_tokenizer)
-    drafter = as_drafter(draft)
+    drafter, draft_model = as_drafter(draft)  # below here, `draft` is one of these two
     sampler = Sampler(temperature, top_k, top_p, seed, target.device, repetition_penalty)
-    draft_model = draft if isinstance(draft, torch.nn.Module) else None  # the model whose step the prices charge
     judged = costs.pair_key(target, draft_model, len(rows))  # what the calibration check is about
     recalibrate_if_stale(judged, target, draft_model, len(rows))
     prices = functools.partial(costs.prices, target, draft_model, len(rows))  # the machine's price list
-    with fast_linears([target, draft]):  # the measured few-row linear path (specdec.linear), CPU only
+    with fast_linears([target, draft_model]):  # the measured few-row linear path (specdec.linear), CPU only
         decoder = Decoder(target, drafter, rows, max_new_tokens, sampler, verify, eos_ids(target, eos_token_id),
                           profile, policy, prices, streamer)
         result = decoder.run()
@@ -173,7 +172,9 @@ class Decoder:
         return decode_start
 
     def step(self):
-        k = self.k
+        # Drafts past a row's last allowed token would be cut unread: no round drafts more than the most an
+        # unfinished row may still add, less the token the target adds itself (as HF's assisted generation caps).
+        k = min(self.k, max(self.max_new - len(o) for o, done in zip(self.out, self.done) if not done) - 1)
         start = time.perf_counter()
         with self.prof.phase("draft"):
             self.sampler.see(self.seq, self.lengths)  # the repetition penalty's context (no-op without one)

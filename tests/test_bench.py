@@ -281,7 +281,8 @@ def test_new_modes_carry_the_new_columns(tmp_path):
     assert set(by_mode.get_group("hf_assisted_fast")["draft_dtype"]) == {"bfloat16"}
     junk = by_mode.get_group("junk")
     assert (junk["accepted"] == 0).all() and (junk["iterations"] == junk["new_tokens"] - 1).all()
-    assert all(json.loads(r) == [3] * 7 for r in junk["k_per_iteration"])  # one token per round after prefill
+    # one token per round after prefill, and no round drafts more than the budget keeps
+    assert all(json.loads(r) == [3] * 4 + [2, 1, 0] for r in junk["k_per_iteration"])
     assert all(json.loads(r) == [[0]] * 7 for r in junk["accepted_per_iteration"])
     hf = rows[rows["mode"].str.startswith("hf_")]
     assert hf["k_per_iteration"].isna().all() and hf["accepted_per_iteration"].isna().all()

@@ -36,7 +36,8 @@ def test_adaptive_k_greedy_matches_target_alone(pair, references, batch):
     result = specdec.generate(target, rows, draft=draft, k="adaptive", max_new_tokens=NEW)
     assert result.tokens == [references[tuple(r)] for r in rows]
     ks = result.stats["k_per_iteration"]
-    assert len(ks) == result.stats["iterations"] and all(1 <= k <= 16 for k in ks)
+    # the last round drafts no more than the budget keeps (maybe none)
+    assert len(ks) == result.stats["iterations"] and all(1 <= k <= 16 for k in ks[:-1]) and 0 <= ks[-1] <= 16
     assert result.stats["k"] == "adaptive"
 
 

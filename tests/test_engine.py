@@ -88,6 +88,8 @@ def test_max_new_tokens_is_exact(pair):
     for new in (1, 2, 7):
         result = specdec.generate(target, PROMPTS, draft=target, k=6, max_new_tokens=new, eos_token_id=[])
         assert [len(t) for t in result.tokens] == [new] * len(PROMPTS)
+        # every draft accepted: one round, which drafts no more than the budget can keep
+        assert result.stats["k_per_iteration"] == ([] if new == 1 else [new - 2])
 
 
 def test_mixed_precision_draft_float32():
@@ -188,8 +190,9 @@ def test_streamer_gets_the_prompt_first_then_every_token(pair, references):
 
 def test_drafts_cut_by_max_new_tokens_or_eos_are_not_accepted(pair, references):
     _, target, _ = pair
-    result = specdec.generate(target, PROMPTS[:1], draft=target, k=6, max_new_tokens=2, eos_token_id=[])
-    assert result.stats["accepted"] == 1 and result.stats["proposed"] == 1  # 6 accepted, 1 kept
+    result = specdec.generate(target, PROMPTS[:1], draft=target, k=6, max_new_tokens=4, eos_token_id=[])
+    assert result.stats["k_per_iteration"] == [2]  # 3 tokens left after the prefill's: 2 drafts, not 6
+    assert result.stats["accepted"] == 2 and result.stats["proposed"] == 2
     ref = references[tuple(PROMPTS[0])]
     eos = next(ref[i] for i in range(2, 7) if ref[i] not in ref[:i])  # inside round 1's 7 tokens: a cut
     result = specdec.generate(target, PROMPTS[:1], draft=target, k=6, max_new_tokens=NEW, eos_token_id=eos)

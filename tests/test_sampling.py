@@ -41,8 +41,8 @@ def exact_joint(target, temperature, top_k, prompt=PROMPT):
 
 def chi_square_pvalue(samples, joint):
     counts = {}
-    for s in samples:
-        counts[tuple(s)] = counts.get(tuple(s), 0) + 1
+    for s in samples:  # the first NEW tokens: a generation may run longer so that its rounds can draft K
+        counts[tuple(s[:NEW])] = counts.get(tuple(s[:NEW]), 0) + 1
     assert sum(joint.values()) == pytest.approx(1.0)
     observed, expected, rest_obs, rest_exp = [], [], 0, 0.0
     for seq, p in joint.items():  # pool rare cells so every expected count is >= 5
@@ -69,7 +69,8 @@ CASES = [(1.0, None, 2), (0.7, 3, 2), (1.0, None, 1), (0.7, 3, 4)]
 
 
 def sample(target, draft, temperature, top_k, k, seed=0):
-    result = specdec.generate(target, [PROMPT] * ROWS, draft=draft, k=k, max_new_tokens=NEW,
+    # K - 1 tokens past NEW: a round drafts no more than the budget keeps, and the first must draft K
+    result = specdec.generate(target, [PROMPT] * ROWS, draft=draft, k=k, max_new_tokens=NEW + k - 1,
                               temperature=temperature, top_k=top_k, seed=seed, eos_token_id=[])
     return result
 
@@ -116,7 +117,7 @@ def test_top_p_keeps_only_the_nucleus(models):
 def test_prompt_lookup_sampling_has_the_target_distribution(models):
     """Prompt lookup's q is one-hot; speculative sampling must still give the target's distribution."""
     target, _ = models
-    result = specdec.generate(target, [PROMPT * 3] * ROWS, draft="prompt_lookup", k=2, max_new_tokens=NEW,
+    result = specdec.generate(target, [PROMPT * 3] * ROWS, draft="prompt_lookup", k=2, max_new_tokens=NEW + 1,
                               temperature=1.0, seed=3, eos_token_id=[])
     assert 0.01 < result.stats["acceptance_rate"] < 0.99
     joint = exact_joint(target, 1.0, None, prompt=PROMPT * 3)
@@ -130,7 +131,7 @@ def test_padded_vocabulary_pair_has_the_target_distribution():
     target.resize_token_embeddings(V + 2, mean_resizing=False)
     target.lm_head.register_forward_hook(lambda m, i, out: out.index_fill(-1, torch.tensor([V, V + 1]), -torch.inf))
     draft = tiny_gpt2(layers=1, vocab=V, seed=6)
-    result = specdec.generate(target, [PROMPT] * ROWS, draft=draft, k=2, max_new_tokens=NEW, temperature=1.0,
+    result = specdec.generate(target, [PROMPT] * ROWS, draft=draft, k=2, max_new_tokens=NEW + 1, temperature=1.0,
                               seed=4, eos_token_id=[], same_tokenizer=True)
     assert 0.01 < result.stats["acceptance_rate"] < 0.95
     assert chi_square_pvalue(result.tokens, exact_joint(target, 1.0, None)) > 1e-3
@@ -146,7 +147,7 @@ def test_a_draft_head_naming_only_the_first_ids_keeps_the_target_distribution():
     head.weight.data.copy_(draft.lm_head.weight[: V - 2])
     head.vocabulary = V
     draft.lm_head = head
-    result = specdec.generate(target, [PROMPT] * ROWS, draft=draft, k=2, max_new_tokens=NEW, temperature=1.0,
+    result = specdec.generate(target, [PROMPT] * ROWS, draft=draft, k=2, max_new_tokens=NEW + 1, temperature=1.0,
                               seed=4, eos_token_id=[])
     assert 0.01 < result.stats["acceptance_rate"] < 0.95
     assert max(t for row in result.tokens for t in row) >= V - 2  # the target still says the ids the draft cannot
