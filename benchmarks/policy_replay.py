@@ -5,12 +5,15 @@
 Greedy speculation is deterministic given where each round starts: a round at position p with K drafts accepts
 min(K, L(p)) of them, where L(p) is how many of the draft's next tokens, fed the target's own output, equal the
 target's. The draft's proposals from p see exactly the target's prefix while they keep matching, so one
-teacher-forced draft forward over prompt + the target's greedy tokens gives L(p) at every p. This script records
-that agreement for the int4 pair on the 64 population prompts (the target alone generates --tokens tokens, EOS
-ignored; the int4 draft with its 65536-id head reads them), then replays any K policy over it at given prices: the
-int4 prices of a Zen 4 run (PRICES below), and the same with a cheaper draft step or a flat verify curve. No
-timing: the replay prices each round (K draft steps and a verify over K + 1 tokens), so it measures the policy and the prices, not this machine's noise. Left out: the draft's prefill
-and each round's overhead beyond its forwards, which the real runs pay.
+teacher-forced draft forward over prompt + the target's greedy tokens gives L(p) at every p
+(specdec.study.replay.agreement). This script records that agreement for the int4 pair on the 64 population prompts
+(the target alone generates --tokens tokens, EOS ignored; the int4 draft with its 65536-id head reads them), then
+replays any K policy over it (specdec.study.replay.replay, as the engine drives a policy) at given prices: int4
+prices of a Zen 4 and of the Xeon, the same with a cheaper draft step or a flat verify curve, and the Xeon's float32
+prices (the float32 pair accepts differently: there the int4 pair's agreement stands in for it). No timing: the
+replay prices each round (K draft steps, a verify over K + 1 tokens, the engine's per-round overhead), so it measures
+the policy and the prices, not this machine's noise. Left out: the draft's prefill, and what a round costs beyond its
+price, which the real runs pay.
 
 Writes agreement.json (the recorded agreement), replay.csv (per prices and policy: the geometric-mean speedup over
 the target alone, and against the best single fixed K and the in-sample per-prompt best K) and provenance.json.
@@ -29,6 +32,7 @@ from specdec.machine import cpu_identity
 from specdec.models import load_pair
 from specdec.study.population import geomean
 from specdec.study.prompts import encode, load_prompts
+from specdec.study.replay import agreement, replay
 
 POPULATION = "data/prompts/population.jsonl"
 # The int4 prices of a cpu run on the Zen 4 (family 25) at 6811c06 (a commit lost before it landed; its code is
@@ -41,12 +45,22 @@ FLAT_CURVE_MS = INT4_CURVE_MS[:4] + [25.6 + t for t in range(1, 6)]  # hypotheti
 # data/cpu/precision/calibration-e0732342e58a.json.
 XEON_CURVE_MS = [41.3, 46.9, 50.6, 53.9, 64.1, 67.3, 72.6, 64.1, 65.7]
 XEON_DRAFT_MS = 14.2
+# The Xeon's float32 prices (target float32, draft bfloat16) in the cpu run at b68aa9c (its
+# k_sweep/calibration-8a9f619305d1.json), about which auto's Beta posterior and DECAY 0.9 were chosen (specdec/policy.py).
+XEON_F32_CURVE_MS = [242.9, 262.7, 268.6, 445.8, 461.6, 466.1, 473.9, 474.6, 481.3]
+XEON_F32_DRAFT_MS = 70.2
+# The same in the cpu run at 82ca84f (k_sweep/calibration-a2ac3550e974.json), the machine in a slower state: the
+# draft's step 1.74x, the target's 1.31x.
+XEON_F32_SLOW_CURVE_MS = [317.4, 328.5, 341.0, 559.8, 564.0, 576.0, 586.2, 600.9, 627.1]
+XEON_F32_SLOW_DRAFT_MS = 122.2
 PRICES = {"6811c06 int4 prices": (INT4_CURVE_MS, INT4_DRAFT_MS),
           "the same, draft step 0.75x": (INT4_CURVE_MS, 0.75 * INT4_DRAFT_MS),
           "the same, draft step 0.5x": (INT4_CURVE_MS, 0.5 * INT4_DRAFT_MS),
           "the same, verify flat to 9 tokens": (FLAT_CURVE_MS, INT4_DRAFT_MS),
           "04d0cca int4 prices (Xeon)": (XEON_CURVE_MS, XEON_DRAFT_MS),
-          "04d0cca int4 prices (Xeon), draft step 0.5x": (XEON_CURVE_MS, 0.5 * XEON_DRAFT_MS)}
+          "04d0cca int4 prices (Xeon), draft step 0.5x": (XEON_CURVE_MS, 0.5 * XEON_DRAFT_MS),
+          "b68aa9c float32 prices (Xeon)": (XEON_F32_CURVE_MS, XEON_F32_DRAFT_MS),
+          "82ca84f float32 prices (Xeon)": (XEON_F32_SLOW_CURVE_MS, XEON_F32_SLOW_DRAFT_MS)}
 FIXED = range(1, 9)
 
 
@@ -58,42 +72,19 @@ def record(tokens: int) -> list[dict]:
     for i, prompt in enumerate(load_prompts(POPULATION)):
         ids = encode(pair.tokenizer, prompt)
         made = generate(pair.target, torch.tensor([ids]), max_new_tokens=tokens, eos_token_id=[]).tokens[0]
-        with torch.inference_mode():
-            logits = pair.draft(torch.tensor([ids + made])).logits[0, len(ids) - 1:-1]
-        agree = [int(d == t) for d, t in zip(logits.argmax(-1).tolist(), made)]
+        agree = agreement(pair.draft, ids, made)
         out.append(dict(id=prompt["id"], category=prompt["category"], tokens=made, agree=agree))
         print(f"{i + 1}/64 {prompt['id']}: draft agrees at {sum(agree) / len(agree):.0%} of positions", flush=True)
     return out
 
 
-def run_length(agree, p) -> int:
-    n = 0
-    while p + n < len(agree) and agree[p + n]:
-        n += 1
-    return n
-
-
-def replay(agree, pol, costs) -> float:
-    """Seconds the priced rounds of `pol` take to produce len(agree) tokens."""
-    k, p, seconds = pol.begin(1, lambda high: costs), 0, 0.0
-    while p < len(agree):
-        k = max(0, min(k, len(agree) - p - 1))
-        accepted = min(k, run_length(agree, p))
-        price = policy.round_price(costs, k)
-        seconds += price
-        if hasattr(pol, "observe"):
-            pol.observe(k, price)
-        p += accepted + 1
-        k = pol.next_k(k, [accepted])
-    return seconds
-
-
 def table(prompts) -> pd.DataFrame:
     rows = []
     for name, (curve_ms, draft_ms) in PRICES.items():
-        costs = dict(verify_s=[None] + [ms / 1e3 for ms in curve_ms], draft_s=draft_ms / 1e3)
-        alone = [len(p["agree"]) * costs["verify_s"][1] for p in prompts]
-        speedup = lambda make: [a / replay(p["agree"], make(), costs) for a, p in zip(alone, prompts)]
+        costs = dict(verify_s=[None] + [ms / 1e3 for ms in curve_ms], draft_s=draft_ms / 1e3, draft_prefill_s=0.0)
+        seconds = lambda make, p: replay(make(), p["agree"], 0, costs)[0]
+        alone = [seconds(lambda: policy.FixedK(0), p) for p in prompts]
+        speedup = lambda make: [a / seconds(make, p) for a, p in zip(alone, prompts)]
         fixed = {k: speedup(lambda: policy.FixedK(k)) for k in FIXED}
         best = max(fixed, key=lambda k: geomean(fixed[k]))
         oracle = [max(fixed[k][i] for k in FIXED) for i in range(len(prompts))]
