@@ -23,6 +23,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -32,7 +33,7 @@ from specdec.machine import cpu_identity
 from specdec.models import load_pair
 from specdec.study.population import geomean
 from specdec.study.prompts import encode, load_prompts
-from specdec.study.replay import agreement, replay
+from specdec.study.replay import agreement, speedups
 
 POPULATION = "data/prompts/population.jsonl"
 # The int4 prices of a cpu run on the Zen 4 (family 25) at 6811c06 (a commit lost before it landed; its code is
@@ -79,17 +80,17 @@ def record(tokens: int) -> list[dict]:
 
 
 def table(prompts) -> pd.DataFrame:
+    traces = [dict(prompt_id=p["id"], category=p["category"], prompt_tokens=0, match=p["agree"]) for p in prompts]
+    policies = {k: (lambda k=k: policy.FixedK(k)) for k in FIXED} | {"auto": policy.AutoK}
     rows = []
     for name, (curve_ms, draft_ms) in PRICES.items():
         costs = dict(verify_s=[None] + [ms / 1e3 for ms in curve_ms], draft_s=draft_ms / 1e3, draft_prefill_s=0.0)
-        seconds = lambda make, p: replay(make(), p["agree"], 0, costs)[0]
-        alone = [seconds(lambda: policy.FixedK(0), p) for p in prompts]
-        speedup = lambda make: [a / seconds(make, p) for a, p in zip(alone, prompts)]
-        fixed = {k: speedup(lambda: policy.FixedK(k)) for k in FIXED}
+        # per policy, its speedup over the target alone on each prompt, in the prompts' order
+        per = {k: g["speedup"].to_numpy() for k, g in speedups(traces, costs, policies).groupby("policy", sort=False)}
+        fixed = {k: per[k] for k in FIXED}
         best = max(fixed, key=lambda k: geomean(fixed[k]))
-        oracle = [max(fixed[k][i] for k in FIXED) for i in range(len(prompts))]
-        auto = speedup(policy.AutoK)
-        for label, values in [*((f"fixed K={k}", v) for k, v in fixed.items()), ("auto", auto),
+        oracle = np.max(list(fixed.values()), axis=0)
+        for label, values in [*((f"fixed K={k}", v) for k, v in fixed.items()), ("auto", per["auto"]),
                               ("per-prompt best K (in sample)", oracle)]:
             rows.append(dict(prices=name, policy=label, prompts=len(prompts), speedup=geomean(values),
                              vs_best_fixed=geomean(values) / geomean(fixed[best]), best_fixed_k=best,
