@@ -120,7 +120,7 @@ def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft
         say(f"  padding at batch {batch} (a forward over T tokens runs as): "
             + (", ".join(f"{t} -> {r}" for t, r in padded.items() if r != t) or "none (every T as itself)"))
     snap = calibration.snapshot()
-    fresh = sum(e["source"].startswith("measured") for k in ("linear", "costs") for e in snap[k].values())
+    fresh = sum(e["source"].startswith("measured") for k in calibration.LEDGER for e in snap[k].values())
     say(f"calibration {snap['id']}: {fresh} entries measured now, the rest from the cache"
         + (f" ({quiet.again} measured again: load overlapped them)" if quiet.again else "")
         + f"; {time.perf_counter() - start:.1f} s")

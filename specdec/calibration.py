@@ -1,10 +1,11 @@
 """The calibration a generation runs under, recorded and checked.
 
-Two measurements make specdec fast on a machine and are cached per machine under machine.measurement_root(): the
-linear plans (specdec.linear) and auto's price list (specdec.costs). This module is their ledger and their
-check, and imports nothing of specdec but machine:
+Three measurements make specdec fast on a machine and are cached per machine under machine.measurement_root(): the
+linear plans (specdec.linear), auto's price list (specdec.costs) and the quantized kernel's tuning (specdec.qkernel:
+prefetch distances, the AMX crossover). This module is their ledger and their check, and imports nothing of
+specdec but machine:
 
-- Recorded: linear and costs `note` every plan and cost entry they use, with where it came from (measured in
+- Recorded: linear, costs and qkernel `note` every plan, cost entry and tuning they use, with where it came from (measured in
   this process, or loaded from the cache and when it was measured there, and whether the machine was busy then).
   `snapshot()` is that record with an id (a hash of the entries), for provenance; every generation's stats carry
   the id (`calibration_id`).
@@ -29,7 +30,7 @@ from .machine import busy, machine_key
 SLOW = 1.5           # a generation this much slower than its calibration predicts is a sign of a stale one
 CONSISTENT = 2       # ... this many generations in a row, for the same models and batch size
 MIN_JUDGED_S = 0.2   # generations predicted shorter than this are noise-dominated: not judged
-LEDGER = {"linear": {}, "costs": {}}  # kind -> key -> {"entry", "source", "measured_utc", "busy"}
+LEDGER = {"linear": {}, "costs": {}, "kernel": {}}  # kind -> key -> {"entry", "source", "measured_utc", "busy"}
 _slow_in_a_row, _stale, _told = {}, set(), set()
 _busy_read = None  # (monotonic time, busy) of the last reading
 
@@ -47,8 +48,8 @@ def note(kind: str, key: str, entry: dict, measured: bool):
                              busy=entry.get("busy"))
 
 
-def snapshot(kinds=("linear", "costs")) -> dict:
-    """{"id", "machine_key", "linear": {...}, "costs": {...}}: what this process ran under so far."""
+def snapshot(kinds=tuple(LEDGER)) -> dict:
+    """{"id", "machine_key", "linear": {...}, "costs": {...}, "kernel": {...}}: what this process ran under so far."""
     record = {kind: dict(sorted(LEDGER[kind].items())) for kind in kinds}
     entries = {k: {key: v["entry"] for key, v in r.items()} for k, r in record.items()}
     blob = json.dumps(json.loads(json.dumps(entries)), sort_keys=True)  # as stored: int keys become strings

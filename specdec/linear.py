@@ -47,7 +47,10 @@ PACK_ROWS = 16                # the row count oneDNN lays a packed weight out fo
 COPIES = ("xwt", "packed")    # paths that keep a second copy of the weight
 IN_PLACE_GAIN = 0.05          # another in-place path must beat the default by 5% (plus the noise: specdec.paired)
 COPY_GAIN = 0.10              # a copy must beat the best in-place path by 10% (plus the noise)
-RANGES = ((1, 1), (2, 4), (5, 8), (9, 16), (17, 32), (33, 64))  # row counts that share one path
+# Row counts that share one path: few, since every range is a decision the noise can flip (a verify at batch 1 runs
+# 1-9 rows, at batch 4 up to 36). Larger gains do not buy agreement: at 20% and 25% two calibrations still
+# disagreed, and the plans' mostly default paths made the bfloat16 draft's step 92 ms against 77-79 (DESIGN.md 6).
+RANGES = ((1, 1), (2, 4), (5, 8), (9, 16), (17, 64))
 SAMPLE_BYTES = 80e6           # weight bytes one timed sample reads (~4 ms at 20 GB/s): small products repeat
 MEMORY_FLOOR = 0.2            # make no copy that would leave less than this share of RAM available
 # A path whose single call takes SCREEN x the fastest's is not timed further for that weight: it cannot win (a path
@@ -130,24 +133,28 @@ def pick(times, lean=False, spread=0.0) -> str:
 
 
 def measure_shape(weight, max_rows=MAX_ROWS) -> dict:
-    """{"fast": {rows: path}, "lean": {rows: path}} for one weight [out, in]: a path per range of RANGES, compared
-    paired over the row counts measured inside it (specdec.paired)."""
+    """{"fast": {rows: path}, "lean": {rows: path}, "costs"} for one weight [out, in]: a path per range of RANGES,
+    compared paired over the row counts measured inside it (specdec.paired); "costs": per range, each path's cost
+    relative to the default's and their spread (what the choice was made on, kept for the reader)."""
     weight = weight.detach()
-    big = weight.numel() >= 2**25  # an LM head: ~0.1 s per call, so fewer points and repetitions
+    big = weight.numel() >= 2**25  # an LM head: ~0.1 s per call, so fewer points (2 passes flipped its plan)
     points = (1, 2, 4, 8, 16, 32, 64) if big else (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
     # Small products take well under a millisecond, where single calls are noisy: give them more passes (the
     # whole measurement stays within a second or so per shape).
-    reps = 2 if big else 3 if weight.numel() >= 2**23 else 6
+    reps = 4 if big else 3 if weight.numel() >= 2**23 else 6
     samples, paths = {}, paths_for(weight.dtype)
     for r in (r for r in points if r <= max_rows):
         samples[r] = time_paths(weight, r, reps, paths)
         paths = tuple(samples[r])  # a path screened out at fewer rows is not tried at more (the gap seen grew with rows)
-    plan = {"fast": {}, "lean": {}}
+    plan = {"fast": {}, "lean": {}, "costs": {}}
     for lo, hi in RANGES:
         inside = {r: t for r, t in samples.items() if lo <= r <= hi}
-        cost, spread = paired.ratios(list(inside.values()), "linear") if inside else (None, None)
-        for half in plan if inside else ():
+        if not inside:
+            continue
+        cost, spread = paired.ratios(list(inside.values()), "linear")
+        for half in ("fast", "lean"):
             plan[half].update(dict.fromkeys(range(lo, min(hi, max_rows) + 1), pick(cost, half == "lean", spread)))
+        plan["costs"][f"{lo}-{hi}"] = dict({p: round(c, 3) for p, c in cost.items()}, spread=round(spread, 3))
     return plan
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
-from . import paired
-from .machine import busy, cache_root, fastest, machine_key, read_cache, write_cache
+from . import calibration, paired
+from .machine import cache_root, fastest, machine_key, read_cache, write_cache
 
 # the quantized linear, the elementwise layer ops and the whole decoder layer that specdec.lean calls: one extension
 SOURCES = [Path(__file__).parent / "csrc" / name
@@ -99,10 +99,12 @@ def tuning() -> dict:
     NEVER without AMX."""
     key = f"{machine_key()} | {digest()} | rule {TUNING_RULE}"
     found = read_cache(TUNING_CACHE).get(key)
-    if not found:
-        found = _measure_tuning()
-        if not busy():
+    measured = not found
+    if measured:
+        found = calibration.stamp(_measure_tuning())
+        if not found["busy"]:
             write_cache(TUNING_CACHE, key, found)
+    calibration.note("kernel", key, found, measured)  # every calibration snapshot (and so every row) names it
     for path, ahead in found["prefetch"].items():
         set_prefetch(int(path), ahead)
     if torch.ops.specdec.qlinear_best_path() == 3:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import specdec
-from specdec import calibrate, calibration, costs, linear, machine
+from specdec import calibrate, calibration, costs, linear, machine, qkernel
 from specdec.models import load_pair
 from conftest import cpu_only
 
@@ -192,6 +192,19 @@ def test_a_sweep_records_the_calibration_of_its_rows(tmp_path):
     assert set(record["calibrations"]) == ids  # the provenance names the calibrations its rows ran under
     lines = results.describe_calibrations(tmp_path, rows.to_dict("records"))
     assert len(lines) == len(ids) and all("Plans: " in line and machine.machine_key() in line for line in lines)
+
+
+def test_the_calibration_lines_name_the_kernels_tuning(tmp_path):
+    from specdec.study import results
+    tuning = dict(prefetch={"2": [1024, 4096], "3": [1024, 0]}, amx_from=6, measured_utc="2026-12-06T06:00:00+00:00",
+                  busy=False)
+    snap = dict(id="abc", machine_key="m", linear={}, costs={},
+                kernel={"m | k": dict(entry=tuning, source="loaded from the cache", measured_utc=None, busy=False)})
+    (tmp_path / "calibration-abc.json").write_text(json.dumps(snap))
+    (line,) = results.describe_calibrations(tmp_path, [dict(calibration_id="abc")])
+    assert line.endswith("Quantized kernel's tuning: prefetch AVX-512 VNNI 1024 B into L1 and 4096 B into L2, "
+                         "AMX 1024 B into L1; AMX from 6 rows")
+    assert results.tuning_words(dict(prefetch={}, amx_from=qkernel.NEVER)) == "prefetch none; no AMX"
 
 
 @cpu_only

@@ -9,7 +9,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import specdec
-from specdec import attention, lean, qkernel
+from specdec import attention, calibration, lean, qkernel
+from specdec.machine import machine_key
 from specdec import quantize as quantize_module
 from specdec.arena import Arena
 from specdec.quantize import QuantLinear, fastest_draft, kernel_report, quantize, quantize_pair
@@ -129,12 +130,19 @@ def test_the_kernels_tuning_is_set_in_the_kernel_and_measured_once_per_machine(m
     if qkernel.best_path() == "amx":
         assert tuned["amx_from"] in qkernel.AMX_ROWS + (qkernel.NEVER,)
         assert torch.ops.specdec.qlinear_amx_from(tuned["amx_from"]) == tuned["amx_from"]
-    # into an empty cache: measured once, then read back
+    # into an empty cache: measured once (stamped), then read back; the calibration snapshot names it either way
     measured = []
     monkeypatch.setenv("SPECDEC_MEASUREMENTS", str(tmp_path))
-    monkeypatch.setattr(qkernel, "busy", lambda: False)
+    monkeypatch.setattr(calibration, "busy_now", lambda max_age=30.0: False)
     monkeypatch.setattr(qkernel, "_measure_tuning", lambda: measured.append(1) or dict(tuned))
-    assert qkernel.tuning() == qkernel.tuning() == tuned and measured == [1]
+    first = qkernel.tuning()
+    assert first["busy"] is False and first["measured_utc"] and first["prefetch"] == tuned["prefetch"]
+    assert calibration.snapshot()["kernel"][f"{machine_key()} | {qkernel.digest()} | rule {qkernel.TUNING_RULE}"][
+        "source"] == "measured in this process"
+    before = calibration.snapshot()["id"]
+    calibration.LEDGER["kernel"].clear()  # as in a new process
+    assert qkernel.tuning() == first and measured == [1]
+    assert calibration.snapshot()["id"] == before  # the same tuning: the same calibration
 
 
 def test_the_tuning_takes_the_least_costly_prefetch_distance_even_on_a_noisy_machine(monkeypatch):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..linear import plan_ranges
+from ..qkernel import NEVER
 from .provenance import device_name, git_state, provenance
 
 RESULTS = "results.jsonl"
@@ -106,15 +107,26 @@ def describe_calibrations(folder, rows) -> list[str]:
             lines.append(f"- calibration {cid}: its file is missing")
             continue
         snap = json.loads(path.read_text())
-        entries = [e for kind in ("linear", "costs") for e in snap.get(kind, {}).values()]
+        entries = [e for kind in ("linear", "costs", "kernel") for e in snap.get(kind, {}).values()]
         sources = sorted({f"{e['source']}" + (f" (measured {e['measured_utc']})" if e.get("measured_utc") else "")
                           for e in entries})
         busy = sum(bool(e.get("busy")) for e in entries)
         plans = "; ".join(f"{shape}: {plan_ranges(e['entry']['fast'])}" for shape, e in snap.get("linear", {}).items())
+        kernel = "; ".join(tuning_words(e["entry"]) for e in snap.get("kernel", {}).values())
         lines.append(f"- calibration [{cid}]({path.name}) on `{snap['machine_key']}`: {len(snap.get('linear', {}))} "
                      f"linear plans, {len(snap.get('costs', {}))} cost curves; {'; '.join(sources) or 'nothing'}"
-                     f"{f'; {busy} measured while the machine was busy' if busy else ''}. Plans: {plans or 'none'}")
+                     f"{f'; {busy} measured while the machine was busy' if busy else ''}. Plans: {plans or 'none'}"
+                     + (f". Quantized kernel's tuning: {kernel}" if kernel else ""))
     return lines
+
+
+def tuning_words(tuning) -> str:
+    """specdec.qkernel.tuning()'s entry in words: prefetch distances per code path, the AMX crossover."""
+    paths = {"2": "AVX-512 VNNI", "3": "AMX"}
+    ahead = ", ".join(f"{paths.get(p, p)} {l1} B into L1" + (f" and {l2} B into L2" if l2 else "")
+                      for p, (l1, l2) in sorted(tuning.get("prefetch", {}).items()))
+    amx = tuning.get("amx_from")
+    return f"prefetch {ahead or 'none'}" + ("" if amx is None else "; no AMX" if amx >= NEVER else f"; AMX from {amx} rows")
 
 
 def now() -> str:
