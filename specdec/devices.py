@@ -74,26 +74,36 @@ def resolve_dtype(dtype, device) -> torch.dtype:
 
 
 DRAFT_DTYPES = "draft-dtypes.json"  # under specdec.machine.measurement_root()
+DTYPE_RULE = 2  # how faster_draft_dtype judges; a cached choice made by another rule is measured again
+PREFILL_TOKENS = 64  # the prompt a draft prefill is timed on: a short one (longer ones only widen the gap)
 
 
 def faster_draft_dtype(load_draft, key) -> torch.dtype:
-    """float32, unless bfloat16 runs the draft model's own forwards clearly faster on this CPU: one token (most
-    draft steps) plus two tokens (a round's first step after a fully accepted round), each dtype at its measured
-    linear paths, the two timed interleaved and compared paired (specdec.paired). Whole forwards, not one
-    product: with PyTorch's default path a bfloat16 Qwen2.5-0.5B ran one token 2x faster than float32 but two
-    tokens 2x slower (its vocabulary projection left the fast bfloat16 kernel), and CPUs without native bfloat16
-    run it slower throughout. `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per machine
-    and model."""
+    """float32, unless bfloat16 runs the draft model's own forwards clearly faster on this CPU as it steps (one
+    token, most draft steps, plus two, a round's first step after a fully accepted round) and float32 does not
+    clearly beat it as it prefills a prompt (PREFILL_TOKENS at once): speculation pays the draft's prefill. Each
+    dtype at its measured linear paths, the two timed interleaved and compared paired (specdec.paired). Whole
+    forwards, not one product: with PyTorch's default path a bfloat16 Qwen2.5-0.5B ran one token 2x faster than
+    float32 but two tokens 2x slower (its vocabulary projection left the fast bfloat16 kernel); and a CPU without
+    native bfloat16 (a Zen 3, AMD family 25 model 1, AVX2 only) stepped it 0.88x float32's time, memory-bound,
+    but prefilled it 5x slower, compute-bound (38.0 against 7.4 ms a prompt token), where the step alone chose
+    bfloat16 in one of two calibrations. `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per
+    machine and model."""
     entry = read_cache(DRAFT_DTYPES).get(plan_key(), {}).get(key)
-    if entry is None:
+    if entry is None or entry.get("rule") != DTYPE_RULE:
         models = {str(d).removeprefix("torch."): load_draft(d) for d in (torch.float32, torch.bfloat16)}
         with torch.inference_mode(), fast_linears(list(models.values())):
-            timed = {d: functools.partial(draft_forwards, Forwards(m)) for d, m in models.items()}
-            seconds = paired.interleaved(timed, 3)
-        del models
-        # the decision's own statistic beside the fastest passes: paired, a median of per-pass ratios
-        entry = dict(**{f"{d}_s": min(s) for d, s in seconds.items()},
-                     bfloat16_vs_float32=paired.ratios([seconds], "float32")[0]["bfloat16"],
-                     choice=paired.fastest(seconds, "float32"))
+            forwards = {d: Forwards(m, most=PREFILL_TOKENS) for d, m in models.items()}
+            steps = paired.interleaved({d: functools.partial(draft_forwards, f) for d, f in forwards.items()}, 3)
+            prefills = paired.interleaved({d: functools.partial(f, PREFILL_TOKENS) for d, f in forwards.items()}, 3)
+        del models, forwards
+        steps_faster = paired.fastest(steps, "float32") == "bfloat16"
+        prefill_no_slower = paired.fastest(prefills, "bfloat16") == "bfloat16"
+        # each decision's own statistic beside the fastest passes: paired, a median of per-pass ratios
+        entry = dict(rule=DTYPE_RULE, **{f"{d}_s": min(s) for d, s in steps.items()},
+                     **{f"{d}_prefill_s": min(s) for d, s in prefills.items()},
+                     bfloat16_vs_float32=paired.ratios([steps], "float32")[0]["bfloat16"],
+                     prefill_bfloat16_vs_float32=paired.ratios([prefills], "float32")[0]["bfloat16"],
+                     choice="bfloat16" if steps_faster and prefill_no_slower else "float32")
         write_cache(DRAFT_DTYPES, plan_key(), {key: entry})
     return getattr(torch, entry["choice"])

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import specdec
 import specdec.engine
 from specdec import devices, linear, paired
+from specdec.machine import write_cache
 from conftest import cpu_only, perturbed, tiny_llama
 from test_engine import PROMPTS, hf_greedy
 
@@ -135,7 +136,46 @@ def test_draft_dtype_is_chosen_by_timing_the_draft_itself_and_recorded(tmp_path)
     entry = json.loads((tmp_path / devices.DRAFT_DTYPES).read_text())[linear.plan_key()]["tiny-llama-draft (test)"]
     assert dtype == getattr(torch, entry["choice"])
     assert entry["choice"] == "float32" or entry["bfloat16_vs_float32"] < 1  # bfloat16 only when faster, paired
+    assert entry["rule"] == devices.DTYPE_RULE and entry["float32_prefill_s"] > 0 < entry["bfloat16_prefill_s"]
     assert devices.faster_draft_dtype(load_draft, "tiny-llama-draft (test)") == dtype and len(loaded) == 2  # cached
+
+
+def faked_timings(monkeypatch, step_bf16, prefill_bf16):
+    """paired.interleaved faked: bfloat16's passes at these ratios to float32's, steps first, then prefills (the
+    order faster_draft_dtype asks for them)."""
+    ratios, real = iter([step_bf16, prefill_bf16]), paired.interleaved
+
+    def timed(candidates, passes, calls=1, shuffle=None, warm_up=True):
+        if set(candidates) != {"float32", "bfloat16"}:  # the linear plans' own timings stay real
+            return real(candidates, passes, calls, shuffle, warm_up)
+        ratio = next(ratios)
+        return {"float32": [1.0] * passes, "bfloat16": [ratio * (1 + 0.01 * i) for i in range(passes)]}
+    monkeypatch.setattr(paired, "interleaved", timed)
+
+
+def load_tiny_draft(dtype):
+    from specdec.models import load
+    return load("tiny-llama-draft", device="cpu", dtype=dtype)[0]
+
+
+@pytest.mark.parametrize("step_bf16, prefill_bf16, chosen", [
+    (0.80, 0.50, "bfloat16"),  # faster both ways (native bfloat16)
+    (0.80, 1.00, "bfloat16"),  # steps faster, prefills alike
+    (0.88, 5.00, "float32"),   # steps faster, prefills 5x slower (a Zen 3 without native bfloat16)
+    (1.00, 0.50, "float32"),   # steps alike: the default
+])
+def test_draft_dtype_weighs_the_prefill_speculation_pays(monkeypatch, step_bf16, prefill_bf16, chosen):
+    faked_timings(monkeypatch, step_bf16, prefill_bf16)
+    assert devices.faster_draft_dtype(load_tiny_draft, "tiny-llama-draft (faked)") == getattr(torch, chosen)
+
+
+def test_draft_dtype_chosen_by_an_older_rule_is_measured_again(monkeypatch):
+    key = "tiny-llama-draft (faked)"
+    write_cache(devices.DRAFT_DTYPES, linear.plan_key(), {key: dict(rule=devices.DTYPE_RULE - 1, choice="bfloat16")})
+    faked_timings(monkeypatch, 0.88, 5.00)
+    assert devices.faster_draft_dtype(load_tiny_draft, key) == torch.float32
+    faked_timings(monkeypatch, 0.80, 0.50)  # cached now under this rule: not measured again
+    assert devices.faster_draft_dtype(load_tiny_draft, key) == torch.float32
 
 
 @pytest.mark.parametrize("path", linear.COPIES)
