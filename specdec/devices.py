@@ -75,7 +75,7 @@ def resolve_dtype(dtype, device) -> torch.dtype:
 
 DRAFT_DTYPES = "draft-dtypes.json"  # under specdec.machine.measurement_root()
 DTYPE_RULE = 2  # how faster_draft_dtype judges; a cached choice made by another rule is measured again
-PREFILL_TOKENS = 64  # the prompt a draft prefill is timed on: a short one (longer ones only widen the gap)
+PREFILL_TOKENS = 64  # the prompt a draft prefill is timed on (as 64 new tokens after Forwards' cached ones)
 
 
 def faster_draft_dtype(load_draft, key) -> torch.dtype:
@@ -85,9 +85,8 @@ def faster_draft_dtype(load_draft, key) -> torch.dtype:
     dtype at its measured linear paths, the two timed interleaved and compared paired (specdec.paired). Whole
     forwards, not one product: with PyTorch's default path a bfloat16 Qwen2.5-0.5B ran one token 2x faster than
     float32 but two tokens 2x slower (its vocabulary projection left the fast bfloat16 kernel); and a CPU without
-    native bfloat16 (a Zen 3, AMD family 25 model 1, AVX2 only) stepped it 0.88x float32's time, memory-bound,
-    but prefilled it 5x slower, compute-bound (38.0 against 7.4 ms a prompt token), where the step alone chose
-    bfloat16 in one of two calibrations. `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per
+    native bfloat16 (a Zen 3, AMD family 25 model 1, AVX2 only) stepped it in 0.66-0.88x float32's time but
+    prefilled it in 4.6-4.9x (paired), where the step alone chose bfloat16 in one of two calibrations. `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per
     machine and model."""
     entry = read_cache(DRAFT_DTYPES).get(plan_key(), {}).get(key)
     if entry is None or entry.get("rule") != DTYPE_RULE:

@@ -271,8 +271,8 @@ def check_same_vocab(target_tokenizer, draft_tokenizer, target_model=None, draft
 def load_pair(target, draft=None, device="auto", dtype="auto", draft_dtype=None, precision=None,
               group_size=64) -> Pair:
     """A named pair (`target` in PAIRS, no `draft`), or any two specs; draft=None with a spec: target only.
-    `draft_dtype` None: the pair's, else "auto" (on CPU with a float32 target: float32 or bfloat16, whichever
-    runs the draft faster here; elsewhere the target's dtype). `precision` (specdec.quantize.PRECISIONS): the
+    `draft_dtype` None: the pair's, else "auto" (on CPU with a float32 target: bfloat16 where it steps the draft
+    clearly faster here and float32 does not clearly prefill it faster, else float32; elsewhere the target's dtype). `precision` (specdec.quantize.PRECISIONS): the
     target cast or quantized ("int8", "int4": weight-only, groups of `group_size`, CPU), the draft at its fastest
     precision here (specdec.quantize.quantize_pair)."""
     name, pair = ("custom", {}) if draft is not None or target not in PAIRS else (target, PAIRS[target])
@@ -282,10 +282,10 @@ def load_pair(target, draft=None, device="auto", dtype="auto", draft_dtype=None,
         target, draft = pair["target"], pair["draft"]
     draft_dtype = draft_dtype or pair.get("draft_dtype", "auto")
     if draft is not None and draft_dtype == "auto" and device.type == "cpu" and t_dtype == torch.float32:
-        # The draft only proposes, so its precision is free: the faster of float32 / bfloat16 on this CPU,
-        # measured once on the draft's own forwards and cached (specdec.devices.faster_draft_dtype).
+        # The draft only proposes, so its precision is free: float32 or bfloat16 by its steps and prefill on this
+        # CPU, measured once on the draft's own forwards and cached (specdec.devices.faster_draft_dtype).
         d_dtype = faster_draft_dtype(lambda dt: _load(draft, device, dt)[0], str(draft))
-        log.info("draft dtype: %s (auto: measured faster on this CPU)", str(d_dtype).removeprefix("torch."))
+        log.info("draft dtype: %s (auto: measured on this CPU)", str(d_dtype).removeprefix("torch."))
     else:  # "auto" off a float32 CPU target: the target's dtype
         d_dtype = resolve_dtype(t_dtype if draft_dtype == "auto" else draft_dtype, device)
     t_model, tok, t_timing = _load(target, device, t_dtype)

@@ -259,7 +259,7 @@ def quantize_pair(pair, precision, group_size=64, draft_precision="auto"):
     "int4": quantized from its float weights), in place. A quantized target gets a draft at `draft_precision`:
     "auto" is the fastest on this machine of the draft as loaded, int8 and int4 (fastest_draft: measured, cached),
     on the same kernel as the target; a float target keeps the draft as the pair chose it (on a CPU float32
-    target: bfloat16 or float32, whichever runs it faster here, measured)."""
+    target: bfloat16 or float32 by its steps and prefill here, measured: specdec.devices.faster_draft_dtype)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose from {PRECISIONS}")
     if precision in QUANTIZED:

@@ -10,6 +10,8 @@ import specdec
 import specdec.engine
 from specdec import devices, linear, paired
 from specdec.machine import write_cache
+from specdec.models import load as load_model
+from specdec.profiler import draft_forwards
 from conftest import cpu_only, perturbed, tiny_llama
 from test_engine import PROMPTS, hf_greedy
 
@@ -125,37 +127,35 @@ def test_without_room_for_a_copy_a_module_takes_its_in_place_path(float32_pair, 
     assert set(used) == {"packed"} and "packed" in module.__dict__["_specdec_weights"]
 
 
+def load_tiny_draft(dtype):
+    return load_model("tiny-llama-draft", device="cpu", dtype=dtype)[0]
+
+
 def test_draft_dtype_is_chosen_by_timing_the_draft_itself_and_recorded(tmp_path):
-    from specdec.models import load
     loaded = []
     def load_draft(dtype):
         loaded.append(dtype)
-        return load("tiny-llama-draft", device="cpu", dtype=dtype)[0]
+        return load_tiny_draft(dtype)
     dtype = devices.faster_draft_dtype(load_draft, "tiny-llama-draft (test)")
     assert loaded == [torch.float32, torch.bfloat16]  # both dtypes timed, whole forwards
     entry = json.loads((tmp_path / devices.DRAFT_DTYPES).read_text())[linear.plan_key()]["tiny-llama-draft (test)"]
     assert dtype == getattr(torch, entry["choice"])
     assert entry["choice"] == "float32" or entry["bfloat16_vs_float32"] < 1  # bfloat16 only when faster, paired
-    assert entry["rule"] == devices.DTYPE_RULE and entry["float32_prefill_s"] > 0 < entry["bfloat16_prefill_s"]
+    assert entry["rule"] == devices.DTYPE_RULE and min(entry["float32_prefill_s"], entry["bfloat16_prefill_s"]) > 0
     assert devices.faster_draft_dtype(load_draft, "tiny-llama-draft (test)") == dtype and len(loaded) == 2  # cached
 
 
 def faked_timings(monkeypatch, step_bf16, prefill_bf16):
-    """paired.interleaved faked: bfloat16's passes at these ratios to float32's, steps first, then prefills (the
-    order faster_draft_dtype asks for them)."""
-    ratios, real = iter([step_bf16, prefill_bf16]), paired.interleaved
+    """paired.interleaved faked: bfloat16's passes at these ratios to float32's, for the draft's steps
+    (draft_forwards) and for its prefill (any other call)."""
+    real = paired.interleaved
 
     def timed(candidates, passes, calls=1, shuffle=None, warm_up=True):
         if set(candidates) != {"float32", "bfloat16"}:  # the linear plans' own timings stay real
             return real(candidates, passes, calls, shuffle, warm_up)
-        ratio = next(ratios)
+        ratio = step_bf16 if next(iter(candidates.values())).func is draft_forwards else prefill_bf16
         return {"float32": [1.0] * passes, "bfloat16": [ratio * (1 + 0.01 * i) for i in range(passes)]}
     monkeypatch.setattr(paired, "interleaved", timed)
-
-
-def load_tiny_draft(dtype):
-    from specdec.models import load
-    return load("tiny-llama-draft", device="cpu", dtype=dtype)[0]
 
 
 @pytest.mark.parametrize("step_bf16, prefill_bf16, chosen", [
