@@ -86,8 +86,8 @@ def faster_draft_dtype(load_draft, key) -> torch.dtype:
     forwards, not one product: with PyTorch's default path a bfloat16 Qwen2.5-0.5B ran one token 2x faster than
     float32 but two tokens 2x slower (its vocabulary projection left the fast bfloat16 kernel); and a CPU without
     native bfloat16 (a Zen 3, AMD family 25 model 1, AVX2 only) stepped it in 0.66-0.88x float32's time but
-    prefilled it in 4.6-4.9x (paired), where the step alone chose bfloat16 in one of two calibrations. `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per
-    machine and model."""
+    prefilled it in 4.6-4.9x (paired), where the step alone chose bfloat16 in one of two calibrations.
+    `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per machine and model."""
     entry = read_cache(DRAFT_DTYPES).get(plan_key(), {}).get(key)
     if entry is None or entry.get("rule") != DTYPE_RULE:
         models = {str(d).removeprefix("torch."): load_draft(d) for d in (torch.float32, torch.bfloat16)}

@@ -272,9 +272,9 @@ def load_pair(target, draft=None, device="auto", dtype="auto", draft_dtype=None,
               group_size=64) -> Pair:
     """A named pair (`target` in PAIRS, no `draft`), or any two specs; draft=None with a spec: target only.
     `draft_dtype` None: the pair's, else "auto" (on CPU with a float32 target: bfloat16 where it steps the draft
-    clearly faster here and float32 does not clearly prefill it faster, else float32; elsewhere the target's dtype). `precision` (specdec.quantize.PRECISIONS): the
-    target cast or quantized ("int8", "int4": weight-only, groups of `group_size`, CPU), the draft at its fastest
-    precision here (specdec.quantize.quantize_pair)."""
+    clearly faster here and float32 does not clearly prefill it faster, else float32; elsewhere the target's
+    dtype). `precision` (specdec.quantize.PRECISIONS): the target cast or quantized ("int8", "int4": weight-only,
+    groups of `group_size`, CPU), the draft at its fastest precision here (specdec.quantize.quantize_pair)."""
     name, pair = ("custom", {}) if draft is not None or target not in PAIRS else (target, PAIRS[target])
     device = resolve_device(device)
     t_dtype = resolve_dtype(pair.get("dtype", "auto") if dtype in (None, "auto") else dtype, device)
