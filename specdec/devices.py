@@ -74,7 +74,7 @@ def resolve_dtype(dtype, device) -> torch.dtype:
 
 
 DRAFT_DTYPES = "draft-dtypes.json"  # under specdec.machine.measurement_root()
-DTYPE_RULE = 2  # how faster_draft_dtype judges; a cached choice made by another rule is measured again
+DTYPE_RULE = 2  # how faster_draft_dtype judges; part of its cache key, so a choice made by an older rule is not read
 PREFILL_TOKENS = 64  # the prompt a draft prefill is timed on (as 64 new tokens after Forwards' cached ones)
 
 
@@ -88,8 +88,9 @@ def faster_draft_dtype(load_draft, key) -> torch.dtype:
     native bfloat16 (a Zen 3, AMD family 25 model 1, AVX2 only) stepped it in 0.66-0.88x float32's time but
     prefilled it in 4.6-4.9x (paired), where the step alone chose bfloat16 in one of two calibrations.
     `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per machine and model."""
+    key = f"{key} | rule {DTYPE_RULE}"
     entry = read_cache(DRAFT_DTYPES).get(plan_key(), {}).get(key)
-    if entry is None or entry.get("rule") != DTYPE_RULE:
+    if entry is None:
         models = {str(d).removeprefix("torch."): load_draft(d) for d in (torch.float32, torch.bfloat16)}
         with torch.inference_mode(), fast_linears(list(models.values())):
             forwards = {d: Forwards(m, most=PREFILL_TOKENS) for d, m in models.items()}
@@ -99,7 +100,7 @@ def faster_draft_dtype(load_draft, key) -> torch.dtype:
         steps_faster = paired.fastest(steps, "float32") == "bfloat16"
         prefill_no_slower = paired.fastest(prefills, "bfloat16") == "bfloat16"
         # each decision's own statistic beside the fastest passes: paired, a median of per-pass ratios
-        entry = dict(rule=DTYPE_RULE, **{f"{d}_s": min(s) for d, s in steps.items()},
+        entry = dict(**{f"{d}_s": min(s) for d, s in steps.items()},
                      **{f"{d}_prefill_s": min(s) for d, s in prefills.items()},
                      bfloat16_vs_float32=paired.ratios([steps], "float32")[0]["bfloat16"],
                      prefill_bfloat16_vs_float32=paired.ratios([prefills], "float32")[0]["bfloat16"],

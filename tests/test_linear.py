@@ -138,10 +138,11 @@ def test_draft_dtype_is_chosen_by_timing_the_draft_itself_and_recorded(tmp_path)
         return load_tiny_draft(dtype)
     dtype = devices.faster_draft_dtype(load_draft, "tiny-llama-draft (test)")
     assert loaded == [torch.float32, torch.bfloat16]  # both dtypes timed, whole forwards
-    entry = json.loads((tmp_path / devices.DRAFT_DTYPES).read_text())[linear.plan_key()]["tiny-llama-draft (test)"]
+    key = f"tiny-llama-draft (test) | rule {devices.DTYPE_RULE}"  # the rule is part of the key
+    entry = json.loads((tmp_path / devices.DRAFT_DTYPES).read_text())[linear.plan_key()][key]
     assert dtype == getattr(torch, entry["choice"])
     assert entry["choice"] == "float32" or entry["bfloat16_vs_float32"] < 1  # bfloat16 only when faster, paired
-    assert entry["rule"] == devices.DTYPE_RULE and min(entry["float32_prefill_s"], entry["bfloat16_prefill_s"]) > 0
+    assert min(entry["float32_prefill_s"], entry["bfloat16_prefill_s"]) > 0
     assert devices.faster_draft_dtype(load_draft, "tiny-llama-draft (test)") == dtype and len(loaded) == 2  # cached
 
 
@@ -171,7 +172,9 @@ def test_draft_dtype_weighs_the_prefill_speculation_pays(monkeypatch, step_bf16,
 
 def test_draft_dtype_chosen_by_an_older_rule_is_measured_again(monkeypatch):
     key = "tiny-llama-draft (faked)"
-    write_cache(devices.DRAFT_DTYPES, linear.plan_key(), {key: dict(rule=devices.DTYPE_RULE - 1, choice="bfloat16")})
+    # bfloat16 cached under the older rule's key and under the key before the rule was part of it
+    older = {f"{key} | rule {devices.DTYPE_RULE - 1}": dict(choice="bfloat16"), key: dict(choice="bfloat16")}
+    write_cache(devices.DRAFT_DTYPES, linear.plan_key(), older)
     faked_timings(monkeypatch, 0.88, 5.00)
     assert devices.faster_draft_dtype(load_tiny_draft, key) == torch.float32
     faked_timings(monkeypatch, 0.80, 0.50)  # cached now under this rule: not measured again
