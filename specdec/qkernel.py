@@ -41,8 +41,9 @@ TUNING_RULE = 4  # how tuning() measures; part of its cache key, so a cache meas
 # how far ahead of its reads the kernel may ask for weights: (bytes into L1, bytes into L2), 0 none. Adding 4-8 KiB
 # into L2 took whole int4 forwards 0.92-0.97x the time at 1-4 tokens on the Xeon (family 6 model 167), paired
 PREFETCH = ((0, 0), (1024, 0), (2048, 0), (1024, 4096), (1024, 8192), (2048, 8192))
-PREFETCH_ROWS = {2: (1, 2, 4), 3: (4, 8)}  # per code path, the call sizes a distance is judged on: VNNI's few-row
-# calls, AMX's near its crossover (5 rows on the Xeon), where the prefetch decides which path wins
+PREFETCH_ROWS = {1: (1, 2, 4), 2: (1, 2, 4), 3: (4, 8)}  # per code path, the call sizes a distance is judged on:
+# AVX2's and VNNI's few-row calls, AMX's near its crossover (5 rows on the Xeon), where the prefetch decides which wins
+RUNS = {3: (2, 3), 2: (2,), 1: (1,), 0: ()}  # per best path, the code paths a CPU runs (AMX: VNNI below its crossover)
 AMX_ROWS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)  # the call sizes measured for the AMX crossover
 # the weights tuning() times: one decoder layer's shapes of a 1.5B model ([out, in]: q/k/v, o, gate/up, down),
 # distinct copies past the caches' reach, as a forward streams them: small calls of two input widths. On the Xeon
@@ -51,7 +52,7 @@ AMX_ROWS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)  # the call sizes measured for the 
 TUNING_SHAPES = ((2048, 1536), (1536, 1536), (17920, 1536), (1536, 8960))
 TUNING_BYTES = 2**28
 NEVER = 1 << 30
-_state = {}  # "loaded": bool, "why": str, "tuning": what tuning() set in the kernel (AVX-512 CPUs)
+_state = {}  # "loaded": bool, "why": str, "tuning": what tuning() set in the kernel (x86 CPUs with a vector path)
 
 
 @functools.lru_cache(maxsize=1)
@@ -86,7 +87,7 @@ def load(verbose=False) -> bool:
     except Exception as e:  # no compiler, no ninja, a failed build: torch's kernels serve
         return _fail(f"the kernel could not be built here ({type(e).__name__}: {str(e).strip().splitlines()[-1][:200]})")
     _state.update(loaded=True, why="")
-    if torch.ops.specdec.qlinear_best_path() >= 2:
+    if torch.ops.specdec.qlinear_best_path() >= 1:
         _state["tuning"] = tuning()
     return True
 
@@ -125,7 +126,7 @@ def _measure_tuning() -> dict:
                 torch.ops.specdec.qlinear(xs[rows, K], codes, scales, None, N, 64, 4, path)
         return run
 
-    paths = [p for p in PREFETCH_ROWS if p <= torch.ops.specdec.qlinear_best_path()]
+    paths = RUNS[torch.ops.specdec.qlinear_best_path()]
     found = {"prefetch": {}, "amx_from": NEVER}
     for path in paths:  # the distance with the least time over the call sizes the path serves
         samples = [paired.interleaved({d: call(rows, path, d) for d in PREFETCH}, passes=5) for rows in PREFETCH_ROWS[path]]
@@ -143,7 +144,7 @@ def _measure_tuning() -> dict:
 
 
 def set_prefetch(path, ahead) -> tuple:
-    """Set how far ahead path `path` (2: AVX-512 VNNI, 3: AMX) asks for weights, `ahead` = (bytes into L1, bytes into
+    """Set how far ahead path `path` (1: AVX2, 2: AVX-512 VNNI, 3: AMX) asks for weights, `ahead` = (bytes into L1, bytes into
     L2); returns the pair it replaces."""
     return tuple(torch.ops.specdec.qlinear_prefetch(path, int(bytes_), level) for level, bytes_ in enumerate(ahead, 1))
 
@@ -199,7 +200,7 @@ def path_words() -> str:
         return f"{path} path"
     ahead = lambda p: prefetch_words(*tuned["prefetch"][str(p)])
     if path != "amx":
-        return f"{path} path ({ahead(2)})"
+        return f"{path} path ({ahead(RUNS[torch.ops.specdec.qlinear_best_path()][0])})"
     if tuned["amx_from"] >= NEVER:
         return f"avx512-vnni path ({ahead(2)}; amx measured slower)"
     return f"amx path from {tuned['amx_from']} rows ({ahead(3)}), avx512-vnni below ({ahead(2)})"

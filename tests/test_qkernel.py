@@ -90,8 +90,7 @@ def test_from_how_many_rows_amx_serves_changes_no_bit():
         torch.ops.specdec.qlinear_amx_from(measured)
 
 
-@pytest.mark.skipif(qkernel.available() and qkernel.best_path() not in ("amx", "avx512-vnni"),
-                    reason="only the AVX-512 and AMX code prefetch")
+@pytest.mark.skipif(qkernel.available() and qkernel.best_path() == "scalar", reason="only the vector paths prefetch")
 @pytest.mark.parametrize("bits,group", [(4, 64), (8, 64)])
 def test_how_far_ahead_the_kernel_prefetches_changes_no_bit(bits, group):
     # qkernel.tuning sets a prefetch distance per path and machine; any distance, past the weights' end included
@@ -99,7 +98,7 @@ def test_how_far_ahead_the_kernel_prefetches_changes_no_bit(bits, group):
     _, codes, scales = packed(192, 256, bits, group)
     x = torch.randn(12, 256)
     definition = qkernel.qlinear(x, codes, scales, None, 192, group, bits, 0)
-    for path in [p for p in paths() if p >= 2]:
+    for path in [p for p in paths() if p >= 1]:
         tuned = qkernel.set_prefetch(path, (0, 0))
         try:
             for ahead in ((0, 0), (64, 0), (0, 64), (1024, 4096), (1 << 20, 1 << 20)):
@@ -120,11 +119,13 @@ def test_the_amx_crossover_is_the_split_that_costs_least_over_every_size_measure
 
 
 def test_the_kernels_tuning_is_set_in_the_kernel_and_measured_once_per_machine(monkeypatch, tmp_path):
-    if qkernel.best_path() not in ("amx", "avx512-vnni"):
-        assert "tuning" not in qkernel._state  # nothing to tune: the AVX2 and scalar code do not prefetch
+    if qkernel.best_path() == "scalar":
+        assert "tuning" not in qkernel._state  # nothing to tune: the scalar code does not prefetch
         return
-    tuned = qkernel._state["tuning"]  # what load() measured (or read) and set
-    assert set(tuned["prefetch"]) <= {"2", "3"} and all(tuple(d) in qkernel.PREFETCH for d in tuned["prefetch"].values())
+    tuned = qkernel._state["tuning"]  # what load() measured (or read) and set: a distance for each path this CPU runs
+    runs = qkernel.RUNS[torch.ops.specdec.qlinear_best_path()]
+    assert set(tuned["prefetch"]) == {str(p) for p in runs}
+    assert all(tuple(d) in qkernel.PREFETCH for d in tuned["prefetch"].values())
     for path, ahead in tuned["prefetch"].items():  # the op returns the distances it replaces
         assert qkernel.set_prefetch(int(path), ahead) == tuple(ahead)
     if qkernel.best_path() == "amx":
@@ -149,8 +150,8 @@ def test_the_tuning_takes_the_least_costly_prefetch_distance_even_on_a_noisy_mac
     # A distance never changes a bit, so no default has to be beaten: 1 KiB into L1 and 4 KiB into L2 ahead costing
     # 0.85x "none", measured with passes straying 20% (a noisy pass), is taken; keeping "none" unless another won by
     # more than the noise left the AMX code without prefetch in a fresh run, 1.1-1.2x slower at 3-8 rows.
-    if qkernel.best_path() not in ("amx", "avx512-vnni"):
-        pytest.skip("only the AVX-512 and AMX code prefetch")
+    if qkernel.best_path() == "scalar":
+        pytest.skip("only the vector paths prefetch")
     noisy = [1.0, 1.2, 0.8, 1.0, 1.2]
     cost = dict(zip(qkernel.PREFETCH, (1.0, 0.95, 0.9, 0.85, 0.9, 0.95)))  # (1 KiB into L1, 4 KiB into L2) least
 
@@ -161,13 +162,13 @@ def test_the_tuning_takes_the_least_costly_prefetch_distance_even_on_a_noisy_mac
 
     monkeypatch.setattr(qkernel.paired, "interleaved", interleaved)
     monkeypatch.setattr(qkernel, "TUNING_BYTES", 1)  # one layer of weights: the fake timings never run them
-    before = {path: qkernel.set_prefetch(path, (0, 0)) for path in (2, 3)}
+    before = {path: qkernel.set_prefetch(path, (0, 0)) for path in qkernel.RUNS[torch.ops.specdec.qlinear_best_path()]}
     try:
         found = qkernel._measure_tuning()
     finally:
         for path, ahead in before.items():
             qkernel.set_prefetch(path, ahead)
-    assert {tuple(d) for d in found["prefetch"].values()} == {(1024, 4096)}
+    assert found["prefetch"] == {str(p): [1024, 4096] for p in before}
     if qkernel.best_path() == "amx":
         assert found["amx_from"] == 1
 

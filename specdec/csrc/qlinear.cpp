@@ -4,11 +4,11 @@
 //
 // Why a kernel of our own: ATen's int4 CPU kernel works on 4 rows at a time in float32, so a verify over 5..8
 // tokens streams the weights twice from memory; this one streams each block of 64 outputs once per call and
-// multiplies it with every row of the call (up to 4 rows per pass on AVX-512, 8 on AVX2; later passes find the
-// block in L1/L2; on AVX2 a call of 1..3 rows goes group by group, see there), with int8 dot products (AVX-512
-// VNNI vpdpbusd; AVX2 vpmaddubsw + vpmaddwd elsewhere; on CPUs with AMX, Intel's tile unit from a measured row
-// count, up to 16 rows per pass). The AVX-512 and AMX code ask for the weights a measured distance ahead of their
-// reads (prefetch_ahead), into L1 and further ahead into L2.
+// multiplies it with every row of the call (up to 4 rows per pass on AVX-512, 8 on AVX2, group by group there;
+// later passes find the block in L1/L2), with int8 dot products (AVX-512 VNNI vpdpbusd; AVX2 vpmaddubsw +
+// vpmaddwd elsewhere; on CPUs with AMX, Intel's tile unit from a measured row count, up to 16 rows per pass). Every
+// vector path asks for the weights a measured distance ahead of its reads (prefetch_ahead), into L1 and further
+// ahead into L2.
 //
 // This file: the layout, the scalar definition, the choice of code path and the threads; the vector paths are in
 // qlinear_avx512.cpp (AVX-512 VNNI, AMX) and qlinear_avx2.cpp, what they share in qlinear.h.
@@ -117,11 +117,13 @@ int64_t best_path() {
 std::atomic<int64_t> amx_from_rows{1};
 
 int64_t set_prefetch(int64_t path, int64_t bytes, int64_t level) {
-  TORCH_CHECK(path == 2 || path == 3, "qlinear_prefetch: the AVX-512 VNNI (2) and AMX (3) code prefetch, not path ", path);
+  TORCH_CHECK(path >= 1 && path <= 3, "qlinear_prefetch: the vector paths prefetch (1 AVX2, 2 AVX-512 VNNI, 3 AMX), not ",
+              path);
   TORCH_CHECK(bytes >= 0, "qlinear_prefetch: bytes ahead must be at least 0");
   TORCH_CHECK(level == 1 || level == 2, "qlinear_prefetch: the cache level is 1 (L1) or 2 (L2), not ", level);
   return prefetch_ahead[path][level - 1].exchange(bytes);
 }
+
 
 int64_t amx_from(int64_t rows) {
   TORCH_CHECK(rows >= 1, "qlinear_amx_from: rows must be at least 1");
@@ -236,11 +238,8 @@ at::Tensor qlinear(const at::Tensor& input, const at::Tensor& codes, const at::T
             amx_for(bits)(w, a, t0, r0, rows, out);
           } else if (path == 2) {
             avx512_for(bits, rows)(w, a, t0, r0, out);
-          } else if (path == 1 && rows <= 3) {
-            avx2_rows_for(bits)(w, a, t0, r0, rows, out);
           } else if (path == 1) {
-            for (int64_t t = t0; t < t0 + BLOCK; ++t)
-              avx2_for(bits, rows)(w, a, t, r0, out);
+            avx2_for(bits)(w, a, t0, r0, rows, out);
           } else
 #endif
           for (int64_t t = t0; t < t0 + BLOCK; ++t) tile_scalar(w, a, t, r0, rows, out);

@@ -29,14 +29,18 @@ struct Weights {
   const c10::Half* scales;  // [N/64, K/G, 4, 2, 16]
   const float* bias;        // [N] or nullptr
   int64_t N, K, G, bits;
+  int64_t loads, groups;    // K/L and K/G, divided once: the paths address weights in their inner loops
+  Weights(const uint8_t* codes, const c10::Half* scales, const float* bias, int64_t N, int64_t K, int64_t G,
+          int64_t bits)
+      : codes(codes), scales(scales), bias(bias), N(N), K(K), G(G), bits(bits), loads(K / per_load()), groups(K / G) {}
   int64_t per_load() const { return bits == 4 ? 8 : 4; }
   // The 64 bytes of tile t at load index l (inputs l * per_load() onwards).
   const uint8_t* load(int64_t t, int64_t l) const {
-    return codes + ((t / BLOCK * (K / per_load()) + l) * BLOCK + t % BLOCK) * 64;
+    return codes + ((t / BLOCK * loads + l) * BLOCK + t % BLOCK) * 64;
   }
   // Tile t's 16 scales of group g (its 16 mins follow).
   const c10::Half* scale(int64_t t, int64_t g) const {
-    return scales + ((t / BLOCK * (K / G) + g) * BLOCK + t % BLOCK) * 2 * TILE;
+    return scales + ((t / BLOCK * groups + g) * BLOCK + t % BLOCK) * 2 * TILE;
   }
 };
 
@@ -52,6 +56,18 @@ struct Weights {
 // an array's end.
 extern std::atomic<int64_t> prefetch_ahead[4][2];
 
+// Ask for `lines` cache lines from p + near into L1 and from p + far into L2 (a distance of 0: not that one).
+__attribute__((always_inline)) inline void prefetch(const uint8_t* p, int64_t lines, int64_t near, int64_t far) {
+  if (near) {
+#pragma GCC unroll 4
+    for (int64_t l = 0; l < lines; ++l) __builtin_prefetch(p + near + 64 * l, 0, 3);
+  }
+  if (far) {
+#pragma GCC unroll 4
+    for (int64_t l = 0; l < lines; ++l) __builtin_prefetch(p + far + 64 * l, 0, 1);
+  }
+}
+
 // One block (4 tiles) by a fixed row count from row r0 (RowsFn: by `rows` rows), into y [T, N].
 using BlockFn = void (*)(const Weights& w, const Acts& a, int64_t t0, int64_t r0, float* y);
 using RowsFn = void (*)(const Weights& w, const Acts& a, int64_t t0, int64_t r0, int64_t rows, float* y);
@@ -65,8 +81,7 @@ BlockFn avx512_for(int bits, int rows);  // AVX-512 VNNI, 1..4 rows a pass
 RowsFn amx_for(int bits);                // AMX, 1..AMX_ROWS rows a pass, on tile registers amx_configure shaped
 void amx_configure(int64_t rows);
 void amx_release();
-BlockFn avx2_for(int bits, int rows);    // AVX2 on one tile (t0 is a tile here), 1..8 rows a pass
-RowsFn avx2_rows_for(int bits);          // AVX2 on a block, 1..3 rows, group by group
+RowsFn avx2_for(int bits);               // AVX2, any rows a pass (up to 8 from qlinear), group by group
 void quantize_group_avx512(const float* src, int64_t G, int8_t* dst, float* scale, float* term);  // G % 16 == 0
 void quantize_group_avx2(const float* src, int64_t G, int8_t* dst, float* scale, float* term);    // G % 8 == 0
 #endif

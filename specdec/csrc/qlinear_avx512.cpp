@@ -10,18 +10,6 @@
 namespace specdec::kernel {
 namespace {
 
-// Ask for `lines` cache lines from p + near into L1 and from p + far into L2 (a distance of 0: not that one).
-__attribute__((always_inline)) inline void prefetch(const uint8_t* p, int64_t lines, int64_t near, int64_t far) {
-  if (near) {
-#pragma GCC unroll 4
-    for (int64_t l = 0; l < lines; ++l) __builtin_prefetch(p + near + 64 * l, 0, 3);
-  }
-  if (far) {
-#pragma GCC unroll 4
-    for (int64_t l = 0; l < lines; ++l) __builtin_prefetch(p + far + 64 * l, 0, 1);
-  }
-}
-
 // -- AVX-512 VNNI: 16 outputs per register, RB rows per pass ------------------------------------------------------
 
 // The steps the AVX-512 and AMX blocks share, always inlined (one definition of what the bits are):
