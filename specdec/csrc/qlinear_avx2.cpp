@@ -25,8 +25,9 @@ namespace {
 // (the structure before): it reads every 4th cache line of the stream. On an AVX2-only Zen 3 (family 25 model 1),
 // over 257 MB of Qwen2.5-1.5B's layer shapes, paired: this structure without prefetch took 0.43x the tile
 // structure's time at 1 row, 0.55x at 2, 0.84x at 4, 0.91x at 8; asking 1 KiB ahead into L1 and 8 KiB into L2 then
-// took 0.83x no prefetch at 1 row and 0.64-0.74x at 2-8; the whole (with the int16 sums below) 0.97x the kernel
-// before at 1 row, 0.85x at 2, 0.74x at 3, 0.52x at 4, 0.65x at 8.
+// took 0.83x no prefetch at 1 row and 0.64-0.74x at 2-8; the whole (with the int16 sums below), in two runs against
+// the kernel before (benchmarks/kernel_ab.py, data/cpu/kernel_ab/): 0.87-0.95x its time at 1 row, 0.82-0.89x at 2,
+// 0.88-0.89x at 3, 0.66-0.69x at 4, 0.91-0.97x at 8.
 
 // 32 bytes of codes unpacked for the multiply: int4 -> low and high nibbles; int8 -> code - 128 as int8 (b unused).
 template <int BITS>
