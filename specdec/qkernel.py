@@ -144,8 +144,8 @@ def _measure_tuning() -> dict:
 
 
 def set_prefetch(path, ahead) -> tuple:
-    """Set how far ahead path `path` (1: AVX2, 2: AVX-512 VNNI, 3: AMX) asks for weights, `ahead` = (bytes into L1, bytes into
-    L2); returns the pair it replaces."""
+    """Set how far ahead path `path` (1: AVX2, 2: AVX-512 VNNI, 3: AMX) asks for weights, `ahead` = (bytes into L1,
+    bytes into L2); returns the pair it replaces."""
     return tuple(torch.ops.specdec.qlinear_prefetch(path, int(bytes_), level) for level, bytes_ in enumerate(ahead, 1))
 
 

@@ -117,13 +117,11 @@ int64_t best_path() {
 std::atomic<int64_t> amx_from_rows{1};
 
 int64_t set_prefetch(int64_t path, int64_t bytes, int64_t level) {
-  TORCH_CHECK(path >= 1 && path <= 3, "qlinear_prefetch: the vector paths prefetch (1 AVX2, 2 AVX-512 VNNI, 3 AMX), not ",
-              path);
+  TORCH_CHECK(path >= 1 && path <= 3, "qlinear_prefetch: paths 1 (AVX2), 2 (VNNI), 3 (AMX) prefetch, not ", path);
   TORCH_CHECK(bytes >= 0, "qlinear_prefetch: bytes ahead must be at least 0");
   TORCH_CHECK(level == 1 || level == 2, "qlinear_prefetch: the cache level is 1 (L1) or 2 (L2), not ", level);
   return prefetch_ahead[path][level - 1].exchange(bytes);
 }
-
 
 int64_t amx_from(int64_t rows) {
   TORCH_CHECK(rows >= 1, "qlinear_amx_from: rows must be at least 1");
