@@ -6,8 +6,8 @@ Two kernel versions can only be compared in one process (these machines' speed d
 minutes): the earlier commit's qlinear sources are built as a second extension, their op renamed
 (torch.ops.specdec_then.qlinear), and both run over the same weights: qkernel.TUNING_SHAPES, distinct copies over
 TUNING_BYTES (past the caches, as a forward streams them), the calls of a row count interleaved over passes in a
-fresh random order each (specdec.paired). The earlier kernel keeps its default prefetch (none, unless it tuned);
-this one runs with this machine's tuning. Writes per row count: each version's median seconds over the stack, and
+fresh random order each (specdec.paired). Both run with this machine's tuning (prefetch distances, the AMX
+crossover) wherever the earlier kernel takes it: a path it could not tune runs as it ran then (no prefetch). Writes per row count: each version's median seconds over the stack, and
 the median and range over passes of now / then, with the machine and this checkout's commit. Both must give the same
 bits (checked first).
 """
@@ -45,6 +45,18 @@ def build_then(commit: str, folder: Path):
                        is_python_module=False)
 
 
+def tune_then(tuned: dict):
+    """Set this machine's tuning in the earlier kernel where it has the knob (same advantages on both sides)."""
+    for path, ahead in tuned["prefetch"].items():
+        for level, bytes_ in enumerate(ahead, 1):
+            try:
+                torch.ops.specdec_then.qlinear_prefetch(int(path), int(bytes_), level)
+            except RuntimeError:  # that commit's code does not prefetch on this path
+                pass
+    if torch.ops.specdec.qlinear_best_path() == 3:
+        torch.ops.specdec_then.qlinear_amx_from(tuned["amx_from"])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--against", required=True, help="the earlier commit")
@@ -57,6 +69,7 @@ def main():
         sys.exit(f"kernel_ab: the kernel cannot run here ({qkernel.why_not()})")
     source = git_state()  # before anything is written
     build_then(args.against, Path(tempfile.mkdtemp(prefix="kernel-then-")))
+    tune_then(qkernel._state.get("tuning", {"prefetch": {}}))  # the scalar code has nothing to tune
     ops = {"now": torch.ops.specdec.qlinear, "then": torch.ops.specdec_then.qlinear}
     weights = qkernel._layer_stack()
     if args.bits == 8:  # twice the bytes per weight: half as many copies
