@@ -146,9 +146,9 @@ void block_avx2(const Weights& w, const Acts& a, int64_t t0, int64_t r0, int64_t
   const int64_t near = prefetch_ahead[1][0].load(std::memory_order_relaxed);
   const int64_t far = prefetch_ahead[1][1].load(std::memory_order_relaxed);
   for (int64_t g = 0; g < a.groups; ++g) {
-    int64_t r = r0;  // only a group's first pass prefetches: the others find its weights in L1
-    for (; r + 2 <= r0 + rows; r += 2) pass_avx2<2, BITS>(w, a, t0, g, r, y, r == r0 ? near : 0, r == r0 ? far : 0);
-    if (rows % 2) pass_avx2<1, BITS>(w, a, t0, g, r, y, r == r0 ? near : 0, r == r0 ? far : 0);
+    int64_t r = r0, n = near, f = far;  // only a group's first pass prefetches: the others find its weights in L1
+    for (; r + 2 <= r0 + rows; r += 2, n = f = 0) pass_avx2<2, BITS>(w, a, t0, g, r, y, n, f);
+    if (rows % 2) pass_avx2<1, BITS>(w, a, t0, g, r, y, n, f);
   }
   if (w.bias)
     for (int64_t r = r0; r < r0 + rows; ++r)
