@@ -4,10 +4,10 @@ cost curves per batch size; print what was chosen and how long it took, and warn
 CPU while it measures (a calibration measured under load is slow for every later run: specdec.calibration).
 
 Load cannot be timed away on a 2-core machine (a kernel whose second thread shares a core with another process looks
-slower than a one-thread one that does not), so it is avoided: each plan and price list is measured in a quiet moment
-(Quiet), and measured again when another process overlapped it, within QUIET_S seconds of waiting in all. A load that
-stays longer (a steady one) is measured through once the time is spent, with a warning, and marked busy in the cache:
-the engine measures those entries again on an idle machine."""
+slower than a one-thread one that does not), so it is avoided: each timed pass of the linear plans and of the price
+list runs in a quiet moment (Quiet), and again when another process overlapped it, within QUIET_S seconds of
+waiting in all. A load that stays longer (a steady one) is measured through once the time is spent, with a warning,
+and marked busy in the cache: the engine measures those entries again on an idle machine."""
 import time
 
 import torch
@@ -28,41 +28,39 @@ def busy_warning(when, used) -> str | None:
 
 
 QUIET_S = 120.0  # the most calibrate waits, in all, for other processes to leave the CPU
-TRIES = 3        # measurements of one entry at most, while other processes overlap them
+TRIES = 3        # runs of one measurement at most, while other processes overlap them
+READING_S = 0.3  # how long a reading of other processes' CPU use before a measurement lasts
 
 
 class Quiet:
-    """Measurements in quiet moments: `measure` waits (while the budget of seconds lasts) until other processes use at
-    most BUSY_CORES, runs, and runs again (fresh) when they overlapped a run that measured, up to TRIES runs.
-    again: how many runs were repeated; kept_under_load: the most cores others used during a measurement it kept."""
+    """Measurements in quiet moments: `measure` waits (while its budget of seconds spent waiting lasts) until other
+    processes use at most BUSY_CORES, runs, and runs again (fresh) when they overlapped the run, up to TRIES runs.
+    again: how many runs were repeated; kept_under_load: the most cores others used during a run it kept."""
 
     def __init__(self, budget, say):
-        self.deadline, self.say, self.again, self.kept_under_load = time.monotonic() + budget, say, 0, 0.0
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
+        self.budget, self.say, self.again, self.kept_under_load = budget, say, 0, 0.0
 
     def wait(self):
         told = False
-        while self.left() > 0:
-            used = others_cpu(1.0)
+        while self.budget > 0:
+            used = others_cpu(READING_S)
             if used <= BUSY_CORES:
                 return
+            self.budget -= READING_S
             if not told:
-                self.say(f"  other processes use {used:.1f} cores: waiting for a quiet moment (up to {self.left():.0f} "
-                         f"s more)")
+                self.say(f"  other processes use {used:.1f} cores: waiting for a quiet moment (up to "
+                         f"{max(self.budget, 0):.0f} s more)")
                 told = True
 
-    def measure(self, what, run, kind, key):
-        """run(fresh) -> its result; `kind`, `key`: its entry in the calibration ledger (did the run measure?)."""
+    def measure(self, what, run):
+        """run(fresh) -> its result, from a run that other processes did not overlap if one can be had."""
         for attempt in range(TRIES):
             self.wait()
             clock = cpu_clock()
             result = run(attempt > 0)
             used = others_since(clock)
-            measured = calibration.LEDGER[kind][key]["source"].startswith("measured")
-            if not measured or used <= BUSY_CORES or self.left() <= 0 or attempt == TRIES - 1:
-                self.kept_under_load = max(self.kept_under_load, used if measured else 0.0)
+            if used <= BUSY_CORES or self.budget <= 0 or attempt == TRIES - 1:
+                self.kept_under_load = max(self.kept_under_load, used)
                 return result
             self.say(f"  {what}: other processes used {used:.1f} cores while it was measured: measuring it again")
             self.again += 1
@@ -95,11 +93,13 @@ def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft
             say("  " + line)
     start = time.perf_counter()
     if linear_mode() == "auto":
-        for key, weight in weights_by_shape(models).items():
-            first = force or measured_busy(PLANS.load().get(key))
-            plan = quiet.measure(f"linear {key}", lambda again: PLANS.get(weight, fresh=first or again), "linear",
-                                 key)["fast"]
-            say(f"  linear {key}: {plan_ranges(plan)}")
+        weights, table = weights_by_shape(models), PLANS.load()
+        todo = {key: w for key, w in weights.items() if force or key not in table or measured_busy(table[key])}
+        if todo:
+            say(f"  timing the linear paths of {len(todo)} weight shapes, in passes spread over the measurement")
+            PLANS.measure(todo, fresh=True, quiet=quiet.measure)
+        for key, plan in PLANS.measure(weights).items():
+            say(f"  linear {key}: {plan_ranges(plan['fast'])}")
     else:
         say(f"  linear path: SPECDEC_LINEAR={linear_mode()} (no plans)")
     high = resolve("auto").k_max
@@ -107,9 +107,8 @@ def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft
         roles = [("target", pair.target)] + ([("draft", pair.draft)] if pair.draft is not None else [])
         again = force or any(measured_busy(costs.table().get(costs.entry_key(r, m, batch))) for r, m in roles)
         with torch.inference_mode():
-            curve = quiet.measure(f"prices at batch {batch}", lambda more: costs.price_list(
-                pair.target, pair.draft, batch, high + 1, fresh=again or more)[0], "costs",
-                costs.entry_key("target", pair.target, batch))
+            curve = costs.price_list(pair.target, pair.draft, batch, high + 1, fresh=again, quiet=lambda what, run:
+                                     quiet.measure(f"prices at batch {batch}, {what}", run))[0]
             prices = costs.prices(pair.target, pair.draft, batch, high)
             padded = costs.padded_rows(pair.target, batch)
         verify = ", ".join(f"{t}: {prices['verify_s'][t] * 1e3:.1f}" for t in (1, 2, 3, 5, high + 1))
@@ -122,7 +121,7 @@ def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft
     snap = calibration.snapshot()
     fresh = sum(e["source"].startswith("measured") for k in calibration.LEDGER for e in snap[k].values())
     say(f"calibration {snap['id']}: {fresh} entries measured now, the rest from the cache"
-        + (f" ({quiet.again} measured again: load overlapped them)" if quiet.again else "")
+        + (f" (timed passes run again because load overlapped them: {quiet.again})" if quiet.again else "")
         + f"; {time.perf_counter() - start:.1f} s")
     # Only a measurement can be spoiled by load (an entry read from the cache cannot), and only a kept one matters.
     after = busy_warning("while it measured", quiet.kept_under_load)

@@ -87,19 +87,20 @@ def entry_key(role, model, batch) -> str:
             f" | median of paired passes")
 
 
-def measure(target, draft, batch, top) -> tuple:
+def measure(target, draft, batch, top, quiet=paired.at_once) -> tuple:
     """Time the target's forwards over cost_points(top - 1) tokens and, with a draft, its step and prefill, in
-    interleaved passes (the module docstring); returns (target entry, draft entry or None), unstamped."""
+    interleaved passes (the module docstring; `quiet`: how each pass runs, specdec.paired.interleaved); returns
+    (target entry, draft entry or None), unstamped."""
     forward = Forwards(target, batch, top)
     jobs = {t: functools.partial(forward, t, keep=0) for t in cost_points(top - 1)}
     if draft is not None:
         step = Forwards(draft, batch, PREFILL)
         jobs.update(step=functools.partial(step, 1), prefill=functools.partial(step, PREFILL))
     order = random.Random(0)
-    times = paired.interleaved(jobs, PASSES, shuffle=order)
+    times = paired.interleaved(jobs, PASSES, shuffle=order, quiet=quiet)
     settled = agree(times)
     while not settled and len(times[1]) < MOST_PASSES:
-        more = paired.interleaved(jobs, PASSES, shuffle=order, warm_up=False)
+        more = paired.interleaved(jobs, PASSES, shuffle=order, warm_up=False, quiet=quiet)
         times = {name: times[name] + more[name] for name in jobs}
         settled = agree(times)
     price, noise = estimate(times)
@@ -138,9 +139,9 @@ def pad_gain(noise: float) -> float:
     return PAD_GAIN + 3 * noise
 
 
-def price_list(target, draft, batch, need=DENSE, fresh=False) -> tuple:
+def price_list(target, draft, batch, need=DENSE, fresh=False, quiet=paired.at_once) -> tuple:
     """(target entry, draft entry or None) of these models at `batch`, the curve reaching at least T = `need`:
-    from the cache, or measured together when either is absent, too short, or `fresh`."""
+    from the cache, or measured together (`quiet` as in measure) when either is absent, too short, or `fresh`."""
     keys = [entry_key("target", target, batch)] + ([entry_key("draft", draft, batch)] if draft is not None else [])
     cached = [table().get(key) for key in keys]
     measured = fresh or any(e is None for e in cached) or reach(cached[0]) < need
@@ -149,7 +150,7 @@ def price_list(target, draft, batch, need=DENSE, fresh=False) -> tuple:
         # On the path the generation will run (re-entering is a no-op inside generate): a price measured on
         # torch's default path would be stored under `linear auto` and mislead every later run.
         with torch.inference_mode(), fast_linears([target, draft]):
-            cached = [calibration.stamp(e) for e in measure(target, draft, batch, top) if e is not None]
+            cached = [calibration.stamp(e) for e in measure(target, draft, batch, top, quiet) if e is not None]
         for key, entry in zip(keys, cached):
             table()[key] = entry
             write_cache(COSTS, key, entry)

@@ -9,11 +9,12 @@ in the weight's dtype (float32, or bfloat16 for a draft loaded in it):
   onednn  oneDNN's matmul on the weight as it is (torch.ops.mkldnn._linear_pointwise, what Inductor calls)
   packed  the same, against a weight reordered once into oneDNN's blocked layout (a copy)
 Which path wins differs from CPU to CPU (DESIGN.md section 6), so nothing is fixed in code: for each
-(out, in) shape and dtype the paths are timed once at a dozen row counts, and the plan is cached per machine
-(CPU model, torch version, threads) under specdec.machine.measurement_root(). A plan is one path per range of row
-counts (RANGES), not per row count, and a path replaces the default only when it wins by more than the
-measurement's own spread: on a shared machine whose speed drifts, a path per row count was noise recorded as a
-decision (two calibrations minutes apart disagreed on 8 of 10 shapes).
+(out, in) shape and dtype the paths are timed at a dozen row counts, in passes spread over the whole measurement
+of a model's shapes (measure_shapes), and the plan is cached per machine (CPU model, torch version, threads) under
+specdec.machine.measurement_root(). A plan is one path per range of row counts (RANGES), not per row count, and a
+path replaces the default only when it wins by more than the measurement's own spread: on a shared machine whose
+speed drifts, a path per row count was noise recorded as a decision (two calibrations minutes apart disagreed on 8
+of 10 shapes).
 
 A copy costs the weight's memory again (kept on the module for the next generations). A copy path must beat
 the best in-place path by 10%, and a copy is made only while the machine keeps MEMORY_FLOOR of its RAM
@@ -32,6 +33,7 @@ import argparse
 import contextlib
 import functools
 import os
+import random
 import time
 
 import psutil
@@ -104,23 +106,26 @@ def paths_for(dtype) -> tuple:
     return tuple(runs)
 
 
-def time_paths(weight, rows, reps, paths=None) -> dict:
-    """{path: [seconds per call in each of `reps` interleaved passes]} for products over `rows` rows
-    (specdec.paired), of `paths` (default: every path this CPU runs in the weight's dtype) less those a first
-    call screens out (SCREEN; the default path is always timed: it is what the others are compared with). A pass
-    times each path over ~SAMPLE_BYTES of weight reads (up to 16 calls in a row): one call of a small product
-    takes microseconds, where the jitter of a single call decides nothing."""
+def time_paths(operands, rows, passes=1, screen=False, warm_up=True, shuffle=None) -> dict:
+    """{path: [seconds per call in each of `passes` interleaved passes]} for products over `rows` rows
+    (specdec.paired), of every path in `operands` ({path: prepare(path, W)}). `screen`: a first call of each
+    screens out the paths over SCREEN x the fastest (the default path is always timed: it is what the others are
+    compared with). A pass times each path over ~SAMPLE_BYTES of weight reads (up to 16 calls in a row): one call
+    of a small product takes microseconds, where the jitter of a single call decides nothing."""
+    weight = operands["linear"]
     x = torch.randn(rows, weight.shape[1], dtype=weight.dtype, device=weight.device)
-    operands = {path: prepare(path, weight) for path in paths or paths_for(weight.dtype)}
-    first = {}
-    for path, w in operands.items():
-        run_path(path, x, w, None)  # untimed: oneDNN builds its kernel for a new shape on the first call
-        start = time.perf_counter()
-        run_path(path, x, w, None)
-        first[path] = time.perf_counter() - start
-    operands = {p: w for p, w in operands.items() if p == "linear" or first[p] <= SCREEN * min(first.values())}
+    if screen:
+        first = {}
+        for path, w in operands.items():
+            run_path(path, x, w, None)  # untimed: oneDNN builds its kernel for a new shape on the first call
+            start = time.perf_counter()
+            run_path(path, x, w, None)
+            first[path] = time.perf_counter() - start
+        operands = {p: w for p, w in operands.items() if p == "linear" or first[p] <= SCREEN * min(first.values())}
     calls = int(min(max(SAMPLE_BYTES // (weight.numel() * weight.element_size()), 1), 16))
-    return paired.interleaved({p: functools.partial(run_path, p, x, w, None) for p, w in operands.items()}, reps, calls)
+    # A small weight left the caches while other shapes were timed: warm it again, as a generation's calls find it.
+    return paired.interleaved({p: functools.partial(run_path, p, x, w, None) for p, w in operands.items()}, passes,
+                              calls, shuffle, warm_up=warm_up or calls > 1)
 
 
 def pick(times, lean=False, spread=0.0) -> str:
@@ -132,20 +137,56 @@ def pick(times, lean=False, spread=0.0) -> str:
     return in_place if lean else paired.preferred(times, [in_place, *copies], COPY_GAIN, spread)
 
 
-def measure_shape(weight, max_rows=MAX_ROWS) -> dict:
-    """{"fast": {rows: path}, "lean": {rows: path}, "costs"} for one weight [out, in]: a path per range of RANGES,
-    compared paired over the row counts measured inside it (specdec.paired); "costs": per range, each path's cost
-    relative to the default's and their spread (what the choice was made on, kept for the reader)."""
-    weight = weight.detach()
+def sampling(weight) -> tuple:
+    """(row counts, passes) one weight is timed at."""
     big = weight.numel() >= 2**25  # an LM head: ~0.1 s per call, so fewer points (2 passes flipped its plan)
     points = (1, 2, 4, 8, 16, 32, 64) if big else (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
     # Small products take well under a millisecond, where single calls are noisy: give them more passes (the
     # whole measurement stays within a second or so per shape).
-    reps = 4 if big else 3 if weight.numel() >= 2**23 else 6
-    samples, paths = {}, paths_for(weight.dtype)
-    for r in (r for r in points if r <= max_rows):
-        samples[r] = time_paths(weight, r, reps, paths)
-        paths = tuple(samples[r])  # a path screened out at fewer rows is not tried at more (the gap seen grew with rows)
+    return points, 4 if big else 3 if weight.numel() >= 2**23 else 6
+
+
+def measure_shapes(weights: dict, max_rows=MAX_ROWS, quiet=paired.at_once) -> dict:
+    """{key: {"fast": {rows: path}, "lean": {rows: path}, "costs"}} for `weights` ({key: weight [out, in]}), timed
+    in rounds: each round gives every weight one interleaved pass of its paths at each of its row counts (in a
+    shuffled order), so a weight's passes spread over the whole measurement. Why: on a shared machine the paths' costs
+    relative to each other move within seconds (on a Zen 3, a 1536x1536 product over 1 row on oneDNN took 0.64-1.17x
+    the default's time in passes 17 s apart, each reading agreeing to ~5% within its own second), so passes taken in
+    one burst record one moment's noise as a decision. `quiet(what, run)`: how one shape's pass of a round runs
+    (specdec.calibrate waits for a quiet moment and runs again a pass that load overlapped)."""
+    order = random.Random(0)
+    shapes = {key: (w.detach(), *sampling(w)) for key, w in weights.items()}
+    samples = {key: {} for key in weights}  # key -> {rows: {path: [seconds per pass]}}
+    for round_ in range(max(passes for _, _, passes in shapes.values())):
+        for key, (weight, points, passes) in shapes.items():
+            if round_ < passes:
+                new = quiet(f"linear {key}, pass {round_ + 1} of {passes}", lambda again: time_round(
+                    weight, [r for r in points if r <= max_rows], samples[key], order))
+                for r, times in new.items():
+                    for path, seconds in times.items():
+                        samples[key].setdefault(r, {}).setdefault(path, []).extend(seconds)
+    return {key: plan_from(samples[key], max_rows) for key in weights}
+
+
+def time_round(weight, points, kept, order) -> dict:
+    """{rows: {path: [seconds]}}: one interleaved pass at each row count of `points`. The first round (nothing
+    `kept` yet) screens the paths and warms every kernel up; the next ones time the paths kept at each row count."""
+    paths = set().union(*kept.values()) if kept else paths_for(weight.dtype)
+    operands = {path: prepare(path, weight) for path in paths}  # made once a round: a copy of an LM head is 1 GB
+    new = {}
+    for r in points:
+        if kept:
+            new[r] = time_paths({p: operands[p] for p in kept[r]}, r, warm_up=False, shuffle=order)
+        else:
+            new[r] = time_paths(operands, r, screen=True, shuffle=order)
+            operands = {p: w for p, w in operands.items() if p in new[r]}
+    return new
+
+
+def plan_from(samples, max_rows) -> dict:
+    """A path per range of RANGES, compared paired over the row counts measured inside it (specdec.paired);
+    "costs": per range, each path's cost relative to the default's and their spread (what the choice was made
+    on, kept for the reader)."""
     plan = {"fast": {}, "lean": {}, "costs": {}}
     for lo, hi in RANGES:
         inside = {r: t for r, t in samples.items() if lo <= r <= hi}
@@ -184,17 +225,21 @@ class Plans:
     def get(self, weight, fresh=False) -> dict:
         """{"fast": {rows: path}, "lean": {rows: path}} for this weight's shape and dtype; `fresh`: measured
         again even if cached."""
-        key = shape_key(weight)
-        table = self.load()
-        measured = fresh or key not in table
-        if measured:
-            table[key] = calibration.stamp(measure_shape(weight))
-            self.save(key)
-        calibration.note("linear", key, table[key], measured)
-        return {half: {int(r): p for r, p in table[key][half].items()} for half in ("fast", "lean")}
+        return self.measure({shape_key(weight): weight}, fresh)[shape_key(weight)]
 
-    def save(self, key):
-        write_cache(CACHE, plan_key(), {key: self.table[key]})
+    def measure(self, weights: dict, fresh=False, quiet=paired.at_once) -> dict:
+        """{key: {"fast", "lean"}} for `weights` ({shape key: weight}): the ones not cached (all of them: `fresh`)
+        measured together (measure_shapes, `quiet` as there), the rest read from the cache."""
+        table = self.load()
+        todo = {key: w for key, w in weights.items() if fresh or key not in table}
+        if todo:
+            for key, plan in measure_shapes(todo, quiet=quiet).items():
+                table[key] = calibration.stamp(plan)
+            write_cache(CACHE, plan_key(), {key: table[key] for key in todo})
+        for key in weights:
+            calibration.note("linear", key, table[key], key in todo)
+        return {key: {half: {int(r): p for r, p in table[key][half].items()} for half in ("fast", "lean")}
+                for key in weights}
 
 
 PLANS = Plans()
@@ -265,8 +310,7 @@ def plans_in_use(models) -> list:
 
 def remeasure(models):
     """Measure the plans of these models' linears again (outside any timed run)."""
-    for weight in weights_by_shape(models).values():
-        PLANS.get(weight, fresh=True)
+    PLANS.measure(weights_by_shape(models), fresh=True)
 
 
 def linears(models):
@@ -287,13 +331,14 @@ def fast_linears(models):
     patched = []
     try:
         if choice != "off":
+            plans = PLANS.measure(weights_by_shape(models)) if choice == "auto" else {}  # missing ones together
             for module in linears(models):
                 if "forward" in module.__dict__:
                     continue  # already patched (the target is also the draft) or patched by someone else
                 if choice == "auto":
-                    plans = PLANS.get(module.weight)
-                    copies = set(plans["fast"].values()) & set(COPIES)
-                    plan = plans["fast"] if not copies or room_for_copy(module) else plans["lean"]
+                    halves = plans[shape_key(module.weight)]
+                    copies = set(halves["fast"].values()) & set(COPIES)
+                    plan = halves["fast"] if not copies or room_for_copy(module) else halves["lean"]
                 elif choice in paths_for(module.weight.dtype):
                     plan = {r: choice for r in range(1, MAX_ROWS + 1)}
                 else:  # a forced path this CPU cannot run in this dtype: the module keeps its own forward

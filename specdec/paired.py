@@ -15,23 +15,36 @@ import numpy as np
 MAX_SPREAD = 0.25  # the most extra margin noise adds (a candidate twice as fast still wins on a noisy day)
 
 
-def interleaved(candidates: dict, passes: int, calls: int = 1, shuffle=None, warm_up=True) -> dict:
+def at_once(what, run):
+    """A `quiet` that runs a measurement at once (specdec.calibrate's Quiet waits for a quiet moment instead)."""
+    return run(False)
+
+
+def interleaved(candidates: dict, passes: int, calls: int = 1, shuffle=None, warm_up=True, quiet=at_once) -> dict:
     """{name: [seconds per call in each pass]}: each `candidates[name]()` called `calls` times in a row per pass
     (a short call's jitter averages out over several), the names in turn (in an order `shuffle`, a random.Random,
     draws anew for every pass, so no name always follows the same one), after one untimed warm-up pass (page-in,
-    kernel selection)."""
-    times = {name: [] for name in candidates}
-    for rep in range(0 if warm_up else 1, passes + 1):
+    kernel selection). `quiet(what, run)`: how each timed pass runs (specdec.calibrate waits for a quiet moment and
+    runs a pass again when other processes overlapped it)."""
+    def one_pass(again=False) -> dict:
         order = list(candidates)
         if shuffle is not None:
             shuffle.shuffle(order)
+        seconds = {}
         for name in order:
-            run = candidates[name]
             start = time.perf_counter()
             for _ in range(calls):
-                run()
-            if rep:
-                times[name].append((time.perf_counter() - start) / calls)
+                candidates[name]()
+            seconds[name] = (time.perf_counter() - start) / calls
+        return seconds
+
+    if warm_up:
+        one_pass()
+    times = {name: [] for name in candidates}
+    for rep in range(passes):
+        seconds = quiet(f"pass {rep + 1} of {passes}", one_pass)
+        for name in candidates:
+            times[name].append(seconds[name])
     return times
 
 

@@ -163,9 +163,20 @@ def test_calibrate_waits_for_a_quiet_moment_and_measures_again_what_a_burst_over
     assert "other processes use 1.5 cores: waiting for a quiet moment" in text
     lines = text.splitlines()
     again = next(i for i, line in enumerate(lines) if "measuring it again" in line)
-    assert text.count("measuring it again") == 1  # the overlapped entry (the first), measured again before its report
-    assert lines[again + 1].startswith(lines[again].split(":")[0] + ": ")
-    assert "(1 measured again: load overlapped them)" in text and "warning: while it measured" not in text
+    assert text.count("measuring it again") == 1  # the overlapped measurement (the plans' first pass), run again
+    assert lines[again].startswith("  linear ") and ", pass 1 of " in lines[again]  # the first shape's first pass
+    assert "linear 64x64 float32: " in "\n".join(lines[again + 1:])
+    assert "(timed passes run again because load overlapped them: 1)" in text and "warning: while it measured" not in text
+
+
+def test_the_quiet_budget_is_spent_only_on_waiting(monkeypatch):
+    """Loading models and measuring take minutes: a budget that counted them left nothing to wait or retry with."""
+    monkeypatch.setattr(calibrate, "others_cpu", lambda seconds=0.3: 0.0)
+    bursts = iter([2.0, 0.0])  # a burst overlapped the first run
+    monkeypatch.setattr(calibrate, "others_since", lambda clock: next(bursts))
+    quiet = calibrate.Quiet(0.2, print)
+    assert quiet.measure("m", lambda fresh: time.sleep(0.3) or fresh) is True  # the second run's result
+    assert quiet.again == 1 and quiet.budget == 0.2
 
 
 def test_a_steady_load_is_measured_through_once_the_wait_is_spent_and_said(monkeypatch):

@@ -81,8 +81,9 @@ def test_unknown_mode_is_refused_before_model_work(float32_pair, monkeypatch):
 
 def test_plans_are_measured_once_and_cached_per_machine(tmp_path, monkeypatch):
     calls = []
-    measure = linear.measure_shape
-    monkeypatch.setattr(linear, "measure_shape", lambda w: calls.append(w.shape) or measure(w))
+    measure = linear.measure_shapes
+    monkeypatch.setattr(linear, "measure_shapes", lambda ws, quiet=None: calls.append([w.shape for w in ws.values()])
+                        or measure(ws))
     weight = torch.randn(40, 24)
     plans = linear.PLANS.get(weight)
     for half in ("fast", "lean"):
@@ -90,7 +91,7 @@ def test_plans_are_measured_once_and_cached_per_machine(tmp_path, monkeypatch):
     assert not set(plans["lean"].values()) & set(linear.COPIES)
     linear.PLANS.get(weight)
     linear.Plans().get(weight)  # a new process reads the file
-    assert calls == [(40, 24)]
+    assert calls == [[(40, 24)]]
     saved = json.loads((tmp_path / "linear-plans.json").read_text())
     assert saved[linear.plan_key()]["40x24 float32"]
 
@@ -109,8 +110,8 @@ def test_pick_keeps_the_default_unless_another_path_wins_clearly():
 def test_without_room_for_a_copy_a_module_takes_its_in_place_path(float32_pair, monkeypatch):
     target, draft = float32_pair
     module = next(linear.linears([target]))
-    monkeypatch.setattr(linear.PLANS, "get", lambda w: dict(fast={r: "packed" for r in range(1, 17)},
-                                                           lean={r: "onednn" for r in range(1, 17)}))
+    plan = dict(fast={r: "packed" for r in range(1, 17)}, lean={r: "onednn" for r in range(1, 17)})
+    monkeypatch.setattr(linear.PLANS, "measure", lambda weights: dict.fromkeys(weights, plan))
     monkeypatch.setattr(linear, "MEMORY_FLOOR", 1.0)  # no machine has more than all of its RAM free
     used = []
     run_path = linear.run_path
@@ -229,11 +230,25 @@ def test_two_calibrations_under_drifting_noise_choose_the_same_plan(monkeypatch)
         monkeypatch.setattr(paired, "time", machine)
         monkeypatch.setattr(linear, "time", machine)  # the first-call screen too: on the real clock a fake call's
         # jitter (a pause of the interpreter) could screen a path out, and the plans differed in one CI run
-        plans.append(linear.measure_shape(torch.zeros(64, 64)))
+        plans.append(linear.measure_shapes({"w": torch.zeros(64, 64)})["w"])
     assert all(plan["fast"] == plans[0]["fast"] and plan["lean"] == plans[0]["lean"] for plan in plans)
     assert plans[0]["costs"]["2-4"]["packed"] < 0.8 < plans[0]["costs"]["9-16"]["packed"]  # what it chose on
     assert linear.plan_ranges(plans[0]["fast"]) == "1 linear, 2-8 packed, 9-64 linear"
     assert set(plans[0]["lean"].values()) == {"linear"}
+
+
+def test_each_shapes_passes_are_spread_over_the_whole_measurement(monkeypatch):
+    """The paths' relative costs move within seconds on a shared machine: a shape timed in one burst records one
+    moment. Each round times every shape once, so two shapes' passes alternate (a burst per shape would switch
+    from one to the other once)."""
+    order = []
+    run_path = linear.run_path
+    linear.paths_for(torch.float32)  # tried once per process, on a product of its own
+    monkeypatch.setattr(linear, "run_path", lambda p, x2, w, b: order.append(x2.shape[1]) or run_path(p, x2, w, b))
+    plans = linear.measure_shapes({"a": torch.randn(64, 32), "b": torch.randn(64, 48)}, max_rows=2)
+    shapes = [s for i, s in enumerate(order) if i == 0 or s != order[i - 1]]  # the runs of one shape's calls
+    passes = linear.sampling(torch.zeros(64, 32))[1]
+    assert shapes == [32, 48] * passes and set(plans) == {"a", "b"}
 
 
 def test_a_plan_is_one_path_per_range_of_row_counts():
@@ -256,7 +271,7 @@ def test_a_path_this_cpu_cannot_run_in_a_dtype_is_never_measured_or_planned(monk
     linear.paths_for.cache_clear()
     try:
         assert "xwt" not in linear.paths_for(torch.bfloat16) and "xwt" in linear.paths_for(torch.float32)
-        plans = linear.measure_shape(torch.randn(32, 48, dtype=torch.bfloat16), max_rows=4)
+        plans = linear.measure_shapes({"w": torch.randn(32, 48, dtype=torch.bfloat16)}, max_rows=4)["w"]
         assert "xwt" not in set(plans["fast"].values()) | set(plans["lean"].values())
     finally:
         linear.paths_for.cache_clear()
