@@ -4,10 +4,11 @@ cost curves per batch size; print what was chosen and how long it took, and warn
 CPU while it measures (a calibration measured under load is slow for every later run: specdec.calibration).
 
 Load cannot be timed away on a 2-core machine (a kernel whose second thread shares a core with another process looks
-slower than a one-thread one that does not), so it is avoided: each timed pass of the linear plans and of the price
-list runs in a quiet moment (Quiet), and again when another process overlapped it, within QUIET_S seconds of
-waiting in all. A load that stays longer (a steady one) is measured through once the time is spent, with a warning,
-and marked busy in the cache: the engine measures those entries again on an idle machine."""
+slower than a one-thread one that does not), so it is avoided: each timed pass of the plans it measures and of the
+price list runs in a quiet moment (Quiet), and again when another process overlapped it, within QUIET_S seconds of
+waiting in all (the draft dtype's timing, inside load_pair, does not wait). A load that stays longer (a steady one)
+is measured through once the time is spent, with a warning, and marked busy in the cache: the engine measures those
+entries again on an idle machine."""
 import time
 
 import torch
@@ -58,7 +59,9 @@ class Quiet:
             self.wait()
             clock = cpu_clock()
             result = run(attempt > 0)
-            used = others_since(clock)
+            # over at least a reading's length: a small shape's pass takes tens of milliseconds, where one ~10 ms tick
+            # of CPU time counted on the wrong side reads as a fifth of a core (one disturbed pass: the median's job)
+            used = others_since(clock, window=READING_S)
             if used <= BUSY_CORES or self.budget <= 0 or attempt == TRIES - 1:
                 self.kept_under_load = max(self.kept_under_load, used)
                 return result

@@ -111,7 +111,8 @@ def time_paths(operands, rows, passes=1, screen=False, warm_up=True, shuffle=Non
     (specdec.paired), of every path in `operands` ({path: prepare(path, W)}). `screen`: a first call of each
     screens out the paths over SCREEN x the fastest (the default path is always timed: it is what the others are
     compared with). A pass times each path over ~SAMPLE_BYTES of weight reads (up to 16 calls in a row): one call
-    of a small product takes microseconds, where the jitter of a single call decides nothing."""
+    of a small product takes microseconds, where the jitter of a single call decides nothing. `warm_up`: one
+    untimed pass first, always taken for such small products (other shapes' passes left them out of the caches)."""
     weight = operands["linear"]
     x = torch.randn(rows, weight.shape[1], dtype=weight.dtype, device=weight.device)
     if screen:
@@ -123,7 +124,6 @@ def time_paths(operands, rows, passes=1, screen=False, warm_up=True, shuffle=Non
             first[path] = time.perf_counter() - start
         operands = {p: w for p, w in operands.items() if p == "linear" or first[p] <= SCREEN * min(first.values())}
     calls = int(min(max(SAMPLE_BYTES // (weight.numel() * weight.element_size()), 1), 16))
-    # A small weight left the caches while other shapes were timed: warm it again, as a generation's calls find it.
     return paired.interleaved({p: functools.partial(run_path, p, x, w, None) for p, w in operands.items()}, passes,
                               calls, shuffle, warm_up=warm_up or calls > 1)
 
@@ -148,16 +148,17 @@ def sampling(weight) -> tuple:
 
 def measure_shapes(weights: dict, max_rows=MAX_ROWS, quiet=paired.at_once) -> dict:
     """{key: {"fast": {rows: path}, "lean": {rows: path}, "costs"}} for `weights` ({key: weight [out, in]}), timed
-    in rounds: each round gives every weight one interleaved pass of its paths at each of its row counts (in a
-    shuffled order), so a weight's passes spread over the whole measurement. Why: on a shared machine the paths' costs
-    relative to each other move within seconds (on a Zen 3, a 1536x1536 product over 1 row on oneDNN took 0.64-1.17x
-    the default's time in passes 17 s apart, each reading agreeing to ~5% within its own second), so passes taken in
-    one burst record one moment's noise as a decision. `quiet(what, run)`: how one shape's pass of a round runs
-    (specdec.calibrate waits for a quiet moment and runs again a pass that load overlapped)."""
+    in rounds: each round gives every weight still due a pass one interleaved pass of its paths (in an order drawn
+    anew each time) at each of its row counts, so a weight's passes spread over the whole measurement. Why: on a shared
+    machine the paths' costs relative to each other move within seconds (on a Zen 3, a 1536x1536 product over 1 row on
+    oneDNN took 0.64-1.17x the default's time in readings 17-18 s apart, each reading's spread 0.04-0.10), so passes
+    taken in one burst record one moment's noise as a decision. `quiet(what, run)`: how one shape's pass of a round
+    runs (specdec.calibrate waits for a quiet moment and runs again a pass that load overlapped). Nothing is kept
+    until every shape is measured (an interrupted measurement is measured again)."""
     order = random.Random(0)
     shapes = {key: (w.detach(), *sampling(w)) for key, w in weights.items()}
     samples = {key: {} for key in weights}  # key -> {rows: {path: [seconds per pass]}}
-    for round_ in range(max(passes for _, _, passes in shapes.values())):
+    for round_ in range(max((passes for _, _, passes in shapes.values()), default=0)):
         for key, (weight, points, passes) in shapes.items():
             if round_ < passes:
                 new = quiet(f"linear {key}, pass {round_ + 1} of {passes}", lambda again: time_round(
@@ -170,13 +171,14 @@ def measure_shapes(weights: dict, max_rows=MAX_ROWS, quiet=paired.at_once) -> di
 
 def time_round(weight, points, kept, order) -> dict:
     """{rows: {path: [seconds]}}: one interleaved pass at each row count of `points`. The first round (nothing
-    `kept` yet) screens the paths and warms every kernel up; the next ones time the paths kept at each row count."""
-    paths = set().union(*kept.values()) if kept else paths_for(weight.dtype)
+    `kept` yet) screens the paths and warms every kernel up; the next ones time the paths kept at each row count,
+    after one untimed pass at the first (making the copies just now left part of them in the caches)."""
+    paths = [p for p in paths_for(weight.dtype) if not kept or any(p in times for times in kept.values())]
     operands = {path: prepare(path, weight) for path in paths}  # made once a round: a copy of an LM head is 1 GB
     new = {}
     for r in points:
         if kept:
-            new[r] = time_paths({p: operands[p] for p in kept[r]}, r, warm_up=False, shuffle=order)
+            new[r] = time_paths({p: operands[p] for p in kept[r]}, r, warm_up=r == points[0], shuffle=order)
         else:
             new[r] = time_paths(operands, r, screen=True, shuffle=order)
             operands = {p: w for p, w in operands.items() if p in new[r]}

@@ -80,11 +80,12 @@ def cpu_clock() -> tuple:
     return time.monotonic(), sum(psutil.Process().cpu_times()[:2]), total.user + total.system + getattr(total, "nice", 0.0)
 
 
-def others_since(clock) -> float:
-    """Cores' worth of CPU time other processes (this one excluded) used since `clock` (cpu_clock()): a
+def others_since(clock, window=0.0) -> float:
+    """Cores' worth of CPU time other processes (this one excluded) used since `clock` (cpu_clock()), over at least
+    `window` seconds (CPU time is counted in ticks of ~10 ms: over a short run one tick reads as a large share): a
     measurement taken while this is high measures the contention, not the machine."""
     now = cpu_clock()
-    return max(0.0, (now[2] - clock[2]) - (now[1] - clock[1])) / max(now[0] - clock[0], 1e-9)
+    return max(0.0, (now[2] - clock[2]) - (now[1] - clock[1])) / max(now[0] - clock[0], window, 1e-9)
 
 
 def others_cpu(seconds=0.3) -> float:

@@ -142,7 +142,7 @@ def test_calibrate_warns_of_load_while_measuring_only_when_it_measured(monkeypat
     # entries busy and the second run would measure them again (a flaky test on a shared machine)
     monkeypatch.setattr(calibration, "busy_now", lambda max_age=30.0: False)
     load = {"cores": 0.0}
-    monkeypatch.setattr(calibrate, "others_since", lambda clock: load["cores"])
+    monkeypatch.setattr(calibrate, "others_since", lambda clock, window=0.0: load["cores"])
     assert "warning" not in "\n".join(calibrate.run("tiny-llama"))  # measured while idle
     load["cores"] = 5.0
     for kind in calibration.LEDGER.values():  # as in a new process: its ledger knows only what it measured
@@ -157,7 +157,7 @@ def test_calibrate_waits_for_a_quiet_moment_and_measures_again_what_a_burst_over
     readings = iter([1.5, 1.5] + [0.0] * 1000)  # others_cpu: before measuring, busy, then quiet
     monkeypatch.setattr(calibrate, "others_cpu", lambda seconds=0.3: next(readings))
     bursts = iter([2.0] + [0.0] * 1000)  # others_since: a burst overlapped the first measurement
-    monkeypatch.setattr(calibrate, "others_since", lambda clock: next(bursts))
+    monkeypatch.setattr(calibrate, "others_since", lambda clock, window=0.0: next(bursts))
     monkeypatch.setattr(calibration, "busy_now", lambda max_age=30.0: False)
     text = "\n".join(calibrate.run("tiny-llama", force=True))
     assert "other processes use 1.5 cores: waiting for a quiet moment" in text
@@ -166,14 +166,15 @@ def test_calibrate_waits_for_a_quiet_moment_and_measures_again_what_a_burst_over
     assert text.count("measuring it again") == 1  # the overlapped measurement (the plans' first pass), run again
     assert lines[again].startswith("  linear ") and ", pass 1 of " in lines[again]  # the first shape's first pass
     assert "linear 64x64 float32: " in "\n".join(lines[again + 1:])
-    assert "(timed passes run again because load overlapped them: 1)" in text and "warning: while it measured" not in text
+    assert "(timed passes run again because load overlapped them: 1)" in text
+    assert "warning: while it measured" not in text
 
 
 def test_the_quiet_budget_is_spent_only_on_waiting(monkeypatch):
     """Loading models and measuring take minutes: a budget that counted them left nothing to wait or retry with."""
     monkeypatch.setattr(calibrate, "others_cpu", lambda seconds=0.3: 0.0)
     bursts = iter([2.0, 0.0])  # a burst overlapped the first run
-    monkeypatch.setattr(calibrate, "others_since", lambda clock: next(bursts))
+    monkeypatch.setattr(calibrate, "others_since", lambda clock, window=0.0: next(bursts))
     quiet = calibrate.Quiet(0.2, print)
     assert quiet.measure("m", lambda fresh: time.sleep(0.3) or fresh) is True  # the second run's result
     assert quiet.again == 1 and quiet.budget == 0.2
@@ -181,7 +182,7 @@ def test_the_quiet_budget_is_spent_only_on_waiting(monkeypatch):
 
 def test_a_steady_load_is_measured_through_once_the_wait_is_spent_and_said(monkeypatch):
     monkeypatch.setattr(calibrate, "others_cpu", lambda seconds=0.3: 1.0)
-    monkeypatch.setattr(calibrate, "others_since", lambda clock: 1.0)
+    monkeypatch.setattr(calibrate, "others_since", lambda clock, window=0.0: 1.0)
     monkeypatch.setattr(calibration, "busy_now", lambda max_age=30.0: True)
     start = time.monotonic()
     text = "\n".join(calibrate.run("tiny-llama", force=True, quiet_s=0.5))

@@ -1,7 +1,7 @@
 """Two calibrations' linear plans compared: how far a path's cost relative to the default moved between them, against
 the spread each run measured, and how many (shape, range) choices differ. float32 shapes (the pair's own dtype).
 
-    python data/cpu/price_list_repeat/zen3-plans/compare.py   # burst-1 vs burst-2, spread-1 vs spread-2, bursty-1 vs each
+    python data/cpu/price_list_repeat/zen3-plans/compare.py   # burst-1/2, spread-1/2, bursty-1 vs each spread run
 """
 import json
 from pathlib import Path
@@ -29,8 +29,8 @@ def compare(a, b):
             choices += 1
             differ += A[shape]["fast"][lo] != B[shape]["fast"][lo]
     print(f"{a} vs {b}: a path's cost relative to the default moved by a median {np.median(moved):.3f} "
-          f"(90th percentile {np.percentile(moved, 90):.3f}, |log ratio|, {len(moved)} costs); within-run spread median "
-          f"{np.median(spreads):.3f}; {differ} of {choices} (shape, range) choices differ")
+          f"(90th percentile {np.percentile(moved, 90):.3f}, |log ratio|, {len(moved)} costs); "
+          f"within-run spread median {np.median(spreads):.3f}; {differ} of {choices} (shape, range) choices differ")
 
 
 if __name__ == "__main__":
