@@ -6,7 +6,8 @@ CPU while it measures (a calibration measured under load is slow for every later
 Load cannot be timed away on a 2-core machine (a kernel whose second thread shares a core with another process looks
 slower than a one-thread one that does not), so it is avoided: each timed pass of the plans it measures and of the
 price list runs in a quiet moment (Quiet), and again when another process overlapped it, within QUIET_S seconds of
-waiting in all (the draft dtype's timing, inside load_pair, does not wait). A load that stays longer (a steady one)
+waiting in all (the draft dtype's timing, inside load_pair, waits within its own shorter budget). A load that
+stays longer (a steady one)
 is measured through once the time is spent, with a warning, and marked busy in the cache: the engine measures those
 entries again on an idle machine."""
 import time
@@ -15,7 +16,8 @@ import torch
 
 from . import calibration, costs
 from .linear import PLANS, mode as linear_mode, plan_key, plan_ranges, weights_by_shape
-from .machine import BUSY_CORES, measurement_root, cpu_clock, others_cpu, others_since
+from .calibration import QUIET_S, Quiet, measured_busy
+from .machine import BUSY_CORES, measurement_root, others_cpu
 from .models import load_pair
 from .policy import resolve
 from .quantize import QUANTIZED, kernel_report, kernel_table, precision_label
@@ -28,55 +30,10 @@ def busy_warning(when, used) -> str | None:
     return None
 
 
-QUIET_S = 120.0  # the most calibrate waits, in all, for other processes to leave the CPU
-TRIES = 3        # runs of one measurement at most, while other processes overlap them
-READING_S = 0.3  # how long a reading of other processes' CPU use before a measurement lasts
-
-
-class Quiet:
-    """Measurements in quiet moments: `measure` waits (while its budget of seconds spent waiting lasts) until other
-    processes use at most BUSY_CORES, runs, and runs again (fresh) when they overlapped the run, up to TRIES runs.
-    again: how many runs were repeated; kept_under_load: the most cores others used during a run it kept."""
-
-    def __init__(self, budget, say):
-        self.budget, self.say, self.again, self.kept_under_load = budget, say, 0, 0.0
-
-    def wait(self):
-        told = False
-        while self.budget > 0:
-            used = others_cpu(READING_S)
-            if used <= BUSY_CORES:
-                return
-            self.budget -= READING_S
-            if not told:
-                self.say(f"  other processes use {used:.1f} cores: waiting for a quiet moment (up to "
-                         f"{max(self.budget, 0):.0f} s more)")
-                told = True
-
-    def measure(self, what, run):
-        """run(fresh) -> its result, from a run that other processes did not overlap if one can be had."""
-        for attempt in range(TRIES):
-            self.wait()
-            clock = cpu_clock()
-            result = run(attempt > 0)
-            # over at least a reading's length: a small shape's pass takes tens of milliseconds, where one ~10 ms tick
-            # of CPU time counted on the wrong side reads as a fifth of a core (one disturbed pass: the median's job)
-            used = others_since(clock, window=READING_S)
-            if used <= BUSY_CORES or self.budget <= 0 or attempt == TRIES - 1:
-                self.kept_under_load = max(self.kept_under_load, used)
-                return result
-            self.say(f"  {what}: other processes used {used:.1f} cores while it was measured: measuring it again")
-            self.again += 1
-
-
-def measured_busy(entry) -> bool:
-    """A cached entry measured while the machine was busy, and the machine is idle now: measure it again."""
-    return bool(entry and entry.get("busy")) and not calibration.busy_now(max_age=0)
-
-
 def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft_dtype=None, precision=None,
-        quiet_s=QUIET_S) -> list[str]:
-    """Measure and report; returns the report's lines (also printed as they come). `quiet_s`: Quiet's budget."""
+        quiet_s=QUIET_S, save_to=None) -> list[str]:
+    """Measure and report; returns the report's lines (also printed as they come). `quiet_s`: Quiet's budget;
+    `save_to`: a folder for the record the report names (calibration-<id>.json), so that its id is not a dead end."""
     lines = []
     say = lambda line: (lines.append(line), print(line, flush=True))
     quiet = Quiet(quiet_s, say)
@@ -96,11 +53,11 @@ def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft
             say("  " + line)
     start = time.perf_counter()
     if linear_mode() == "auto":
-        weights, table = weights_by_shape(models), PLANS.load()
-        todo = {key: w for key, w in weights.items() if force or key not in table or measured_busy(table[key])}
-        if todo:
-            say(f"  timing the linear paths of {len(todo)} weight shapes, in passes spread over the measurement")
-            PLANS.measure(todo, fresh=True, quiet=quiet.measure)
+        weights = weights_by_shape(models)
+        due = PLANS.due(weights, force, busy_again=True)
+        if due:
+            say(f"  timing the linear paths of {len(due)} weight shapes, in passes spread over the measurement")
+            PLANS.measure(due, fresh=True, quiet=quiet.measure)
         for key, plan in PLANS.measure(weights).items():
             say(f"  linear {key}: {plan_ranges(plan['fast'])}")
     else:
@@ -123,8 +80,11 @@ def run(pair_name, batches=(1,), force=False, device="auto", dtype="auto", draft
             + (", ".join(f"{t} -> {r}" for t, r in padded.items() if r != t) or "none (every T as itself)"))
     snap = calibration.snapshot()
     fresh = sum(e["source"].startswith("measured") for k in calibration.LEDGER for e in snap[k].values())
+    if save_to is not None:
+        calibration.save(save_to, snap)
     say(f"calibration {snap['id']}: {fresh} entries measured now, the rest from the cache"
         + (f" (timed passes run again because load overlapped them: {quiet.again})" if quiet.again else "")
+        + (f" (waited {quiet.waited_s:.0f} s for quiet moments)" if quiet.waited_s else "")
         + f"; {time.perf_counter() - start:.1f} s")
     # Only a measurement can be spoiled by load (an entry read from the cache cannot), and only a kept one matters.
     after = busy_warning("while it measured", quiet.kept_under_load)

@@ -1,4 +1,4 @@
-"""The calibration a generation runs under, recorded and checked.
+"""The calibration a generation runs under, recorded, checked, and measured in quiet moments.
 
 Three measurements make specdec fast on a machine and are cached per machine under machine.measurement_root(): the
 linear plans (specdec.linear), auto's price list (specdec.costs) and the quantized kernel's tuning (specdec.qkernel:
@@ -17,6 +17,9 @@ specdec but machine:
   generation (never inside a timed one), unless the machine looks busy now (then it says so and keeps it).
   SPECDEC_CALIBRATION=fixed keeps every calibration as it is (the study: it re-measures only between
   experiments, so no comparison mixes calibrations); the check and the marks still happen.
+- Measured in quiet moments (`Quiet`): `python -m specdec calibrate` and the draft's dtype (specdec.devices) time
+  each measurement when other processes leave the CPU, and again when one overlapped it, within a budget of waiting;
+  `save` writes a snapshot beside the rows or report that name it.
 """
 import datetime
 import hashlib
@@ -24,8 +27,9 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
-from .machine import busy, machine_key
+from .machine import BUSY_CORES, busy, cpu_clock, machine_key, others_cpu, others_since, read_cache, write_cache
 
 SLOW = 1.5           # a generation this much slower than its calibration predicts is a sign of a stale one
 CONSISTENT = 2       # ... this many generations in a row, for the same models and batch size
@@ -56,6 +60,14 @@ def snapshot(kinds=tuple(LEDGER)) -> dict:
     return dict(id=hashlib.sha256(blob.encode()).hexdigest()[:12], machine_key=machine_key(), **record)
 
 
+def save(folder, snap: dict) -> str:
+    """<folder>/calibration-<id>.json for a snapshot() that rows or a report name (kept if already there); its id."""
+    path = Path(folder) / f"calibration-{snap['id']}.json"
+    if not path.is_file():
+        path.write_text(json.dumps(snap, indent=1, sort_keys=True))
+    return snap["id"]
+
+
 def busy_now(max_age=30.0) -> bool:
     """machine.busy(), read at most once per `max_age` seconds (a measurement of many shapes asks often)."""
     global _busy_read
@@ -67,6 +79,71 @@ def busy_now(max_age=30.0) -> bool:
 def stamp(entry: dict) -> dict:
     """A freshly measured entry, with when and whether the machine was busy while it was measured."""
     return dict(entry, measured_utc=now(), busy=busy_now())
+
+
+QUIET_S = 120.0  # the most `python -m specdec calibrate` waits, in all, for other processes to leave the CPU
+TRIES = 3        # runs of one measurement at most, while other processes overlap them
+READING_S = 0.3  # how long a reading of other processes' CPU use before a measurement lasts
+
+
+class Quiet:
+    """Measurements in quiet moments: `measure` waits (while its budget of seconds spent waiting lasts) until other
+    processes use at most BUSY_CORES, runs, and runs again (fresh) when they overlapped the run, up to TRIES runs.
+    It says so the first time it waits (not at every wait: a steady load would repeat it per measurement).
+    again: how many runs were repeated; waited_s: seconds spent waiting; kept_under_load: the most cores others used
+    during a run it kept."""
+
+    def __init__(self, budget, say):
+        self.budget, self.say, self.again, self.waited_s, self.kept_under_load = budget, say, 0, 0.0, 0.0
+        self.told = False
+
+    def wait(self):
+        while self.budget > 0:
+            used = others_cpu(READING_S)
+            if used <= BUSY_CORES:
+                return
+            self.budget -= READING_S
+            self.waited_s += READING_S
+            if not self.told:
+                self.say(f"  other processes use {used:.1f} cores: waiting for quiet moments (up to "
+                         f"{max(self.budget, 0):.0f} s more in all)")
+                self.told = True
+
+    def measure(self, what, run):
+        """run(fresh) -> its result, from a run that other processes did not overlap if one can be had."""
+        for attempt in range(TRIES):
+            self.wait()
+            clock = cpu_clock()
+            result = run(attempt > 0)
+            # over at least a reading's length: a small shape's pass takes tens of milliseconds, where one ~10 ms tick
+            # of CPU time counted on the wrong side reads as a fifth of a core (one disturbed pass: the median's job)
+            used = others_since(clock, window=READING_S)
+            if used <= BUSY_CORES or self.budget <= 0 or attempt == TRIES - 1:
+                self.kept_under_load = max(self.kept_under_load, used)
+                return result
+            self.say(f"  {what}: other processes used {used:.1f} cores while it was measured: measuring it again")
+            self.again += 1
+
+
+def measured_busy(entry) -> bool:
+    """A cached entry measured while the machine was busy, and the machine is idle now: measure it again."""
+    return bool(entry and entry.get("busy")) and not busy_now(max_age=0)
+
+
+LOAD_QUIET_S = 30.0  # the most loading a model waits, in all, for quiet moments to time a choice (e.g. its dtype)
+
+
+def cached_choice(file, machine, key, measure, what) -> dict:
+    """The entry `measure()` makes for `key`, from this machine's cache `file` (under `machine`, its plan key), or
+    measured now in quiet moments (waiting LOAD_QUIET_S at most, said on stderr), stamped with whether the machine
+    was busy, and cached; an entry measured on a busy machine is measured again once the machine is idle (unless
+    SPECDEC_CALIBRATION=fixed: a study keeps what it started with)."""
+    entry = read_cache(file).get(machine, {}).get(key)
+    if entry is None or (measured_busy(entry) and healing()):
+        quiet = Quiet(LOAD_QUIET_S, lambda line: print(f"specdec: {line.strip()}", file=sys.stderr, flush=True))
+        entry = stamp(quiet.measure(what, lambda fresh: measure()))
+        write_cache(file, machine, {key: entry})
+    return entry
 
 
 def healing() -> bool:

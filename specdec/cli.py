@@ -93,6 +93,8 @@ def parser():
     c.add_argument("--dtype", default="auto")
     c.add_argument("--precision", choices=PRECISIONS, help="calibrate the pair at this precision (int8/int4: which "
                                                            "kernel serves each shape, timed, and the draft's precision)")
+    c.add_argument("--save-to", metavar="FOLDER", help="also write the calibration's record, calibration-<id>.json "
+                                                        "(every plan and price it names), into this folder")
     return p
 
 
@@ -106,7 +108,8 @@ def calibrate_main(args, p):
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
-    calibrate.run(args.pair, batches, args.force, args.device, args.dtype, precision=args.precision)
+    calibrate.run(args.pair, batches, args.force, args.device, args.dtype, precision=args.precision,
+                  save_to=args.save_to)
     return 0
 
 

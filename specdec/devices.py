@@ -6,8 +6,8 @@ import logging
 import torch
 
 from . import paired
+from .calibration import cached_choice
 from .linear import fast_linears, plan_key
-from .machine import read_cache, write_cache
 from .profiler import Forwards, draft_forwards
 
 log = logging.getLogger("specdec")
@@ -87,23 +87,22 @@ def faster_draft_dtype(load_draft, key) -> torch.dtype:
     float32 but two tokens 2x slower (its vocabulary projection left the fast bfloat16 kernel); and a CPU without
     native bfloat16 (a Zen 3, AMD family 25 model 1, AVX2 only) stepped it in 0.66-0.88x float32's time but
     prefilled it in 4.6-4.9x (paired), where the step alone chose bfloat16 in one of two calibrations.
-    `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per machine and model."""
-    key = f"{key} | rule {DTYPE_RULE}"
-    entry = read_cache(DRAFT_DTYPES).get(plan_key(), {}).get(key)
-    if entry is None:
+    `load_draft(dtype)` loads the draft in a dtype; `key` names it. Cached per machine and model, timed in quiet
+    moments (specdec.calibration.cached_choice)."""
+    def measure():
         models = {str(d).removeprefix("torch."): load_draft(d) for d in (torch.float32, torch.bfloat16)}
         with torch.inference_mode(), fast_linears(list(models.values())):
             forwards = {d: Forwards(m, most=PREFILL_TOKENS) for d, m in models.items()}
             steps = paired.interleaved({d: functools.partial(draft_forwards, f) for d, f in forwards.items()}, 3)
             prefills = paired.interleaved({d: functools.partial(f, PREFILL_TOKENS) for d, f in forwards.items()}, 3)
-        del models, forwards
         steps_faster = paired.fastest(steps, "float32") == "bfloat16"
         prefill_no_slower = paired.fastest(prefills, "bfloat16") == "bfloat16"
         # each decision's own statistic beside the fastest passes: paired, a median of per-pass ratios
-        entry = dict(**{f"{d}_s": min(s) for d, s in steps.items()},
-                     **{f"{d}_prefill_s": min(s) for d, s in prefills.items()},
-                     bfloat16_vs_float32=paired.ratios([steps], "float32")[0]["bfloat16"],
-                     prefill_bfloat16_vs_float32=paired.ratios([prefills], "float32")[0]["bfloat16"],
-                     choice="bfloat16" if steps_faster and prefill_no_slower else "float32")
-        write_cache(DRAFT_DTYPES, plan_key(), {key: entry})
+        return dict(**{f"{d}_s": min(s) for d, s in steps.items()},
+                    **{f"{d}_prefill_s": min(s) for d, s in prefills.items()},
+                    bfloat16_vs_float32=paired.ratios([steps], "float32")[0]["bfloat16"],
+                    prefill_bfloat16_vs_float32=paired.ratios([prefills], "float32")[0]["bfloat16"],
+                    choice="bfloat16" if steps_faster and prefill_no_slower else "float32")
+
+    entry = cached_choice(DRAFT_DTYPES, plan_key(), f"{key} | rule {DTYPE_RULE}", measure, "timing the draft's dtype")
     return getattr(torch, entry["choice"])

@@ -160,7 +160,7 @@ class Decoder:
             first, _ = self.sampler.pick(logits[torch.arange(self.batch, device=self.device), column])
             synchronize(self.device)
         decode_start = time.perf_counter()
-        with self.prof.phase("draft"):
+        with self.prof.phase("draft_prefill"):  # apart from "draft", the draft's steps: what a round's price holds
             if self.drafter is not None:
                 self.drafter.prefill(prompts)
         with self.prof.phase("accept"):

@@ -229,11 +229,18 @@ class Plans:
         again even if cached."""
         return self.measure({shape_key(weight): weight}, fresh)[shape_key(weight)]
 
-    def measure(self, weights: dict, fresh=False, quiet=paired.at_once) -> dict:
-        """{key: {"fast", "lean"}} for `weights` ({shape key: weight}): the ones not cached (all of them: `fresh`)
-        measured together (measure_shapes, `quiet` as there), the rest read from the cache."""
+    def due(self, weights: dict, fresh=False, busy_again=False) -> dict:
+        """The `weights` to time: not cached, all of them (`fresh`), or (`busy_again`: calibrate's rule, never a
+        generation's) also those measured on a machine that was busy and is idle now."""
         table = self.load()
-        todo = {key: w for key, w in weights.items() if fresh or key not in table}
+        return {key: w for key, w in weights.items()
+                if fresh or key not in table or (busy_again and calibration.measured_busy(table[key]))}
+
+    def measure(self, weights: dict, fresh=False, quiet=paired.at_once) -> dict:
+        """{key: {"fast", "lean"}} for `weights` ({shape key: weight}): the ones due (`due`) measured together
+        (measure_shapes, `quiet` as there), the rest read from the cache."""
+        table = self.load()
+        todo = self.due(weights, fresh)
         if todo:
             for key, plan in measure_shapes(todo, quiet=quiet).items():
                 table[key] = calibration.stamp(plan)

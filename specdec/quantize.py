@@ -36,9 +36,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from . import attention, lean, paired, qkernel
+from .calibration import cached_choice
 from .costs import model_key
 from .linear import fast_linears, plan_key
-from .machine import read_cache, write_cache
 from .profiler import Forwards, draft_forwards
 
 PRECISIONS = ("float32", "bfloat16", "float16", "int8", "int4")
@@ -285,18 +285,19 @@ def fastest_draft(draft, group_size, kernel) -> str:
     """"as loaded", "int8" or "int4": the one that runs the draft's forwards clearly fastest here (one token, most
     draft steps, plus two, a round's first step after a fully accepted round), each a quantized copy of `draft`;
     "as loaded" unless another wins clearly. The draft only proposes, so its precision is free: exactness comes
-    from the target's verification. Interleaved and compared paired (specdec.paired); cached per machine and model."""
-    key = f"{model_key(draft)} | g{group_size} {kernel} head {DRAFT_HEAD}"
-    entry = read_cache(DRAFTS).get(plan_key(), {}).get(key)
-    if entry is None:
+    from the target's verification. Interleaved and compared paired (specdec.paired); cached per machine and model,
+    timed in quiet moments (specdec.calibration.cached_choice)."""
+    def measure():
         candidates = {"as loaded": draft, **{p: quantize(copy.deepcopy(draft), p, group_size, kernel, DRAFT_HEAD)
                                              for p in QUANTIZED}}
         # each on the path a generation runs it on: the float draft on its measured linear plans, not torch's default
         with torch.inference_mode(), fast_linears(list(candidates.values())):
             timed = {n: functools.partial(draft_forwards, Forwards(m)) for n, m in candidates.items()}
             seconds = paired.interleaved(timed, 3)
-        entry = dict(seconds={n: min(s) for n, s in seconds.items()}, choice=paired.fastest(seconds, "as loaded"))
-        write_cache(DRAFTS, plan_key(), {key: entry})
+        return dict(seconds={n: min(s) for n, s in seconds.items()}, choice=paired.fastest(seconds, "as loaded"))
+
+    key = f"{model_key(draft)} | g{group_size} {kernel} head {DRAFT_HEAD}"
+    entry = cached_choice(DRAFTS, plan_key(), key, measure, "timing the draft's precision")
     return entry["choice"]
 
 

@@ -102,6 +102,16 @@ def cli(out, *extra):
             "--out", str(out), *extra]
 
 
+def test_a_rows_draft_time_holds_its_prefill_and_its_draft_step_does_not():
+    """Leviathan's c is a draft step over a target step: a draft step that carried the draft's prefill (once per
+    generation, 2 s here) would make c several times too large and the prediction too low."""
+    stats = dict(prefill_s=1.0, draft_prefill_s=2.0, draft_s=0.8, verify_s=3.0, accept_s=0.1, rollback_s=0.0,
+                 iterations=4, mean_k=2.0)
+    row = bench.phase_stats(stats)
+    assert row["draft_s"] == pytest.approx(2.8)  # every second the draft spent
+    assert row["draft_step_s"] == pytest.approx(0.1) and row["verify_iter_s"] == pytest.approx(0.75)
+
+
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(cli(full), cwd=REPO, check=True, capture_output=True)

@@ -136,13 +136,28 @@ def test_calibrate_prints_its_choices_and_warns_beside_a_busy_process(capsys):
     assert capsys.readouterr().out.strip().splitlines() == lines  # printed as it went
 
 
+def dtype_chosen(monkeypatch):
+    """tiny-llama's draft dtype chosen and cached as measured idle (so calibrate.run's load_pair does not time it
+    again, which would spend the patched readings below)."""
+    monkeypatch.setattr(calibration, "busy_now", lambda max_age=30.0: False)
+    load_pair("tiny-llama")
+
+
+def idle(monkeypatch, others_cpu):
+    """Other processes' CPU use as `others_cpu` reads it: before calibrate measures (its warning) and before each
+    measurement (calibration.Quiet)."""
+    monkeypatch.setattr(calibrate, "others_cpu", others_cpu)
+    monkeypatch.setattr(calibration, "others_cpu", others_cpu)
+
+
 def test_calibrate_warns_of_load_while_measuring_only_when_it_measured(monkeypatch):
-    monkeypatch.setattr(calibrate, "others_cpu", lambda seconds=0.3: 0.0)  # idle before each run
+    dtype_chosen(monkeypatch)
+    idle(monkeypatch, lambda seconds=0.3: 0.0)  # idle before each run
     # the ledger's own busy stamp reads the real machine: idle here, or a stray load would mark the first run's
     # entries busy and the second run would measure them again (a flaky test on a shared machine)
     monkeypatch.setattr(calibration, "busy_now", lambda max_age=30.0: False)
     load = {"cores": 0.0}
-    monkeypatch.setattr(calibrate, "others_since", lambda clock, window=0.0: load["cores"])
+    monkeypatch.setattr(calibration, "others_since", lambda clock, window=0.0: load["cores"])
     assert "warning" not in "\n".join(calibrate.run("tiny-llama"))  # measured while idle
     load["cores"] = 5.0
     for kind in calibration.LEDGER.values():  # as in a new process: its ledger knows only what it measured
@@ -154,13 +169,14 @@ def test_calibrate_warns_of_load_while_measuring_only_when_it_measured(monkeypat
 
 
 def test_calibrate_waits_for_a_quiet_moment_and_measures_again_what_a_burst_overlapped(monkeypatch):
+    dtype_chosen(monkeypatch)  # the readings below are the plans'
     readings = iter([1.5, 1.5] + [0.0] * 1000)  # others_cpu: before measuring, busy, then quiet
-    monkeypatch.setattr(calibrate, "others_cpu", lambda seconds=0.3: next(readings))
+    idle(monkeypatch, lambda seconds=0.3: next(readings))
     bursts = iter([2.0] + [0.0] * 1000)  # others_since: a burst overlapped the first measurement
-    monkeypatch.setattr(calibrate, "others_since", lambda clock, window=0.0: next(bursts))
+    monkeypatch.setattr(calibration, "others_since", lambda clock, window=0.0: next(bursts))
     monkeypatch.setattr(calibration, "busy_now", lambda max_age=30.0: False)
     text = "\n".join(calibrate.run("tiny-llama", force=True))
-    assert "other processes use 1.5 cores: waiting for a quiet moment" in text
+    assert "other processes use 1.5 cores: waiting for quiet moments" in text
     lines = text.splitlines()
     again = next(i for i, line in enumerate(lines) if "measuring it again" in line)
     assert text.count("measuring it again") == 1  # the overlapped measurement (the plans' first pass), run again
@@ -172,22 +188,54 @@ def test_calibrate_waits_for_a_quiet_moment_and_measures_again_what_a_burst_over
 
 def test_the_quiet_budget_is_spent_only_on_waiting(monkeypatch):
     """Loading models and measuring take minutes: a budget that counted them left nothing to wait or retry with."""
-    monkeypatch.setattr(calibrate, "others_cpu", lambda seconds=0.3: 0.0)
+    idle(monkeypatch, lambda seconds=0.3: 0.0)
     bursts = iter([2.0, 0.0])  # a burst overlapped the first run
-    monkeypatch.setattr(calibrate, "others_since", lambda clock, window=0.0: next(bursts))
-    quiet = calibrate.Quiet(0.2, print)
+    monkeypatch.setattr(calibration, "others_since", lambda clock, window=0.0: next(bursts))
+    quiet = calibration.Quiet(0.2, print)
     assert quiet.measure("m", lambda fresh: time.sleep(0.3) or fresh) is True  # the second run's result
     assert quiet.again == 1 and quiet.budget == 0.2
 
 
 def test_a_steady_load_is_measured_through_once_the_wait_is_spent_and_said(monkeypatch):
-    monkeypatch.setattr(calibrate, "others_cpu", lambda seconds=0.3: 1.0)
-    monkeypatch.setattr(calibrate, "others_since", lambda clock, window=0.0: 1.0)
+    dtype_chosen(monkeypatch)
+    idle(monkeypatch, lambda seconds=0.3: 1.0)
+    monkeypatch.setattr(calibration, "others_since", lambda clock, window=0.0: 1.0)
     monkeypatch.setattr(calibration, "busy_now", lambda max_age=30.0: True)
     start = time.monotonic()
     text = "\n".join(calibrate.run("tiny-llama", force=True, quiet_s=0.5))
     assert time.monotonic() - start < 60 and "measuring it again" not in text  # the budget is spent: no retries
     assert "warning: while it measured, other processes used 1.0 cores" in text
+
+
+def test_a_steady_load_is_said_once_and_the_wait_counted(monkeypatch):
+    idle(monkeypatch, lambda seconds=0.3: 1.5)
+    monkeypatch.setattr(calibration, "others_since", lambda clock, window=0.0: 0.0)
+    said = []
+    quiet = calibration.Quiet(1.0, said.append)
+    for _ in range(3):  # three measurements under the same load: one line, not three
+        quiet.measure("m", lambda fresh: None)
+    assert len(said) == 1 and "waiting for quiet moments" in said[0]
+    assert quiet.budget <= 0 and quiet.waited_s == pytest.approx(1.2)
+
+
+def test_a_choice_made_by_timing_is_timed_in_a_quiet_moment_cached_and_timed_again_if_it_was_busy(monkeypatch):
+    idle(monkeypatch, lambda seconds=0.3: 0.0)
+    bursts = iter([2.0, 0.0, 0.0])  # a burst overlapped the first timing: timed again
+    monkeypatch.setattr(calibration, "others_since", lambda clock, window=0.0: next(bursts))
+    busy = {"now": True}
+    monkeypatch.setattr(calibration, "busy_now", lambda max_age=30.0: busy["now"])
+    timed = []
+    measure = lambda: timed.append(len(timed)) or dict(choice=f"run {len(timed)}")
+    first = calibration.cached_choice("choices.json", "machine", "draft", measure, "timing")
+    assert first["choice"] == "run 2" and first["busy"] is True and first["measured_utc"]
+    assert calibration.cached_choice("choices.json", "machine", "draft", measure, "timing") == first  # busy now too
+    busy["now"] = False  # the machine went idle: a choice measured busy is measured again, and kept ...
+    monkeypatch.setenv("SPECDEC_CALIBRATION", "fixed")  # ... unless a study holds its calibration fixed
+    assert calibration.cached_choice("choices.json", "machine", "draft", measure, "timing") == first
+    monkeypatch.delenv("SPECDEC_CALIBRATION")
+    again = calibration.cached_choice("choices.json", "machine", "draft", measure, "timing")
+    assert again["choice"] == "run 3" and again["busy"] is False and len(timed) == 3
+    assert calibration.cached_choice("choices.json", "machine", "draft", measure, "timing") == again
 
 
 def test_a_sweep_records_the_calibration_of_its_rows(tmp_path):

@@ -318,6 +318,21 @@ def test_the_figure_draws_llama_cpps_points_beside_specdecs():
     assert any(t.get_text() == "verify cost 5 vs 1 token: 2.60" for t in left.texts)  # labelled: not a speedup
 
 
+def test_the_figures_labels_stay_off_the_line_and_inside_and_padded_forwards_are_marked():
+    table = pd.DataFrame(dict(precision=["float32", "int4"], step_gb=[6.2, 0.8], speedup=[1.2, 0.93],
+                              speedup_lo=[1.0, 0.86], speedup_hi=[1.4, 1.0], verify_ratio_5=[1.5, 2.5]))
+    curves = pd.DataFrame(dict(precision=["float32"] * 4 + ["int4"] * 4, tokens=[1, 2, 3, 4] * 2,
+                               runs_as=[1, 2, 4, 4, 1, 2, 3, 4], ratio=[1, 1.3, 1.34, 1.34, 1, 1.5, 1.8, 2.2]))
+    fig = plots_precision.precision_figure(table, curves, "t")
+    left, right = fig.axes[:2]
+    by_text = {t.get_text(): t for t in left.texts}
+    f32, i4 = by_text["verify cost 5 vs 1 token: 1.50"], by_text["verify cost 5 vs 1 token: 2.50"]
+    assert f32.get_ha() == "right" and i4.get_ha() == "left"  # toward the middle: not past the panel's edge
+    assert i4.get_va() == "top" and i4.xyann[1] < 0  # under a point below 1.0: the line does not cut it
+    open_markers = [ln for ln in right.lines if ln.get_linestyle() == "None" and ln.get_markerfacecolor() == "white"]
+    assert [list(ln.get_xdata()) for ln in open_markers] == [[3], []]  # float32's T = 3 runs as 4: marked
+
+
 def test_readout_and_summary_when_runs_failed_or_a_binary_is_missing():
     found = dict(binaries={llamacpp_run.COMPLETION_BIN: "x", llamacpp_run.SPECULATIVE_BIN: "y"}, python=None)
     failed = pd.DataFrame([dict(tool=llamacpp_run.COMPLETION_BIN, mode="target_alone", draft_max=None, p_min=None,

@@ -98,6 +98,16 @@ def test_the_published_calibration_names_no_folder_of_this_machine(smoke):
     assert "(cache: <measurements>)" in report and os.environ["SPECDEC_MEASUREMENTS"] not in report
 
 
+def test_the_calibration_the_report_names_is_on_disk_and_on_the_page(smoke):
+    _, data, _ = smoke
+    named = re.findall(r"^calibration ([0-9a-f]{12}):", (data / "calibration.txt").read_text(), re.M)
+    assert named, "calibration.txt names no calibration"
+    page = (data / "README.md").read_text()
+    for cid in named:  # the id a reader sees leads to the plans and prices it stands for
+        assert json.loads((data / f"calibration-{cid}.json").read_text())["id"] == cid
+        assert f"(calibration-{cid}.json)" in page
+
+
 def test_seed_numbers_appear_only_as_the_labelled_reference(smoke):
     _, data, _ = smoke
     for sec in ("k_sweep", "batch_sweep"):

@@ -34,7 +34,7 @@ from .pairing import MAX_ATTEMPTS, blocks_in_order, config_of, disturbed, key_of
 from .prompts import PROMPTS_FILE, encode, load_prompts
 from .references import run_hf
 from .results import (COLUMNS, LATER_CELL, PHASES, RESULTS, ROUNDS, append_row, now, record_calibrations,
-                      save_calibration, start_run)
+                      start_run)
 from .summary import summarize
 
 # Tests only: the sweep kills itself (SIGKILL, as a crash would) right after this many rows are on disk, so a
@@ -104,10 +104,12 @@ def run_specdec(pair, cell, rows, temperature, seed, profile=False) -> tuple[lis
 
 
 def phase_stats(stats) -> dict:
-    """Phase totals of a profiled run, and the per-step means the predicted speedup needs."""
+    """Phase totals of a profiled run (draft_s: all the draft's work, its prefill included), and the per-step means
+    the predicted speedup needs (draft_step_s: the draft's steps alone; its prefill is once per generation)."""
     out = {p: stats.get(p, 0.0) for p in PHASES}
+    out["draft_s"] += stats.get("draft_prefill_s", 0.0)
     rounds, k = stats["iterations"], stats["mean_k"]
-    out["draft_step_s"] = out["draft_s"] / (rounds * k) if rounds and k else None  # K draft steps per round
+    out["draft_step_s"] = stats.get("draft_s", 0.0) / (rounds * k) if rounds and k else None  # K steps a round
     out["verify_iter_s"] = out["verify_s"] / rounds if rounds else None
     return out
 
@@ -240,7 +242,7 @@ class CellRunner:
             tokens, stats = self.generate(cell, seed, profile=specdec and on_cpu)
             phases = phase_stats(stats) if specdec and on_cpu else self.phases.get(key, {})
             if stats.get("calibration_id"):  # what it ran under, beside the rows (HF references: torch's own path)
-                self.calibrations.add(save_calibration(self.results.parent, calibration.snapshot()))
+                self.calibrations.add(calibration.save(self.results.parent, calibration.snapshot()))
             rounds = {c: json.dumps(stats[c]) if c in stats else None for c in ROUNDS}  # HF: none
             row = {**stats, **phases, **cell, **extra, **rounds, "status": "ok", "error": "",
                    "tokens": json.dumps(tokens), "peak_memory_mib": peak_memory_mib(self.pair.device)}

@@ -26,7 +26,7 @@ from .bench import model_names, weights_of
 from ..linear import fast_linears, mode as linear_mode
 from ..profiler import synchronize
 from . import pairing
-from .results import RESULTS, append_row, now, record_calibrations, save_calibration, start_run
+from .results import RESULTS, append_row, now, record_calibrations, start_run
 
 MODES = VERIFY_MODES  # the engine's: one (K+1)-token forward, or K+1 one-token forwards
 SETTING = ("pair", "target", "device", "dtype", "linear", "context", "batch_size")  # what makes two rows comparable
@@ -115,7 +115,7 @@ def timing(pair, ks, context, batch_size, warmup, seed, results, run_id):
         if warmup:  # one untimed forward per shape (T = 1 and every K+1): first calls pay one-off costs
             for t in sorted({1, *(k + 1 for k in ks)}):
                 time_verify(arena, prefix[:, context:context + t], "parallel", context)
-        calibration_id = save_calibration(results.parent, calibration.snapshot())  # the plans the timings ran on
+        calibration_id = calibration.save(results.parent, calibration.snapshot())  # the plans the timings ran on
         record_calibrations(results.parent, run_id, [calibration_id])
 
         def time_block(block):

@@ -13,7 +13,8 @@ POPULATION_NOTE = ("Geometric means with 95% intervals from a two-stage bootstra
                    "percentiles expanded for few prompts (Hesterberg), so an interval says where the mean over other "
                    "prompts of the same categories would fall.")
 
-METRIC_WORDS = {"decode_throughput": ", decode tok/s: prefill excluded", "throughput": ", end to end"}
+METRIC_WORDS = {"decode_throughput": ", decode tok/s: the target's prefill excluded, the draft's charged",
+                "throughput": ", end to end"}
 
 
 def category_order(cats):

@@ -15,8 +15,8 @@ NOTE = ("Speedup: geometric mean over prompts of decode throughput over the targ
         "one decode step reads (input embeddings excluded; llama.cpp: its GGUF file). Verify-cost ratio (beside "
         "each point, and right): a forward over T tokens / over 1 token through the KV arena after 64 cached tokens, "
         "the machine's price list (interleaved passes, median ratio to each pass), on specdec's linear path (not a "
-        "speedup). Flat verification (ratio near 1) is "
-        "what lets K drafts pay.")
+        "speedup), each T at the forward the engine runs it as (an open marker: padded to more tokens, which "
+        "measured faster). Flat verification (ratio near 1) is what lets K drafts pay.")
 
 
 def _errorbar(ax, x, r, **kw):
@@ -24,23 +24,35 @@ def _errorbar(ax, x, r, **kw):
     ax.errorbar(x, r.speedup, yerr=err, capsize=4, **kw)
 
 
+def _beside(table, r) -> dict:
+    """Where a point's label goes: toward the panel's middle, below the point when it lies under the 1.0 line (so
+    neither the line nor the panel's edge cuts it)."""
+    left = r.step_gb > (table["step_gb"].min() + table["step_gb"].max()) / 2
+    below = r.speedup < 1.0
+    return dict(xytext=(-6 if left else 6, -8 if below else 6), ha="right" if left else "left",
+                va="top" if below else "bottom")
+
+
 def precision_figure(table, curves, title, subtitle="", llama=None):
     """`table`: one line per precision (precision, step_gb, speedup, speedup_lo, speedup_hi, verify_ratio_5);
-    `curves`: one line per (precision, tokens) with ratio; `llama`: optional lines (label, step_gb, speedup,
+    `curves`: one line per (precision, tokens) with ratio (and runs_as: the forward T runs as); `llama`: optional lines (label, step_gb, speedup,
     speedup_lo, speedup_hi), llama.cpp's speculation over its own target alone."""
     colors = dict(zip(table["precision"], sns.color_palette("deep", len(table))))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
     for r in table.itertuples():
         _errorbar(left, r.step_gb, r, fmt="o", ms=7, color=colors[r.precision], label=f"specdec auto, {r.precision}")
-        left.annotate(f"verify cost 5 vs 1 token: {r.verify_ratio_5:.2f}", (r.step_gb, r.speedup), xytext=(6, 6), textcoords="offset points",
-                      fontsize=8, color=colors[r.precision])
+        left.annotate(f"verify cost 5 vs 1 token: {r.verify_ratio_5:.2f}", (r.step_gb, r.speedup), **_beside(table, r),
+                      textcoords="offset points", fontsize=8, color=colors[r.precision])
     markers = iter("sDv^P")
     for r in (llama.itertuples() if llama is not None else ()):
         _errorbar(left, r.step_gb, r, fmt=next(markers, "s"), ms=6, color="0.3", label=f"llama.cpp, {r.label}")
     left.axhline(1.0, color=BASE_COLOR, ls="--", lw=1, label="target alone (= 1)")
     left.set(xlabel="GB of weights read per decode step", ylabel="speculation over the\ntarget alone (x, decode)")
     for precision, c in curves.groupby("precision", sort=False):
-        right.plot(c["tokens"], c["ratio"], "o-", ms=4, color=colors.get(precision, BASE_COLOR))
+        color = colors.get(precision, BASE_COLOR)
+        right.plot(c["tokens"], c["ratio"], "o-", ms=4, color=color)
+        padded = c[c["runs_as"] != c["tokens"]] if "runs_as" in c else c.iloc[:0]
+        right.plot(padded["tokens"], padded["ratio"], "o", ms=7, mfc="white", color=color)
     right.axhline(1.0, color="0.7", lw=0.8, ls=":")
     right.set(xlabel="tokens in one forward (K + 1)", ylabel="forward time /\none-token forward",
               xticks=sorted(curves["tokens"].unique()))

@@ -88,14 +88,6 @@ def record_calibrations(out_dir, run_id, ids):
     path.write_text(json.dumps(record, indent=1))
 
 
-def save_calibration(out_dir, snapshot) -> str:
-    """<out_dir>/calibration-<id>.json for a calibration (specdec.calibration.snapshot()) rows name; its id."""
-    path = Path(out_dir) / f"calibration-{snapshot['id']}.json"
-    if not path.is_file():
-        path.write_text(json.dumps(snapshot, indent=1, sort_keys=True))
-    return snapshot["id"]
-
-
 def describe_calibrations(folder, rows) -> list[str]:
     """Markdown lines naming the calibrations the rows ran under (their calibration-<id>.json): where each
     entry came from, whether the machine was busy when it was measured, and each linear shape's plan."""

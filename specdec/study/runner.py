@@ -161,7 +161,8 @@ def drop_unavailable(name, params) -> list:
 
 def calibrate(params, device, dtype, threads, force, data_dir) -> list[str]:
     """`python -m specdec calibrate` for every pair the notebooks use (batch 1 and the batch sweep's sizes), before
-    any notebook runs; its report goes to data/<target>/calibration.txt and the summary page. The notebooks then
+    any notebook runs; its report goes to data/<target>/calibration.txt and the summary page, the record each report
+    names beside it (calibration-<id>.json). The notebooks then
     run with SPECDEC_CALIBRATION=fixed: the calibration is not re-measured inside an experiment, so no comparison
     mixes two (a row slower than its calibration predicts is still marked: calibration_suspect)."""
     batches = {}
@@ -171,7 +172,7 @@ def calibrate(params, device, dtype, threads, force, data_dir) -> list[str]:
     report = []
     for pair, sizes in batches.items():
         cmd = [sys.executable, "-m", "specdec", "calibrate", "--pair", pair, "--device", str(device), "--dtype",
-               str(dtype), "--batch", ",".join(map(str, sorted(sizes)))] + ["--force"] * force \
+               str(dtype), "--batch", ",".join(map(str, sorted(sizes))), "--save-to", str(data_dir)] + ["--force"] * force \
             + (["--threads", str(threads)] if threads else [])
         print(f"calibrating {pair} (batch {', '.join(map(str, sorted(sizes)))})", flush=True)
         run = subprocess.run(cmd, capture_output=True, text=True)
