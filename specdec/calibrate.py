@@ -6,17 +6,16 @@ CPU while it measures (a calibration measured under load is slow for every later
 Load cannot be timed away on a 2-core machine (a kernel whose second thread shares a core with another process looks
 slower than a one-thread one that does not), so it is avoided: each timed pass of the plans it measures and of the
 price list runs in a quiet moment (Quiet), and again when another process overlapped it, within QUIET_S seconds of
-waiting in all (the draft dtype's timing, inside load_pair, waits within its own shorter budget). A load that
-stays longer (a steady one)
-is measured through once the time is spent, with a warning, and marked busy in the cache: the engine measures those
-entries again on an idle machine."""
+waiting in all (the draft dtype's timing, inside load_pair, waits within its own shorter budget:
+calibration.cached_choice). A load that stays longer (a steady one) is measured through once the time is spent,
+with a warning, and marked busy in the cache: the engine measures those entries again on an idle machine."""
 import time
 
 import torch
 
 from . import calibration, costs
-from .linear import PLANS, mode as linear_mode, plan_key, plan_ranges, weights_by_shape
 from .calibration import QUIET_S, Quiet, measured_busy
+from .linear import PLANS, mode as linear_mode, plan_key, plan_ranges, weights_by_shape
 from .machine import BUSY_CORES, measurement_root, others_cpu
 from .models import load_pair
 from .policy import resolve
