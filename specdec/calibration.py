@@ -17,7 +17,8 @@ specdec but machine:
   generation (never inside a timed one), unless the machine looks busy now (then it says so and keeps it).
   SPECDEC_CALIBRATION=fixed keeps every calibration as it is (the study: it re-measures only between
   experiments, so no comparison mixes calibrations); the check and the marks still happen.
-- Measured in quiet moments (`Quiet`): `python -m specdec calibrate` and the draft's dtype (specdec.devices) time
+- Measured in quiet moments (`Quiet`): `python -m specdec calibrate`, the draft's dtype (specdec.devices) and a
+  quantized pair's draft precision (specdec.quantize; both through `cached_choice`) time
   each measurement when other processes leave the CPU, and again when one overlapped it, within a budget of waiting;
   `save` writes a snapshot beside the rows or report that name it.
 """
