@@ -210,3 +210,13 @@ def test_the_summary_page_names_the_commit_of_a_sections_sub_folder_rows(tmp_pat
     text = summary_page(tmp_path, names=["06_precision"])  # e.g. --only 06
     assert "Rows: 1, measured on a CPU (2 threads), commit 1111111aaa" in text
     assert "Rows in llama_cpp/: 1, measured on a CPU (2 threads), commit 2222222bbb" in text
+
+
+def test_the_prediction_is_labelled_a_decode_phase_model_beside_end_to_end_bars():
+    """Leviathan's formula predicts the decode phase; the bars are end to end: the figure says so, and does not
+    let the prediction pass for an estimate of the bar beside it."""
+    fig = plots_speedup.speedup(speedup_table(), "cpu")
+    caption = " ".join(t.get_text().replace("\n", " ") for t in fig.texts)
+    assert "end to end (prefill included)" in caption and "decode phase alone" in caption, caption
+    legend = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert any(t.startswith("predicted, decode phase only") for t in legend), legend
