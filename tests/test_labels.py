@@ -183,6 +183,7 @@ def test_the_batch_sweep_stars_a_batch_size_with_a_suspect_run():
     labels = ticks(fig.axes[0], "x")
     assert labels == ["1 (8 tok/row)", "2 * (8 tok/row)"], labels
     assert any("calibration_suspect" in t.get_text() for t in fig.texts)
+    assert any("end to end (prefill included)" in t.get_text().replace("\n", " ") for t in fig.texts)
     calm = plots.batch_sweep(cells.assign(suspect_runs=0), cells, None, "cpu")
     assert not any("*" in t for t in ticks(calm.axes[0], "x"))
 
@@ -220,3 +221,14 @@ def test_the_prediction_is_labelled_a_decode_phase_model_beside_end_to_end_bars(
     assert "end to end (prefill included)" in caption and "decode phase alone" in caption, caption
     legend = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
     assert any(t.startswith("predicted, decode phase only") for t in legend), legend
+
+
+def test_the_drafters_figure_says_end_to_end_and_promises_error_bars_only_where_it_draws_them():
+    cells, table = drafters_tables()
+    caption = lambda fig: " ".join(t.get_text().replace("\n", " ") for t in fig.texts)
+    with_intervals = plots.drafters(cells, table, "cpu")
+    assert "end to end (prefill included)" in caption(with_intervals)
+    assert "Error bars and bands" in caption(with_intervals)
+    one_run = table.assign(vs_baseline_lo=NAN, vs_baseline_hi=NAN)  # one timed run per prompt: no interval
+    text = caption(plots.drafters(cells, one_run, "cpu"))
+    assert "No error bars: one timed run per prompt" in text and "Error bars and bands" not in text, text

@@ -246,7 +246,8 @@ def batch_sweep(cells, table, reference=None, target=""):
                    ylabel="throughput (tokens/s)")
     return finish(fig, "Batch sweep: speculative vs target-only throughput per batch size", describe(cells, target),
                   [CI_NOTE, TIMING_ONLY_NOTE if hide_acceptance else "", SEED_NOTE if has(reference) else "",
-                   "Throughput counts the new tokens of all rows of the batch; every row has its own prompt."
+                   "Throughput: end to end (prefill included), the new tokens of all rows of the batch; every row "
+                   "has its own prompt."
                    + (" *: a run at this batch size took over 1.5x its calibration's prediction (calibration_suspect "
                       "in rows.csv)." if flagged else "")])
 
@@ -312,7 +313,11 @@ def drafters(cells, table, target=""):
     n = int(cells["max_new_tokens"].iloc[0]) if len(cells) else 0
     per = t.groupby("category")["prompts"].max().to_dict() if "category" in t else {}
     counts = ", ".join(f"{c}: {int(v)}" for c, v in per.items())
+    has_interval = drafted.get("vs_baseline_lo", pd.Series(dtype=float)).notna().any()
+    intervals = CI_NOTE if has_interval else ("No error bars: one timed run per prompt (the intervals over prompts "
+                                              "are in over_prompts.csv and the readout).")
     return finish(fig, f"Drafters on the same target ({n} new tokens, batch 1)", describe(cells, target),
                   [TIMING_ONLY_NOTE if hide_acceptance else "",
-                   f"Bars: mean over the prompts of each category (prompts per category: {counts}); " + CI_NOTE],
+                   "Speedup: end to end (prefill included), throughput over the target alone's in the same block; "
+                   f"bars: mean over the prompts of each category (prompts per category: {counts}). " + intervals],
                   ncol=4, legend_title="prompt category")
