@@ -41,6 +41,11 @@ def speedup_table(auto_k=None, default_k=None, hf_prompts=2):
     ])
 
 
+def caption(fig) -> str:
+    """Every line of text a figure carries outside its axes (caption, footer), unwrapped."""
+    return " ".join(t.get_text().replace("\n", " ") for t in fig.texts)
+
+
 def ticks(ax, axis="y"):
     labels = ax.get_yticklabels() if axis == "y" else ax.get_xticklabels()
     return [t.get_text().replace("\n", " ") for t in labels]
@@ -62,7 +67,7 @@ def test_hf_generate_is_an_outside_reference_off_the_baseline_line():
              if t.get_text().startswith(MODES[HF_GENERATE].label)]
     assert not hf[1].startswith("target only")
     # said by its hatch and the caption (a tick label saying it ran into its neighbours)
-    assert any("an outside reference, not the baseline" in t.get_text().replace("\n", " ") for t in fig.texts)
+    assert "an outside reference, not the baseline" in caption(fig)
     assert any(bar.get_hatch() for bar in ax.patches if abs(bar.get_y() + bar.get_height() / 2 - hf[0]) < 1e-6)
     (baseline,) = [ln for ln in ax.get_lines() if ln.get_label() == "specdec target-only baseline (= 1)"]
     assert set(baseline.get_xdata()) == {1.0} and baseline.get_linestyle() == "--"
@@ -182,8 +187,8 @@ def test_the_batch_sweep_stars_a_batch_size_with_a_suspect_run():
     fig = plots.batch_sweep(cells, cells.drop(columns="suspect_runs"), None, "cpu")
     labels = ticks(fig.axes[0], "x")
     assert labels == ["1 (8 tok/row)", "2 * (8 tok/row)"], labels
-    assert any("calibration_suspect" in t.get_text() for t in fig.texts)
-    assert any("end to end (prefill included)" in t.get_text().replace("\n", " ") for t in fig.texts)
+    assert "calibration_suspect" in caption(fig)
+    assert "end to end (prefill included)" in caption(fig)
     calm = plots.batch_sweep(cells.assign(suspect_runs=0), cells, None, "cpu")
     assert not any("*" in t for t in ticks(calm.axes[0], "x"))
 
@@ -217,15 +222,14 @@ def test_the_prediction_is_labelled_a_decode_phase_model_beside_end_to_end_bars(
     """Leviathan's formula predicts the decode phase; the bars are end to end: the figure says so, and does not
     let the prediction pass for an estimate of the bar beside it."""
     fig = plots_speedup.speedup(speedup_table(), "cpu")
-    caption = " ".join(t.get_text().replace("\n", " ") for t in fig.texts)
-    assert "end to end (prefill included)" in caption and "decode phase alone" in caption, caption
+    text = caption(fig)
+    assert "end to end (prefill included)" in text and "decode phase alone" in text, text
     legend = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
     assert any(t.startswith("predicted, decode phase only") for t in legend), legend
 
 
 def test_the_drafters_figure_says_end_to_end_and_promises_error_bars_only_where_it_draws_them():
     cells, table = drafters_tables()
-    caption = lambda fig: " ".join(t.get_text().replace("\n", " ") for t in fig.texts)
     with_intervals = plots.drafters(cells, table, "cpu")
     assert "end to end (prefill included)" in caption(with_intervals)
     assert "Error bars and bands" in caption(with_intervals)

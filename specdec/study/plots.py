@@ -29,10 +29,17 @@ TIMING_ONLY_NOTE = ("Acceptance is not shown: this pair has random weights (timi
 SEED_NOTE = ("Right-hand panel: numbers reported by the seed document (flawed implementation, other hardware "
              "and models), on their own axis; they were not measured here and are not comparable with ours.")
 CI_NOTE = "Error bars and bands: 95% bootstrap intervals over the repeats of each prompt (stratified by prompt)."
+NO_CI_NOTE = "No error bars: one timed run per prompt (the intervals over prompts are in the readout)."
 MAX_HEIGHT_IN = 10.0  # at 150 dpi: 1,500 px, readable at 100% zoom on one screen
 
 
 # -- shared pieces ----------------------------------------------------------------------------------------
+
+def ci_note(t, y) -> str:
+    """The caption's word on error bars: what they are where a bar of `y` has an interval, that there are none where
+    no bar has one (one run per prompt), so a caption never promises bars it does not draw."""
+    return CI_NOTE if t.get(f"{y}_lo", pd.Series(dtype=float)).notna().any() else NO_CI_NOTE
+
 
 def describe(frame, target) -> str:
     """'<target> target: <target model> (<dtype>) + draft <draft model> (<draft dtype>), <device>' from the rows
@@ -188,7 +195,8 @@ def k_sweep(cells, table, reference=None, target=""):
         seed_panel(ax["seed"], reference, "k", "throughput", xlabel="K", ylabel="throughput (tokens/s)")
     n = int(cells["max_new_tokens"].iloc[0]) if len(cells) else 0
     return finish(fig, f"K sweep: throughput, speedup and acceptance vs K ({n} new tokens, batch 1)",
-                  describe(cells, target), [CI_NOTE, TIMING_ONLY_NOTE if hide_acceptance else "",
+                  describe(cells, target), [ci_note(spec, "vs_baseline"),
+                                            TIMING_ONLY_NOTE if hide_acceptance else "",
                                             SEED_NOTE if has(reference) else ""])
 
 
@@ -245,7 +253,8 @@ def batch_sweep(cells, table, reference=None, target=""):
         seed_panel(ax["seed"], reference, "batch_size", "throughput", xlabel="batch size",
                    ylabel="throughput (tokens/s)")
     return finish(fig, "Batch sweep: speculative vs target-only throughput per batch size", describe(cells, target),
-                  [CI_NOTE, TIMING_ONLY_NOTE if hide_acceptance else "", SEED_NOTE if has(reference) else "",
+                  [ci_note(t, "vs_baseline"), TIMING_ONLY_NOTE if hide_acceptance else "",
+                   SEED_NOTE if has(reference) else "",
                    "Throughput: end to end (prefill included), the new tokens of all rows of the batch; every row "
                    "has its own prompt."
                    + (" *: a run at this batch size took over 1.5x its calibration's prediction (calibration_suspect "
@@ -313,11 +322,9 @@ def drafters(cells, table, target=""):
     n = int(cells["max_new_tokens"].iloc[0]) if len(cells) else 0
     per = t.groupby("category")["prompts"].max().to_dict() if "category" in t else {}
     counts = ", ".join(f"{c}: {int(v)}" for c, v in per.items())
-    has_interval = drafted.get("vs_baseline_lo", pd.Series(dtype=float)).notna().any()
-    intervals = CI_NOTE if has_interval else ("No error bars: one timed run per prompt (the intervals over prompts "
-                                              "are in over_prompts.csv and the readout).")
     return finish(fig, f"Drafters on the same target ({n} new tokens, batch 1)", describe(cells, target),
                   [TIMING_ONLY_NOTE if hide_acceptance else "",
                    "Speedup: end to end (prefill included), throughput over the target alone's in the same block; "
-                   f"bars: mean over the prompts of each category (prompts per category: {counts}). " + intervals],
+                   f"bars: mean over the prompts of each category (prompts per category: {counts}). "
+                   + ci_note(drafted, "vs_baseline")],
                   ncol=4, legend_title="prompt category")
