@@ -236,3 +236,27 @@ def test_the_drafters_figure_says_end_to_end_and_promises_error_bars_only_where_
     one_run = table.assign(vs_baseline_lo=NAN, vs_baseline_hi=NAN)  # one timed run per prompt: no interval
     text = caption(plots.drafters(cells, one_run, "cpu"))
     assert "No error bars: one timed run per prompt" in text and "Error bars and bands" not in text, text
+
+
+def test_a_bars_number_sits_above_its_error_cap():
+    """Each bar's value is written above its interval's cap, not across it."""
+    base = dict(pair="p", target="t", draft="d", device="cpu", dtype="float32", draft_dtype="float32",
+                timing_only=False, throughput=2.0, throughput_lo=1.7, throughput_hi=2.4, vs_baseline=1.1,
+                vs_baseline_lo=0.9, vs_baseline_hi=1.3, acceptance_rate=0.6, batch_size=1, max_new_tokens=8)
+    cells = pd.DataFrame([dict(base, mode=m, k=k) for m, k in (("baseline", 0), ("speculative", 1))])
+    fig = plots.batch_sweep(cells, cells, None, "cpu")
+    for ax, hi in ((fig.axes[0], 2.4), (fig.axes[1], 1.3)):
+        numbers = [t for t in ax.texts if t.get_text() in ("2.00", "1.10")]
+        assert numbers and all(t.xy[1] >= hi - 1e-9 for t in numbers), [(t.get_text(), t.xy) for t in numbers]
+
+
+@pytest.mark.parametrize("name", ["k_sweep", "k_sweep_length"])
+def test_a_figure_names_the_runs_of_its_sections_rows(tmp_path, name):
+    """k_sweep_length.png is drawn from data/<target>/k_sweep/'s rows: its last line names their run, as
+    k_sweep.png's does."""
+    (tmp_path / "data" / "cpu" / "k_sweep").mkdir(parents=True)
+    (tmp_path / "data" / "cpu" / "k_sweep" / "results.jsonl").write_text(json.dumps(dict(run_id="r1")) + "\n")
+    fig = plt.figure()
+    plots.save(fig, tmp_path / "figures" / "cpu", name)
+    said = [t.get_text() for t in fig.texts if t.get_text().startswith("Data: ")]
+    assert said and "run r1" in said[0], said

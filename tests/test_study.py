@@ -11,7 +11,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from specdec.study import latency, runner
+from specdec.study import latency, results, runner
 from specdec.models import load_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +90,11 @@ def test_summary_page_lists_figures_data_and_notebooks(smoke):
         assert f"notebooks/{name}.ipynb" in page
         for f in (data / sec).iterdir():
             assert f"{sec}/{f.name}" in page, f"{f} not on the summary page"
+    # every figure drawn is named by its section (so the section's next run removes it) and is on the page
+    drawn = set(figures.glob("*.png"))
+    assert drawn == {f for sec in SECTIONS for f in results.section_figures(figures, sec) if f.suffix == ".png"}
+    for png in drawn:
+        assert os.path.relpath(png, data) in page, f"{png.name} not on the summary page"
 
 
 def test_the_published_calibration_names_no_folder_of_this_machine(smoke):

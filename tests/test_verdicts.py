@@ -62,7 +62,7 @@ def test_command_line_prints_the_flips_and_writes_every_match(tmp_path, capsys):
     first, second = two_runs(tmp_path)
     assert verdicts.main([str(first), str(second), "--out", str(tmp_path / "v.csv")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith("1 of 2 verdicts flipped (ratios with an interval in both runs): 1 within the runs' "
+    assert out[-2].startswith("1 of 2 verdicts flipped (ratios with an interval in both runs): 1 within the runs' "
                               "noise (the intervals overlap), 0 apart; 0 A/A controls")
     assert out[0].startswith("k_sweep/headline.csv [mode=speculative; k=2] speedup: 1.09x [1.02, 1.17] above 1")
     assert len(pd.read_csv(tmp_path / "v.csv")) == 2
@@ -99,3 +99,29 @@ def test_a_flip_says_whether_the_two_intervals_overlap(tmp_path):
     both = verdicts.compare(tmp_path / "first", tmp_path / "second").set_index("row")
     assert both.flipped.all()
     assert both.loc["mode=speculative", "overlap"] and not both.loc["mode=auto", "overlap"]
+
+
+def test_a_readout_verdict_judges_an_effect_against_its_own_batch_sizes_aa_control(tmp_path, capsys):
+    """Batch 1 and 2 both measured 1.05x [1.01, 1.09]: above 1 by the interval in both. The readouts also ask whether
+    the estimate clears the A/A control of its batch size: batch 1's control reached 1.08x in the first run (no clear
+    difference there) and 1.03x in the second (above 1): a flip of the conclusion that no interval shows."""
+    for folder, floor1, hi in ((tmp_path / "first", (0.95, 1.08), 1.09), (tmp_path / "second", (0.97, 1.03), 1.08)):
+        effect = dict(speedup=1.05, speedup_lo=1.01, speedup_hi=hi)  # tables the same byte for byte were carried
+        table(folder, "batch_sweep/cells.csv", [dict(mode="speculative", batch_size=b, **effect) for b in (1, 2)])
+        table(folder, "batch_sweep/aa_control.csv", [
+            dict(group=1, by="batch_size", speedup=1.0, speedup_lo=floor1[0], speedup_hi=floor1[1]),
+            dict(group=2, by="batch_size", speedup=1.0, speedup_lo=0.97, speedup_hi=1.03)])
+    both = verdicts.compare(tmp_path / "first", tmp_path / "second").set_index("row")
+    one, two = both.loc["mode=speculative; batch_size=1"], both.loc["mode=speculative; batch_size=2"]
+    assert one.verdict_first == one.verdict_second == two.readout_first == two.readout_second == "above 1"
+    assert (one.readout_first, one.readout_second) == (verdicts.NO_DIFFERENCE, "above 1") and one.readout_flipped
+    assert not one.flipped and not two.readout_flipped
+    verdicts.main([str(tmp_path / "first"), str(tmp_path / "second")])
+    assert "1 of 2 flipped as the readouts judge them" in capsys.readouterr().out
+
+
+def test_an_experiment_without_an_aa_control_is_judged_by_its_intervals_alone(tmp_path):
+    for folder, hi in ((tmp_path / "first", 1.09), (tmp_path / "second", 1.08)):
+        table(folder, "k_sweep/headline.csv", [dict(mode="auto", speedup=1.05, speedup_lo=1.01, speedup_hi=hi)])
+    both = verdicts.compare(tmp_path / "first", tmp_path / "second")
+    assert list(both.readout_first) == list(both.verdict_first) == ["above 1"]

@@ -12,7 +12,7 @@ from ..models import PAIRS, RANDOM
 from ..weights import OFFLINE
 from .pairing import block_of
 from .results import (AA_FILE, FINDING_FILE, RESULTS, STATE as STATE_FILE, describe_calibrations, describe_runs,
-                      read_rows)
+                      read_rows, section_figures)
 from .stats import BEATS, FASTER, NO_DIFFERENCE, SLOWER
 
 RUNS_FILE = "study-runs.json"  # per notebook: status, seconds, error of its latest run (the summary's source)
@@ -187,7 +187,7 @@ def write_summary(data_dir, figures_dir, target, smoke, state, names, sections):
         for table in ("summary.csv",) + PAGE_TABLES:
             if (data_dir / sec / table).is_file():
                 out += [f"`{table}`:", "", markdown_table(pd.read_csv(data_dir / sec / table)), ""]
-        for png in sorted(figures_dir.glob(f"{sec}*.png")):
+        for png in sorted(f for f in section_figures(figures_dir, sec) if f.suffix == ".png"):
             out += [f"![{png.stem}]({rel(png)})", "", f"Figure: [{rel(png)}]({rel(png)}) "
                     f"([SVG]({rel(png.with_suffix('.svg'))}))", ""]
         files = sorted(p for p in (data_dir / sec).glob("*") if p.is_file())

@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .modes import A_A, BASELINE, MODES, SPECULATIVE, label as mode_label  # noqa: E402
-from .results import RESULTS, describe_runs, read_rows  # noqa: E402
+from .results import RESULTS, describe_runs, of_section, read_rows  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 SEED_COLOR, BASE_COLOR = "0.55", "0.15"
@@ -100,11 +100,14 @@ def finish(fig, title, subtitle, notes=(), ncol=3, legend_title=None):
 
 def save(fig, figures_dir, name, data_dir=None) -> list[Path]:
     """<figures_dir>/<name>.png and .svg; returns the paths. The figure's last line names the machine, commit
-    and date of the rows it was drawn from (their run ids), read from <data_dir>/<name>/ (default: the study's
-    layout, data/<target>/ beside figures/<target>/)."""
+    and date of the rows it was drawn from (their run ids), read from its section's folder under <data_dir>
+    (default: the study's layout, data/<target>/ beside figures/<target>/): <name>/, or <sec>/ for a figure named
+    <sec>_<what> (results.of_section)."""
     out = Path(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
-    folder = Path(data_dir or out.parent.parent / "data" / out.name) / name
+    root = Path(data_dir or out.parent.parent / "data" / out.name)
+    sections = [d.name for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
+    folder = root / max((sec for sec in sections if of_section(name, sec)), key=len, default=name)
     rows = read_rows(folder / RESULTS)
     if rows:
         fig.text(0.01, -0.02, f"Data: {describe_runs(folder, rows)}.", fontsize=8, color="0.35", va="top")
@@ -204,18 +207,25 @@ def k_sweep(cells, table, reference=None, target=""):
 
 def grouped_bars(ax, t, x, y, series, order, palette, fmt="%.2f"):
     """Bars of `y` per category `x` and `series`, with 95% interval error bars; only the series present at
-    each x share its slot, so every bar sits over its own label."""
+    each x share its slot, so every bar sits over its own label. Each bar's value is written above its interval's
+    cap (above the bar where it has none), so the cap does not cross the number."""
     xs = list(dict.fromkeys(t[x]))
     width = 0.8 / max(1, len(order))
     for j, name in enumerate(order):
         s = t[t[series] == name].set_index(x).reindex(xs)
         pos = np.arange(len(xs)) - 0.4 + width * (j + 0.5)
-        bars = ax.bar(pos, s[y], width, color=palette[name], label=name)
-        ax.bar_label(bars, fmt=fmt, fontsize=7, padding=2)
+        ax.bar(pos, s[y], width, color=palette[name], label=name)
         err = yerr(s, y)
+        top = s[y].to_numpy(dtype=float)
         if err is not None:  # caps only on bars that have an interval
             has = (s[f"{y}_lo"].notna() & s[f"{y}_hi"].notna()).to_numpy()
-            ax.errorbar(pos[has], s[y].to_numpy()[has], yerr=err[:, has], fmt="none", ecolor="0.2", capsize=3, lw=1)
+            ax.errorbar(pos[has], top[has], yerr=err[:, has], fmt="none", ecolor="0.2", capsize=3, lw=1)
+            top = top + err[1]
+        for p, value, above in zip(pos, s[y], top):
+            if np.isfinite(value):
+                ax.annotate(fmt % value, (p, above), xytext=(0, 2), textcoords="offset points", ha="center",
+                            va="bottom", fontsize=7)
+    ax.margins(y=0.08)  # room above the highest cap for its number
     return xs
 
 

@@ -245,10 +245,15 @@ def open_study_run(data_dir, figures_dir, sections, fingerprint_now, resume=Fals
     return state, message
 
 
+def of_section(stem, sec) -> bool:
+    """Whether a figure named `stem` is section `sec`'s: <sec> or <sec>_<what>, e.g. k_sweep_length."""
+    return stem == sec or stem.startswith(sec + "_")
+
+
 def section_figures(figures_dir, sec) -> list[Path]:
-    """The figures a section's notebook draws: <sec>.png and <sec>_<what>.png (and .svg), e.g. k_sweep_length.png;
-    a figure a notebook no longer draws is removed with the rest, not left beside the new run's."""
-    return [f for f in Path(figures_dir).glob(f"{sec}*") if f.stem == sec or f.stem.startswith(sec + "_")]
+    """The figures a section's notebook draws: <sec>.png and <sec>_<what>.png (and .svg); a figure a notebook no
+    longer draws is removed with the rest, not left beside the new run's."""
+    return [f for f in Path(figures_dir).glob(f"{sec}*") if of_section(f.stem, sec)]
 
 
 def close_study_run(data_dir, state, status):

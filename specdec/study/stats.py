@@ -102,12 +102,17 @@ def within_floor(e, floor) -> bool:
     return bool(np.isfinite(floor.lo) and floor.lo <= e.est <= floor.hi)
 
 
+def beyond_floor(e, floor=None) -> int:
+    """+1 / -1 when e's interval lies above / below 1 and its estimate outside the A/A control's interval (`floor`,
+    None: not measured); 0, no clear difference, otherwise."""
+    return 0 if within_floor(e, floor) else separated(e, (1.0, 1.0, 1.0))
+
+
 def versus_one(name, e, reference="the target-only baseline", unit="x", floor=None) -> str:
-    """A speedup against 1: faster / slower only when the interval excludes 1 and the estimate lies outside the
-    A/A control's interval (`floor`, None: not measured); otherwise no clear difference."""
-    s = separated(e, (1.0, 1.0, 1.0))
-    inside = s != 0 and within_floor(e, floor)
-    verdict = {1: FASTER, -1: SLOWER, 0: f"{NO_DIFFERENCE} from"}[0 if inside else s]
+    """A speedup against 1 in words, as beyond_floor judges it."""
+    s = beyond_floor(e, floor)
+    inside = s == 0 and separated(e, (1.0, 1.0, 1.0)) != 0
+    verdict = {1: FASTER, -1: SLOWER, 0: f"{NO_DIFFERENCE} from"}[s]
     return f"{name} {fmt(e, unit=unit)}: {verdict} {reference}" + (" (inside the A/A noise floor)" if inside else "")
 
 

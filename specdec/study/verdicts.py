@@ -5,9 +5,10 @@
 FIRST and SECOND are two runs' data/<target>/ folders (the committed one and yours, say: `python -m specdec.study
 --target cpu --out /tmp/mine`, then `python -m specdec.study.verdicts data/cpu /tmp/mine/data/cpu`). Every ratio
 with a 95% interval in a table both runs wrote (a speedup, a ratio against a reference) is matched by its table and
-the columns that name it (mode, K, category, ...), and each side's verdict is read from its interval alone: above 1,
-below 1, or no clear difference (it includes 1). The readouts are stricter (an effect inside the experiment's A/A
-control is no clear difference there too), so a flip here is a flip of the interval, the thing a reader would see.
+the columns that name it (mode, K, category, ...), and each side's verdict is read twice: from its interval alone
+(above 1, below 1, or no clear difference: it includes 1), and as the readouts judge it, where an estimate inside
+the experiment's A/A control (its aa_control.csv row for that batch size, precision, ...: stats.beyond_floor) is no
+clear difference too. The first is the thing a reader of a table sees, the second the conclusion a readout states.
 An A/A control (the target alone timed against itself) is never faster or slower, whatever its interval: its verdict
 is "A/A control" in both runs, and the count of those whose interval excluded 1 in a run (a bias the pairing carried
 that time) is printed beside the flips. A flip is "within the runs' noise" where the two intervals overlap (each
@@ -23,7 +24,7 @@ import pandas as pd
 
 from .modes import A_A
 from .results import AA_FILE
-from .stats import NO_DIFFERENCE, separated
+from .stats import NO_DIFFERENCE, beyond_floor, separated
 
 # The columns that say which comparison a table's row is (never a measured value).
 NAMES = ("pair", "effect", "strategy", "chosen_on", "measured_on", "group", "by", "precision", "tool", "draft_max",
@@ -52,25 +53,52 @@ def ratio_columns(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
     return [(est, lo, hi) for est, lo, hi in interval_columns(frame) if "speedup" in est or "vs" in est]
 
 
+def cell(value) -> str:
+    """A table's value as a row name writes it: 4.0 and 4 both as 4."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def aa_floors(folder) -> list[tuple[str, str, tuple]]:
+    """An experiment folder's A/A controls: (by, group, (est, lo, hi)) per row of its aa_control.csv; by "" (group
+    "all"): one control for every comparison of the experiment."""
+    path = Path(folder) / AA_FILE
+    if not path.is_file():
+        return []
+    aa = pd.read_csv(path)
+    by = aa["by"] if "by" in aa else pd.Series(pd.NA, index=aa.index)
+    return [("" if pd.isna(b) else str(b), cell(r.group), (r.speedup, r.speedup_lo, r.speedup_hi))
+            for b, r in zip(by, aa.itertuples())]
+
+
+def floor_of(row, floors) -> tuple:
+    """The A/A control that a table's row is judged against: its experiment's for the row's batch size (precision,
+    ...), or the one for all; NaN when the experiment has none."""
+    for by, group, floor in floors:
+        if not by or (by in row and pd.notna(row[by]) and cell(row[by]) == group):
+            return floor
+    return (np.nan, np.nan, np.nan)
+
+
 def ratios(folder, skip=()) -> pd.DataFrame:
     """Every ratio with an interval in the CSV tables under `folder` (but those named in `skip`): table, row name,
-    column, estimate, lo, hi."""
+    column, estimate, lo, hi, and the A/A control it is judged against (floor, floor_lo, floor_hi)."""
     folder, out = Path(folder), []
     for path in sorted(folder.rglob("*.csv")):
         if path.relative_to(folder).as_posix() in skip:
             continue
         frame = pd.read_csv(path)
+        floors = aa_floors(folder / path.relative_to(folder).parts[0])
         # Outcomes of a run, not names of a comparison: the oracle table's k (the K its strategy chose), and a
         # drafter's label beside its mode (auto's label carries the mean K it chose: modes.label)
         names = [c for c in NAMES if c in frame and not (c == "k" and "strategy" in frame)
                  and not (c == "drafter" and "mode" in frame)]
         for est, lo, hi in ratio_columns(frame):
             for _, row in frame.iterrows():
-                name = "; ".join(f"{c}={row[c]:g}" if isinstance(row[c], float) else f"{c}={row[c]}"
-                                 for c in names if pd.notna(row[c]))
+                name = "; ".join(f"{c}={cell(row[c])}" for c in names if pd.notna(row[c]))
                 out.append(dict(table=path.relative_to(folder).as_posix(), row=name, column=est,
-                                est=row[est], lo=row[lo], hi=row[hi]))
-    frame = pd.DataFrame(out, columns=["table", "row", "column", "est", "lo", "hi"])
+                                est=row[est], lo=row[lo], hi=row[hi],
+                                **dict(zip(("floor", "floor_lo", "floor_hi"), floor_of(row, floors)))))
+    frame = pd.DataFrame(out, columns=["table", "row", "column", "est", "lo", "hi", "floor", "floor_lo", "floor_hi"])
     return frame[np.isfinite(frame[["est", "lo", "hi"]].astype(float)).all(axis=1)]
 
 
@@ -102,7 +130,11 @@ def compare(first, second) -> pd.DataFrame:
         read = [verdict(*r) for r in both[[f"est_{side}", f"lo_{side}", f"hi_{side}"]].values]
         both[f"interval_{side}"] = read
         both[f"verdict_{side}"] = [CONTROL if c else v for c, v in zip(both.control, read)]
+        judged = [VERDICTS[beyond_floor(r[:3], r[3:])] for r in both[
+            [f"{c}_{side}" for c in ("est", "lo", "hi", "floor", "floor_lo", "floor_hi")]].values]
+        both[f"readout_{side}"] = [CONTROL if c else v for c, v in zip(both.control, judged)]
     both["flipped"] = both.verdict_first != both.verdict_second
+    both["readout_flipped"] = both.readout_first != both.readout_second
     both["overlap"] = (both.lo_first <= both.hi_second) & (both.lo_second <= both.hi_first)
     return both
 
@@ -121,12 +153,15 @@ def main(argv=None) -> int:
               f"{r.verdict_first} -> {r.est_second:.2f}x [{r.lo_second:.2f}, {r.hi_second:.2f}] {r.verdict_second}"
               f" ({WITHIN if r.overlap else 'apart'})")
     effects, controls = both[~both.control], both[both.control]
-    flips = effects[effects.flipped]
+    flips, turned = effects[effects.flipped], effects[effects.readout_flipped]
     biased = (controls.interval_first != NO_DIFFERENCE) | (controls.interval_second != NO_DIFFERENCE)
     print(f"{len(flips)} of {len(effects)} verdicts flipped (ratios with an interval in both runs): "
           f"{int(flips.overlap.sum())} {WITHIN} (the intervals overlap), {int((~flips.overlap).sum())} "
           f"apart; {len(controls)} A/A controls, never a verdict, {int(biased.sum())} of them with an interval off 1 "
           f"in a run")
+    print(f"{len(turned)} of {len(effects)} flipped as the readouts judge them (an estimate inside the experiment's "
+          f"A/A control is no clear difference): {int(turned.overlap.sum())} {WITHIN}, "
+          f"{int((~turned.overlap).sum())} apart")
     return 0
 
 
