@@ -102,7 +102,7 @@ def test_a_flip_says_whether_the_two_intervals_overlap(tmp_path):
 
 
 def test_a_readout_verdict_judges_an_effect_against_its_own_batch_sizes_aa_control(tmp_path, capsys):
-    """Batch 1 and 2 both measured 1.05x [1.01, 1.09]: above 1 by the interval in both. The readouts also ask whether
+    """Batch 1 and 2 both measured 1.05x [1.01, 1.08-1.09]: above 1 by the interval in both. The readouts ask whether
     the estimate clears the A/A control of its batch size: batch 1's control reached 1.08x in the first run (no clear
     difference there) and 1.03x in the second (above 1): a flip of the conclusion that no interval shows."""
     for folder, floor1, hi in ((tmp_path / "first", (0.95, 1.08), 1.09), (tmp_path / "second", (0.97, 1.03), 1.08)):
