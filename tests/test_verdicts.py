@@ -77,8 +77,8 @@ def test_an_aa_control_is_never_a_verdict_so_it_cannot_flip(tmp_path, capsys):
         rows = [dict(mode=m, speedup=e, speedup_lo=lo, speedup_hi=hi)
                 for m, (e, lo, hi) in (("target_again", aa), ("auto", effect))]
         table(folder, "precision/cells.csv", rows)
-        table(folder, "precision/aa_control.csv", [dict(group="int4", speedup=aa[0], speedup_lo=aa[1],
-                                                        speedup_hi=aa[2])])
+        table(folder, "precision/aa_control.csv", [dict(group="int4", by="precision", speedup=aa[0],
+                                                        speedup_lo=aa[1], speedup_hi=aa[2])])
     both = verdicts.compare(first, second).set_index(["table", "row"])
     controls = both[both.control]
     assert len(controls) == 2 and set(controls.verdict_first) == set(controls.verdict_second) == {verdicts.CONTROL}

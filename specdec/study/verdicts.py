@@ -24,7 +24,7 @@ import pandas as pd
 
 from .modes import A_A
 from .results import AA_FILE
-from .stats import NO_DIFFERENCE, beyond_floor, separated
+from .stats import NO_DIFFERENCE, beyond_floor
 
 # The columns that say which comparison a table's row is (never a measured value).
 NAMES = ("pair", "effect", "strategy", "chosen_on", "measured_on", "group", "by", "precision", "tool", "draft_max",
@@ -64,10 +64,8 @@ def aa_floors(folder) -> list[tuple[str, str, tuple]]:
     path = Path(folder) / AA_FILE
     if not path.is_file():
         return []
-    aa = pd.read_csv(path)
-    by = aa["by"] if "by" in aa else pd.Series(pd.NA, index=aa.index)
-    return [("" if pd.isna(b) else str(b), cell(r.group), (r.speedup, r.speedup_lo, r.speedup_hi))
-            for b, r in zip(by, aa.itertuples())]
+    return [("" if pd.isna(r.by) else str(r.by), cell(r.group), (r.speedup, r.speedup_lo, r.speedup_hi))
+            for r in pd.read_csv(path).itertuples()]
 
 
 def floor_of(row, floors) -> tuple:
@@ -102,8 +100,9 @@ def ratios(folder, skip=()) -> pd.DataFrame:
     return frame[np.isfinite(frame[["est", "lo", "hi"]].astype(float)).all(axis=1)]
 
 
-def verdict(est, lo, hi) -> str:
-    return VERDICTS[separated((est, lo, hi), (1.0, 1.0, 1.0))]
+def verdict(est, lo, hi, floor=None) -> str:
+    """Above 1, below 1 or no clear difference, by the interval and, given one, the A/A control `floor`."""
+    return VERDICTS[beyond_floor((est, lo, hi), floor)]
 
 
 def is_control(table: str, row: str, column: str) -> bool:
@@ -130,7 +129,7 @@ def compare(first, second) -> pd.DataFrame:
         read = [verdict(*r) for r in both[[f"est_{side}", f"lo_{side}", f"hi_{side}"]].values]
         both[f"interval_{side}"] = read
         both[f"verdict_{side}"] = [CONTROL if c else v for c, v in zip(both.control, read)]
-        judged = [VERDICTS[beyond_floor(r[:3], r[3:])] for r in both[
+        judged = [verdict(*r[:3], floor=r[3:]) for r in both[
             [f"{c}_{side}" for c in ("est", "lo", "hi", "floor", "floor_lo", "floor_hi")]].values]
         both[f"readout_{side}"] = [CONTROL if c else v for c, v in zip(both.control, judged)]
     both["flipped"] = both.verdict_first != both.verdict_second
