@@ -107,6 +107,21 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& keys, const at::Tensor&
   return out.view({B, T, H * D});
 }
 
+// attend as an op of its own, for the test that pins its order of operations (tests/test_decoder_op.py): q [B, Hq,
+// T, D], keys and values [B, Hkv, capacity, D], positions [B, T] -> [B, T, Hq * D].
+at::Tensor attend_op(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, const at::Tensor& positions,
+                     double scale) {
+  for (const at::Tensor* t : {&q, &keys, &values})
+    TORCH_CHECK(t->dim() == 4 && t->scalar_type() == at::kFloat && t->device().is_cpu() && t->is_contiguous(),
+                "attend: q, keys and values must be contiguous float32 CPU tensors [B, heads, rows, D]");
+  const at::Tensor pos = positions.to(at::kLong).contiguous();
+  TORCH_CHECK(pos.numel() == q.size(0) * q.size(2), "attend: positions must be [B, T]");
+  const int64_t* p = pos.data_ptr<int64_t>();
+  for (int64_t i = 0; i < pos.numel(); ++i)
+    TORCH_CHECK(p[i] >= 0 && p[i] < keys.size(2), "attend: position ", p[i], " outside the arena");
+  return attend(q, keys, values, p, scale);
+}
+
 at::Tensor decoder_layer(const at::Tensor& hidden, at::TensorList w, at::IntArrayRef ints, at::ArrayRef<double> floats,
                          const at::Tensor& cos, const at::Tensor& sin, at::Tensor keys, at::Tensor values,
                          const at::Tensor& positions) {
@@ -131,4 +146,5 @@ at::Tensor decoder_layer(const at::Tensor& hidden, at::TensorList w, at::IntArra
 TORCH_LIBRARY_FRAGMENT(specdec, m) {
   m.def("decoder_layer(Tensor hidden, Tensor[] weights, int[] ints, float[] floats, Tensor cos, Tensor sin, "
         "Tensor(a!) keys, Tensor(b!) values, Tensor positions) -> Tensor", &decoder_layer);
+  m.def("attend(Tensor q, Tensor keys, Tensor values, Tensor positions, float scale) -> Tensor", &attend_op);
 }
