@@ -131,6 +131,16 @@ def test_only_runs_one_notebook(tmp_path):
     assert "## 03_verification_latency: ok" in page and "01_k_sweep" not in page
 
 
+def test_the_precision_notebook_runs_without_a_float32_reference(tmp_path):
+    """precisions=[int4] alone: no float32 target to measure agreement against, so the agreement is left blank (it
+    failed on formatting a missing value, after the whole sweep and llama.cpp's blocks had run)."""
+    proc = run_study("--target", "cpu", "--smoke", "--only", "06_precision", "-p", "precision.precisions=[int4]",
+                     "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = pd.read_csv(tmp_path / "data" / "cpu" / "precision" / "summary.csv")
+    assert list(summary["precision"]) == ["int4"] and summary["agreement"].isna().all()
+
+
 def test_unknown_target_exits_2_and_lists_targets():
     proc = run_study("--target", "nope")
     assert proc.returncode == 2
