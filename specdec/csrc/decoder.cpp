@@ -35,6 +35,17 @@ at::Tensor apply(at::TensorList w, at::IntArrayRef ints, int64_t i, const at::Te
                           ints[2 + 3 * i + 1], ints[2 + 3 * i + 2], -1);
 }
 
+// positions [B, T] (rows = B * T) as int64, each a slot of the arena (0 .. capacity - 1): checked once, before any
+// work, for every op that writes or reads the arena at them.
+at::Tensor checked_positions(const char* op, const at::Tensor& positions, int64_t rows, int64_t capacity) {
+  const at::Tensor pos = positions.to(at::kLong).contiguous();
+  TORCH_CHECK(pos.numel() == rows, op, ": positions must be [B, T]");
+  const int64_t* p = pos.data_ptr<int64_t>();
+  for (int64_t i = 0; i < rows; ++i)
+    TORCH_CHECK(p[i] >= 0 && p[i] < capacity, op, ": position ", p[i], " outside the arena");
+  return pos;
+}
+
 // k, v [B, Hkv, T, D] into keys, values [B, Hkv, capacity, D] at slot positions[b, t] of row b.
 void write_cache(const at::Tensor& k, const at::Tensor& v, at::Tensor& keys, at::Tensor& values,
                  const int64_t* positions) {
@@ -43,8 +54,7 @@ void write_cache(const at::Tensor& k, const at::Tensor& v, at::Tensor& keys, at:
   float *dk = keys.data_ptr<float>(), *dv = values.data_ptr<float>();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t) {
-      const int64_t slot = positions[b * T + t];
-      TORCH_CHECK(slot >= 0 && slot < capacity, "decoder_layer: position ", slot, " outside the arena");
+      const int64_t slot = positions[b * T + t];  // inside the arena: checked_positions
       for (int64_t h = 0; h < H; ++h) {
         const int64_t src = ((b * H + h) * T + t) * D, dst = ((b * H + h) * capacity + slot) * D;
         std::memcpy(dk + dst, pk + src, D * sizeof(float));
@@ -114,12 +124,8 @@ at::Tensor attend_op(const at::Tensor& q, const at::Tensor& keys, const at::Tens
   for (const at::Tensor* t : {&q, &keys, &values})
     TORCH_CHECK(t->dim() == 4 && t->scalar_type() == at::kFloat && t->device().is_cpu() && t->is_contiguous(),
                 "attend: q, keys and values must be contiguous float32 CPU tensors [B, heads, rows, D]");
-  const at::Tensor pos = positions.to(at::kLong).contiguous();
-  TORCH_CHECK(pos.numel() == q.size(0) * q.size(2), "attend: positions must be [B, T]");
-  const int64_t* p = pos.data_ptr<int64_t>();
-  for (int64_t i = 0; i < pos.numel(); ++i)
-    TORCH_CHECK(p[i] >= 0 && p[i] < keys.size(2), "attend: position ", p[i], " outside the arena");
-  return attend(q, keys, values, p, scale);
+  const at::Tensor pos = checked_positions("attend", positions, q.size(0) * q.size(2), keys.size(2));
+  return attend(q, keys, values, pos.data_ptr<int64_t>(), scale);
 }
 
 at::Tensor decoder_layer(const at::Tensor& hidden, at::TensorList w, at::IntArrayRef ints, at::ArrayRef<double> floats,
@@ -132,8 +138,7 @@ at::Tensor decoder_layer(const at::Tensor& hidden, at::TensorList w, at::IntArra
   TORCH_CHECK(keys.is_contiguous() && values.is_contiguous() && keys.scalar_type() == at::kFloat &&
               keys.device().is_cpu() && values.device().is_cpu() && positions.device().is_cpu(),
               "decoder_layer: the arena's keys and values must be contiguous float32 CPU [B, Hkv, capacity, D]");
-  const at::Tensor pos = positions.to(at::kLong).contiguous();
-  TORCH_CHECK(pos.numel() == hidden.size(0) * hidden.size(1), "decoder_layer: positions must be [B, T]");
+  const at::Tensor pos = checked_positions("decoder_layer", positions, hidden.size(0) * hidden.size(1), keys.size(2));
   auto [q, k, v] = specdec::rope_qkv(apply(w, ints, 0, specdec::rms_norm(hidden, w[0], floats[0])), cos, sin,
                                      ints[0], ints[1]);
   write_cache(k, v, keys, values, pos.data_ptr<int64_t>());
