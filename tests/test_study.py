@@ -19,6 +19,7 @@ NOTEBOOKS = ["01_k_sweep", "02_batch_sweep", "03_verification_latency", "04_spec
              "06_precision"]
 SECTIONS = [n.split("_", 1)[1] for n in NOTEBOOKS]
 PNG = b"\x89PNG\r\n\x1a\n"
+STALE = "0123456789ab"  # an earlier run's calibration id
 
 
 def run_study(*args, timeout=600):
@@ -30,6 +31,9 @@ def run_study(*args, timeout=600):
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
+    # an earlier run's calibration record in the folder (as in a clone's data/cpu): not this run's, so not on its page
+    (out / "data" / "cpu").mkdir(parents=True)
+    (out / "data" / "cpu" / f"calibration-{STALE}.json").write_text(json.dumps({"id": STALE}))
     proc = run_study("--target", "cpu", "--smoke", "--out", str(out))
     return proc, out / "data" / "cpu", out / "figures" / "cpu"
 
@@ -111,6 +115,7 @@ def test_the_calibration_the_report_names_is_on_disk_and_on_the_page(smoke):
     for cid in named:  # the id a reader sees leads to the plans and prices it stands for
         assert json.loads((data / f"calibration-{cid}.json").read_text())["id"] == cid
         assert f"(calibration-{cid}.json)" in page
+    assert STALE not in named and STALE not in page
 
 
 def test_seed_numbers_appear_only_as_the_labelled_reference(smoke):

@@ -152,11 +152,16 @@ def write_summary(data_dir, figures_dir, target, smoke, state, names, sections):
            f"Invocation: [{STATE_FILE}]({STATE_FILE}), [study-provenance.json](study-provenance.json).", "",
            *models_paragraph({s: p for s, p in sections.items() if s in shown}), *at_a_glance(data_dir, runs, names)]
     if (data_dir / "calibration.txt").is_file():
-        records = ", ".join(f"[{p.name}]({p.name})" for p in sorted(data_dir.glob("calibration-*.json")))
+        report = (data_dir / "calibration.txt").read_text()
+        # the records this report names, not every calibration-*.json in the folder: a run into a folder that held
+        # an earlier run (a clone's data/cpu) finds that run's record there too, and it is not this run's
+        records = ", ".join(f"[calibration-{cid}.json](calibration-{cid}.json)"
+                            for cid in re.findall(r"^calibration ([0-9a-f]{12}):", report, re.M)
+                            if (data_dir / f"calibration-{cid}.json").is_file())
         out += ["## Calibration", "", "Measured (or loaded from this machine's cache) before the notebooks, by "
                 "`python -m specdec calibrate` ([calibration.txt](calibration.txt)"
                 + (f"; the record it names: {records}" if records else "") + "); each section below names the "
-                "calibration its rows ran under.", "", "```", (data_dir / "calibration.txt").read_text().strip(),
+                "calibration its rows ran under.", "", "```", report.strip(),
                 "```", ""]
     skipped = {n: r for n, r in runs.items() if r.get("skipped")}
     if skipped:
