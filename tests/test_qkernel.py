@@ -4,6 +4,7 @@ on a model quantized with it token-identical to that model alone (not "up to nea
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -241,6 +242,52 @@ def test_fitted_int4_grids_err_less_than_the_min_max_grid_and_never_more(group):
     fitted, min_max = errors[qkernel.FIT_STEPS], errors[0]
     assert (fitted <= min_max * (1 + 1e-5) + 1e-12).all()
     assert fitted.sum() < 0.9 * min_max.sum()
+
+
+def fit_reference(x, steps):
+    """fit_int4's definition for one group (numpy float32, one operation at a time, sums in index order, ties of the
+    rounding to even): [scale, min]."""
+    f, G = np.float32, np.float32(len(x))
+    half = lambda v: f(np.float16(v))
+    total = lambda v: np.cumsum(v, dtype=f)[-1]  # a sequential float32 sum
+    codes = lambda v: np.clip(np.rint(v), f(0), f(15))
+
+    def error(s, m):
+        d = codes((x - m) / s) * s + m - x
+        return total(d * d)
+
+    lo, hi, sx = x.min(), x.max(), total(x)
+    best_s, best_m = half(max(f((hi - lo) / f(15)), f(1e-6))), half(lo)
+    best = error(best_s, best_m)
+    for j in range(steps if hi > lo else 0):
+        iscale = (f(14) + f(2) * f(j) / f(steps - 1)) / (hi - lo)
+        q = codes((x - lo) * iscale)
+        sl, sll, slx = total(q), total(q * q), total(q * x)
+        den = G * sll - sl * sl
+        if not den > 0:
+            continue
+        s = half(max((G * slx - sl * sx) / den, f(1e-6)))
+        m = half((sx - s * sl) / G)
+        if error(s, m) < best:
+            best, best_s, best_m = error(s, m), s, m
+    return np.array([best_s, best_m], dtype=f)
+
+
+@pytest.mark.parametrize("steps", [0, 2, qkernel.FIT_STEPS])
+def test_the_int4_fit_computes_its_definition_bit_for_bit(steps):
+    """fit_int4 against fit_reference on Gaussian groups with outliers, constant and all-zero groups, and a group
+    of integers whose best grid is the one of 14 codes over its range (codes x - lo) with two ties (2.5, 8.5: rounded
+    to even, not away, or that grid's least-squares scale and min come out otherwise)."""
+    assert qkernel.load(), qkernel.why_not()
+    rng = np.random.default_rng(3)
+    groups = (rng.standard_normal((40, 64)) * 0.02).astype(np.float32)
+    groups[::5, ::9] *= 8
+    groups[1], groups[2] = 0.3, 0.0
+    groups[3] = np.resize(np.arange(15, dtype=np.float32), 64)  # the 15-code grid fits it, ties and all
+    groups[3, [20, 40]] = 2.5, 8.5
+    got = torch.ops.specdec.fit_int4(torch.from_numpy(groups), steps).numpy()
+    want = np.stack([fit_reference(x, steps) for x in groups])
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))
 
 
 def scales_of(scales, group, in_f):

@@ -19,10 +19,19 @@ namespace {
 
 float half_round(float v) { return static_cast<float>(c10::Half(v)); }
 
+// std::fmin(std::fmax(std::nearbyint(v), 0), 15) without its three library calls (the build has no -ffast-math, so
+// GCC calls libm for each: 75% of a 0.5B draft's packing time on a Zen 4): adding and subtracting 1.5 x 2^23 rounds
+// half to even as nearbyint does for |v| < 2^22, and larger values clamp to 0 or 15 either way (NaN to 0, as fmax).
+float code4(float v) {
+  constexpr float shifter = 12582912.f;
+  const float q = (v + shifter) - shifter;
+  return q > 15.f ? 15.f : (q > 0.f ? q : 0.f);
+}
+
 float grid_error(const float* x, int64_t G, float s, float m) {
   float err = 0.f;
   for (int64_t k = 0; k < G; ++k) {
-    float q = std::fmin(std::fmax(std::nearbyint((x[k] - m) / s), 0.f), 15.f);
+    float q = code4((x[k] - m) / s);
     float d = q * s + m - x[k];
     err += d * d;
   }
@@ -49,7 +58,7 @@ at::Tensor fit_int4(const at::Tensor& groups, int64_t steps) {
         const float iscale = (14.f + 2.f * static_cast<float>(j) / static_cast<float>(steps - 1)) / range;
         float sl = 0.f, sll = 0.f, slx = 0.f;
         for (int64_t k = 0; k < G; ++k) {
-          float q = std::fmin(std::fmax(std::nearbyint((x[k] - lo) * iscale), 0.f), 15.f);
+          float q = code4((x[k] - lo) * iscale);
           sl += q; sll += q * q; slx += q * x[k];
         }
         const float den = static_cast<float>(G) * sll - sl * sl;
