@@ -11,10 +11,9 @@ Coverage is the share of draws whose interval contains 1; a 95% interval should 
 model: this measures the statistics, not the machine.
 
 Writes coverage.csv: per design and interval, prompts, categories, runs per side, draws and coverage (with its
-binomial standard error), and the commit whose statistics it measured.
+binomial standard error), and the commit whose statistics it measured (provenance.git_state).
 """
 import argparse
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from specdec.study import stats
+from specdec.study.provenance import git_state
 
 SIGMA = 0.1  # log-scale spread of one run: these machines' back-to-back runs of the same work differ by ~10-30%
 # (name, each prompt's category, runs per side): the designs of the cpu target's notebooks (specdec/study/targets)
@@ -42,8 +42,7 @@ def draw(rng, categories, runs):
 def t_interval(per_prompt):
     """A 95% t interval for the geometric-mean speedup from the per-prompt log ratios of run means."""
     logs = np.log([m.mean() / r.mean() for m, r in per_prompt])
-    half = scipy_stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
-    return np.exp(logs.mean() - half), np.exp(logs.mean() + half)
+    return np.exp(scipy_stats.t.interval(0.95, len(logs) - 1, loc=logs.mean(), scale=scipy_stats.sem(logs)))
 
 
 def coverage(categories, runs, draws, seed) -> dict:
@@ -65,13 +64,14 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default="data/cpu/interval_coverage")
     args = p.parse_args()
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    source = git_state()  # the commit whose statistics were measured, and whether its code was changed
     lines = []
     for name, categories, runs in DESIGNS:
         for interval, share in coverage(categories, runs, args.draws, args.seed).items():
             lines.append(dict(design=name, interval=interval, prompts=len(categories),
                               categories=len(set(categories)), runs=runs, sigma=SIGMA, draws=args.draws,
-                              coverage=share, coverage_se=np.sqrt(share * (1 - share) / args.draws), commit=commit))
+                              coverage=share, coverage_se=np.sqrt(share * (1 - share) / args.draws),
+                              git_commit=source["git_commit"], git_dirty=source["git_dirty"]))
             print(f"{name:44s} {interval:28s} coverage {share:.3f}")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     pd.DataFrame(lines).to_csv(Path(args.out) / "coverage.csv", index=False)
