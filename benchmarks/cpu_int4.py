@@ -73,7 +73,7 @@ def run_llama(found, ggufs, prompt, mode, new, folder, tokenizer):
                 acceptance=timing["accepted"] / timing["drafted"] if timing.get("drafted") else None)
 
 
-def summarize(frame, seed=0) -> pd.DataFrame:
+def summarize(frame) -> pd.DataFrame:
     """One line per configuration: its decode tok/s (geometric mean over prompts), its speed against llama.cpp's
     faster configuration of the same prompt and against specdec's int4 target alone of the same prompt (geometric
     mean of per-prompt ratios, 95% interval over prompts stratified by category: stats.geomean_speedup), and the
@@ -85,8 +85,8 @@ def summarize(frame, seed=0) -> pd.DataFrame:
     alone = wide["specdec int4 alone"]
     lines = []
     for name in configs:
-        vs_llama = geomean_speedup([([wide[name][p]], [llama_best[p]]) for p in wide.index], cats, seed)
-        vs_alone = geomean_speedup([([wide[name][p]], [alone[p]]) for p in wide.index], cats, seed)
+        vs_llama = geomean_speedup([([wide[name][p]], [llama_best[p]]) for p in wide.index], cats)
+        vs_alone = geomean_speedup([([wide[name][p]], [alone[p]]) for p in wide.index], cats)
         sub = frame[frame["config"] == name]
         lines.append(dict(config=name, prompts=len(wide), decode_tok_s=geomean(wide[name]),
                           vs_llama_best=vs_llama.est, vs_llama_best_lo=vs_llama.lo, vs_llama_best_hi=vs_llama.hi,
@@ -106,7 +106,7 @@ def main():
     args = p.parse_args()
     out = Path(args.out)
     if args.summarize:
-        summarize(pd.read_csv(out / "rows.csv"), args.seed).to_csv(out / "summary.csv", index=False)
+        summarize(pd.read_csv(out / "rows.csv")).to_csv(out / "summary.csv", index=False)
         return
     out.mkdir(parents=True, exist_ok=True)
     git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout
@@ -142,7 +142,7 @@ def main():
             print(f"prompt {qi + 1}/{len(prompts)} ({time.perf_counter() - start:.0f} s)", flush=True)
     frame = pd.DataFrame(rows)
     frame.to_csv(out / "rows.csv", index=False)
-    summary = summarize(frame, args.seed)
+    summary = summarize(frame)
     summary.to_csv(out / "summary.csv", index=False)
     meta = dict(machine=machine_key(), cpu=cpu_identity(), platform=platform.platform(),
                 kernel_path=qkernel.best_path() if qkernel.available() else f"none ({qkernel.why_not()})",

@@ -187,12 +187,12 @@ def mode_of(cell) -> dict:
     return {c: cell.get(c) for c in ("tool", "mode", "draft_max", "p_min")}
 
 
-def summary(rows, seed=0) -> pd.DataFrame:
+def summary(rows) -> pd.DataFrame:
     """One line per cell, on the prompts llama.cpp's target alone ran in the cell's blocks: decode tok/s (geometric
     mean over prompts of each prompt's mean); for speculation and for specdec's cells, its speed over llama.cpp's
-    target alone, run over run in the same block (population.paired_runs), with a 95% interval over prompts, then
-    their pairs (population.estimate); for speculation and specdec's second target alone, its speed over its own
-    engine's target alone the same way (own_speedup: for llama.cpp the speedup again; for specdec's target_again
+    target alone, run over run in the same block (population.paired_runs), with a 95% interval over prompts (their
+    pairs inside each prompt's ratio: population.estimate); for speculation and specdec's second target alone, its
+    speed over its own engine's target alone the same way (own_speedup: for llama.cpp the speedup again; for specdec's target_again
     the A/A control); for speculation (llama.cpp's and specdec's) also acceptance (accepted / drafted), and on how
     many prompts its text is its own engine's target alone's (one a prefix of the other: speculation may run past
     n)."""
@@ -211,13 +211,13 @@ def summary(rows, seed=0) -> pd.DataFrame:
                     speedup_lo=np.nan, speedup_hi=np.nan, own_speedup=np.nan, own_lo=np.nan, own_hi=np.nan,
                     acceptance=np.nan, identical=np.nan, version=g["version"].iloc[0])
         if mode != "target_alone" or tool == SPECDEC:  # the reference itself has none of these
-            e = estimate(d, seed, stats.RESAMPLES)
+            e = estimate(d)
             line.update(speedup=e.est, speedup_lo=e.lo, speedup_hi=e.hi)
         engine = SPECDEC if tool == SPECDEC else "llama.cpp"
         if mode != "target_alone":  # llama.cpp's own target alone is `base`: its speedup again, not re-estimated
             mine = paired_runs(g, own[SPECDEC], "decode_tok_s") if engine == SPECDEC else d
             if not mine.empty:
-                o = estimate(mine, seed, stats.RESAMPLES) if engine == SPECDEC else e
+                o = estimate(mine) if engine == SPECDEC else e
                 line.update(own_speedup=o.est, own_lo=o.lo, own_hi=o.hi)
         if mode not in ALONE:
             g = g[g["prompt_id"].isin(d["prompt_id"])]

@@ -56,16 +56,16 @@ def save_tables(rows, out_dir, by=("mode", "k", "batch_size", "max_new_tokens", 
     return pd.read_csv(out / "cells.csv"), pd.read_csv(out / "summary.csv")
 
 
-def aa_control(rows, out_dir, metric=population.DECODE, seed=0, by=None) -> dict:
+def aa_control(rows, out_dir, metric=population.DECODE, by=None) -> dict:
     """The experiment's A/A control: the target alone timed twice in each block (modes.A_A), its paired ratio
-    over prompts like every speedup of the experiment (geometric mean, 95% interval over prompts then pairs).
+    over prompts like every speedup of the experiment (geometric mean, 95% interval over prompts).
     Written to <out_dir>/aa_control.csv, one line per value of `by` (a column, e.g. batch_size) or one line
     'all'; returns {value: Estimate} (NAN where the control did not run)."""
     rows = pd.DataFrame(rows)
     groups = [("all", rows)] if by is None else list(rows.groupby(by))
     found, lines = {}, []
     for value, g in groups:
-        t = population.speedup_table(g, A_A[0], A_A[1], metric=metric, seed=seed) if (g["mode"] == A_A[0]).any() \
+        t = population.speedup_table(g, A_A[0], A_A[1], metric=metric) if (g["mode"] == A_A[0]).any() \
             else pd.DataFrame()
         o = t.set_index("category").loc[population.OVERALL] if len(t) else None
         found[value] = NAN if o is None else Estimate(o["speedup"], o["speedup_lo"], o["speedup_hi"])

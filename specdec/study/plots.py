@@ -28,7 +28,7 @@ TIMING_ONLY_NOTE = ("Acceptance is not shown: this pair has random weights (timi
                     "times are real.")
 SEED_NOTE = ("Right-hand panel: numbers reported by the seed document (flawed implementation, other hardware "
              "and models), on their own axis; they were not measured here and are not comparable with ours.")
-CI_NOTE = "Error bars and bands: 95% bootstrap intervals over the repeats of each prompt (stratified by prompt)."
+CI_NOTE = "Error bars and bands: 95% t intervals over the repeats of each prompt (stratified by prompt)."
 NO_CI_NOTE = "No error bars: one timed run per prompt (the intervals over prompts are in the readout)."
 MAX_HEIGHT_IN = 10.0  # at 150 dpi: 1,500 px, readable at 100% zoom on one screen
 

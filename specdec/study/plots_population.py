@@ -8,10 +8,9 @@ from .modes import label as mode_label
 from .plots import BASE_COLOR, finish
 from .population import OVERALL
 
-POPULATION_NOTE = ("Geometric means with 95% intervals from a two-stage bootstrap: prompts resampled within their "
-                   "category (the overall line: all prompts, stratified by category), then each prompt's repeats; "
-                   "percentiles expanded for few prompts (Hesterberg), so an interval says where the mean over other "
-                   "prompts of the same categories would fall.")
+POPULATION_NOTE = ("Geometric means with 95% t intervals over prompts: each prompt's ratio (its repeats' noise "
+                   "inside it), stratified by category (the overall line: all prompts), so an interval says where the "
+                   "mean over other prompts of the same categories would fall.")
 
 METRIC_WORDS = {"decode_throughput": ", decode tok/s: the target's prefill excluded, the draft's charged",
                 "throughput": ", end to end"}

@@ -92,7 +92,7 @@ def speedup(table, target=""):
         ax.set_title(textwrap.fill(describe(table[table["pair"] == pair], target), 110), fontsize=10)
         ax.set_xlim(0, max(1.1, np.nanmax(p[["value", "hi"]].to_numpy(float)) * 1.15))
     notes = ["Speedup = throughput / specdec target-only throughput in the same block (the same prompts, timed back "
-             "to back), end to end (prefill included); error bars: 95% bootstrap intervals, only where there is one. "
+             "to back), end to end (prefill included); error bars: 95% intervals over prompts, only where there is one. "
              "The prediction uses a, c and v from a separate calibration pass on other prompts and models the decode "
              "phase alone, so it estimates no bar beside it: the readout compares it with the measured decode-phase "
              "speedup."]

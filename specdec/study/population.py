@@ -5,8 +5,8 @@ oracle would have given, and how acceptance falls along the drafted positions.
 Every function takes the rows (one per timed generation, specdec.study.results) and returns a DataFrame that the
 notebook saves as CSV. Only ok rows count; speedups are paired by block (a mode's run on a prompt over the
 reference's run on the same prompt, timed back to back: pairing.py) and default to greedy rows (temperature 0),
-where acceptance is the same in every repeat and only timing varies. Intervals: stats.geomean_speedup (over
-prompts, then their pairs).
+where acceptance is the same in every repeat and only timing varies. Intervals: stats.geomean_speedup (a t interval
+over prompts of each prompt's paired ratio, stratified by category).
 """
 import json
 
@@ -15,7 +15,7 @@ import pandas as pd
 
 from .modes import BASELINE, SPECULATIVE
 from .results import decode_throughput
-from .stats import NAN, RESAMPLES, geomean_speedup
+from .stats import NAN, geomean_speedup
 
 AUTO = "auto"
 OVERALL = "overall"  # the category line over all prompts (stratified by category)
@@ -88,10 +88,11 @@ def geomean(x) -> float:
     return float(np.exp(np.log(x).mean())) if len(x) else np.nan
 
 
-def estimate(d, seed, resamples):
+def estimate(d):
     """geomean_speedup of a `paired` frame's per-block ratios, stratified by its categories: the geometric mean
-    over prompts of each prompt's mean ratio; the interval resamples prompts, then their pairs."""
-    return geomean_speedup([(x, ONE) for x in d["ratios"]], d["category"], seed, resamples)
+    over prompts of each prompt's mean ratio; the interval is over prompts (each prompt's ratio
+    carries its pairs' noise)."""
+    return geomean_speedup([(x, ONE) for x in d["ratios"]], d["category"])
 
 
 def categories_then_overall(cats):
@@ -100,8 +101,7 @@ def categories_then_overall(cats):
 
 # -- 1. speedup over the target alone -------------------------------------------------------------------------
 
-def speedup_table(rows, mode=AUTO, reference=BASELINE, metric=DECODE, seed=0, k=None, temperature=0.0,
-                  resamples=RESAMPLES) -> pd.DataFrame:
+def speedup_table(rows, mode=AUTO, reference=BASELINE, metric=DECODE, k=None, temperature=0.0) -> pd.DataFrame:
     """One line per category and an 'overall' one (all prompts, stratified by category): metric, prompts, runs_min /
     runs_max (runs per prompt, either configuration), speedup / speedup_lo / speedup_hi (geometric mean over
     prompts of `metric`, 95%), e2e_speedup / e2e_lo / e2e_hi (the same for end-to-end throughput, prefill
@@ -115,7 +115,7 @@ def speedup_table(rows, mode=AUTO, reference=BASELINE, metric=DECODE, seed=0, k=
         c = d if cat == OVERALL else d[d["category"] == cat]
         same = lambda f: f[f["prompt_id"].isin(c["prompt_id"])]  # the other metrics on the same prompts
         e, t = same(e2e), same(tok)
-        s, ee = estimate(c, seed, resamples), estimate(e, seed, resamples)
+        s, ee = estimate(c), estimate(e)
         runs = np.concatenate([c["mode_runs"].map(len), c["reference_runs"].map(len)])
         lines.append(dict(category=cat, mode=mode, k=k, reference=reference, metric=metric, prompts=len(c),
                           runs_min=runs.min(), runs_max=runs.max(), speedup=s.est, speedup_lo=s.lo, speedup_hi=s.hi,
@@ -178,7 +178,7 @@ def fits(s, auto, prompts, choose, measure):
 
 
 def oracle(rows, fixed_mode=SPECULATIVE, auto=AUTO, reference=BASELINE, choose=0, measure=1, metric=DECODE,
-           temperature=0.0, seed=0, resamples=RESAMPLES) -> pd.DataFrame:
+           temperature=0.0) -> pd.DataFrame:
     """Auto against what a fixed K could have done, on the prompts with every fixed K (and auto, if it ran) on
     both iterations; every speedup is against the reference on the same prompt and iteration. Lines (strategy):
     'best fixed K' (the one K best on `choose`, measured on `measure`), 'per-prompt oracle' (each prompt's best K
@@ -186,7 +186,7 @@ def oracle(rows, fixed_mode=SPECULATIVE, auto=AUTO, reference=BASELINE, choose=0
     other, per-prompt geometric mean of the two). Columns: chosen_on, measured_on, prompts, k (the K, or the
     oracle's mean K), speedup_*, auto_speedup / auto_lo / auto_hi (auto measured the same way) and auto_vs /
     auto_vs_lo / auto_vs_hi (auto / that strategy, per prompt, then geometric mean: > 1 means auto did better).
-    Intervals resample prompts (stratified by category) given the choices: they leave out the luck of choosing."""
+    Intervals are over prompts (stratified by category) given the choices: they leave out the luck of choosing."""
     r = ok_rows(rows, temperature)
     r = r[r["iteration"].isin([choose, measure])]
     mean = lambda f, keys: f.groupby(keys)[metric].mean()
@@ -199,8 +199,8 @@ def oracle(rows, fixed_mode=SPECULATIVE, auto=AUTO, reference=BASELINE, choose=0
     if not prompts or choose == measure:
         return pd.DataFrame()
     category = r.drop_duplicates("prompt_id").set_index("prompt_id")["category"].reindex(prompts).to_numpy()
-    # one value per prompt and side: the bootstrap resamples prompts only (a ratio num / den per prompt)
-    interval = lambda num, den: geomean_speedup([([x], [y]) for x, y in zip(num, den)], category, seed, resamples)
+    # one value per prompt and side: the interval is over prompts only (a ratio num / den per prompt)
+    interval = lambda num, den: geomean_speedup([([x], [y]) for x, y in zip(num, den)], category)
     ones = np.ones(len(prompts))
     f, g = fits(s, a, prompts, choose, measure), fits(s, a, prompts, measure, choose)
     cross = lambda key: np.sqrt(f[key] * g[key])  # the per-prompt geometric mean of both directions

@@ -88,9 +88,9 @@ FIXED, AUTO, VS_BEST, VS_OWN = "fixed", "auto", "auto vs best fixed K", "auto vs
 COLUMNS = ["policy", "k", "prompts", "speedup", "speedup_lo", "speedup_hi", "mean_k"]
 
 
-def compare(traces, prices, high=8, seed=0) -> pd.DataFrame:
+def compare(traces, prices, high=8) -> pd.DataFrame:
     """Every policy replayed on `traces` at `prices`, one line each (COLUMNS): FIXED at k = 1..high and AUTO, with
-    speedup / speedup_lo / speedup_hi over the target alone (geometric mean over prompts; the interval resamples
+    speedup / speedup_lo / speedup_hi over the target alone (geometric mean over prompts; the interval is over
     prompts within categories) and mean_k; then VS_BEST (auto over the one K best over all prompts, which is k: auto's
     strictest single-K rival) and VS_OWN (auto over each prompt's best K, known only in hindsight), both per prompt."""
     if not traces:  # no greedy generation finished: nothing to replay
@@ -98,7 +98,7 @@ def compare(traces, prices, high=8, seed=0) -> pd.DataFrame:
     policies = {k: (lambda k=k: FixedK(k)) for k in range(1, high + 1)} | {AUTO: lambda: AutoK(high)}
     s = speedups(traces, prices, policies).pivot(index=["prompt_id", "category"], columns="policy")
     cats = s.index.get_level_values("category")
-    est = lambda ratios: geomean_speedup([(np.array([r]), np.ones(1)) for r in ratios], cats, seed)
+    est = lambda ratios: geomean_speedup([(np.array([r]), np.ones(1)) for r in ratios], cats)
     line = lambda policy, k, ratios, mean_k=np.nan: dict(zip(COLUMNS, (policy, k, len(s), *est(ratios), mean_k)))
     fixed = s["speedup"].drop(columns=AUTO)
     best = max(fixed, key=lambda k: geomean(fixed[k]))
@@ -108,8 +108,7 @@ def compare(traces, prices, high=8, seed=0) -> pd.DataFrame:
                            line(VS_BEST, best, auto / fixed[best]), line(VS_OWN, np.nan, auto / fixed.max(axis=1))])
 
 
-def on_pair(pair, prompts, rows, max_new_tokens, high=8, seed=0) -> pd.DataFrame:
+def on_pair(pair, prompts, rows, max_new_tokens, high=8) -> pd.DataFrame:
     """compare() on the pair's recorded greedy generations of `prompts` (traces), at this machine's price list for
     the pair at batch 1 (the one auto reads)."""
-    return compare(traces(pair, prompts, rows, max_new_tokens), costs.prices(pair.target, pair.draft, 1, high), high,
-                   seed)
+    return compare(traces(pair, prompts, rows, max_new_tokens), costs.prices(pair.target, pair.draft, 1, high), high)

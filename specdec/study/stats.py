@@ -1,20 +1,24 @@
 """95% intervals for the study's numbers, and the only sentences the readouts may draw from them.
 
-Two kinds. Per cell and per configuration (mean_interval, of runs or of per-block ratios): percentile bootstraps
-(scipy.stats.bootstrap) stratified by prompt: the runs (repeats) of each prompt are resampled separately and the
-statistic is the mean over prompts of a per-prompt number, so an interval says how much the result would move if
-the repeats were run again on the same prompts. Over a prompt population (geomean_speedup): prompts are resampled
-too, within their categories, so the interval says what other prompts of the same kinds would see. Speedups
-are paired (specdec.study.pairing): each run is divided by the baseline's run of the same block, timed back to
-back with it, and the intervals resample those per-block ratios (summary, population).
-With 3 repeats per prompt a bootstrap interval is on the narrow side (it cannot see noise the runs did not
-show); the readouts stay conservative by claiming a difference only when two intervals do not overlap, and
-(versus_one) only outside the experiment's A/A control.
+Two kinds, both Student t intervals on means of per-prompt numbers (a prompt is the unit the study samples; its
+repeats are the noise in each prompt's number). Per cell and per configuration (mean_interval, of runs or of
+per-block ratios): the mean over prompts of each prompt's mean over its repeats, with the repeats' variance within
+each prompt, so an interval says how much the result would move if the repeats were run again on the same prompts.
+Over a prompt population (geomean_speedup): the geometric mean over prompts of each prompt's ratio, with the
+variance of those ratios within categories, so the interval says what other prompts of the same kinds would see.
+Speedups are paired (specdec.study.pairing): each run is divided by the baseline's run of the same block, timed
+back to back with it. Why t and not a bootstrap: the study's designs have 2-4 repeats and 3-16 prompts, where a
+percentile bootstrap cannot reach past the sample's own range (of 3 values, the truth lies outside their range a
+quarter of the time) and its 95% interval covered 63-84% of simulated A/A comparisons
+(benchmarks/interval_coverage.py). The readouts stay conservative on top: a difference is claimed only when two
+intervals do not overlap, and (versus_one) only outside the experiment's A/A control. One interval stays a
+percentile bootstrap (bootstrap_interval): Leviathan's prediction, a nonlinear function of five calibrated
+quantities with dozens of runs each (summary.calibrated_prediction).
 """
 from typing import NamedTuple
 
 import numpy as np
-from scipy.stats import bootstrap, norm, t as student_t
+from scipy.stats import bootstrap, t as student_t
 
 LEVEL = 0.95
 RESAMPLES = 2000
@@ -34,30 +38,48 @@ NAN = Estimate(np.nan, np.nan, np.nan)
 
 # -- intervals --------------------------------------------------------------------------------------------
 
-def _mean_of_means(*samples, axis=-1):
-    return np.mean([s.mean(axis=axis) for s in samples], axis=0)
-
-
-def _interval(samples, statistic, seed) -> Estimate:
-    samples = [np.asarray(s, float) for s in samples]
-    samples = [s[np.isfinite(s)] for s in samples]
-    if not samples or any(len(s) == 0 for s in samples):
+def bootstrap_interval(samples, statistic, seed) -> Estimate:
+    """A percentile bootstrap of `statistic` over independent `samples` (each resampled on its own)."""
+    samples = [np.asarray(x, float) for x in samples]
+    samples = [x[np.isfinite(x)] for x in samples]
+    if not samples or any(len(x) == 0 for x in samples):
         return NAN
     est = float(statistic(*samples))
-    if any(len(s) < 2 for s in samples):  # one run of a prompt: nothing to resample, no interval
+    if any(len(x) < 2 for x in samples):  # one run: nothing to resample, no interval
         return Estimate(est, np.nan, np.nan)
-    if all(np.ptp(s) == 0 for s in samples):  # identical runs (e.g. acceptance under greedy decoding)
-        return Estimate(est, est, est)
     ci = bootstrap(samples, statistic, n_resamples=RESAMPLES, confidence_level=LEVEL, method="percentile",
                    vectorized=True, paired=False, rng=np.random.default_rng(seed)).confidence_interval
     return Estimate(est, float(ci.low), float(ci.high))
 
 
-def mean_interval(strata, seed=0) -> Estimate:
-    """Mean over strata (prompts) of each stratum's mean over its runs, with a 95% interval from resampling
-    the runs within each stratum. `strata`: a list of arrays, or one array (a single prompt)."""
+def stratified_t(groups, weights) -> Estimate:
+    """sum_h w_h mean(groups[h]) with a 95% t interval from the groups' pooled variance s^2 (variance
+    s^2 sum_h w_h^2 / n_h, sum_h (n_h - 1) degrees of freedom): exact for normal values of one spread. A per-group
+    variance with Welch-Satterthwaite's degrees of freedom is not: with 2 values a group its own spread estimates
+    are so noisy that its intervals cover 99%, not 95%. Every group needs 2 or more values (else no interval:
+    NaN); no spread in any group: a zero-width interval."""
+    groups = [np.asarray(g, float) for g in groups]
+    w, n = np.asarray(weights, float), np.array([len(g) for g in groups])
+    est = float(sum(wh * g.mean() for wh, g in zip(w, groups)))
+    if n.min() < 2:
+        return Estimate(est, np.nan, np.nan)
+    df = int((n - 1).sum())
+    pooled = sum(((g - g.mean()) ** 2).sum() for g in groups) / df
+    if pooled == 0:
+        return Estimate(est, est, est)
+    half = float(student_t.ppf((1 + LEVEL) / 2, df) * np.sqrt(pooled * (w ** 2 / n).sum()))
+    return Estimate(est, est - half, est + half)
+
+
+def mean_interval(strata) -> Estimate:
+    """Mean over strata (prompts) of each stratum's mean over its runs, with a 95% t interval from the runs'
+    variance within each stratum (stratified_t). `strata`: a list of arrays, or one array (a single prompt)."""
     strata = [strata] if np.ndim(strata[0]) == 0 else strata
-    return _interval(strata, _mean_of_means, seed)
+    strata = [np.asarray(x, float) for x in strata]
+    strata = [x[np.isfinite(x)] for x in strata]
+    if not strata or any(len(x) == 0 for x in strata):
+        return NAN
+    return stratified_t(strata, np.full(len(strata), 1 / len(strata)))
 
 
 # -- readouts -----------------------------------------------------------------------------------------------
@@ -146,66 +168,50 @@ def best(names, estimates, unit="", higher=BEATS) -> str:
 
 # -- intervals over prompts ---------------------------------------------------------------------------------
 # The intervals above are over repeats: they hold for the prompts that were run. A population study asks how
-# the result would move with other prompts of the same kinds, so its interval resamples the prompts too.
+# the result would move with other prompts of the same kinds, so its interval is over the prompts' own ratios.
 
-def _padded(runs):
-    """Runs of unequal count as one (prompts, most runs) array, zero-padded, and each prompt's count."""
-    n = np.array([len(x) for x in runs])
-    out = np.zeros((len(runs), n.max()))
-    for i, x in enumerate(runs):
-        out[i, :len(x)] = x
-    return out, n
-
-
-def _resampled_means(runs, n, picks, rng):
-    """Per draw and prompt slot: the mean of len(runs) runs drawn with replacement from the picked prompt's."""
-    m = n[picks][..., None]  # (draws, prompts, 1): each slot's own run count
-    j = (rng.random(picks.shape + (runs.shape[1],)) * m).astype(int)  # run indices < that count
-    used = np.arange(runs.shape[1]) < m  # draw as many runs as the prompt has, not as many as the longest
-    return (runs[picks[..., None], j] * used).sum(-1) / m[..., 0]
+def _log_ratio_of_one_prompt(mode, ref) -> Estimate:
+    """One prompt: log(mean(mode) / mean(ref)), its variance by the delta method (each side's squared coefficient
+    of variation over its run count; a side with one run adds none), t degrees of freedom by Welch-Satterthwaite."""
+    est = float(np.log(mode.mean() / ref.mean()))
+    sides = [x for x in (mode, ref) if len(x) > 1]
+    v = np.array([x.var(ddof=1) / (len(x) * x.mean() ** 2) for x in sides])
+    if not sides:
+        return Estimate(est, np.nan, np.nan)  # one number: nothing says how it would move
+    if not v.any():
+        return Estimate(est, est, est)
+    df = v.sum() ** 2 / sum(vh ** 2 / (len(x) - 1) for vh, x in zip(v, sides))
+    half = float(student_t.ppf((1 + LEVEL) / 2, df) * np.sqrt(v.sum()))
+    return Estimate(est, est - half, est + half)
 
 
-def geomean_speedup(per_prompt_runs, categories=None, seed=0, resamples=RESAMPLES) -> Estimate:
+def geomean_speedup(per_prompt_runs, categories=None) -> Estimate:
     """Geometric mean over prompts of mean(mode runs) / mean(reference runs) of the same prompt, with a 95%
     interval for other prompts of the same categories. `per_prompt_runs`: one (mode runs, reference runs)
     per prompt (any counts >= 1); `categories`: each prompt's category (None: one category).
 
-    Two-stage bootstrap: prompts are drawn with replacement within each category (the study fixes how many
-    prompts each category has), then each drawn prompt's mode and reference runs are drawn with replacement,
-    independently. If some category has a single prompt, stratifying would freeze it (every draw would be that
-    prompt, and how it differs from the others would never show), so prompts are then drawn across all
-    categories; that is wider, never narrower. A percentile interval from few prompts is too narrow (the
-    bootstrap spread is the plug-in (n-1)/n of the variance, and normal tails stand in for t tails), so the
-    percentiles are Hesterberg's expanded ones: alpha/2 becomes Phi(sqrt(n/df) * t_{alpha/2, df}), df = n
-    prompts - strata. One prompt with one run each: no interval (NaN). Every prompt's ratio and runs
-    identical: the interval collapses to the estimate (est, est, est), with nothing to resample. Prompts that
-    differ always give a nonzero width, unless every category's prompts agree exactly among themselves."""
+    A t interval on the per-prompt log ratios (each already carries its repeats' noise), stratified by category
+    (the study fixes how many prompts each category has: stratified_t with weights n_h / n). If some category has
+    a single prompt, its spread is unknown, so the prompts are taken as one group (n - 1 degrees of freedom): the
+    differences between categories then count as noise, wider, never narrower. One prompt: its runs' spread
+    (_log_ratio_of_one_prompt); one run a side: no interval (NaN). No spread anywhere: (est, est, est)."""
     pairs = [(np.asarray(m, float), np.asarray(r, float)) for m, r in per_prompt_runs]
     cats = np.asarray(["all"] * len(pairs) if categories is None else list(categories), dtype=object)
     pairs = [(m[np.isfinite(m) & (m > 0)], r[np.isfinite(r) & (r > 0)]) for m, r in pairs]
     keep = np.array([len(m) > 0 and len(r) > 0 for m, r in pairs], bool)
     if not keep.any():
         return NAN
-    mode, nm = _padded([m for (m, _), k in zip(pairs, keep) if k])
-    ref, nr = _padded([r for (_, r), k in zip(pairs, keep) if k])
-    ratios = (mode.sum(1) / nm) / (ref.sum(1) / nr)
+    pairs, cats = [p for p, k in zip(pairs, keep) if k], cats[keep].astype(str)
+    ratios = np.array([m.mean() / r.mean() for m, r in pairs])
+    if len(pairs) == 1:
+        e = _log_ratio_of_one_prompt(*pairs[0])
+        return Estimate(float(ratios[0]), float(np.exp(e.lo)), float(np.exp(e.hi)))
     logs = np.log(ratios)
-    est = float(ratios[0] if np.ptp(ratios) == 0 else np.exp(logs.mean()))  # one ratio: itself, not exp(log(r))
-    if len(logs) == 1 and nm[0] == 1 and nr[0] == 1:
-        return Estimate(est, np.nan, np.nan)  # one number: nothing says how it would move
-    spread = lambda x, n: np.any(x.max(1) - np.where(np.arange(x.shape[1]) < n[:, None], x, np.inf).min(1) > 0)
-    if np.ptp(logs) == 0 and not spread(mode, nm) and not spread(ref, nr):
+    groups = [logs[cats == c] for c in np.unique(cats)]
+    if min(len(g) for g in groups) < 2:
+        groups = [logs]
+    e = stratified_t(groups, [len(g) / len(logs) for g in groups])
+    est = float(ratios[0] if np.ptp(ratios) == 0 else np.exp(e.est))  # equal ratios: themselves, not exp(log(r))
+    if e.lo == e.hi:
         return Estimate(est, est, est)
-    _, strata = np.unique(cats[keep].astype(str), return_inverse=True)
-    strata = [np.flatnonzero(strata == s) for s in range(strata.max() + 1)]
-    if min(len(s) for s in strata) < 2:
-        strata = [np.arange(len(logs))]
-    rng = np.random.default_rng(seed)
-    picks = np.concatenate([s[rng.integers(0, len(s), (resamples, len(s)))] for s in strata], axis=1)
-    boot = (np.log(_resampled_means(mode, nm, picks, rng)) - np.log(_resampled_means(ref, nr, picks, rng))).mean(1)
-    n, df = len(logs), len(logs) - len(strata)
-    tail = (1 - LEVEL) / 2
-    if df >= 1:  # one prompt (several runs): its repeats alone vary, a plain percentile interval
-        tail = norm.cdf(np.sqrt(n / df) * student_t.ppf(tail, df))
-    lo, hi = np.quantile(boot, [tail, 1 - tail])
-    return Estimate(est, float(np.exp(lo)), float(np.exp(hi)))
+    return Estimate(est, float(np.exp(e.lo)), float(np.exp(e.hi)))

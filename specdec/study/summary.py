@@ -22,7 +22,7 @@ def predicted_speedup(a, k, c, v):
         return tokens / (k * np.asarray(c, float) + np.asarray(v, float))
 
 
-def summarize(rows, by=None, seed=0) -> pd.DataFrame:
+def summarize(rows, by=None) -> pd.DataFrame:
     """One row per cell (metrics over its ok runs: throughput is their mean) with speedup (the mean over its runs
     of throughput / the baseline's run in the same block, pairing.py; every non-baseline mode), speedup_vs_hf
     (specdec at a fixed K over HF assisted at that K, in the same block) and predicted_speedup (in-sample:
@@ -84,12 +84,12 @@ def summarize(rows, by=None, seed=0) -> pd.DataFrame:
 
     runs = {k: g for k, g in ok.groupby("_cell", sort=False)}
     col = lambda c, name: [runs[k][name].to_numpy(float) if k in runs else np.array([np.nan]) for k in c["_cell"]]
-    # the mean over prompts of each prompt's mean paired ratio, its runs resampled (cells without pairs: stats.NAN)
-    ratios = lambda c, name: (stats.mean_interval(found, seed) if (found := [x for x in col(c, name)
+    # the mean over prompts of each prompt's mean paired ratio, its runs' spread the noise (cells without pairs: stats.NAN)
+    ratios = lambda c, name: (stats.mean_interval(found) if (found := [x for x in col(c, name)
                                                                              if np.isfinite(x).any()]) else stats.NAN)
     intervals = lambda c: dict(
-        throughput=stats.mean_interval(col(c, "throughput"), seed),
-        decode_throughput=stats.mean_interval(col(c, "decode_throughput"), seed),
+        throughput=stats.mean_interval(col(c, "throughput")),
+        decode_throughput=stats.mean_interval(col(c, "decode_throughput")),
         speedup=ratios(c, "_vs_base"), decode_speedup=ratios(c, "_vs_base_decode"),
         speedup_vs_hf_default=ratios(c, "_vs_hf_default"))
     if by is None:
@@ -143,7 +143,7 @@ def calibrated_prediction(calibration, ks, seed=0) -> pd.DataFrame:
         def predict(a, d, t, v1, v2, axis=-1, k=k, w=w):
             v = (1 - w) * v1.mean(axis=axis) + w * v2.mean(axis=axis)
             return predicted_speedup(a.mean(axis=axis), k, d.mean(axis=axis) / t.mean(axis=axis), v / t.mean(axis=axis))
-        e = stats._interval([a_runs, draft, target, verify[lo_k], verify[hi_k]], predict, seed)
+        e = stats.bootstrap_interval([a_runs, draft, target, verify[lo_k], verify[hi_k]], predict, seed)
         v = (1 - w) * verify[lo_k].mean() + w * verify[hi_k].mean()
         out.append(dict(k=k, predicted_speedup=e.est, predicted_lo=e.lo, predicted_hi=e.hi, a=a_runs.mean(),
                         c=draft.mean() / target.mean(), v=v / target.mean()))
