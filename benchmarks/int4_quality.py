@@ -11,7 +11,6 @@ of positions whose most likely token is the float32 target's. Writes quality.csv
 import argparse
 import json
 import platform
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +21,7 @@ from specdec.machine import cpu_identity
 from specdec.models import load_pair
 from specdec.quantize import copy_model, quantize
 from specdec.study.llamacpp import prompt_inputs
+from specdec.study.provenance import git_state
 
 from cpu_int4 import pick_prompts
 
@@ -49,8 +49,7 @@ def main():
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--out", default="data/cpu/int4_quality")
     args = p.parse_args()
-    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout
-    source = dict(commit=git("rev-parse", "HEAD").strip(), dirty=bool(git("status", "--porcelain")))
+    source = git_state()  # the commit, and whether its code was changed (the study's output folders aside)
     pair = load_pair("qwen2.5-coder")
     prompts = prompt_inputs(pair.tokenizer, pick_prompts(args.prompts))
     reference = log_probs(pair.target, prompts)

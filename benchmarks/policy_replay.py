@@ -20,7 +20,6 @@ the target alone, and against the best single fixed K and the in-sample per-prom
 """
 import argparse
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from specdec.machine import cpu_identity
 from specdec.models import load_pair
 from specdec.study.population import geomean
 from specdec.study.prompts import encode, load_prompts
+from specdec.study.provenance import git_state
 from specdec.study.replay import agreement, speedups
 
 POPULATION = "data/prompts/population.jsonl"
@@ -112,9 +112,8 @@ def main():
     frame.to_csv(out / "replay.csv", index=False)
     print(frame[frame.policy.isin(["auto", "per-prompt best K (in sample)"]) | (frame.policy == "fixed K=2")]
           .round(3).to_string(index=False))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    (out / "provenance.json").write_text(json.dumps(dict(commit=commit, machine=cpu_identity(), tokens=args.tokens,
-                                                         torch=torch.__version__), indent=1))
+    meta = dict(git_state(), machine=cpu_identity(), tokens=args.tokens, torch=torch.__version__)
+    (out / "provenance.json").write_text(json.dumps(meta, indent=1))
 
 
 if __name__ == "__main__":
