@@ -117,8 +117,8 @@ def calibrated_prediction(calibration, ks, seed=0) -> pd.DataFrame:
     """Leviathan's predicted speedup for each K in `ks`, from a separate calibration pass (batch 1, other
     prompts than the runs it predicts; baseline + speculative rows): per run, the per-token acceptance a
     solved from its accepted tokens per round, E = a (1 - a^K) / (1 - a); c = draft step / target step,
-    v = verify round (at that K, interpolated between calibrated K) / target step. Interval: bootstrap over
-    the calibration runs (each quantity's runs resampled). Columns: k, predicted_speedup, _lo, _hi, a, c, v."""
+    v = verify round (at that K, interpolated between calibrated K) / target step. Interval: t-wide around a
+    bootstrap standard error over the calibration runs (stats.bootstrap_interval). Columns: k, predicted_speedup, _lo, _hi, a, c, v."""
     cal = pd.DataFrame(calibration)
     cal = cal[(cal["status"] == "ok") & (cal["batch_size"] == 1)]
     spec, base = cal[cal["mode"] == SPECULATIVE], cal[cal["mode"] == BASELINE]
