@@ -155,7 +155,8 @@ def test_calibrated_prediction_recovers_known_parameters():
 
 @pytest.mark.parametrize("runs", [3, 10])
 def test_bootstrap_interval_of_a_ratio_covers_95_percent_with_few_runs(runs):
-    # Leviathan's prediction is a ratio of means of 3 calibration runs each: a percentile bootstrap covered 0.80 (10 runs: 0.91)
+    # Leviathan's prediction is a ratio of means of 3 calibration runs each: a percentile bootstrap covered 0.80
+    # (10 runs: 0.91)
     rng = np.random.default_rng(4)
     ratio = lambda a, b, axis=-1: a.mean(axis=axis) / b.mean(axis=axis)
     hits = [(e := stats.bootstrap_interval([rng.normal(2, 0.1, runs), rng.normal(1, 0.05, runs)], ratio, i)).lo

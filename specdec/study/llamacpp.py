@@ -192,8 +192,8 @@ def summary(rows) -> pd.DataFrame:
     mean over prompts of each prompt's mean); for speculation and for specdec's cells, its speed over llama.cpp's
     target alone, run over run in the same block (population.paired_runs), with a 95% interval over prompts (their
     pairs inside each prompt's ratio: population.estimate); for speculation and specdec's second target alone, its
-    speed over its own engine's target alone the same way (own_speedup: for llama.cpp the speedup again; for specdec's target_again
-    the A/A control); for speculation (llama.cpp's and specdec's) also acceptance (accepted / drafted), and on how
+    speed over its own engine's target alone the same way (own_speedup: for llama.cpp the speedup again; for
+    specdec's target_again the A/A control); for speculation (llama.cpp's and specdec's) also acceptance (accepted / drafted), and on how
     many prompts its text is its own engine's target alone's (one a prefix of the other: speculation may run past
     n)."""
     ok = rows[rows["status"] == "ok"]
