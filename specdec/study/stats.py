@@ -38,6 +38,12 @@ NAN = Estimate(np.nan, np.nan, np.nan)
 
 # -- intervals --------------------------------------------------------------------------------------------
 
+def _around(est, variance, df) -> Estimate:
+    """est -/+ the 95% t quantile at `df` degrees of freedom times sqrt(variance): every interval here."""
+    half = float(student_t.ppf((1 + LEVEL) / 2, df) * np.sqrt(variance))
+    return Estimate(est, est - half, est + half)
+
+
 def bootstrap_interval(samples, statistic, seed) -> Estimate:
     """`statistic` of independent `samples` with a 95% interval est -/+ t_{n-1} sqrt(n / (n-1)) SE: SE the
     bootstrap's standard error (each sample resampled on its own), n the fewest values of any sample. With few runs
@@ -53,8 +59,7 @@ def bootstrap_interval(samples, statistic, seed) -> Estimate:
     se = bootstrap(samples, statistic, n_resamples=RESAMPLES, vectorized=True, paired=False,
                    rng=np.random.default_rng(seed)).standard_error
     n = min(len(x) for x in samples)
-    half = float(student_t.ppf((1 + LEVEL) / 2, n - 1) * np.sqrt(n / (n - 1)) * se)
-    return Estimate(est, est - half, est + half)
+    return _around(est, n / (n - 1) * se ** 2, n - 1)
 
 
 def stratified_t(groups, weights) -> Estimate:
@@ -72,8 +77,7 @@ def stratified_t(groups, weights) -> Estimate:
     pooled = sum(((g - g.mean()) ** 2).sum() for g in groups) / df
     if pooled == 0:
         return Estimate(est, est, est)
-    half = float(student_t.ppf((1 + LEVEL) / 2, df) * np.sqrt(pooled * (w ** 2 / n).sum()))
-    return Estimate(est, est - half, est + half)
+    return _around(est, pooled * (w ** 2 / n).sum(), df)
 
 
 def mean_interval(strata) -> Estimate:
@@ -186,8 +190,7 @@ def _log_ratio_of_one_prompt(mode, ref) -> Estimate:
     if not v.any():
         return Estimate(est, est, est)
     df = v.sum() ** 2 / sum(vh ** 2 / (len(x) - 1) for vh, x in zip(v, sides))
-    half = float(student_t.ppf((1 + LEVEL) / 2, df) * np.sqrt(v.sum()))
-    return Estimate(est, est - half, est + half)
+    return _around(est, v.sum(), df)
 
 
 def geomean_speedup(per_prompt_runs, categories=None) -> Estimate:
