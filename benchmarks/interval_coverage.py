@@ -6,8 +6,8 @@ An A/A comparison (the same work timed twice, paired) has a true speedup of exac
 are drawn as independent lognormal times (sigma 0.1 in log, about the run-to-run spread these machines show), and
 the speedup over prompts is estimated with the study's own interval (specdec.study.stats.geomean_speedup: a t
 interval on the per-prompt log ratios, stratified by category) at the designs the cpu notebooks use; per cell
-(stats.mean_interval: the mean over prompts of per-block ratios, a t interval on the runs within prompts) at the
-batch sweep's designs. Beside each, a percentile bootstrap of the same numbers (scipy.stats.bootstrap, over
+(stats.ratio_interval: the geometric mean over prompts of per-block ratios, a t interval on the logs of the runs
+within prompts) at the batch sweep's designs. Beside each, a percentile bootstrap of the same numbers (scipy.stats.bootstrap, over
 prompts; per cell, over runs within prompts), what the study used before: with few values it cannot reach past
 their own range. Coverage is the share of draws whose interval contains 1; a 95% interval should reach about 0.95.
 No timing and no model: this measures the statistics, not the machine.
@@ -57,7 +57,7 @@ def intervals(per_prompt, categories, kind, seed) -> dict:
     """The study's interval and a percentile bootstrap of the same numbers, each as (lo, hi) of the speedup."""
     if kind == "cell":  # per-block ratios of each group (prompt), their mean over groups
         ratios = [m / r for m, r in per_prompt]
-        e = stats.mean_interval(ratios)
+        e = stats.ratio_interval(ratios)
         mean_of_means = lambda *x, axis=-1: np.mean([y.mean(axis=axis) for y in x], axis=0)
         return {STUDY: (e.lo, e.hi), PERCENTILE: percentile(ratios, mean_of_means, seed)}
     e = stats.geomean_speedup(per_prompt, categories)

@@ -37,6 +37,27 @@ def test_strata_are_prompts_and_ratios_are_paired():
     assert r.lo < 2.0 < r.hi and r.hi - r.lo < 0.5
 
 
+def test_no_ratio_interval_reaches_below_zero_and_a_ratios_inverse_gets_the_inverse_interval():
+    far_apart = [np.array([0.3, 1.7])]  # two runs of one cell, one of them disturbed
+    assert stats.mean_interval(far_apart).lo < 0  # what the ratio columns had
+    r = stats.ratio_interval(far_apart)
+    assert 0 < r.lo < r.est < r.hi
+    inverse = stats.ratio_interval([1 / far_apart[0]])
+    assert inverse.est == pytest.approx(1 / r.est) and inverse.lo == pytest.approx(1 / r.hi)
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        cells = [np.exp(rng.normal(0, 1.0, 2)) for _ in range(rng.integers(1, 4))]
+        assert stats.ratio_interval(cells).lo > 0
+
+
+def test_summarize_s_ratio_columns_never_reach_below_zero():
+    rows = synthetic_rows(1.5)
+    spec = rows["mode"] == "speculative"
+    rows.loc[spec, "throughput"] *= np.where(np.arange(spec.sum()) % 2, 0.2, 1.8)  # runs far apart
+    cells = summary.summarize(rows)
+    assert (cells.loc[cells["mode"] == "speculative", "speedup_lo"] > 0).all()
+
+
 def test_one_run_has_no_interval_and_identical_runs_a_zero_width_one():
     assert np.isnan(stats.mean_interval(np.array([3.0])).lo)
     assert stats.mean_interval(np.array([0.5, 0.5, 0.5])) == (0.5, 0.5, 0.5)

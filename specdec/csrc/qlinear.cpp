@@ -4,8 +4,8 @@
 //
 // Why a kernel of our own: ATen's int4 CPU kernel works on 4 rows at a time in float32, so a verify over 5..8
 // tokens streams the weights twice from memory; this one streams each block of 64 outputs once per call and
-// multiplies it with every row of the call (up to 4 rows per pass on AVX-512, 8 on AVX2, group by group there;
-// later passes find the block in L1/L2), with int8 dot products (AVX-512 VNNI vpdpbusd; AVX2 vpmaddubsw +
+// multiplies it with every row of the call (group by group, up to 4 rows per pass on AVX-512 and 8 on AVX2: later
+// passes find the group's codes in L1), with int8 dot products (AVX-512 VNNI vpdpbusd; AVX2 vpmaddubsw +
 // vpmaddwd elsewhere; on CPUs with AMX, Intel's tile unit from a measured row count, up to 16 rows per pass). Every
 // vector path asks for the weights a measured distance ahead of its reads (prefetch_ahead), into L1 and further
 // ahead into L2.
@@ -206,12 +206,13 @@ at::Tensor qlinear(const at::Tensor& input, const at::Tensor& codes, const at::T
   // (family 25) guided chunks took 0.91-0.92x the time of 8 a thread for the int4 target's step and 0.87x for its int4
   // draft's, paired, while the machine ran fast; 0.94-1.0x while it ran slow. Which thread computes a block
   // changes no bit.
-  // In each block, the rows in passes of near-equal size (at most 4 on AVX-512, 8 on AVX2: 9 rows are 3 + 3 + 3 or
-  // 5 + 4, not 8 + 1). Every pass after a block's first finds its weights in L1/L2.
+  // In each block, the rows in passes of near-equal size (at most 16 on AMX and AVX-512, 8 on AVX2: 17 rows are
+  // 9 + 8, not 16 + 1). Every pass after a block's first finds its weights in L1/L2; AVX-512 and AVX2 split a pass
+  // into 4 or 2 rows at a time group by group (a group's codes in L1).
   const int64_t blocks = N / (TILE * BLOCK);
   // a tile op takes 64 inputs of one group; below amx_from rows the AVX-512 code measured faster
   if (path == 3 && (G % 64 != 0 || (chosen && T < amx_from_rows.load()))) path = 2;
-  const int64_t rb_max = path == 3 ? AMX_ROWS : path == 2 ? 4 : 8;
+  const int64_t rb_max = path == 3 ? AMX_ROWS : path == 2 ? AVX512_ROWS : 8;
   const int64_t passes = (T + rb_max - 1) / rb_max;
   const int64_t threads = at::get_num_threads();
   std::vector<int64_t> starts{0};  // chunk i is blocks starts[i] .. starts[i + 1]
@@ -235,7 +236,7 @@ at::Tensor qlinear(const at::Tensor& input, const at::Tensor& codes, const at::T
             if (rows != amx_rows) amx_configure(amx_rows = rows);
             amx_for(bits)(w, a, t0, r0, rows, out);
           } else if (path == 2) {
-            avx512_for(bits, rows)(w, a, t0, r0, out);
+            avx512_for(bits)(w, a, t0, r0, rows, out);
           } else if (path == 1) {
             avx2_for(bits)(w, a, t0, r0, rows, out);
           } else

@@ -68,8 +68,7 @@ __attribute__((always_inline)) inline void prefetch(const uint8_t* p, int64_t li
   }
 }
 
-// One block (4 tiles) by a fixed row count from row r0 (RowsFn: by `rows` rows), into y [T, N].
-using BlockFn = void (*)(const Weights& w, const Acts& a, int64_t t0, int64_t r0, float* y);
+// One block (4 tiles) by `rows` rows from row r0, into y [T, N].
 using RowsFn = void (*)(const Weights& w, const Acts& a, int64_t t0, int64_t r0, int64_t rows, float* y);
 // One group of G inputs of one row quantized: its int8 codes, x_scale and x_term (see qlinear.cpp).
 using QuantizeFn = void (*)(const float* src, int64_t G, int8_t* dst, float* scale, float* term);
@@ -77,7 +76,8 @@ using QuantizeFn = void (*)(const float* src, int64_t G, int8_t* dst, float* sca
 #ifdef SPECDEC_X86
 constexpr int AMX_ROWS = 16;  // rows of x per AMX pass: a tile's 16 rows
 
-BlockFn avx512_for(int bits, int rows);  // AVX-512 VNNI, 1..4 rows a pass
+constexpr int AVX512_ROWS = 16;  // rows of x per AVX-512 call (4 a pass, group by group)
+RowsFn avx512_for(int bits);      // AVX-512 VNNI, 1..AVX512_ROWS rows a call
 RowsFn amx_for(int bits);                // AMX, 1..AMX_ROWS rows a pass, on tile registers amx_configure shaped
 void amx_configure(int64_t rows);
 void amx_release();

@@ -28,80 +28,98 @@ __m512 step_avx512(__m512 y, __m512i dot, __m512 s, __m512 m, __m512 x_scale, __
   return _mm512_fmadd_ps(m, x_term, y);
 }
 
-// One block (4 tiles, 64 outputs) by RB rows per pass. Each broadcast of 4 bytes of x feeds 4 products: a broadcast
-// per product (or folded into vpdpbusd's memory operand) runs at a third of vpdpbusd's throughput (measured on Zen
-// 5), which is what bounds a few-row call. The int4 low and high nibbles are multiplied in two sweeps (the second
-// load hits L1), so the registers hold only the RB x 4 integer accumulators and 4 weights; the float partial sums
-// live in y itself (L1), updated once per group.
+// One group of one block (4 tiles, 64 outputs) by RB rows from row r: the group's integer dot products, then its
+// float step into y. Each broadcast of 4 bytes of x feeds 4 products: a broadcast per product (or folded into
+// vpdpbusd's memory operand) runs at a third of vpdpbusd's throughput (measured on Zen 5), which is what bounds a
+// few-row call. The int4 low and high nibbles are multiplied in two sweeps (the second load hits L1), so the
+// registers hold only the RB x 4 integer accumulators and 4 weights; the float partial sums live in `part` (L1: rows
+// r.. of the block's outputs, 64 floats a row), updated once per group. `stream`: this is the group's
+// first pass, the one that asks for the weights ahead.
 template <int RB, int BITS>
-__attribute__((target("avx512f,avx512bw,avx512vnni,f16c,fma")))
-void block_avx512(const Weights& w, const Acts& a, int64_t t0, int64_t r0, float* y) {
+__attribute__((target("avx512f,avx512bw,avx512vnni,f16c,fma"), always_inline)) inline
+void group_avx512(const Weights& w, const Acts& a, int64_t t0, int64_t g, int64_t r, float* part, bool stream) {
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   constexpr int PER_LOAD = BITS == 4 ? 8 : 4;
   constexpr int HALVES = BITS == 4 ? 2 : 1;
   const int64_t loads = w.G / PER_LOAD;
-  const int32_t* xq[RB];
-  float* out[RB];
+  const int32_t* xq[RB];  // each row's x from the group's first input, 4 bytes a word
 #pragma GCC unroll 8
-  for (int r = 0; r < RB; ++r) {
-    xq[r] = reinterpret_cast<const int32_t*>(a.q + (r0 + r) * a.K);
-    out[r] = y + (r0 + r) * w.N + t0 * TILE;
-#pragma GCC unroll 4
-    for (int n = 0; n < BLOCK; ++n) _mm512_storeu_ps(out[r] + n * TILE, _mm512_setzero_ps());
-  }
-  for (int64_t g = 0; g < a.groups; ++g) {
-    __m512i acc[RB][BLOCK];
+  for (int i = 0; i < RB; ++i) xq[i] = reinterpret_cast<const int32_t*>(a.q + (r + i) * a.K + g * w.G);
+  __m512i acc[RB][BLOCK];
 #pragma GCC unroll 8
-    for (int r = 0; r < RB; ++r)
+  for (int i = 0; i < RB; ++i)
 #pragma GCC unroll 4
-      for (int n = 0; n < BLOCK; ++n) acc[r][n] = _mm512_setzero_si512();
-    const uint8_t* src = w.load(t0, g * loads);  // the block's 4 tiles: 256 consecutive bytes per load index
-    const int64_t near = prefetch_ahead[2][0].load(std::memory_order_relaxed);
-    const int64_t far = prefetch_ahead[2][1].load(std::memory_order_relaxed);
-    for (int64_t o = 0; o < loads; ++o) {
-      prefetch(src + o * BLOCK * 64, BLOCK, near, far);
+    for (int n = 0; n < BLOCK; ++n) acc[i][n] = _mm512_setzero_si512();
+  const uint8_t* src = w.load(t0, g * loads);  // the block's 4 tiles: 256 consecutive bytes per load index
+  const int64_t near = stream ? prefetch_ahead[2][0].load(std::memory_order_relaxed) : 0;
+  const int64_t far = stream ? prefetch_ahead[2][1].load(std::memory_order_relaxed) : 0;
+  for (int64_t o = 0; o < loads; ++o, src += BLOCK * 64) {
+    prefetch(src, BLOCK, near, far);
 #pragma GCC unroll 2
-      for (int h = 0; h < HALVES; ++h) {
-        __m512i wv[BLOCK];
-#pragma GCC unroll 4
-        for (int n = 0; n < BLOCK; ++n) {
-          __m512i v = _mm512_loadu_si512(src + (o * BLOCK + n) * 64);
-          wv[n] = BITS == 8 ? v : h == 0 ? _mm512_and_si512(v, low4) : _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
-        }
-        const int64_t q = (g * w.G + o * PER_LOAD) / 4 + h;  // x's 4-byte word for these codes
-#pragma GCC unroll 8
-        for (int r = 0; r < RB; ++r) {
-          const __m512i xb = _mm512_set1_epi32(xq[r][q]);
-#pragma GCC unroll 4
-          for (int n = 0; n < BLOCK; ++n) acc[r][n] = _mm512_dpbusd_epi32(acc[r][n], wv[n], xb);
-        }
-      }
-    }
-    // The group's float part, rows outer: each row's two scalars are broadcast once, the 4 tiles' scales and mins
-    // converted once (y is float* like a.scale, so the compiler cannot hoist those loads past y's stores itself).
-    __m512 s[BLOCK], m[BLOCK];
-#pragma GCC unroll 4
-    for (int n = 0; n < BLOCK; ++n) scales_avx512(w, t0 + n, g, s[n], m[n]);
-#pragma GCC unroll 8
-    for (int r = 0; r < RB; ++r) {
-      const int64_t i = (r0 + r) * a.groups + g;
-      const __m512 xs = _mm512_set1_ps(a.scale[i]), xt = _mm512_set1_ps(a.term[i]);
+    for (int h = 0; h < HALVES; ++h) {
+      __m512i wv[BLOCK];
 #pragma GCC unroll 4
       for (int n = 0; n < BLOCK; ++n) {
-        float* o = out[r] + n * TILE;
-        _mm512_storeu_ps(o, step_avx512(_mm512_loadu_ps(o), acc[r][n], s[n], m[n], xs, xt));
+        __m512i v = _mm512_loadu_si512(src + n * 64);
+        wv[n] = BITS == 8 ? v : h == 0 ? _mm512_and_si512(v, low4) : _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < RB; ++i) {
+        const __m512i xb = _mm512_set1_epi32(xq[i][o * (PER_LOAD / 4) + h]);  // x's 4-byte word for these codes
+#pragma GCC unroll 4
+        for (int n = 0; n < BLOCK; ++n) acc[i][n] = _mm512_dpbusd_epi32(acc[i][n], wv[n], xb);
       }
     }
   }
-  if (w.bias) {
+  // The group's float part, rows outer: each row's two scalars are broadcast once, the 4 tiles' scales and mins
+  // converted once (y is float* like a.scale, so the compiler cannot hoist those loads past y's stores itself).
+  __m512 s[BLOCK], m[BLOCK];
 #pragma GCC unroll 4
-    for (int n = 0; n < BLOCK; ++n) {
-      __m512 b = _mm512_loadu_ps(w.bias + (t0 + n) * TILE);
+  for (int n = 0; n < BLOCK; ++n) scales_avx512(w, t0 + n, g, s[n], m[n]);
 #pragma GCC unroll 8
-      for (int r = 0; r < RB; ++r)
-        _mm512_storeu_ps(out[r] + n * TILE, _mm512_add_ps(_mm512_loadu_ps(out[r] + n * TILE), b));
+  for (int i = 0; i < RB; ++i) {
+    const int64_t j = (r + i) * a.groups + g;
+    const __m512 xs = _mm512_set1_ps(a.scale[j]), xt = _mm512_set1_ps(a.term[j]);
+    float* out = part + i * BLOCK * TILE;
+#pragma GCC unroll 4
+    for (int n = 0; n < BLOCK; ++n)
+      _mm512_storeu_ps(out + n * TILE, step_avx512(_mm512_loadu_ps(out + n * TILE), acc[i][n], s[n], m[n], xs, xt));
+  }
+}
+
+// One block by `rows` rows (at most AVX512_ROWS) from r0: group by group, the rows in passes of near-equal size (at
+// most 4: 4 x 4 accumulators, 4 weights and a broadcast fill 21 of the 32 registers). Why the passes inside the group
+// loop, not a pass over the whole block per 4 rows: a group's codes are 2-4 KB, so every pass after its first reads
+// them from L1 while the weights keep streaming from memory; passes over the whole block read it back from L2 with the
+// stream stopped, which made 5 rows cost 1.4x one row (committed int4 curve, Zen 4). The partial sums live in a
+// contiguous block-local buffer, copied to y at the end: y's rows are N floats apart, and 16 rows of them at 6 KB
+// strides fall into the same few L1 sets, which made 12-16 rows 1.2x slower than passes over the whole block. The
+// bits are the same either way: a row's groups run in the same order.
+template <int BITS>
+__attribute__((target("avx512f,avx512bw,avx512vnni,f16c,fma")))
+void rows_avx512(const Weights& w, const Acts& a, int64_t t0, int64_t r0, int64_t rows, float* y) {
+  alignas(64) float part[AVX512_ROWS][BLOCK * TILE];
+  std::memset(part, 0, rows * sizeof(part[0]));
+  const int64_t passes = (rows + 3) / 4;
+  for (int64_t g = 0; g < a.groups; ++g) {
+    for (int64_t p = 0, i = 0; p < passes; ++p) {
+      const int64_t n = (rows - i) / (passes - p);
+      switch (n) {
+        case 1: group_avx512<1, BITS>(w, a, t0, g, r0 + i, part[i], p == 0); break;
+        case 2: group_avx512<2, BITS>(w, a, t0, g, r0 + i, part[i], p == 0); break;
+        case 3: group_avx512<3, BITS>(w, a, t0, g, r0 + i, part[i], p == 0); break;
+        default: group_avx512<4, BITS>(w, a, t0, g, r0 + i, part[i], p == 0); break;
+      }
+      i += n;
     }
   }
+  for (int64_t i = 0; i < rows; ++i)
+#pragma GCC unroll 4
+    for (int n = 0; n < BLOCK; ++n) {
+      __m512 v = _mm512_load_ps(part[i] + n * TILE);
+      if (w.bias) v = _mm512_add_ps(v, _mm512_loadu_ps(w.bias + (t0 + n) * TILE));
+      _mm512_storeu_ps(y + (r0 + i) * w.N + (t0 + n) * TILE, v);
+    }
 }
 
 // -- AMX (Intel's tile unit, Sapphire Rapids on): one instruction multiplies up to 16 rows by 16 outputs x 64 inputs -
@@ -188,14 +206,7 @@ void block_amx(const Weights& w, const Acts& a, int64_t t0, int64_t r0, int64_t 
 
 }  // namespace
 
-BlockFn avx512_for(int bits, int rows) {
-  switch (rows) {
-    case 1: return bits == 4 ? block_avx512<1, 4> : block_avx512<1, 8>;
-    case 2: return bits == 4 ? block_avx512<2, 4> : block_avx512<2, 8>;
-    case 3: return bits == 4 ? block_avx512<3, 4> : block_avx512<3, 8>;
-    default: return bits == 4 ? block_avx512<4, 4> : block_avx512<4, 8>;
-  }
-}
+RowsFn avx512_for(int bits) { return bits == 4 ? rows_avx512<4> : rows_avx512<8>; }
 
 // Each thread's tile registers shaped for `rows` rows of x (a per-thread setting, loaded before the first tile op).
 __attribute__((target("amx-tile")))

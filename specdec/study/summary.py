@@ -84,8 +84,8 @@ def summarize(rows, by=None) -> pd.DataFrame:
 
     runs = {k: g for k, g in ok.groupby("_cell", sort=False)}
     col = lambda c, name: [runs[k][name].to_numpy(float) if k in runs else np.array([np.nan]) for k in c["_cell"]]
-    # the mean over prompts of each prompt's mean paired ratio, its runs' spread the noise (cells without pairs: stats.NAN)
-    ratios = lambda c, name: (stats.mean_interval(found) if (found := [x for x in col(c, name)
+    # the geometric mean over prompts of each prompt's paired ratios, its runs' spread the noise (no pairs: stats.NAN)
+    ratios = lambda c, name: (stats.ratio_interval(found) if (found := [x for x in col(c, name)
                                                                              if np.isfinite(x).any()]) else stats.NAN)
     intervals = lambda c: dict(
         throughput=stats.mean_interval(col(c, "throughput")),
