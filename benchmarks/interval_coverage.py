@@ -7,10 +7,10 @@ are drawn as independent lognormal times (sigma 0.1 in log, about the run-to-run
 the speedup over prompts is estimated with the study's own interval (specdec.study.stats.geomean_speedup: a t
 interval on the per-prompt log ratios, stratified by category) at the designs the cpu notebooks use; per cell
 (stats.ratio_interval: the geometric mean over prompts of per-block ratios, a t interval on the logs of the runs
-within prompts) at the batch sweep's designs. Beside each, a percentile bootstrap of the same numbers (scipy.stats.bootstrap, over
-prompts; per cell, over runs within prompts), what the study used before: with few values it cannot reach past
-their own range. Coverage is the share of draws whose interval contains 1; a 95% interval should reach about 0.95.
-No timing and no model: this measures the statistics, not the machine.
+within prompts) at the batch sweep's designs. Beside each, a percentile bootstrap of the same numbers
+(scipy.stats.bootstrap, over prompts; per cell, over runs within prompts), what the study used before: with few
+values it cannot reach past their own range. Coverage is the share of draws whose interval contains 1; a 95%
+interval should reach about 0.95. No timing and no model: this measures the statistics, not the machine.
 
 Writes coverage.csv: per design and interval, prompts, categories, runs per side, draws and coverage (with its
 binomial standard error), and the commit whose statistics it measured (provenance.git_state).

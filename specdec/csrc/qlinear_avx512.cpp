@@ -29,7 +29,7 @@ __m512 step_avx512(__m512 y, __m512i dot, __m512 s, __m512 m, __m512 x_scale, __
 }
 
 // One group of one block (4 tiles, 64 outputs) by RB rows from row r: the group's integer dot products, then its
-// float step into y. Each broadcast of 4 bytes of x feeds 4 products: a broadcast per product (or folded into
+// float step into `part`. Each broadcast of 4 bytes of x feeds 4 products: a broadcast per product (or folded into
 // vpdpbusd's memory operand) runs at a third of vpdpbusd's throughput (measured on Zen 5), which is what bounds a
 // few-row call. The int4 low and high nibbles are multiplied in two sweeps (the second load hits L1), so the
 // registers hold only the RB x 4 integer accumulators and 4 weights; the float partial sums live in `part` (L1: rows
@@ -72,7 +72,7 @@ void group_avx512(const Weights& w, const Acts& a, int64_t t0, int64_t g, int64_
     }
   }
   // The group's float part, rows outer: each row's two scalars are broadcast once, the 4 tiles' scales and mins
-  // converted once (y is float* like a.scale, so the compiler cannot hoist those loads past y's stores itself).
+  // converted once (part is float* like a.scale, so the compiler cannot hoist those loads past its stores itself).
   __m512 s[BLOCK], m[BLOCK];
 #pragma GCC unroll 4
   for (int n = 0; n < BLOCK; ++n) scales_avx512(w, t0 + n, g, s[n], m[n]);
