@@ -4,8 +4,8 @@
 //
 // Why a kernel of our own: ATen's int4 CPU kernel works on 4 rows at a time in float32, so a verify over 5..8
 // tokens streams the weights twice from memory; this one streams each block of 64 outputs once per call and
-// multiplies it with every row of the call (group by group, up to 4 rows per pass on AVX-512 and 8 on AVX2: later
-// passes find the group's codes in L1), with int8 dot products (AVX-512 VNNI vpdpbusd; AVX2 vpmaddubsw +
+// multiplies it with every row of the call (group by group, in passes of up to 4 rows on AVX-512 and 2 on AVX2:
+// later passes find the group's codes in L1), with int8 dot products (AVX-512 VNNI vpdpbusd; AVX2 vpmaddubsw +
 // vpmaddwd elsewhere; on CPUs with AMX, Intel's tile unit from a measured row count, up to 16 rows per pass). Every
 // vector path asks for the weights a measured distance ahead of its reads (prefetch_ahead), into L1 and further
 // ahead into L2.
