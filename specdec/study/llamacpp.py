@@ -11,6 +11,10 @@ Paired with specdec: given a specdec pair (notebook 06 passes its int4 one), the
 alone (twice: an A/A control) and its speculation (k="auto") in every prompt's block, back to back with llama.cpp's
 runs of that prompt, so specdec and llama.cpp are compared inside one machine state (specdec.study.pairing), on the
 same decode definition (from the end of the prompt's forward to the last token).
+
+OpenVINO GenAI, where scripts/setup_openvino.sh set it up (specdec.study.openvino_run), joins the same blocks as a
+second outside reference: its int4 target alone and its own speculation at each fixed K it is given (its
+num_assistant_tokens), compared with llama.cpp's target alone and with its own target alone.
 """
 import contextlib
 import re
@@ -26,6 +30,8 @@ from ..engine import generate
 from ..models import PAIRS
 from ..quantize import precision_label
 from . import pairing, results, stats
+from .openvino_run import OPENVINO, Worker
+from .openvino_run import describe as describe_openvino
 from .llamacpp_run import (HUGE_PAGES, PYTHON, SPECULATIVE_BIN, completion_command, describe, parse_completion,
                            parse_speculative, plan, prompt_file, python_target_alone, run_binary, speculative_command)
 from .population import estimate, geomean, paired_runs
@@ -91,12 +97,14 @@ def specdec_run(pair, ids, n, mode) -> tuple[dict, str]:
 
 
 def measure(tool, mode, found, ggufs, prompt, n, threads, draft_max=None, p_min=None, folder=None,
-            specdec=None) -> tuple[dict, str]:
+            specdec=None, openvino=None) -> tuple[dict, str]:
     """One timed run: (timings, generated text). `prompt`: dict with id, ids (the HF tokenizer's) and text;
-    `specdec`: the specdec pair the SPECDEC tool runs."""
+    `specdec`: the specdec pair the SPECDEC tool runs; `openvino`: the openvino_run.Worker the OPENVINO tool runs."""
     target, draft = ggufs
     if tool == SPECDEC:
         return specdec_run(specdec, prompt["ids"], n, mode)
+    if tool == OPENVINO:
+        return openvino.run(mode, prompt["ids"], n, draft_max)
     if tool == PYTHON:
         return python_target_alone(target, prompt["ids"], n, threads)
     file = prompt_file(folder, prompt["id"], prompt["text"])
@@ -107,16 +115,20 @@ def measure(tool, mode, found, ggufs, prompt, n, threads, draft_max=None, p_min=
     return timing, out.split(prompt["text"], 1)[-1]  # it echoes the prompt before the new text
 
 
-def cells(found, drafts, specdec=False) -> list[dict]:
+def cells(found, drafts, specdec=False, openvino_ks=None) -> list[dict]:
     """What to time: the target alone, and speculation at each (draft_max, p_min) of `drafts`, where it can be;
-    with `specdec`, specdec's target alone (twice: the A/A control) and its speculation beside them (only where
-    llama.cpp's target alone is timed)."""
+    with `specdec`, specdec's target alone (twice: the A/A control) and its speculation beside them; with
+    `openvino_ks`, OpenVINO's target alone and its speculation at each of those K (both only where llama.cpp's target
+    alone is timed)."""
     modes = plan(found)
     out = [dict(tool=modes["target_alone"], mode="target_alone")] if "target_alone" in modes else []
     if "speculative" in modes:
         out += [dict(tool=SPECULATIVE_BIN, mode="speculative", draft_max=int(m), p_min=float(p)) for m, p in drafts]
     if specdec and out:
         out += [dict(tool=SPECDEC, mode=m) for m in ALONE + ("auto",)]
+    if openvino_ks is not None and out:
+        out += [dict(tool=OPENVINO, mode="target_alone")]
+        out += [dict(tool=OPENVINO, mode="speculative", draft_max=int(k), p_min=0.0) for k in openvino_ks]
     return out
 
 
@@ -127,7 +139,7 @@ def block_of(row):
 
 
 def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=0, params=None,
-          specdec=None) -> pd.DataFrame:
+          specdec=None, openvino=None, openvino_ks=(3,)) -> pd.DataFrame:
     """Time every cell on every prompt, `iterations` times, each prompt's cells back to back (its target alone and
     its speculation in one machine state), prompts and cells in a seeded shuffled order, after one untimed run of
     each tool (page-in). Resumable by block (pairing.sweep, the study's one sweep loop): a prompt's block whose
@@ -135,10 +147,11 @@ def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=
     pairs with a run of another machine state (a cell failing in two sweeps is left as it is). A run with nothing
     left to time leaves no trace. A failing run is recorded with its error and the sweep goes on. `prompts`: dicts
     with id, category, ids, text; `specdec`: a specdec pair whose target alone and speculation are timed in every
-    block too (None: llama.cpp only). Returns each (cell, prompt, iteration)'s latest row."""
+    block too (None: llama.cpp only); `openvino`: what openvino_run.find returned (None: not timed), timed at each K
+    of `openvino_ks`. Returns each (cell, prompt, iteration)'s latest row."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    plan = cells(found, drafts, specdec is not None)
+    plan = cells(found, drafts, specdec is not None, openvino_ks if openvino is not None else None)
     rng = np.random.default_rng([seed, 19])
     blocks = []  # paired timing: a prompt's cells back to back in a random order, prompts in a random order
     for iteration in range(iterations):
@@ -146,24 +159,29 @@ def sweep(folder, found, ggufs, prompts, drafts, n, threads, iterations=1, seed=
                           prompt_id=prompts[q]["id"]), iteration) for c in rng.permutation(len(plan))]
                    for q in rng.permutation(len(prompts))]
     params = dict(params or {}, ggufs=[Path(g).name for g in ggufs], threads=threads, max_new_tokens=n, drafts=drafts,
-                  iterations=iterations, seed=seed)
-    begin = lambda todo: timing(folder, todo, found, ggufs, {p["id"]: p for p in prompts}, n, threads, specdec, params)
+                  iterations=iterations, seed=seed,
+                  openvino=None if openvino is None else dict(models=[openvino[m].name for m in ("target", "draft")],
+                                                              ks=list(openvino_ks)))
+    begin = lambda todo: timing(folder, todo, found, ggufs, {p["id"]: p for p in prompts}, n, threads, specdec,
+                                openvino, params)
     return pd.DataFrame(pairing.sweep(folder / results.RESULTS, blocks, begin, key=KEY))
 
 
 @contextlib.contextmanager
-def timing(folder, todo, found, ggufs, prompts, n, threads, specdec, params):
+def timing(folder, todo, found, ggufs, prompts, n, threads, specdec, openvino, params):
     """Start a run (`params`: its provenance), run each tool once untimed, then yield a function that times a
-    block's runs and writes one fsynced row per run."""
+    block's runs and writes one fsynced row per run. OpenVINO's worker (where it is timed) lives for the run."""
     path = folder / results.RESULTS
-    tools = {c["tool"]: c for b in todo for c, _ in b}
-    versions = {t: version(t, found, specdec) for t in tools}
-    run_id = results.start_run(folder, **params, llama_cpp=versions)
-    with tempfile.TemporaryDirectory() as tmp:
+    tools = {c["tool"] for b in todo for c, _ in b}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        worker = stack.enter_context(Worker(openvino, threads, folder / "openvino.log")) if OPENVINO in tools else None
+        versions = {t: worker.version if t == OPENVINO else version(t, found, specdec) for t in tools}
+        run_id = results.start_run(folder, **params, llama_cpp=versions)
         first = next(iter(prompts.values()))  # the sweep's first prompt, as in every run of it
-        for cell in tools.values():  # warm-up: the GGUF files into the page cache
+        # warm-up, each tool and mode once: the GGUF files into the page cache, OpenVINO's pipelines compiled
+        for cell in {(c["tool"], c["mode"]): c for b in todo for c, _ in b}.values():
             measure(**mode_of(cell), found=found, ggufs=ggufs, prompt=first, n=4, threads=threads, folder=tmp,
-                    specdec=specdec)
+                    specdec=specdec, openvino=worker)
 
         def time_block(block):
             for cell, iteration in block:
@@ -173,7 +191,7 @@ def timing(folder, todo, found, ggufs, prompts, n, threads, specdec, params):
                            hf_prompt_tokens=len(q["ids"]), measured_utc=results.now())
                 try:
                     measured, text = measure(**mode_of(cell), found=found, ggufs=ggufs, prompt=q, n=n, threads=threads,
-                                             folder=tmp, specdec=specdec)
+                                             folder=tmp, specdec=specdec, openvino=worker)
                     row.update(measured, text=text, status="ok",
                                decode_tok_s=measured["decode_tokens"] / measured["decode_s"])
                 except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as e:
@@ -195,11 +213,11 @@ def summary(rows) -> pd.DataFrame:
     speed over its own engine's target alone the same way (own_speedup: for llama.cpp the speedup again; for
     specdec's target_again the A/A control); for speculation (llama.cpp's and specdec's) also acceptance (accepted / drafted), and on how
     many prompts its text is its own engine's target alone's (one a prefix of the other: speculation may run past
-    n)."""
+    n). OpenVINO's cells are read as specdec's: against llama.cpp's target alone and against its own."""
     ok = rows[rows["status"] == "ok"]
     alone = ok[ok["mode"] == "target_alone"]
-    base = alone[alone["tool"] != SPECDEC]
-    own = {"llama.cpp": base, SPECDEC: alone[alone["tool"] == SPECDEC]}  # each engine's own target alone
+    base = alone[~alone["tool"].isin((SPECDEC, OPENVINO))]
+    own = {"llama.cpp": base, **{t: alone[alone["tool"] == t] for t in (SPECDEC, OPENVINO)}}  # each engine's own
     ref_text = {tool: t.groupby("prompt_id")["text"].first() for tool, t in own.items()}
     lines = []
     for (tool, mode, dmax, pmin), g in ok.groupby(["tool", "mode", "draft_max", "p_min"], dropna=False, sort=False):
@@ -210,19 +228,20 @@ def summary(rows) -> pd.DataFrame:
                     decode_tok_s=geomean(d["mode_runs"].map(np.mean)), speedup=np.nan,
                     speedup_lo=np.nan, speedup_hi=np.nan, own_speedup=np.nan, own_lo=np.nan, own_hi=np.nan,
                     acceptance=np.nan, identical=np.nan, version=g["version"].iloc[0])
-        if mode != "target_alone" or tool == SPECDEC:  # the reference itself has none of these
+        engine = tool if tool in (SPECDEC, OPENVINO) else "llama.cpp"
+        if mode != "target_alone" or engine != "llama.cpp":  # the reference itself has none of these
             e = estimate(d)
             line.update(speedup=e.est, speedup_lo=e.lo, speedup_hi=e.hi)
-        engine = SPECDEC if tool == SPECDEC else "llama.cpp"
         if mode != "target_alone":  # llama.cpp's own target alone is `base`: its speedup again, not re-estimated
-            mine = paired_runs(g, own[SPECDEC], "decode_tok_s") if engine == SPECDEC else d
+            mine = d if engine == "llama.cpp" else paired_runs(g, own[engine], "decode_tok_s")
             if not mine.empty:
-                o = estimate(mine) if engine == SPECDEC else e
+                o = e if engine == "llama.cpp" else estimate(mine)
                 line.update(own_speedup=o.est, own_lo=o.lo, own_hi=o.hi)
         if mode not in ALONE:
             g = g[g["prompt_id"].isin(d["prompt_id"])]
             ref = ref_text[engine]
-            line.update(acceptance=g["accepted"].sum() / g["drafted"].sum(),
+            drafted = g["drafted"].sum()  # OpenVINO's pipeline does not report its drafts: NaN
+            line.update(acceptance=g["accepted"].sum() / drafted if drafted else np.nan,
                         identical=sum(p in ref and _same_text(r["text"].iloc[0], ref[p])
                                       for p, r in g.groupby("prompt_id")))
         lines.append(line)
@@ -251,7 +270,8 @@ def readout(found, ggufs, table, device_type, specdec_table) -> str:
         return describe(found) + " "
     if table is None or not (table["mode"] == "target_alone").any():
         return f"{describe(found)} Nothing could be timed: its runs failed (see llama_cpp/results.jsonl). "
-    alone = table[(table["mode"] == "target_alone") & (table["tool"] != SPECDEC)].iloc[0]
+    llama = table[~table["tool"].isin((SPECDEC, OPENVINO))]  # llama.cpp's own cells
+    alone = llama[llama["mode"] == "target_alone"].iloc[0]
     best = specdec_table.loc[specdec_table["target_alone_tok_s"].idxmax()]
     pages = "" if alone["tool"] == PYTHON else f", its memory on huge pages ({HUGE_PAGES})"
     text = (f"{describe(found)} Timed ({alone['version']}{pages}) on {ggufs[0].name} + {ggufs[1].name}, "
@@ -273,7 +293,7 @@ def readout(found, ggufs, table, device_type, specdec_table) -> str:
                  f"{r.identical:.0f} of {r.prompts} prompts; against specdec's own target alone in the same blocks, "
                  + stats.versus_one("its speculation", (r.own_speedup, r.own_lo, r.own_hi), "it", floor=floor)
                  + (f" ({stats.a_a(floor)})" if floor else "") + ". ")
-    for r in table[table["mode"] == "speculative"].itertuples():
+    for r in llama[llama["mode"] == "speculative"].itertuples():
         text += (f"Its speculation, {cell_label(r)}: {r.decode_tok_s:.2f} tok/s, "
                  + stats.versus_one("it", (r.speedup, r.speedup_lo, r.speedup_hi), "its target alone")
                  + f", {100 * r.acceptance:.0f}% of drafts accepted, its text the same as its target alone's on "
@@ -281,9 +301,35 @@ def readout(found, ggufs, table, device_type, specdec_table) -> str:
     return text
 
 
+def openvino_readout(found, table) -> str:
+    """The notebook's sentences on OpenVINO GenAI, timed in llama.cpp's blocks: how its cells compare, or why none
+    was timed."""
+    if found is None:
+        return describe_openvino(None) + " "
+    if table is None:
+        return f"{describe_openvino(found)} Not timed: it runs in llama.cpp's blocks, which did not run here. "
+    mine = table[table["tool"] == OPENVINO]
+    if mine.empty:
+        return (f"{describe_openvino(found)} Nothing of it could be timed: its runs failed (see llama_cpp/results.jsonl "
+                "and llama_cpp/openvino.log). ")
+    text = f"{describe_openvino(found)} "
+    for r in mine.itertuples():
+        versus_llama = stats.versus_one("it", (r.speedup, r.speedup_lo, r.speedup_hi), "llama.cpp's target alone")
+        if r.mode == "target_alone":
+            text += (f"Its int4 target alone ({r.version}, timed in llama.cpp's blocks, {r.prompts} prompts): "
+                     f"{r.decode_tok_s:.2f} tok/s, {versus_llama}. ")
+        else:
+            text += (f"Its speculation, {cell_label(r)}: {r.decode_tok_s:.2f} tok/s, "
+                     + stats.versus_one("it", (r.own_speedup, r.own_lo, r.own_hi), "its own target alone")
+                     + f"; {versus_llama}; its text the same as its target alone's on "
+                     f"{r.identical:.0f} of {r.prompts} prompts. ")
+    return text
+
+
 def finding(table) -> str:
     """The summary page's line on llama.cpp: specdec's fastest cell in its blocks against llama.cpp's target alone,
-    and llama.cpp's own speculation against it ("" when nothing of specdec's was timed there)."""
+    and llama.cpp's own speculation and OpenVINO's fastest cell against it ("" when nothing of specdec's was timed
+    there)."""
     mine = table[(table["tool"] == SPECDEC) & (table["mode"] != "target_again")].dropna(subset=["speedup"])
     if mine.empty:
         return ""
@@ -292,8 +338,14 @@ def finding(table) -> str:
     text = (f"; in llama.cpp's blocks ({int(r['prompts'])} prompts), "
             + stats.versus_one(f"specdec's {r['version'].split()[1]} {what}",
                                (r["speedup"], r["speedup_lo"], r["speedup_hi"]), "llama.cpp's target alone"))
-    spec = table[table["mode"] == "speculative"].dropna(subset=["speedup"])
+    spec = table[(table["mode"] == "speculative") & (table["tool"] != OPENVINO)].dropna(subset=["speedup"])
+    others = []
     if not spec.empty:
         s = spec.loc[spec["speedup"].idxmax()]
-        text += f" (llama.cpp's own speculation {stats.fmt((s['speedup'], s['speedup_lo'], s['speedup_hi']), unit='x')} that)"
-    return text
+        others.append(f"llama.cpp's own speculation {stats.fmt((s['speedup'], s['speedup_lo'], s['speedup_hi']), unit='x')}")
+    ov = table[table["tool"] == OPENVINO].dropna(subset=["speedup"])
+    if not ov.empty:  # OpenVINO's fastest cell, its target alone or its speculation
+        s = ov.loc[ov["speedup"].idxmax()]
+        what = "target alone" if s["mode"] == "target_alone" else f"speculation ({cell_label(s)})"
+        others.append(f"OpenVINO's int4 {what} {stats.fmt((s['speedup'], s['speedup_lo'], s['speedup_hi']), unit='x')}")
+    return text + (f" ({'; '.join(others)} that)" if others else "")
