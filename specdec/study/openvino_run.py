@@ -19,8 +19,9 @@ from ..models import PAIRS
 ENV = "SPECDEC_OPENVINO"  # the folder scripts/setup_openvino.sh fills
 OPENVINO = "openvino"  # its tool name in the sweep's rows
 WORKER = Path(__file__).with_name("openvino_worker.py")
-SETUP_HELP = (f"set it up with `bash scripts/setup_openvino.sh` (after scripts/setup.sh; 3 minutes, 3.1 GB); it is "
-              f"found where it installs by default, or set {ENV} to the folder it prints")
+SETUP_HELP = (f"set it up with `PYTHON=.venv/bin/python bash scripts/setup_openvino.sh` (PYTHON: specdec's environment, "
+              f"after scripts/setup.sh; 3 minutes, 3.1 GB); it is found where it installs by default, or set {ENV} to "
+              "the folder it prints")
 
 
 def folder() -> Path:
