@@ -23,7 +23,8 @@ mkdir -p "$DEST"
   "$DEST/venv/bin/python" -m pip install -q --no-deps optimum-intel==2.2.0; } 2>&1 | grep -v "^WARNING: Location" || true
 "$DEST/venv/bin/python" -c "import openvino_genai, optimum.intel" ||
   { echo "setup_openvino: installing ${PACKAGES[*]} optimum-intel==2.2.0 failed" >&2; exit 1; }
-read -r -a MODELS < <("$PY" -c "from specdec.models import PAIRS; p = PAIRS['$PAIR']; print(p['target'], p['draft'])")
+MODELS=($("$PY" -c "from specdec.models import PAIRS; p = PAIRS['$PAIR']; print(p['target'], p['draft'])")) ||
+  { echo "setup_openvino: $PY could not name $PAIR's models (is specdec installed there? PYTHON=.venv/bin/python)" >&2; exit 1; }
 for model in "${MODELS[@]}"; do
   out="$DEST/$model-int4"
   [ -f "$out/openvino_model.xml" ] && continue

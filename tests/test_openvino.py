@@ -101,7 +101,6 @@ def test_openvinos_cells_are_timed_in_llama_cpps_blocks_and_read_against_both_ta
     ov_text = llamacpp.openvino_readout(ov, table.reset_index())
     assert "Its int4 target alone (openvino-genai 2026.4.1.0-fake" in ov_text and "K=3: 30.00 tok/s" in ov_text
     assert "its own target alone" in ov_text and "on 1 of 1 prompts" in ov_text
-    assert llamacpp.finding(table.reset_index()) == ""  # the summary page's line is specdec's: OpenVINO is not it
 
 
 def test_readout_says_why_openvino_was_not_timed(tmp_path, monkeypatch):
@@ -109,16 +108,28 @@ def test_readout_says_why_openvino_was_not_timed(tmp_path, monkeypatch):
     found = openvino_run.find("qwen2.5-coder")
     assert "setup_openvino.sh" in llamacpp.openvino_readout(None, None)
     assert "llama.cpp's blocks, which did not run" in llamacpp.openvino_readout(found, None)
-    assert "its runs failed" in llamacpp.openvino_readout(found, pd.DataFrame(columns=["tool", "mode"]))
+    assert "its runs failed" in llamacpp.openvino_readout(found, pd.DataFrame(dict(tool=["llama-completion"],
+                                                                                  mode=["target_alone"])))
+    # OpenVINO's cells need llama.cpp's target alone in their blocks: without it, that is the reason given
+    assert "llama.cpp's target alone, the baseline" in llamacpp.openvino_readout(found, pd.DataFrame(columns=["tool", "mode"]))
 
 
-def test_a_worker_that_dies_is_a_failed_run_with_its_log(tmp_path, monkeypatch):
-    python = f"#!{sys.executable}\nimport sys\nprint('cannot compile the model', file=sys.stderr)\nsys.exit(3)\n"
-    monkeypatch.setenv(openvino_run.ENV, str(set_up(tmp_path / "ov", tmp_path / "calls.jsonl", python)))
-    with pytest.raises(RuntimeError, match="exited"):
-        with openvino_run.Worker(openvino_run.find("qwen2.5-coder"), 2, tmp_path / "ov.log"):
-            pass
-    assert "cannot compile the model" in (tmp_path / "ov.log").read_text()
+@pytest.mark.parametrize("python", [
+    f"#!{sys.executable}\nimport sys\nprint('cannot compile the model', file=sys.stderr)\nsys.exit(3)\n",
+    f"#!{sys.executable}\nimport sys, time\nprint('cannot compile the model', file=sys.stderr, flush=True)\ntime.sleep(60)\n",
+], ids=["dies", "hangs"])
+def test_a_worker_that_dies_or_hangs_fails_its_own_runs_not_the_sweep(fakes, monkeypatch, python):  # noqa: F811
+    monkeypatch.setenv(openvino_run.ENV, str(set_up(fakes / "ov", fakes / "ov-calls.jsonl", python)))
+    monkeypatch.setattr(openvino_run, "TIMEOUT_S", 2)
+    rows = llamacpp.sweep(fakes / "out", llamacpp_run.find(), GGUFS, PROMPTS, [[3, 0.0]], 8, 2, seed=0,
+                          openvino=openvino_run.find("qwen2.5-coder"), openvino_ks=[3])
+    mine = rows[rows["tool"] == openvino_run.OPENVINO]
+    assert len(mine) == 2 * 2 and (mine["status"] == "failed").all()
+    assert mine["error"].str.contains("did not start").all() and (mine["version"].str.contains("did not start")).all()
+    assert (rows.loc[rows["tool"] != openvino_run.OPENVINO, "status"] == "ok").all()  # llama.cpp's runs went on
+    assert "cannot compile the model" in (fakes / "out" / "openvino.log").read_text()
+    table = llamacpp.summary(rows)
+    assert "its runs failed" in llamacpp.openvino_readout(openvino_run.find("qwen2.5-coder"), table)
 
 
 # Stand-ins of the two modules the worker imports: each generation reports its clock as OpenVINO's perf metrics do

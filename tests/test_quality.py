@@ -31,6 +31,9 @@ def test_agreement_counts_tokens_before_the_first_difference():
     got = quality.greedy_agreement(rows, {"a": [1, 2]}).set_index("config")  # "b" has no reference: left out
     assert got.loc["int4", "agreement"] == 0.5 and got.loc["int4", "agreement_prompts"] == 1
     assert got.loc["int8", "agreement"] == 1.0
+    # no row with a reference (an engine that did not run, or no float32 target): an empty table, not an error
+    assert quality.greedy_agreement(rows, {"z": [1]}).set_index("config")["agreement"].empty
+    assert quality.greedy_agreement(rows.iloc[:0], {"a": [1, 2]}).empty
 
 
 def test_chunks_are_llama_perplexitys_whole_chunks():

@@ -40,7 +40,9 @@ from .prompts import encode
 SPECDEC = "specdec"  # specdec's own target alone (twice: the A/A control) and speculation (k="auto"), timed in each
                      # block beside llama.cpp's
 ALONE = ("target_alone", "target_again")  # specdec's modes without a draft
+OTHERS = (SPECDEC, OPENVINO)  # the engines timed in llama.cpp's blocks, each also read against its own target alone
 KEY = ("tool", "mode", "draft_max", "p_min", "prompt_id", "iteration")
+FAILURES = (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired)  # a run that fails: its row says why
 COLUMNS = KEY + ("category", "run_id", "version", "threads", "max_new_tokens", "prompt_tokens", "hf_prompt_tokens",
                  "new_tokens", "decode_tokens", "prefill_s", "decode_s", "decode_tok_s", "drafted", "accepted", "text", "status",
                  "error", "measured_utc")
@@ -178,10 +180,13 @@ def timing(folder, todo, found, ggufs, prompts, n, threads, specdec, openvino, p
         versions = {t: worker.version if t == OPENVINO else version(t, found, specdec) for t in tools}
         run_id = results.start_run(folder, **params, llama_cpp=versions)
         first = next(iter(prompts.values()))  # the sweep's first prompt, as in every run of it
-        # warm-up, each tool and mode once: the GGUF files into the page cache, OpenVINO's pipelines compiled
-        for cell in {(c["tool"], c["mode"]): c for b in todo for c, _ in b}.values():
-            measure(**mode_of(cell), found=found, ggufs=ggufs, prompt=first, n=4, threads=threads, folder=tmp,
-                    specdec=specdec, openvino=worker)
+        # warm-up, each tool once (OpenVINO's each mode: each is a pipeline it compiles on its first run): the GGUF
+        # files into the page cache; one that fails is left to its timed runs, which record why
+        warm = {(c["tool"], c["mode"] if c["tool"] == OPENVINO else None): c for b in todo for c, _ in b}
+        for cell in warm.values():
+            with contextlib.suppress(*FAILURES):
+                measure(**mode_of(cell), found=found, ggufs=ggufs, prompt=first, n=4, threads=threads, folder=tmp,
+                        specdec=specdec, openvino=worker)
 
         def time_block(block):
             for cell, iteration in block:
@@ -194,7 +199,7 @@ def timing(folder, todo, found, ggufs, prompts, n, threads, specdec, openvino, p
                                              folder=tmp, specdec=specdec, openvino=worker)
                     row.update(measured, text=text, status="ok",
                                decode_tok_s=measured["decode_tokens"] / measured["decode_s"])
-                except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as e:
+                except FAILURES as e:
                     row.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000])
                 results.append_row(path, row, COLUMNS)
         yield time_block
@@ -216,8 +221,8 @@ def summary(rows) -> pd.DataFrame:
     n). OpenVINO's cells are read as specdec's: against llama.cpp's target alone and against its own."""
     ok = rows[rows["status"] == "ok"]
     alone = ok[ok["mode"] == "target_alone"]
-    base = alone[~alone["tool"].isin((SPECDEC, OPENVINO))]
-    own = {"llama.cpp": base, **{t: alone[alone["tool"] == t] for t in (SPECDEC, OPENVINO)}}  # each engine's own
+    base = alone[~alone["tool"].isin(OTHERS)]
+    own = {"llama.cpp": base, **{t: alone[alone["tool"] == t] for t in OTHERS}}  # each engine's own target alone
     ref_text = {tool: t.groupby("prompt_id")["text"].first() for tool, t in own.items()}
     lines = []
     for (tool, mode, dmax, pmin), g in ok.groupby(["tool", "mode", "draft_max", "p_min"], dropna=False, sort=False):
@@ -228,7 +233,7 @@ def summary(rows) -> pd.DataFrame:
                     decode_tok_s=geomean(d["mode_runs"].map(np.mean)), speedup=np.nan,
                     speedup_lo=np.nan, speedup_hi=np.nan, own_speedup=np.nan, own_lo=np.nan, own_hi=np.nan,
                     acceptance=np.nan, identical=np.nan, version=g["version"].iloc[0])
-        engine = tool if tool in (SPECDEC, OPENVINO) else "llama.cpp"
+        engine = tool if tool in OTHERS else "llama.cpp"
         if mode != "target_alone" or engine != "llama.cpp":  # the reference itself has none of these
             e = estimate(d)
             line.update(speedup=e.est, speedup_lo=e.lo, speedup_hi=e.hi)
@@ -270,7 +275,7 @@ def readout(found, ggufs, table, device_type, specdec_table) -> str:
         return describe(found) + " "
     if table is None or not (table["mode"] == "target_alone").any():
         return f"{describe(found)} Nothing could be timed: its runs failed (see llama_cpp/results.jsonl). "
-    llama = table[~table["tool"].isin((SPECDEC, OPENVINO))]  # llama.cpp's own cells
+    llama = table[~table["tool"].isin(OTHERS)]  # llama.cpp's own cells
     alone = llama[llama["mode"] == "target_alone"].iloc[0]
     best = specdec_table.loc[specdec_table["target_alone_tok_s"].idxmax()]
     pages = "" if alone["tool"] == PYTHON else f", its memory on huge pages ({HUGE_PAGES})"
@@ -309,6 +314,9 @@ def openvino_readout(found, table) -> str:
     if table is None:
         return f"{describe_openvino(found)} Not timed: it runs in llama.cpp's blocks, which did not run here. "
     mine = table[table["tool"] == OPENVINO]
+    if mine.empty and not ((table["mode"] == "target_alone") & ~table["tool"].isin(OTHERS)).any():
+        return (f"{describe_openvino(found)} Not compared: llama.cpp's target alone, the baseline of these blocks, has "
+                "no run that succeeded. ")
     if mine.empty:
         return (f"{describe_openvino(found)} Nothing of it could be timed: its runs failed (see llama_cpp/results.jsonl "
                 "and llama_cpp/openvino.log). ")

@@ -8,8 +8,10 @@ folder. Found, it is timed through one worker process (specdec/study/openvino_wo
 Python) that loads the target alone and the target with the draft once, then answers one request per run: the exact
 prompt ids, greedy, a fixed number of new tokens (EOS ignored), on as many threads as torch uses.
 """
+import contextlib
 import json
 import os
+import selectors
 import subprocess
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from ..models import PAIRS
 ENV = "SPECDEC_OPENVINO"  # the folder scripts/setup_openvino.sh fills
 OPENVINO = "openvino"  # its tool name in the sweep's rows
 WORKER = Path(__file__).with_name("openvino_worker.py")
+TIMEOUT_S = 600  # the longest the worker may take to start or to answer one run (seconds, as llama.cpp's runs)
 SETUP_HELP = (f"set it up with `PYTHON=.venv/bin/python bash scripts/setup_openvino.sh` (PYTHON: specdec's environment, "
               f"after scripts/setup.sh; 3 minutes, 3.1 GB); it is found where it installs by default, or set {ENV} to "
               "the folder it prints")
@@ -59,33 +62,48 @@ def describe(found) -> str:
 
 class Worker:
     """The worker process, for a `with` block: started (both pipelines loaded) on entry, stopped on exit; what it
-    prints besides its answers goes to `log`."""
+    prints besides its answers goes to `log`. A worker that does not start, dies or hangs fails its runs (each a
+    failed row of the sweep, with the reason), never the sweep: OpenVINO is an optional reference."""
 
     def __init__(self, found, threads, log):
         self.cmd = [str(found["python"]), str(WORKER), str(found["target"]), str(found["draft"]), str(threads)]
-        self.log, self.proc, self.version = Path(log), None, None
+        self.log, self.proc, self.version, self.error = Path(log), None, "openvino-genai (did not start)", None
 
     def __enter__(self):
         with self.log.open("a") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
-        self.version = f"openvino-genai {self._reply()['ready']}"
+        try:
+            self.version = f"openvino-genai {self._reply()['ready']}"
+        except (RuntimeError, ValueError, KeyError) as e:
+            self.error = f"OpenVINO's worker did not start: {e}"
         return self
 
     def __exit__(self, *exc):
-        self.proc.stdin.close()
+        with contextlib.suppress(BrokenPipeError):  # a worker that died: nothing left to tell it
+            self.proc.stdin.close()
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
 
     def _reply(self) -> dict:
-        line = self.proc.stdout.readline()
+        """The worker's next line, within TIMEOUT_S (a request or the start, both pipelines loading, take seconds)."""
+        with selectors.DefaultSelector() as wait:
+            wait.register(self.proc.stdout, selectors.EVENT_READ)
+            ready = wait.select(TIMEOUT_S)
+        line = self.proc.stdout.readline() if ready else ""
         if not line:
-            raise RuntimeError(f"OpenVINO's worker exited ({self.proc.poll()}); its output is in {self.log}")
+            self.proc.kill()
+            raise RuntimeError(f"OpenVINO's worker {'exited' if ready else f'sent nothing in {TIMEOUT_S} s'}; its "
+                               f"output is in {self.log}")
         return json.loads(line)
 
     def run(self, mode, ids, n, k=None) -> tuple[dict, str]:
         """One timed run: (timings in llama.cpp's terms, the new text)."""
+        if self.error or self.proc.poll() is not None:
+            raise RuntimeError(self.error or f"OpenVINO's worker exited; its output is in {self.log}")
         self.proc.stdin.write(json.dumps(dict(mode=mode, ids=list(ids), n=n, k=k)) + "\n")
         self.proc.stdin.flush()
         reply = self._reply()

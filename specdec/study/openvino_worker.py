@@ -22,9 +22,14 @@ import json
 import os
 import sys
 
-import numpy as np
-import openvino as ov
-import openvino_genai as genai
+# The answers get a stream of their own, and fd 1 becomes stderr before OpenVINO is imported: its libraries print
+# to fd 1 (at import too), and a stray line on the answers' stream would break the protocol.
+ANSWERS = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+
+import numpy as np  # noqa: E402
+import openvino as ov  # noqa: E402
+import openvino_genai as genai  # noqa: E402
 
 
 def pipelines(target, draft, threads):
@@ -68,17 +73,15 @@ def answer(alone, assisted, mode, ids, n, k=None) -> dict:
 
 
 def main():
-    answers = os.fdopen(os.dup(1), "w")  # the answers' own stream; fd 1 (what libraries print) becomes stderr
-    os.dup2(2, 1)
     target, draft, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
     alone, assisted = pipelines(target, draft, threads)
-    print(json.dumps({"ready": genai.__version__}), file=answers, flush=True)
+    print(json.dumps({"ready": genai.__version__}), file=ANSWERS, flush=True)
     for line in sys.stdin:
         try:
             reply = answer(alone, assisted, **json.loads(line))
         except Exception as e:  # noqa: BLE001 (a failed run is the parent's row, with its error; the worker goes on)
             reply = {"error": f"{type(e).__name__}: {e}"}
-        print(json.dumps(reply), file=answers, flush=True)
+        print(json.dumps(reply), file=ANSWERS, flush=True)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,8 @@ def greedy_agreement(rows, reference) -> pd.DataFrame:
     """Per configuration (`rows`: config, prompt_id, tokens), the mean over prompts of agreement with `reference`
     ({prompt_id: the float32 target's greedy tokens}), on the prompts `reference` has."""
     have = rows[rows["prompt_id"].isin(reference)]
+    if have.empty:  # (apply over no rows returns a frame, not a column of scores)
+        return pd.DataFrame(columns=["config", "agreement", "agreement_prompts"])
     score = have.apply(lambda r: agreement(r["tokens"], reference[r["prompt_id"]]), axis=1)
     return (have.assign(agreement=score).groupby("config", sort=False)
             .agg(agreement=("agreement", "mean"), agreement_prompts=("prompt_id", "nunique")).reset_index())
