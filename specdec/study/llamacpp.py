@@ -221,7 +221,7 @@ def summary(rows) -> pd.DataFrame:
     n). OpenVINO's cells are read as specdec's: against llama.cpp's target alone and against its own."""
     ok = rows[rows["status"] == "ok"]
     alone = ok[ok["mode"] == "target_alone"]
-    base = alone[~alone["tool"].isin(OTHERS)]
+    base = llama_cells(alone)
     own = {"llama.cpp": base, **{t: alone[alone["tool"] == t] for t in OTHERS}}  # each engine's own target alone
     ref_text = {tool: t.groupby("prompt_id")["text"].first() for tool, t in own.items()}
     lines = []
@@ -258,6 +258,11 @@ def _same_text(a, b) -> bool:
     return a.startswith(b) or b.startswith(a)
 
 
+def llama_cells(table) -> pd.DataFrame:
+    """llama.cpp's own rows or cells of a table: neither specdec's nor OpenVINO's."""
+    return table[~table["tool"].isin(OTHERS)]
+
+
 def cell_label(r) -> str:
     """A speculative cell's name: K=3 for a fixed K (p-min 0), else its draft maximum and p-min."""
     return f"K={r.draft_max:.0f}" if not r.p_min else f"up to {r.draft_max:.0f} drafts, p-min {r.p_min:g}"
@@ -275,7 +280,7 @@ def readout(found, ggufs, table, device_type, specdec_table) -> str:
         return describe(found) + " "
     if table is None or not (table["mode"] == "target_alone").any():
         return f"{describe(found)} Nothing could be timed: its runs failed (see llama_cpp/results.jsonl). "
-    llama = table[~table["tool"].isin(OTHERS)]  # llama.cpp's own cells
+    llama = llama_cells(table)
     alone = llama[llama["mode"] == "target_alone"].iloc[0]
     best = specdec_table.loc[specdec_table["target_alone_tok_s"].idxmax()]
     pages = "" if alone["tool"] == PYTHON else f", its memory on huge pages ({HUGE_PAGES})"
@@ -314,7 +319,7 @@ def openvino_readout(found, table) -> str:
     if table is None:
         return f"{describe_openvino(found)} Not timed: it runs in llama.cpp's blocks, which did not run here. "
     mine = table[table["tool"] == OPENVINO]
-    if mine.empty and not ((table["mode"] == "target_alone") & ~table["tool"].isin(OTHERS)).any():
+    if mine.empty and not (llama_cells(table)["mode"] == "target_alone").any():
         return (f"{describe_openvino(found)} Not compared: llama.cpp's target alone, the baseline of these blocks, has "
                 "no run that succeeded. ")
     if mine.empty:
@@ -346,7 +351,8 @@ def finding(table) -> str:
     text = (f"; in llama.cpp's blocks ({int(r['prompts'])} prompts), "
             + stats.versus_one(f"specdec's {r['version'].split()[1]} {what}",
                                (r["speedup"], r["speedup_lo"], r["speedup_hi"]), "llama.cpp's target alone"))
-    spec = table[(table["mode"] == "speculative") & (table["tool"] != OPENVINO)].dropna(subset=["speedup"])
+    spec = llama_cells(table)
+    spec = spec[spec["mode"] == "speculative"].dropna(subset=["speedup"])
     others = []
     if not spec.empty:
         s = spec.loc[spec["speedup"].idxmax()]
