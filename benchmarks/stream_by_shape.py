@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from specdec import paired, qkernel
+from specdec import hugepages, paired, qkernel
 from specdec.machine import cpu_identity
 from specdec.study.provenance import git_state
 
@@ -36,7 +36,8 @@ SHAPES = {"target q/k/v": (2048, 1536), "target o": (1536, 1536), "target gate/u
 def calls_over_copies(out_f, in_f):
     """A job calling the kernel once on each of enough distinct weights of this shape to fill 1 GiB; its bytes."""
     copies = max(1, GIB // (out_f * in_f // 2))
-    weights = [qkernel.synthetic_int4(out_f, in_f, GROUP) for _ in range(copies)]
+    placed = iter(hugepages.gather([t for _ in range(copies) for t in qkernel.synthetic_int4(out_f, in_f, GROUP)]))
+    weights = list(zip(placed, placed))  # side by side on huge pages, as a quantized model's (specdec.hugepages)
     x = torch.randn(1, in_f)
 
     def run():

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
-from . import calibration, paired
+from . import calibration, hugepages, paired
 from .machine import cache_root, fastest, machine_key, read_cache, write_cache
 
 # the quantized linear, the elementwise layer ops and the whole decoder layer that specdec.lean calls: one extension
@@ -37,7 +37,7 @@ TILE, BLOCK = 16, 4  # outputs per tile (one 512-bit register), tiles per block 
 ROWS = TILE * BLOCK  # a weight's output count must be a multiple of this
 FIT_STEPS = 12  # candidate int4 grids per group besides min..max (pack)
 TUNING_CACHE = "qkernel-tuning.json"  # per machine and kernel version: prefetch distances, the AMX crossover
-TUNING_RULE = 4  # how tuning() measures; part of its cache key, so a cache measured by an older rule is not read
+TUNING_RULE = 5  # how tuning() measures; part of its cache key, so a cache measured by an older rule is not read
 # how far ahead of its reads the kernel may ask for weights: (bytes into L1, bytes into L2), 0 none. Adding 4-8 KiB
 # into L2 took whole int4 forwards 0.92-0.97x the time at 1-4 tokens on the Xeon (family 6 model 167), paired
 PREFETCH = ((0, 0), (1024, 0), (2048, 0), (1024, 4096), (1024, 8192), (2048, 8192))
@@ -46,7 +46,8 @@ PREFETCH_ROWS = {1: (1, 2, 4), 2: (1, 2, 4), 3: (4, 8)}  # per code path, the ca
 RUNS = {3: (2, 3), 2: (2,), 1: (1,), 0: ()}  # per best path, the code paths a CPU runs (AMX: VNNI below its crossover)
 AMX_ROWS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)  # the call sizes measured for the AMX crossover
 # the weights tuning() times: one decoder layer's shapes of a 1.5B model ([out, in]: q/k/v, o, gate/up, down),
-# distinct copies past the caches' reach, as a forward streams them: small calls of two input widths. On the Xeon
+# distinct copies past the caches' reach, side by side on huge pages as a quantized model's weights are
+# (specdec.hugepages), as a forward streams them: small calls of two input widths. On the Xeon
 # (family 6 model 167) its AMX/VNNI ratios at 1-8 rows came within 0.06 of whole int4 forwards of Qwen2.5-Coder-1.5B
 # (one 512 MiB weight's within 0.07)
 TUNING_SHAPES = ((2048, 1536), (1536, 1536), (17920, 1536), (1536, 8960))
@@ -150,9 +151,12 @@ def set_prefetch(path, ahead) -> tuple:
 
 
 def _layer_stack() -> list:
-    """[(codes, scales, out, in)]: TUNING_SHAPES over and over, distinct random int4 weights, TUNING_BYTES in all."""
+    """[(codes, scales, out, in)]: TUNING_SHAPES over and over, distinct random int4 weights, TUNING_BYTES in all, in
+    one buffer (specdec.hugepages)."""
     layer = sum(N * K // 2 for N, K in TUNING_SHAPES)
-    return [(*synthetic_int4(N, K, 64), N, K) for _ in range(max(1, TUNING_BYTES // layer)) for N, K in TUNING_SHAPES]
+    shapes = [(N, K) for _ in range(max(1, TUNING_BYTES // layer)) for N, K in TUNING_SHAPES]
+    placed = iter(hugepages.gather([t for N, K in shapes for t in synthetic_int4(N, K, 64)]))
+    return [(next(placed), next(placed), N, K) for N, K in shapes]
 
 
 def synthetic_int4(out_f, in_f, group_size) -> tuple:
@@ -255,13 +259,16 @@ def fits(out_features, in_features, group_size) -> bool:
 def readers(gib=1.0) -> dict:
     """Ways to read `gib` GiB from memory, far past any cache, as {name: (call, bytes read)}: torch summing a float32
     tensor on its threads, and where the kernel loads, this kernel streaming a synthetic int4 weight (4096 inputs)
-    with one row. On a 2-core Zen 4, alone, torch's sums read 30-36 GB/s where this kernel streamed 48-58."""
-    x = torch.ones(int(gib * 2**30) // 4)
+    with one row. On a 2-core Zen 4, alone, torch's sums read 30-36 GB/s where this kernel streamed 48-58. Both read
+    memory on huge pages, as a quantized model's weights are (specdec.hugepages): the fastest reads the machine
+    does (the Zen 4 in a fast state, medians of 7 passes: the kernel 46.2 GB/s on 4 KiB pages, 61.9 on huge pages;
+    torch's sum 54.7 and 62.3)."""
+    x = hugepages.gather([torch.ones(int(gib * 2**30) // 4)])[0]
     found = {"torch sum": (x.sum, x.numel() * 4)}
     if load():
         K, G = 4096, 128
         N = int(gib * 2**30) * 2 // K // ROWS * ROWS
-        codes, scales = synthetic_int4(N, K, G)
+        codes, scales = hugepages.gather(synthetic_int4(N, K, G))
         row = torch.randn(1, K)
         found["kernel"] = (lambda: torch.ops.specdec.qlinear(row, codes, scales, None, N, G, 4),
                            codes.numel() + scales.numel() * 2)
@@ -316,13 +323,18 @@ class Fused:
         self.scales = torch.cat([m.scales for m in members])
         self.bias = None if members[0].bias is None else torch.cat([m.bias.detach() for m in members])
         self.sizes = [m.out_features for m in members]
+        for m in members:
+            m.group = self
+        self.share()
+        self.pending, self.input = {}, None
+
+    def share(self):
+        """Point each member's codes and scales at its rows of the fused ones (views: no second copy)."""
         start = 0
-        for m, size in zip(members, self.sizes):  # the members keep views: no second copy of the weights
+        for m, size in zip(self.members, self.sizes):
             m.qweight = self.codes[start // ROWS:(start + size) // ROWS]
             m.scales = self.scales[start // ROWS:(start + size) // ROWS]
-            m.group = self
             start += size
-        self.pending, self.input = {}, None
 
     def whole(self, x):
         """The fused product for `x`: every member's output side by side, from one kernel call (specdec.lean)."""

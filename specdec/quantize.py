@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from . import attention, lean, paired, qkernel
+from . import attention, hugepages, lean, paired, qkernel
 from .calibration import cached_choice
 from .costs import model_key
 from .linear import fast_linears, plan_key
@@ -226,8 +226,10 @@ def quantize(model, precision, group_size=64, kernel="auto", head_rows=None):
         made.add(getattr(parent, name))
     if cut:  # the distribution the head's outputs are the first ids of (specdec.inputs.vocab_size)
         model.get_output_embeddings().vocabulary = cut
-    if kernel == "specdec":  # row-invariant linears and attention: a verify gives each token its one-token logits
+    if kernel == "specdec":  # siblings that read one input as one weight (which then moves as one)
         qkernel.fuse_siblings(model, made)
+    hugepages.place([m for m in model.modules() if m in made])  # before lean.enable holds the weights' tensors
+    if kernel == "specdec":  # row-invariant linears and attention: a verify gives each token its one-token logits
         attention.enable(model)
         lean.enable(model)
     grouped = precision == "int4" or kernel == "specdec"
