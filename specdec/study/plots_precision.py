@@ -61,7 +61,10 @@ def precision_figure(table, curves, title, subtitle="", llama=None):
 
 SPEED_NOTE = ("Decode tok/s: geometric mean over prompts (decode time from the end of the target's prefill, the "
               "draft's prefill charged to speculation). Bandwidth floor (|): the tok/s of a step that only read its "
-              "weights once, at the memory read rate the notebook measured on this machine (GB per step over GB/s). "
+              "weights once, at the memory read rate the notebook measured on this machine (GB per step over GB/s), "
+              "in its floor passes after each precision's rows: the machine's speed moves within minutes, so a bar "
+              "timed in a faster moment can pass its marker; the step's ratio to its floor, timed in pairs, is in "
+              "the readout. "
               "Perplexity: on the held-out text (specdec.study.quality). Bars of one group ran on the same prompts, "
               "in the same blocks.")
 
