@@ -101,6 +101,7 @@ def test_openvinos_cells_are_timed_in_llama_cpps_blocks_and_read_against_both_ta
     ov_text = llamacpp.openvino_readout(ov, table.reset_index())
     assert "Its int4 target alone (openvino-genai 2026.4.1.0-fake" in ov_text and "K=3: 30.00 tok/s" in ov_text
     assert "its own target alone" in ov_text and "on 1 of 1 prompts" in ov_text
+    assert llamacpp.finding(table.reset_index()) == ""  # the summary page's line is specdec's: OpenVINO is not it
 
 
 def test_readout_says_why_openvino_was_not_timed(tmp_path, monkeypatch):
