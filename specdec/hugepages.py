@@ -52,10 +52,9 @@ def gather(tensors) -> list:
     return copies
 
 
-def place(linears) -> int:
+def place(linears) -> None:
     """Move the packed weights (codes and scales) of `linears`, CPU QuantLinear modules in the order a forward calls
-    them, into one buffer; a fused set of siblings (specdec.qkernel.Fused) moves once, its members keep views.
-    Returns the bytes moved."""
+    them, into one buffer; a fused set of siblings (specdec.qkernel.Fused) moves once, its members keep views."""
     parts, fused = [], []  # (holder, attribute) of each tensor to move; the fused sets met
     for m in linears:
         if m.group is None:
@@ -68,4 +67,3 @@ def place(linears) -> int:
         setattr(holder, name, copy)  # a module's buffer, or a fused set's tensor
     for group in fused:
         group.share()
-    return sum(c.numel() * c.element_size() for c in copies)

@@ -50,7 +50,7 @@ def test_a_quantized_model_reads_its_weights_from_one_buffer_and_computes_the_sa
     if kernel == "specdec" and not qkernel.available():
         pytest.skip(f"no kernel here: {qkernel.why_not()}")
     placed = quantize(tiny_llama(layers=2).float(), "int4", 32, kernel=kernel)
-    monkeypatch.setattr(hugepages, "place", lambda linears: 0)
+    monkeypatch.setattr(hugepages, "place", lambda linears: None)
     unplaced = quantize(tiny_llama(layers=2).float(), "int4", 32, kernel=kernel)
     linears = [m for m in placed.modules() if isinstance(m, QuantLinear)]
     storages = {t.untyped_storage().data_ptr() for m in linears for t in (m.qweight, m.scales)}
